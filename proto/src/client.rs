@@ -1,0 +1,300 @@
+//! A client's view of one vice server: connect with a pinned certificate, make RPCs, stream file
+//! data, and receive callback breaks on streams the server opens.
+//!
+//! One bidirectional QUIC stream per RPC: the request frame, then (for `PutChunks`) the chunk
+//! bytes; the response frame, then (for `FetchData`) the file's bytes. Many RPCs may be in flight
+//! on one connection at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::attr::Attr;
+use crate::cell::CellServer;
+use crate::chunk::{ChunkHash, ChunkRef, MAX_CHUNK};
+use crate::error::ProtoError;
+use crate::frame::{read_frame, write_frame};
+use crate::ids::{ClientId, Fid, ServerId, VolumeId};
+use crate::msg::{PROTOCOL_VERSION, Promise, Push, PushAck, Request, Response};
+use crate::tls::{Identity, SERVER_NAME, TransportTuning, client_config};
+
+/// Makes connections to the servers of a cell from one local UDP socket.
+pub struct Connector {
+    endpoint: quinn::Endpoint,
+    identity: Option<Identity>,
+    tuning: TransportTuning,
+}
+
+impl Connector {
+    /// `identity` is presented to servers (the admin credential for `vos`); `None` connects
+    /// anonymously.
+    pub fn new(identity: Option<Identity>, tuning: TransportTuning) -> Result<Self, ProtoError> {
+        let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let endpoint = quinn::Endpoint::client(bind)?;
+        Ok(Connector {
+            endpoint,
+            identity,
+            tuning,
+        })
+    }
+
+    /// Connects and says hello. Fails with `FingerprintMismatch` if the server is not the one the
+    /// cell file pins.
+    pub async fn connect(
+        &self,
+        server: &CellServer,
+        client: ClientId,
+        timeout: Duration,
+    ) -> Result<Session, ProtoError> {
+        let addr: SocketAddr = server.address.parse().map_err(|_| ProtoError::Connect {
+            address: server.address.clone(),
+            reason: "not IP:PORT".into(),
+        })?;
+        let (config, mismatch) =
+            client_config(&server.fingerprint, self.identity.as_ref(), &self.tuning)?;
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| ProtoError::Connect {
+                address: server.address.clone(),
+                reason: e.to_string(),
+            })?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(ProtoError::Timeout(timeout)),
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let seen = mismatch.lock().ok().and_then(|m| m.clone());
+                return Err(match seen {
+                    Some(got) => ProtoError::FingerprintMismatch {
+                        address: server.address.clone(),
+                        expected: server.fingerprint.clone(),
+                        got,
+                    },
+                    None => ProtoError::Connect {
+                        address: server.address.clone(),
+                        reason: e.to_string(),
+                    },
+                });
+            }
+        };
+        let session = Session {
+            conn,
+            server: server.server_id(),
+            timeout,
+        };
+        let hello = Request::Hello {
+            client,
+            protocol: PROTOCOL_VERSION,
+            host: hostname(),
+        };
+        match session.call(&hello).await? {
+            Response::Hello { .. } => Ok(session),
+            other => Err(unexpected("Hello", other)),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn unexpected(request: &'static str, got: Response) -> ProtoError {
+    match got {
+        Response::Error(e) => ProtoError::Remote(e),
+        other => ProtoError::Unexpected {
+            request,
+            got: format!("{other:?}").chars().take(200).collect(),
+        },
+    }
+}
+
+/// A live connection to one server.
+#[derive(Clone)]
+pub struct Session {
+    conn: quinn::Connection,
+    server: ServerId,
+    timeout: Duration,
+}
+
+impl Session {
+    pub fn server(&self) -> ServerId {
+        self.server
+    }
+
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Whether the connection has been closed or lost.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, ProtoError>>,
+    ) -> Result<T, ProtoError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ProtoError::Timeout(self.timeout)),
+        }
+    }
+
+    /// One request, one response. Errors the server reports come back as `Ok(Response::Error)`;
+    /// use [`Session::call_ok`] to turn them into `Err`.
+    pub async fn call(&self, req: &Request) -> Result<Response, ProtoError> {
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_frame(&mut send, req).await?;
+            let _ = send.finish();
+            read_frame(&mut recv).await
+        })
+        .await
+    }
+
+    pub async fn call_ok(&self, req: &Request) -> Result<Response, ProtoError> {
+        match self.call(req).await? {
+            Response::Error(e) => Err(ProtoError::Remote(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// Fetches a whole file. `sink` receives every chunk, in order, after its hash was verified;
+    /// only one chunk is in memory at a time.
+    pub async fn fetch_data(
+        &self,
+        fid: Fid,
+        mut sink: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(Attr, Vec<ChunkRef>, Promise), ProtoError> {
+        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
+        self.timed(write_frame(&mut send, &Request::FetchData { fid }))
+            .await?;
+        let _ = send.finish();
+        let (attr, chunks, promise) = match self.timed(read_frame(&mut recv)).await? {
+            Response::Data {
+                attr,
+                chunks,
+                promise,
+            } => (attr, chunks, promise),
+            other => return Err(unexpected("FetchData", other)),
+        };
+        let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
+        for (index, chunk) in chunks.iter().enumerate() {
+            if chunk.len > MAX_CHUNK {
+                return Err(ProtoError::Malformed(format!(
+                    "chunk {index} is {} bytes",
+                    chunk.len
+                )));
+            }
+            buf.resize(chunk.len as usize, 0);
+            // Each chunk must arrive within the timeout; a slow but moving transfer is fine.
+            self.timed(async { Ok(AsyncReadExt::read_exact(&mut recv, &mut buf).await?) })
+                .await?;
+            if ChunkHash::of(&buf) != chunk.hash {
+                return Err(ProtoError::HashMismatch { index });
+            }
+            sink(chunk, &buf)?;
+        }
+        Ok((attr, chunks, promise))
+    }
+
+    /// Which of `hashes` the server lacks, by index.
+    pub async fn missing_chunks(
+        &self,
+        volume: VolumeId,
+        hashes: Vec<ChunkHash>,
+    ) -> Result<Vec<u32>, ProtoError> {
+        match self
+            .call(&Request::MissingChunks { volume, hashes })
+            .await?
+        {
+            Response::Missing { indices } => Ok(indices),
+            other => Err(unexpected("MissingChunks", other)),
+        }
+    }
+
+    /// Uploads chunks. `read_chunk(i)` returns the bytes of `chunks[i]`; they are read one at a
+    /// time as the stream drains, so a large upload never sits in memory.
+    pub async fn put_chunks(
+        &self,
+        volume: VolumeId,
+        chunks: Vec<ChunkRef>,
+        mut read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+    ) -> Result<u32, ProtoError> {
+        let count = chunks.len();
+        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
+        self.timed(write_frame(
+            &mut send,
+            &Request::PutChunks { volume, chunks },
+        ))
+        .await?;
+        for i in 0..count {
+            let data = read_chunk(i)?;
+            self.timed(async {
+                send.write_all(&data).await.map_err(std::io::Error::from)?;
+                Ok(())
+            })
+            .await?;
+        }
+        let _ = send.finish();
+        match self.timed(read_frame(&mut recv)).await? {
+            Response::ChunksStored { stored } => Ok(stored),
+            other => Err(unexpected("PutChunks", other)),
+        }
+    }
+
+    /// Serves callback breaks: every stream the server opens carries one [`Push`]; `handler`
+    /// runs before the ack is sent, so the server knows the promise is gone when it hears back.
+    /// Ends when the connection closes.
+    pub fn spawn_push_handler(
+        &self,
+        handler: Arc<dyn Fn(Push) + Send + Sync>,
+    ) -> tokio::task::JoinHandle<()> {
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    match read_frame::<_, Push>(&mut recv).await {
+                        Ok(push) => {
+                            handler(push);
+                            if write_frame(&mut send, &PushAck::Ok).await.is_ok() {
+                                let _ = send.finish();
+                                // Wait until the ack is delivered before dropping the stream.
+                                let _ = send.stopped().await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "malformed push from server"),
+                    }
+                });
+            }
+        })
+    }
+}
+
+/// Server side: sends one push on a new stream and waits for the ack.
+pub async fn send_push(
+    conn: &quinn::Connection,
+    push: &Push,
+    timeout: Duration,
+) -> Result<(), ProtoError> {
+    let fut = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, push).await?;
+        let _ = send.finish();
+        let _ack: PushAck = read_frame(&mut recv).await?;
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ProtoError::Timeout(timeout)),
+    }
+}

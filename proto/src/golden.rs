@@ -1,0 +1,84 @@
+//! Golden bytes: the encoding of messages must not change by accident. If one of these fails,
+//! a variant was inserted or reordered: append new variants at the end instead.
+
+use crate::ids::*;
+use crate::msg::*;
+use crate::record::*;
+use crate::{ChunkHash, ChunkRef, Name, Timestamp, VersionVector};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> String {
+    hex(&postcard::to_stdvec(v).unwrap())
+}
+
+#[test]
+fn golden_bytes() {
+    let fid = Fid::new(VolumeId(2), ObjectId(3));
+    assert_eq!(enc(&Request::FetchStatus { fid }), "010203");
+    assert_eq!(enc(&Request::FetchData { fid }), "020203");
+    assert_eq!(enc(&Request::ListVolumes), "10");
+    assert_eq!(enc(&Response::Error(RemoteError::NotFound)), "0000");
+    assert_eq!(enc(&Response::Done), "0a");
+    let rec = Record {
+        op: OpId(5),
+        mutation: Mutation::Store {
+            fid,
+            base: VersionVector::first(ServerId(1)),
+            chunks: vec![ChunkRef {
+                hash: ChunkHash([0; 32]),
+                len: 7,
+            }],
+            mtime: Timestamp { secs: 1, nanos: 0 },
+        },
+    };
+    assert_eq!(
+        enc(&rec),
+        format!("0500020301010101{}070200", "00".repeat(32))
+    );
+    let rm = Mutation::Remove {
+        parent: fid,
+        name: Name::new("a").unwrap(),
+        seen: Seen {
+            object: ObjectId(9),
+            version: VersionVector::new(),
+        },
+    };
+    assert_eq!(enc(&rm), "060203016109".to_string() + "00");
+    assert_eq!(
+        enc(&Push::BreakCallbacks {
+            fids: vec![fid],
+            volumes: vec![VolumeId(2)]
+        }),
+        "0001020301".to_string() + "02"
+    );
+}
+
+#[test]
+fn request_meta_names_are_all_listed() {
+    let fid = Fid::new(VolumeId(1), ObjectId(1));
+    let samples = [
+        Request::FetchStatus { fid },
+        Request::FetchData { fid },
+        Request::FetchDir { fid },
+        Request::ListVldb,
+        Request::Reintegrate {
+            volume: VolumeId(1),
+            records: vec![],
+        },
+    ];
+    for r in samples {
+        assert!(REQUEST_NAMES.contains(&r.meta().name), "{}", r.meta().name);
+    }
+    assert!(
+        Request::CreateVolume {
+            name: "x".into(),
+            quota: 0
+        }
+        .meta()
+        .admin
+    );
+    assert!(!Request::FetchData { fid }.meta().mutates);
+}

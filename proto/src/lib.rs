@@ -1,0 +1,28 @@
+//! The wire vocabulary shared by `vice` (servers) and `venus` (clients): identifiers, attributes,
+//! version vectors, mutation records, RPC messages, framing over QUIC, TLS identities and the
+//! cell file. Nothing else in the workspace defines bytes that cross the network.
+
+pub mod attr;
+pub mod cell;
+pub mod chunk;
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod msg;
+pub mod name;
+pub mod record;
+pub mod tls;
+pub mod version;
+
+pub use attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};
+pub use chunk::{ChunkHash, ChunkRef};
+pub use error::ProtoError;
+pub use ids::{ClientId, Fid, ObjectId, OpId, ServerId, VolumeId};
+pub use msg::{RemoteError, Request, Response};
+pub use name::Name;
+pub use record::{Applied, ConflictKind, Mutation, Record, RecordResult, Seen};
+pub use version::{VersionVector, VolumeStamp, VvOrder};
+
+#[cfg(test)]
+mod golden;

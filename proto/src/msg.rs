@@ -1,0 +1,379 @@
+//! Request and response messages of the file, volume and location services.
+//!
+//! Every enum here is append-only: postcard encodes a variant by its position, so inserting one
+//! would change the meaning of old bytes. `tests::golden_bytes` pins the encoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attr::{Attr, DirEntry};
+use crate::chunk::{ChunkHash, ChunkRef};
+use crate::ids::{ClientId, Fid, ServerId, VolumeId};
+use crate::record::{ConflictKind, Record, RecordResult};
+use crate::version::VolumeStamp;
+
+/// Bumped when a change is not backward compatible; sent in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How long a callback promise holds, relative to when the reply was sent (no clock sync needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promise {
+    pub secs: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeKind {
+    ReadWrite,
+    ReadOnly,
+    Backup,
+}
+
+/// How to name a volume in a location lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeRef {
+    Name(String),
+    Id(VolumeId),
+}
+
+/// A server of the cell, as the location service reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: ServerId,
+    pub address: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SiteRole {
+    ReadWrite,
+    ReadOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub server: ServerId,
+    pub role: SiteRole,
+}
+
+/// One entry of the volume location database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VldbEntry {
+    pub name: String,
+    pub rw: VolumeId,
+    pub ro: Option<VolumeId>,
+    pub backup: Option<VolumeId>,
+    pub sites: Vec<Site>,
+}
+
+/// A volume as its server holds it (`vos examine`, `vos listvol`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub name: String,
+    pub kind: VolumeKind,
+    pub stamp: VolumeStamp,
+    /// Bytes of file data (logical sizes).
+    pub used: u64,
+    /// 0 means no quota.
+    pub quota: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub created: crate::attr::Timestamp,
+}
+
+/// Per-volume answer of `ValidateVolumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeValidation {
+    pub volume: VolumeId,
+    pub stamp: Option<VolumeStamp>,
+    /// True when the client's stamp is current: everything it cached from the volume is valid.
+    pub valid: bool,
+    pub promise: Option<Promise>,
+}
+
+/// Append-only (see module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First request on every connection: who the client is, so callbacks can find it.
+    Hello {
+        client: ClientId,
+        protocol: u32,
+        host: String,
+    },
+    FetchStatus {
+        fid: Fid,
+    },
+    /// Reply `Data`, followed by the file's bytes streamed raw, chunk after chunk.
+    FetchData {
+        fid: Fid,
+    },
+    FetchDir {
+        fid: Fid,
+    },
+    /// Which of these chunks the server lacks (reply `Missing` with their indices).
+    MissingChunks {
+        volume: VolumeId,
+        hashes: Vec<ChunkHash>,
+    },
+    /// Followed by the chunks' bytes, in order; each is verified against its hash.
+    PutChunks {
+        volume: VolumeId,
+        chunks: Vec<ChunkRef>,
+    },
+    Mutate {
+        record: Record,
+    },
+    /// An ordered batch from the client modification log, applied in one transaction.
+    Reintegrate {
+        volume: VolumeId,
+        records: Vec<Record>,
+    },
+    ValidateVolumes {
+        volumes: Vec<(VolumeId, VolumeStamp)>,
+    },
+    GiveUpCallBacks {
+        fids: Vec<Fid>,
+    },
+    GetVolumeLocation {
+        volume: VolumeRef,
+    },
+    ListServers,
+    // Administration: refused unless the connection carries the admin credential.
+    CreateVolume {
+        name: String,
+        quota: u64,
+    },
+    RemoveVolume {
+        name: String,
+    },
+    ListVldb,
+    ExamineVolume {
+        name: String,
+    },
+    ListVolumes,
+}
+
+/// Append-only (see module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Error(RemoteError),
+    Hello {
+        server: ServerId,
+        cell: String,
+    },
+    Status {
+        attr: Attr,
+        promise: Promise,
+    },
+    /// The file's chunk list; `total_len(chunks)` raw bytes follow on the stream.
+    Data {
+        attr: Attr,
+        chunks: Vec<ChunkRef>,
+        promise: Promise,
+    },
+    Dir {
+        attr: Attr,
+        entries: Vec<DirEntry>,
+        promise: Promise,
+    },
+    Missing {
+        indices: Vec<u32>,
+    },
+    ChunksStored {
+        stored: u32,
+    },
+    Applied {
+        result: RecordResult,
+    },
+    Reintegrated {
+        results: Vec<RecordResult>,
+    },
+    Validated {
+        volumes: Vec<VolumeValidation>,
+    },
+    Done,
+    Location {
+        entry: VldbEntry,
+        servers: Vec<ServerInfo>,
+    },
+    Servers {
+        servers: Vec<ServerInfo>,
+    },
+    Vldb {
+        entries: Vec<VldbEntry>,
+    },
+    Volume {
+        info: VolumeInfo,
+        entry: Option<VldbEntry>,
+    },
+    Volumes {
+        volumes: Vec<VolumeInfo>,
+    },
+}
+
+/// Messages the server pushes to a client on a stream it opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    /// Drop these promises: the objects (or anything in these volumes) changed.
+    BreakCallbacks {
+        fids: Vec<Fid>,
+        volumes: Vec<VolumeId>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushAck {
+    Ok,
+}
+
+/// Errors a server reports to a client. Each maps to one errno on the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("cross-volume operation")]
+    CrossVolume,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("no such volume")]
+    NoSuchVolume,
+    #[error("volume has moved")]
+    VolumeMoved,
+    #[error("volume is busy; retry")]
+    VolumeBusy,
+    #[error("callback promises were lost; revalidate")]
+    CallbacksLost,
+    #[error("message too large")]
+    TooLarge,
+    #[error("conflict: {0}")]
+    Conflict(ConflictKind),
+    #[error("chunks missing on the server: {0} of them")]
+    MissingChunks(u32),
+    #[error("this operation needs the cell's admin credential")]
+    NotAdmin,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("server error: {0}")]
+    Internal(String),
+    #[error("read-only volume")]
+    ReadOnly,
+    #[error("object id already in use")]
+    DuplicateObject,
+    #[error("the volume's directory tree would loop")]
+    WouldLoop,
+}
+
+/// What a request does, for retry policy, counters and routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// The protocol name used for counters (`venus status`).
+    pub name: &'static str,
+    pub mutates: bool,
+    /// Safe to resend after a lost reply with no OpId: it changes nothing, or the OpIds inside
+    /// make the replay harmless.
+    pub idempotent: bool,
+    pub admin: bool,
+    pub volume: Option<VolumeId>,
+}
+
+impl Request {
+    /// One table of every request's properties.
+    pub fn meta(&self) -> RequestMeta {
+        let m = |name, mutates, idempotent, admin, volume| RequestMeta {
+            name,
+            mutates,
+            idempotent,
+            admin,
+            volume,
+        };
+        match self {
+            Request::Hello { .. } => m("Hello", false, true, false, None),
+            Request::FetchStatus { fid } => m("FetchStatus", false, true, false, Some(fid.volume)),
+            Request::FetchData { fid } => m("FetchData", false, true, false, Some(fid.volume)),
+            Request::FetchDir { fid } => m("FetchDir", false, true, false, Some(fid.volume)),
+            Request::MissingChunks { volume, .. } => {
+                m("MissingChunks", false, true, false, Some(*volume))
+            }
+            Request::PutChunks { volume, .. } => m("PutChunks", true, true, false, Some(*volume)),
+            Request::Mutate { record } => m(
+                record.mutation.verb(),
+                true,
+                true,
+                false,
+                Some(record.mutation.volume()),
+            ),
+            Request::Reintegrate { volume, .. } => {
+                m("Reintegrate", true, true, false, Some(*volume))
+            }
+            Request::ValidateVolumes { .. } => m("ValidateVolumes", false, true, false, None),
+            Request::GiveUpCallBacks { .. } => m("GiveUpCallBacks", false, true, false, None),
+            Request::GetVolumeLocation { .. } => m("GetVolumeLocation", false, true, false, None),
+            Request::ListServers => m("ListServers", false, true, false, None),
+            Request::CreateVolume { .. } => m("CreateVolume", true, false, true, None),
+            Request::RemoveVolume { .. } => m("RemoveVolume", true, false, true, None),
+            Request::ListVldb => m("ListVldb", false, true, true, None),
+            Request::ExamineVolume { .. } => m("ExamineVolume", false, true, true, None),
+            Request::ListVolumes => m("ListVolumes", false, true, true, None),
+        }
+    }
+}
+
+/// Every request name, for counters that must exist before the first request is made.
+pub const REQUEST_NAMES: &[&str] = &[
+    "Hello",
+    "FetchStatus",
+    "FetchData",
+    "FetchDir",
+    "MissingChunks",
+    "PutChunks",
+    "Store",
+    "SetAttr",
+    "Create",
+    "MakeDir",
+    "Symlink",
+    "Link",
+    "Remove",
+    "RemoveDir",
+    "Rename",
+    "MakeMountPoint",
+    "Reintegrate",
+    "ValidateVolumes",
+    "GiveUpCallBacks",
+    "GetVolumeLocation",
+    "ListServers",
+    "CreateVolume",
+    "RemoveVolume",
+    "ListVldb",
+    "ExamineVolume",
+    "ListVolumes",
+];
+
+/// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and
+/// `.backup` are reserved for replicas and snapshots.
+pub fn validate_volume_name(name: &str) -> Result<(), RemoteError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
+        return Err(RemoteError::Invalid(format!(
+            "volume name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )));
+    }
+    if name.ends_with(".readonly") || name.ends_with(".backup") {
+        return Err(RemoteError::Invalid(format!(
+            "volume name {name:?}: .readonly and .backup are reserved"
+        )));
+    }
+    Ok(())
+}
