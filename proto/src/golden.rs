@@ -26,7 +26,7 @@ fn golden_bytes() {
         op: OpId(5),
         mutation: Mutation::Store {
             fid,
-            base: VersionVector::first(ServerId(1)),
+            base: Base::Version(VersionVector::first(ServerId(1))),
             chunks: vec![ChunkRef {
                 hash: ChunkHash([0; 32]),
                 len: 7,
@@ -36,17 +36,17 @@ fn golden_bytes() {
     };
     assert_eq!(
         enc(&rec),
-        format!("0500020301010101{}070200", "00".repeat(32))
+        format!("050002030001010101{}070200", "00".repeat(32))
     );
     let rm = Mutation::Remove {
         parent: fid,
         name: Name::new("a").unwrap(),
         seen: Seen {
             object: ObjectId(9),
-            version: VersionVector::new(),
+            base: Base::AfterOp(OpId(4)),
         },
     };
-    assert_eq!(enc(&rm), "060203016109".to_string() + "00");
+    assert_eq!(enc(&rm), "06020301610901".to_string() + "04");
     assert_eq!(
         enc(&Push::BreakCallbacks {
             fids: vec![fid],

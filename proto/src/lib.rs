@@ -21,7 +21,7 @@ pub use error::ProtoError;
 pub use ids::{ClientId, Fid, ObjectId, OpId, ServerId, VolumeId};
 pub use msg::{RemoteError, Request, Response};
 pub use name::Name;
-pub use record::{Applied, ConflictKind, Mutation, Record, RecordResult, Seen};
+pub use record::{Applied, Base, ConflictKind, Mutation, Record, RecordResult, Seen};
 pub use version::{VersionVector, VolumeStamp, VvOrder};
 
 #[cfg(test)]

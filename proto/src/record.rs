@@ -21,11 +21,22 @@ pub struct Record {
     pub mutation: Mutation,
 }
 
+/// The state of an object a record was based on.
+///
+/// Connected, the client knows the version vector the server gave it. Offline, a second change
+/// to an object cannot know the version the server will assign to the first one, so it names the
+/// record it follows instead (Coda's "store id"): the server remembers each object's last op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Base {
+    Version(VersionVector),
+    AfterOp(OpId),
+}
+
 /// What the client saw of an object a mutation replaces or removes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
     pub object: ObjectId,
-    pub version: VersionVector,
+    pub base: Base,
 }
 
 /// Append-only: postcard encodes variants by position (pinned by golden tests).
@@ -34,13 +45,13 @@ pub enum Mutation {
     /// New contents for a file, as a chunk list (the chunks were sent with `PutChunks`).
     Store {
         fid: Fid,
-        base: VersionVector,
+        base: Base,
         chunks: Vec<ChunkRef>,
         mtime: Timestamp,
     },
     SetAttr {
         fid: Fid,
-        base: VersionVector,
+        base: Base,
         set: SetAttrs,
     },
     /// A new, empty file with a client-chosen id.
@@ -78,7 +89,11 @@ pub enum Mutation {
         target: ObjectId,
     },
     /// Removes a name of a file, symlink or mount point.
-    Remove { parent: Fid, name: Name, seen: Seen },
+    Remove {
+        parent: Fid,
+        name: Name,
+        seen: Seen,
+    },
     /// Removes an empty directory.
     RemoveDir {
         parent: Fid,

@@ -1,0 +1,688 @@
+//! Unit tests of the volume store, driven through the same `apply` entry point the server uses.
+
+use std::time::Duration;
+
+use proto::chunk::chunk_bytes;
+use proto::msg::VolumeKind;
+use proto::*;
+
+use crate::store::Store;
+
+const CLIENT: ClientId = ClientId(7);
+const VOL: VolumeId = VolumeId(10);
+
+fn setup() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), ServerId(1)).unwrap();
+    store
+        .create_volume(VOL, "test", VolumeKind::ReadWrite, 0)
+        .unwrap();
+    (dir, store)
+}
+
+fn root() -> Fid {
+    Fid::root(VOL)
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn rec(m: Mutation) -> Record {
+    Record {
+        op: OpId::random(),
+        mutation: m,
+    }
+}
+
+fn apply1(store: &Store, m: Mutation) -> RecordResult {
+    store
+        .apply(CLIENT, None, &[rec(m)])
+        .unwrap()
+        .results
+        .remove(0)
+}
+
+fn create(store: &Store, parent: Fid, n: &str) -> Attr {
+    let object = ObjectId::random();
+    let m = Mutation::Create {
+        parent,
+        name: name(n),
+        object,
+        mode: 0o644,
+        owner: 0,
+        group: 0,
+        mtime: Timestamp::now(),
+    };
+    let applied = apply1(store, m).unwrap();
+    applied
+        .attrs
+        .into_iter()
+        .find(|a| a.fid.object == object)
+        .unwrap()
+}
+
+fn mkdir(store: &Store, parent: Fid, n: &str) -> Attr {
+    let object = ObjectId::random();
+    let m = Mutation::MakeDir {
+        parent,
+        name: name(n),
+        object,
+        mode: 0o755,
+        owner: 0,
+        group: 0,
+        mtime: Timestamp::now(),
+    };
+    let applied = apply1(store, m).unwrap();
+    applied
+        .attrs
+        .into_iter()
+        .find(|a| a.fid.object == object)
+        .unwrap()
+}
+
+fn upload(store: &Store, data: &[u8]) -> Vec<ChunkRef> {
+    let mut up = store.upload();
+    let mut refs = Vec::new();
+    for (r, bytes) in chunk_bytes(data) {
+        up.add(r, bytes).unwrap();
+        refs.push(r);
+    }
+    up.commit().unwrap();
+    refs
+}
+
+fn store_data(store: &Store, attr: &Attr, data: &[u8]) -> RecordResult {
+    let chunks = upload(store, data);
+    apply1(
+        store,
+        Mutation::Store {
+            fid: attr.fid,
+            base: Base::Version(attr.version.clone()),
+            chunks,
+            mtime: Timestamp::now(),
+        },
+    )
+}
+
+fn read_all(store: &Store, fid: Fid) -> Vec<u8> {
+    let (_, chunks) = store.fetch_data(fid).unwrap();
+    chunks
+        .iter()
+        .flat_map(|c| store.read_chunk(c).unwrap())
+        .collect()
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn store_bumps_version_and_stamp() {
+    let (_d, store) = setup();
+    let before = store.stamp(VOL).unwrap();
+    let f = create(&store, root(), "a");
+    let applied = store_data(&store, &f, b"hello").unwrap();
+    let after = applied.attrs.iter().find(|a| a.fid == f.fid).unwrap();
+    assert_eq!(after.version.compare(&f.version), VvOrder::Dominates);
+    assert_eq!(after.size, 5);
+    assert!(
+        applied.stamp.follows(&before, 2),
+        "{} then {}",
+        before,
+        applied.stamp
+    );
+    assert_eq!(read_all(&store, f.fid), b"hello");
+    let info = store.volume(VOL).unwrap();
+    assert_eq!((info.files, info.used), (1, 5));
+}
+
+#[test]
+fn stale_base_is_a_conflict_and_changes_nothing() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "a");
+    store_data(&store, &f, b"first").unwrap();
+    // A second writer still based on the version before "first".
+    let err = store_data(&store, &f, b"second").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RemoteError::Conflict(ConflictKind::VersionChanged { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(read_all(&store, f.fid), b"first");
+}
+
+#[test]
+fn after_op_base_certifies_offline_chains() {
+    let (_d, store) = setup();
+    let object = ObjectId::random();
+    let create_op = OpId::random();
+    let chunks = upload(&store, b"offline");
+    let batch = vec![
+        Record {
+            op: create_op,
+            mutation: Mutation::Create {
+                parent: root(),
+                name: name("new"),
+                object,
+                mode: 0o600,
+                owner: 0,
+                group: 0,
+                mtime: Timestamp::now(),
+            },
+        },
+        rec(Mutation::Store {
+            fid: Fid::new(VOL, object),
+            base: Base::AfterOp(create_op),
+            chunks,
+            mtime: Timestamp::now(),
+        }),
+    ];
+    let out = store.apply(CLIENT, Some(VOL), &batch).unwrap();
+    assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
+    assert_eq!(read_all(&store, Fid::new(VOL, object)), b"offline");
+    // The same chain based on an op that is not the object's last fails to certify.
+    let err = apply1(
+        &store,
+        Mutation::SetAttr {
+            fid: Fid::new(VOL, object),
+            base: Base::AfterOp(create_op),
+            set: SetAttrs {
+                mode: Some(0o644),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        RemoteError::Conflict(ConflictKind::VersionChanged { .. })
+    ));
+}
+
+#[test]
+fn replayed_op_is_applied_once() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "a");
+    let chunks = upload(&store, b"once");
+    let r = rec(Mutation::Store {
+        fid: f.fid,
+        base: Base::Version(f.version.clone()),
+        chunks,
+        mtime: Timestamp::now(),
+    });
+    let first = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
+    let stamp = store.stamp(VOL).unwrap();
+    let second = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
+    assert_eq!(first.results, second.results);
+    assert_eq!(
+        store.stamp(VOL).unwrap(),
+        stamp,
+        "the replay changed nothing"
+    );
+    assert!(second.changed.is_empty());
+}
+
+#[test]
+fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
+    let (_d, store) = setup();
+    let content = data(3 * 1024 * 1024, 1);
+    let a = create(&store, root(), "a");
+    let b = create(&store, root(), "b");
+    store_data(&store, &a, &content).unwrap();
+    let (n1, bytes1) = store.chunk_usage().unwrap();
+    assert_eq!(
+        store
+            .missing_chunks(
+                &chunk_bytes(&content)
+                    .iter()
+                    .map(|(r, _)| r.hash)
+                    .collect::<Vec<_>>()
+            )
+            .unwrap(),
+        Vec::<u32>::new()
+    );
+    store_data(&store, &b, &content).unwrap();
+    assert_eq!(
+        store.chunk_usage().unwrap(),
+        (n1, bytes1),
+        "second copy added no chunks"
+    );
+    assert_eq!(bytes1, content.len() as u64);
+
+    // Removing one copy keeps the chunks; removing both lets the sweep reclaim them.
+    let b_attr = store.fetch_status(b.fid).unwrap();
+    apply1(
+        &store,
+        Mutation::Remove {
+            parent: root(),
+            name: name("b"),
+            seen: Seen {
+                object: b.fid.object,
+                base: Base::Version(b_attr.version),
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(store.sweep(Duration::ZERO).unwrap().chunks_removed, 0);
+    let a_attr = store.fetch_status(a.fid).unwrap();
+    apply1(
+        &store,
+        Mutation::Remove {
+            parent: root(),
+            name: name("a"),
+            seen: Seen {
+                object: a.fid.object,
+                base: Base::Version(a_attr.version),
+            },
+        },
+    )
+    .unwrap();
+    let report = store.sweep(Duration::ZERO).unwrap();
+    assert_eq!(report.chunks_removed, n1);
+    assert_eq!(report.bytes_removed, bytes1);
+    assert_eq!(store.chunk_usage().unwrap(), (0, 0));
+    assert!(
+        store.chunks.list().unwrap().is_empty(),
+        "chunk files deleted"
+    );
+}
+
+#[test]
+fn grace_period_protects_fresh_uploads_and_orphans_are_swept() {
+    let (_d, store) = setup();
+    upload(&store, b"not yet referenced");
+    assert_eq!(
+        store
+            .sweep(Duration::from_secs(3600))
+            .unwrap()
+            .chunks_removed,
+        0
+    );
+    // A chunk file with no record (a crash between write and commit) is an orphan.
+    let h = ChunkHash::of(b"torn");
+    store.chunks.write(&h, b"torn").unwrap();
+    assert_eq!(
+        store
+            .sweep(Duration::from_secs(3600))
+            .unwrap()
+            .orphan_files_removed,
+        1
+    );
+}
+
+#[test]
+fn upload_rejects_data_that_does_not_match_its_hash() {
+    let (_d, store) = setup();
+    let mut up = store.upload();
+    let r = ChunkRef {
+        hash: ChunkHash::of(b"abc"),
+        len: 3,
+    };
+    assert!(up.add(r, b"abd").is_err());
+    assert!(
+        up.add(
+            ChunkRef {
+                hash: r.hash,
+                len: 4
+            },
+            b"abc"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn store_with_missing_chunks_is_refused() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "a");
+    let err = apply1(
+        &store,
+        Mutation::Store {
+            fid: f.fid,
+            base: Base::Version(f.version),
+            chunks: vec![ChunkRef {
+                hash: ChunkHash::of(b"never sent"),
+                len: 10,
+            }],
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, RemoteError::MissingChunks(1));
+}
+
+#[test]
+fn a_failed_record_leaves_no_trace_but_the_batch_goes_on() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "a");
+    let before = store.fetch_dir(root()).unwrap();
+    let batch = vec![
+        // Conflicts: the name exists.
+        rec(Mutation::Create {
+            parent: root(),
+            name: name("a"),
+            object: ObjectId::random(),
+            mode: 0o644,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        }),
+        rec(Mutation::SetAttr {
+            fid: f.fid,
+            base: Base::Version(f.version.clone()),
+            set: SetAttrs {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        }),
+    ];
+    let out = store.apply(CLIENT, Some(VOL), &batch).unwrap();
+    assert!(
+        matches!(out.results[0], Err(RemoteError::Conflict(ConflictKind::NameTaken { existing })) if existing == f.fid.object)
+    );
+    assert!(out.results[1].is_ok());
+    let after = store.fetch_dir(root()).unwrap();
+    assert_eq!(before.1, after.1);
+    assert_eq!(store.fetch_status(f.fid).unwrap().mode, 0o600);
+}
+
+#[test]
+fn directories_rename_and_rmdir_follow_posix() {
+    let (_d, store) = setup();
+    let d1 = mkdir(&store, root(), "d1");
+    let d2 = mkdir(&store, root(), "d2");
+    let f = create(&store, d1.fid, "f");
+    assert_eq!(store.fetch_status(root()).unwrap().nlink, 4);
+
+    // rmdir of a non-empty directory.
+    let err = apply1(
+        &store,
+        Mutation::RemoveDir {
+            parent: root(),
+            name: name("d1"),
+            object: d1.fid.object,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, RemoteError::Conflict(ConflictKind::DirectoryNotEmpty));
+
+    // Move a file between directories.
+    apply1(
+        &store,
+        Mutation::Rename {
+            from: d1.fid,
+            from_name: name("f"),
+            object: f.fid.object,
+            to: d2.fid,
+            to_name: name("g"),
+            replaced: None,
+        },
+    )
+    .unwrap();
+    assert!(store.fetch_dir(d1.fid).unwrap().1.is_empty());
+    assert_eq!(store.fetch_dir(d2.fid).unwrap().1[0].name.as_str(), "g");
+    // The file's version is untouched by a rename: an edit elsewhere does not conflict.
+    assert_eq!(store.fetch_status(f.fid).unwrap().version, f.version);
+
+    // A directory cannot move below itself.
+    let sub = mkdir(&store, d1.fid, "sub");
+    let err = apply1(
+        &store,
+        Mutation::Rename {
+            from: root(),
+            from_name: name("d1"),
+            object: d1.fid.object,
+            to: sub.fid,
+            to_name: name("x"),
+            replaced: None,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, RemoteError::WouldLoop);
+
+    // Move a directory: parents and link counts follow.
+    apply1(
+        &store,
+        Mutation::Rename {
+            from: d1.fid,
+            from_name: name("sub"),
+            object: sub.fid.object,
+            to: d2.fid,
+            to_name: name("sub"),
+            replaced: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        store.fetch_status(sub.fid).unwrap().parent,
+        Some(d2.fid.object)
+    );
+    assert_eq!(store.fetch_status(d1.fid).unwrap().nlink, 2);
+    assert_eq!(store.fetch_status(d2.fid).unwrap().nlink, 3);
+
+    // Replacing a target requires having seen it.
+    let h = create(&store, d2.fid, "h");
+    let err = apply1(
+        &store,
+        Mutation::Rename {
+            from: d2.fid,
+            from_name: name("g"),
+            object: f.fid.object,
+            to: d2.fid,
+            to_name: name("h"),
+            replaced: None,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        RemoteError::Conflict(ConflictKind::NameTaken { .. })
+    ));
+    let applied = apply1(
+        &store,
+        Mutation::Rename {
+            from: d2.fid,
+            from_name: name("g"),
+            object: f.fid.object,
+            to: d2.fid,
+            to_name: name("h"),
+            replaced: Some(Seen {
+                object: h.fid.object,
+                base: Base::Version(h.version),
+            }),
+        },
+    )
+    .unwrap();
+    assert_eq!(applied.removed, vec![h.fid.object]);
+    assert!(matches!(
+        store.fetch_status(h.fid),
+        Err(crate::StoreError::Refused(RemoteError::NotFound))
+    ));
+
+    // Now d1 is empty and can go.
+    apply1(
+        &store,
+        Mutation::RemoveDir {
+            parent: root(),
+            name: name("d1"),
+            object: d1.fid.object,
+        },
+    )
+    .unwrap();
+    assert_eq!(store.volume(VOL).unwrap().directories, 3); // root, d2, sub
+}
+
+#[test]
+fn hard_links_share_contents_until_the_last_name_goes() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "a");
+    store_data(&store, &f, b"shared").unwrap();
+    apply1(
+        &store,
+        Mutation::Link {
+            parent: root(),
+            name: name("b"),
+            target: f.fid.object,
+        },
+    )
+    .unwrap();
+    assert_eq!(store.fetch_status(f.fid).unwrap().nlink, 2);
+    let v = store.fetch_status(f.fid).unwrap().version;
+    let out = apply1(
+        &store,
+        Mutation::Remove {
+            parent: root(),
+            name: name("a"),
+            seen: Seen {
+                object: f.fid.object,
+                base: Base::Version(v.clone()),
+            },
+        },
+    )
+    .unwrap();
+    assert!(out.removed.is_empty());
+    assert_eq!(read_all(&store, f.fid), b"shared");
+    apply1(
+        &store,
+        Mutation::Remove {
+            parent: root(),
+            name: name("b"),
+            seen: Seen {
+                object: f.fid.object,
+                base: Base::Version(v),
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(store.volume(VOL).unwrap().used, 0);
+}
+
+#[test]
+fn quota_refuses_growth_beyond_it() {
+    let (_d, store) = setup();
+    store.set_quota(VOL, 1000).unwrap();
+    let f = create(&store, root(), "a");
+    let err = store_data(&store, &f, &vec![1u8; 1001]).unwrap_err();
+    assert_eq!(err, RemoteError::QuotaExceeded);
+    assert_eq!(
+        store.fetch_status(f.fid).unwrap().size,
+        0,
+        "nothing partial is visible"
+    );
+    store_data(&store, &f, &[1u8; 1000]).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let (_d, store) = setup();
+    let err = apply1(
+        &store,
+        Mutation::Symlink {
+            parent: root(),
+            name: name("l"),
+            object: ObjectId::random(),
+            target: String::new(),
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::Invalid(_)));
+    let err = apply1(
+        &store,
+        Mutation::MakeMountPoint {
+            parent: root(),
+            name: name("m"),
+            object: ObjectId::random(),
+            target: "nope".into(),
+            owner: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::Invalid(_)));
+    apply1(
+        &store,
+        Mutation::MakeMountPoint {
+            parent: root(),
+            name: name("m"),
+            object: ObjectId::random(),
+            target: "#example.org:user.alice".into(),
+            owner: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap();
+    let err = apply1(
+        &store,
+        Mutation::Create {
+            parent: root(),
+            name: name("x"),
+            object: ObjectId(5),
+            mode: 0,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, RemoteError::Invalid(_)));
+    let dup = create(&store, root(), "y");
+    let err = apply1(
+        &store,
+        Mutation::Create {
+            parent: root(),
+            name: name("z"),
+            object: dup.fid.object,
+            mode: 0,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, RemoteError::DuplicateObject);
+    let err = apply1(
+        &store,
+        Mutation::Create {
+            parent: Fid::root(VolumeId(999)),
+            name: name("z"),
+            object: ObjectId::random(),
+            mode: 0,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, RemoteError::NoSuchVolume);
+}
+
+#[test]
+fn store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(600_000, 9);
+    let fid = {
+        let store = Store::open(dir.path(), ServerId(1)).unwrap();
+        store
+            .create_volume(VOL, "test", VolumeKind::ReadWrite, 0)
+            .unwrap();
+        let f = create(&store, root(), "a");
+        store_data(&store, &f, &content).unwrap();
+        f.fid
+    };
+    let store = Store::open(dir.path(), ServerId(1)).unwrap();
+    assert_eq!(read_all(&store, fid), content);
+}
