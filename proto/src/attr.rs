@@ -16,9 +16,7 @@ pub enum ObjectKind {
 }
 
 /// Wall-clock time since the Unix epoch.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,
@@ -31,22 +29,13 @@ impl Timestamp {
 
     pub fn from_system(t: std::time::SystemTime) -> Self {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timestamp {
-                        secs: -(d.as_secs() as i64),
-                        nanos: 0,
-                    }
+                    Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
                 } else {
-                    Timestamp {
-                        secs: -(d.as_secs() as i64) - 1,
-                        nanos: 1_000_000_000 - d.subsec_nanos(),
-                    }
+                    Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
                 }
             }
         }
@@ -64,16 +53,11 @@ impl Timestamp {
 
     /// Nanoseconds since the epoch, as SQLite stores it.
     pub fn as_nanos(self) -> i64 {
-        self.secs
-            .saturating_mul(1_000_000_000)
-            .saturating_add(i64::from(self.nanos))
+        self.secs.saturating_mul(1_000_000_000).saturating_add(i64::from(self.nanos))
     }
 
     pub fn from_nanos(n: i64) -> Self {
-        Timestamp {
-            secs: n.div_euclid(1_000_000_000),
-            nanos: n.rem_euclid(1_000_000_000) as u32,
-        }
+        Timestamp { secs: n.div_euclid(1_000_000_000), nanos: n.rem_euclid(1_000_000_000) as u32 }
     }
 }
 
@@ -156,24 +140,8 @@ mod tests {
 
     #[test]
     fn setattrs_merge_field_by_field() {
-        let mut a = SetAttrs {
-            mode: Some(0o600),
-            owner: Some(1),
-            ..Default::default()
-        };
-        a.merge(&SetAttrs {
-            mode: Some(0o644),
-            group: Some(2),
-            ..Default::default()
-        });
-        assert_eq!(
-            a,
-            SetAttrs {
-                mode: Some(0o644),
-                owner: Some(1),
-                group: Some(2),
-                mtime: None
-            }
-        );
+        let mut a = SetAttrs { mode: Some(0o600), owner: Some(1), ..Default::default() };
+        a.merge(&SetAttrs { mode: Some(0o644), group: Some(2), ..Default::default() });
+        assert_eq!(a, SetAttrs { mode: Some(0o644), owner: Some(1), group: Some(2), mtime: None });
     }
 }

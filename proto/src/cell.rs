@@ -39,25 +39,14 @@ impl CellServer {
 pub fn validate_cell_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
         && !name.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "cell name {name:?}: use lower-case letters, digits, '.' and '-'"
-        ))
-    }
+    if ok { Ok(()) } else { Err(format!("cell name {name:?}: use lower-case letters, digits, '.' and '-'")) }
 }
 
 impl CellFile {
     pub fn parse(text: &str, path: &str) -> Result<Self, ProtoError> {
-        let bad = |reason: String| ProtoError::CellFile {
-            path: path.to_string(),
-            reason,
-        };
+        let bad = |reason: String| ProtoError::CellFile { path: path.to_string(), reason };
         let cell: CellFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         validate_cell_name(&cell.cell).map_err(bad)?;
         if cell.servers.is_empty() {
@@ -65,26 +54,18 @@ impl CellFile {
         }
         for s in &cell.servers {
             if s.address.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad(format!(
-                    "server {}: address {:?} is not IP:PORT",
-                    s.id, s.address
-                )));
+                return Err(bad(format!("server {}: address {:?} is not IP:PORT", s.id, s.address)));
             }
             if !s.fingerprint.starts_with("b3:") || s.fingerprint.len() != 67 {
-                return Err(bad(format!(
-                    "server {}: fingerprint {:?} is not b3:<64 hex digits>",
-                    s.id, s.fingerprint
-                )));
+                return Err(bad(format!("server {}: fingerprint {:?} is not b3:<64 hex digits>", s.id, s.fingerprint)));
             }
         }
         Ok(cell)
     }
 
     pub fn load(path: &Path) -> Result<Self, ProtoError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ProtoError::CellFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ProtoError::CellFile { path: path.display().to_string(), reason: e.to_string() })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -123,28 +104,13 @@ mod tests {
     fn bad_files_are_clear_errors() {
         let mut c = sample();
         c.servers[0].address = "nowhere".into();
-        assert!(
-            CellFile::parse(&c.to_toml(), "t")
-                .unwrap_err()
-                .to_string()
-                .contains("not IP:PORT")
-        );
+        assert!(CellFile::parse(&c.to_toml(), "t").unwrap_err().to_string().contains("not IP:PORT"));
         let mut c = sample();
         c.servers[0].fingerprint = "sha1:00".into();
-        assert!(
-            CellFile::parse(&c.to_toml(), "t")
-                .unwrap_err()
-                .to_string()
-                .contains("fingerprint")
-        );
+        assert!(CellFile::parse(&c.to_toml(), "t").unwrap_err().to_string().contains("fingerprint"));
         let mut c = sample();
         c.cell = "Bad Cell".into();
         assert!(CellFile::parse(&c.to_toml(), "t").is_err());
-        assert!(
-            CellFile::parse("cell = ", "t")
-                .unwrap_err()
-                .to_string()
-                .contains("cell file t")
-        );
+        assert!(CellFile::parse("cell = ", "t").unwrap_err().to_string().contains("cell file t"));
     }
 }

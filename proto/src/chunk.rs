@@ -28,9 +28,7 @@ impl ChunkHash {
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {
-        blake3::Hash::from_hex(s)
-            .ok()
-            .map(|h| ChunkHash(*h.as_bytes()))
+        blake3::Hash::from_hex(s).ok().map(|h| ChunkHash(*h.as_bytes()))
     }
 }
 
@@ -64,21 +62,13 @@ pub fn chunk_stream<R: Read, E: From<std::io::Error>>(
     reader: R,
     mut each: impl FnMut(ChunkRef, &[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    let cdc = fastcdc::v2020::StreamCDC::new(
-        reader,
-        MIN_CHUNK as usize,
-        AVG_CHUNK as usize,
-        MAX_CHUNK as usize,
-    );
+    let cdc = fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK as usize, AVG_CHUNK as usize, MAX_CHUNK as usize);
     for chunk in cdc {
         let chunk = chunk.map_err(|e| match e {
             fastcdc::v2020::Error::IoError(io) => E::from(io),
             other => E::from(std::io::Error::other(other.to_string())),
         })?;
-        let r = ChunkRef {
-            hash: ChunkHash::of(&chunk.data),
-            len: chunk.length as u32,
-        };
+        let r = ChunkRef { hash: ChunkHash::of(&chunk.data), len: chunk.length as u32 };
         each(r, &chunk.data)?;
     }
     Ok(())
@@ -86,23 +76,12 @@ pub fn chunk_stream<R: Read, E: From<std::io::Error>>(
 
 /// The chunk list of a whole in-memory buffer (tests and small files).
 pub fn chunk_bytes(data: &[u8]) -> Vec<(ChunkRef, &[u8])> {
-    fastcdc::v2020::FastCDC::new(
-        data,
-        MIN_CHUNK as usize,
-        AVG_CHUNK as usize,
-        MAX_CHUNK as usize,
-    )
-    .map(|c| {
-        let bytes = &data[c.offset..c.offset + c.length];
-        (
-            ChunkRef {
-                hash: ChunkHash::of(bytes),
-                len: c.length as u32,
-            },
-            bytes,
-        )
-    })
-    .collect()
+    fastcdc::v2020::FastCDC::new(data, MIN_CHUNK as usize, AVG_CHUNK as usize, MAX_CHUNK as usize)
+        .map(|c| {
+            let bytes = &data[c.offset..c.offset + c.length];
+            (ChunkRef { hash: ChunkHash::of(bytes), len: c.length as u32 }, bytes)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,15 +122,8 @@ mod tests {
         let before: Vec<ChunkRef> = chunk_bytes(&data).into_iter().map(|(r, _)| r).collect();
         data[4 * 1024 * 1024] ^= 0xff;
         let after: Vec<ChunkRef> = chunk_bytes(&data).into_iter().map(|(r, _)| r).collect();
-        let changed: u64 = after
-            .iter()
-            .filter(|c| !before.contains(c))
-            .map(|c| u64::from(c.len))
-            .sum();
-        assert!(
-            changed <= 2 * u64::from(MAX_CHUNK),
-            "changed {changed} bytes"
-        );
+        let changed: u64 = after.iter().filter(|c| !before.contains(c)).map(|c| u64::from(c.len)).sum();
+        assert!(changed <= 2 * u64::from(MAX_CHUNK), "changed {changed} bytes");
     }
 
     #[test]

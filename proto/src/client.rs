@@ -33,11 +33,7 @@ impl Connector {
     pub fn new(identity: Option<Identity>, tuning: TransportTuning) -> Result<Self, ProtoError> {
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
         let endpoint = quinn::Endpoint::client(bind)?;
-        Ok(Connector {
-            endpoint,
-            identity,
-            tuning,
-        })
+        Ok(Connector { endpoint, identity, tuning })
     }
 
     /// Connects and says hello. Fails with `FingerprintMismatch` if the server is not the one the
@@ -48,19 +44,15 @@ impl Connector {
         client: ClientId,
         timeout: Duration,
     ) -> Result<Session, ProtoError> {
-        let addr: SocketAddr = server.address.parse().map_err(|_| ProtoError::Connect {
-            address: server.address.clone(),
-            reason: "not IP:PORT".into(),
-        })?;
-        let (config, mismatch) =
-            client_config(&server.fingerprint, self.identity.as_ref(), &self.tuning)?;
+        let addr: SocketAddr = server
+            .address
+            .parse()
+            .map_err(|_| ProtoError::Connect { address: server.address.clone(), reason: "not IP:PORT".into() })?;
+        let (config, mismatch) = client_config(&server.fingerprint, self.identity.as_ref(), &self.tuning)?;
         let connecting = self
             .endpoint
             .connect_with(config, addr, SERVER_NAME)
-            .map_err(|e| ProtoError::Connect {
-                address: server.address.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ProtoError::Connect { address: server.address.clone(), reason: e.to_string() })?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(ProtoError::Timeout(timeout)),
             Ok(Ok(conn)) => conn,
@@ -72,23 +64,12 @@ impl Connector {
                         expected: server.fingerprint.clone(),
                         got,
                     },
-                    None => ProtoError::Connect {
-                        address: server.address.clone(),
-                        reason: e.to_string(),
-                    },
+                    None => ProtoError::Connect { address: server.address.clone(), reason: e.to_string() },
                 });
             }
         };
-        let session = Session {
-            conn,
-            server: server.server_id(),
-            timeout,
-        };
-        let hello = Request::Hello {
-            client,
-            protocol: PROTOCOL_VERSION,
-            host: hostname(),
-        };
+        let session = Session { conn, server: server.server_id(), timeout };
+        let hello = Request::Hello { client, protocol: PROTOCOL_VERSION, host: hostname() };
         match session.call(&hello).await? {
             Response::Hello { .. } => Ok(session),
             other => Err(unexpected("Hello", other)),
@@ -97,18 +78,13 @@ impl Connector {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn unexpected(request: &'static str, got: Response) -> ProtoError {
     match got {
         Response::Error(e) => ProtoError::Remote(e),
-        other => ProtoError::Unexpected {
-            request,
-            got: format!("{other:?}").chars().take(200).collect(),
-        },
+        other => ProtoError::Unexpected { request, got: format!("{other:?}").chars().take(200).collect() },
     }
 }
 
@@ -138,10 +114,7 @@ impl Session {
         self.conn.close(0u32.into(), b"bye");
     }
 
-    async fn timed<T>(
-        &self,
-        fut: impl Future<Output = Result<T, ProtoError>>,
-    ) -> Result<T, ProtoError> {
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T, ProtoError>>) -> Result<T, ProtoError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(ProtoError::Timeout(self.timeout)),
@@ -175,29 +148,20 @@ impl Session {
         mut sink: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>,
     ) -> Result<(Attr, Vec<ChunkRef>, Promise), ProtoError> {
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_frame(&mut send, &Request::FetchData { fid }))
-            .await?;
+        self.timed(write_frame(&mut send, &Request::FetchData { fid })).await?;
         let _ = send.finish();
         let (attr, chunks, promise) = match self.timed(read_frame(&mut recv)).await? {
-            Response::Data {
-                attr,
-                chunks,
-                promise,
-            } => (attr, chunks, promise),
+            Response::Data { attr, chunks, promise } => (attr, chunks, promise),
             other => return Err(unexpected("FetchData", other)),
         };
         let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
         for (index, chunk) in chunks.iter().enumerate() {
             if chunk.len > MAX_CHUNK {
-                return Err(ProtoError::Malformed(format!(
-                    "chunk {index} is {} bytes",
-                    chunk.len
-                )));
+                return Err(ProtoError::Malformed(format!("chunk {index} is {} bytes", chunk.len)));
             }
             buf.resize(chunk.len as usize, 0);
             // Each chunk must arrive within the timeout; a slow but moving transfer is fine.
-            self.timed(async { Ok(AsyncReadExt::read_exact(&mut recv, &mut buf).await?) })
-                .await?;
+            self.timed(async { Ok(AsyncReadExt::read_exact(&mut recv, &mut buf).await?) }).await?;
             if ChunkHash::of(&buf) != chunk.hash {
                 return Err(ProtoError::HashMismatch { index });
             }
@@ -207,15 +171,8 @@ impl Session {
     }
 
     /// Which of `hashes` the server lacks, by index.
-    pub async fn missing_chunks(
-        &self,
-        volume: VolumeId,
-        hashes: Vec<ChunkHash>,
-    ) -> Result<Vec<u32>, ProtoError> {
-        match self
-            .call(&Request::MissingChunks { volume, hashes })
-            .await?
-        {
+    pub async fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Result<Vec<u32>, ProtoError> {
+        match self.call(&Request::MissingChunks { volume, hashes }).await? {
             Response::Missing { indices } => Ok(indices),
             other => Err(unexpected("MissingChunks", other)),
         }
@@ -231,11 +188,7 @@ impl Session {
     ) -> Result<u32, ProtoError> {
         let count = chunks.len();
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_frame(
-            &mut send,
-            &Request::PutChunks { volume, chunks },
-        ))
-        .await?;
+        self.timed(write_frame(&mut send, &Request::PutChunks { volume, chunks })).await?;
         for i in 0..count {
             let data = read_chunk(i)?;
             self.timed(async {
@@ -254,10 +207,7 @@ impl Session {
     /// Serves callback breaks: every stream the server opens carries one [`Push`]; `handler`
     /// runs before the ack is sent, so the server knows the promise is gone when it hears back.
     /// Ends when the connection closes.
-    pub fn spawn_push_handler(
-        &self,
-        handler: Arc<dyn Fn(Push) + Send + Sync>,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_push_handler(&self, handler: Arc<dyn Fn(Push) + Send + Sync>) -> tokio::task::JoinHandle<()> {
         let conn = self.conn.clone();
         tokio::spawn(async move {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -281,11 +231,7 @@ impl Session {
 }
 
 /// Server side: sends one push on a new stream and waits for the ack.
-pub async fn send_push(
-    conn: &quinn::Connection,
-    push: &Push,
-    timeout: Duration,
-) -> Result<(), ProtoError> {
+pub async fn send_push(conn: &quinn::Connection, push: &Push, timeout: Duration) -> Result<(), ProtoError> {
     let fut = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, push).await?;

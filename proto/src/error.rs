@@ -20,11 +20,7 @@ pub enum ProtoError {
         "server {address} presented certificate {got}, but the cell file pins {expected}: \
          wrong server or wrong cell file"
     )]
-    FingerprintMismatch {
-        address: String,
-        expected: String,
-        got: String,
-    },
+    FingerprintMismatch { address: String, expected: String, got: String },
     #[error("{0}")]
     Remote(#[from] RemoteError),
     #[error("unexpected reply to {request}: {got}")]
@@ -46,10 +42,7 @@ impl ProtoError {
     /// Venus uses this to decide whether to switch a volume to disconnected operation.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            ProtoError::Io(_)
-            | ProtoError::Connection(_)
-            | ProtoError::Connect { .. }
-            | ProtoError::Timeout(_) => true,
+            ProtoError::Io(_) | ProtoError::Connection(_) | ProtoError::Connect { .. } | ProtoError::Timeout(_) => true,
             ProtoError::FrameTooLarge { .. }
             | ProtoError::Malformed(_)
             | ProtoError::FingerprintMismatch { .. }

@@ -18,10 +18,7 @@ pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
     let body = postcard::to_stdvec(msg).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME as usize {
-        return Err(ProtoError::FrameTooLarge {
-            len: body.len() as u64,
-            max: MAX_FRAME,
-        });
+        return Err(ProtoError::FrameTooLarge { len: body.len() as u64, max: MAX_FRAME });
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -31,13 +28,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
 
 /// Decodes a whole message body, refusing trailing bytes.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtoError> {
-    let (msg, rest) =
-        postcard::take_from_bytes(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let _ = crate::name::take_last_rejection();
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| match crate::name::take_last_rejection() {
+        Some(name) => ProtoError::Malformed(format!("invalid name: {name}")),
+        None => ProtoError::Malformed(e.to_string()),
+    })?;
     if !rest.is_empty() {
-        return Err(ProtoError::Malformed(format!(
-            "{} trailing bytes after the message",
-            rest.len()
-        )));
+        return Err(ProtoError::Malformed(format!("{} trailing bytes after the message", rest.len())));
     }
     Ok(msg)
 }
@@ -61,10 +58,7 @@ where
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len);
     if len > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge {
-            len: u64::from(len),
-            max: MAX_FRAME,
-        });
+        return Err(ProtoError::FrameTooLarge { len: u64::from(len), max: MAX_FRAME });
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body).await?;
@@ -79,9 +73,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip() {
-        let req = Request::FetchStatus {
-            fid: Fid::new(VolumeId(3), ObjectId(99)),
-        };
+        let req = Request::FetchStatus { fid: Fid::new(VolumeId(3), ObjectId(99)) };
         let bytes = encode(&req).unwrap();
         let mut r = &bytes[..];
         let back: Request = read_frame(&mut r).await.unwrap();
@@ -101,15 +93,9 @@ mod tests {
     async fn truncated_frame_is_an_io_error() {
         let bytes = encode(&Request::ListVldb).unwrap();
         let mut r = &bytes[..bytes.len() - 1];
-        assert!(matches!(
-            read_frame::<_, Request>(&mut r).await,
-            Err(ProtoError::Io(_))
-        ));
+        assert!(matches!(read_frame::<_, Request>(&mut r).await, Err(ProtoError::Io(_))));
         let mut empty: &[u8] = &[];
-        assert!(matches!(
-            read_frame::<_, Request>(&mut empty).await,
-            Err(ProtoError::Io(_))
-        ));
+        assert!(matches!(read_frame::<_, Request>(&mut empty).await, Err(ProtoError::Io(_))));
     }
 
     #[tokio::test]
@@ -117,19 +103,33 @@ mod tests {
         let mut bytes = 3u32.to_le_bytes().to_vec();
         bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
         let mut r = &bytes[..];
-        assert!(matches!(
-            read_frame::<_, Request>(&mut r).await,
-            Err(ProtoError::Malformed(_))
-        ));
+        assert!(matches!(read_frame::<_, Request>(&mut r).await, Err(ProtoError::Malformed(_))));
 
         let body = postcard::to_stdvec(&Request::ListVldb).unwrap();
         let mut framed = ((body.len() + 1) as u32).to_le_bytes().to_vec();
         framed.extend_from_slice(&body);
         framed.push(0);
         let mut r = &framed[..];
-        assert!(matches!(
-            read_frame::<_, Request>(&mut r).await,
-            Err(ProtoError::Malformed(_))
-        ));
+        assert!(matches!(read_frame::<_, Request>(&mut r).await, Err(ProtoError::Malformed(_))));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+    use crate::*;
+
+    #[test]
+    fn a_bad_name_inside_a_message_is_named_in_the_error() {
+        let m = Mutation::Link {
+            parent: Fid::new(VolumeId(1), ObjectId(1)),
+            name: Name::new("abc").unwrap(),
+            target: ObjectId(2),
+        };
+        let mut bytes = postcard::to_stdvec(&m).unwrap();
+        let pos = bytes.windows(3).position(|w| w == b"abc").unwrap();
+        bytes[pos + 1] = b'/';
+        let err = decode::<Mutation>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("invalid name: name contains '/'"), "{err}");
     }
 }

@@ -27,31 +27,19 @@ fn golden_bytes() {
         mutation: Mutation::Store {
             fid,
             base: Base::Version(VersionVector::first(ServerId(1))),
-            chunks: vec![ChunkRef {
-                hash: ChunkHash([0; 32]),
-                len: 7,
-            }],
+            chunks: vec![ChunkRef { hash: ChunkHash([0; 32]), len: 7 }],
             mtime: Timestamp { secs: 1, nanos: 0 },
         },
     };
-    assert_eq!(
-        enc(&rec),
-        format!("050002030001010101{}070200", "00".repeat(32))
-    );
+    assert_eq!(enc(&rec), format!("050002030001010101{}070200", "00".repeat(32)));
     let rm = Mutation::Remove {
         parent: fid,
         name: Name::new("a").unwrap(),
-        seen: Seen {
-            object: ObjectId(9),
-            base: Base::AfterOp(OpId(4)),
-        },
+        seen: Seen { object: ObjectId(9), base: Base::AfterOp(OpId(4)) },
     };
     assert_eq!(enc(&rm), "06020301610901".to_string() + "04");
     assert_eq!(
-        enc(&Push::BreakCallbacks {
-            fids: vec![fid],
-            volumes: vec![VolumeId(2)]
-        }),
+        enc(&Push::BreakCallbacks { fids: vec![fid], volumes: vec![VolumeId(2)] }),
         "0001020301".to_string() + "02"
     );
 }
@@ -64,21 +52,11 @@ fn request_meta_names_are_all_listed() {
         Request::FetchData { fid },
         Request::FetchDir { fid },
         Request::ListVldb,
-        Request::Reintegrate {
-            volume: VolumeId(1),
-            records: vec![],
-        },
+        Request::Reintegrate { volume: VolumeId(1), records: vec![] },
     ];
     for r in samples {
         assert!(REQUEST_NAMES.contains(&r.meta().name), "{}", r.meta().name);
     }
-    assert!(
-        Request::CreateVolume {
-            name: "x".into(),
-            quota: 0
-        }
-        .meta()
-        .admin
-    );
+    assert!(Request::CreateVolume { name: "x".into(), quota: 0 }.meta().admin);
     assert!(!Request::FetchData { fid }.meta().mutates);
 }

@@ -115,14 +115,9 @@ impl std::str::FromStr for Fid {
 
     /// Parses the `volume.object` form printed by `Display` (object in hex).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (v, o) = s
-            .split_once('.')
-            .ok_or_else(|| format!("not a fid: {s:?}"))?;
-        let volume = v
-            .parse()
-            .map_err(|_| format!("bad volume id in fid {s:?}"))?;
-        let object =
-            u128::from_str_radix(o, 16).map_err(|_| format!("bad object id in fid {s:?}"))?;
+        let (v, o) = s.split_once('.').ok_or_else(|| format!("not a fid: {s:?}"))?;
+        let volume = v.parse().map_err(|_| format!("bad volume id in fid {s:?}"))?;
+        let object = u128::from_str_radix(o, 16).map_err(|_| format!("bad object id in fid {s:?}"))?;
         Ok(Fid::new(VolumeId(volume), ObjectId(object)))
     }
 }

@@ -214,10 +214,7 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {
     /// Drop these promises: the objects (or anything in these volumes) changed.
-    BreakCallbacks {
-        fids: Vec<Fid>,
-        volumes: Vec<VolumeId>,
-    },
+    BreakCallbacks { fids: Vec<Fid>, volumes: Vec<VolumeId> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,32 +287,16 @@ pub struct RequestMeta {
 impl Request {
     /// One table of every request's properties.
     pub fn meta(&self) -> RequestMeta {
-        let m = |name, mutates, idempotent, admin, volume| RequestMeta {
-            name,
-            mutates,
-            idempotent,
-            admin,
-            volume,
-        };
+        let m = |name, mutates, idempotent, admin, volume| RequestMeta { name, mutates, idempotent, admin, volume };
         match self {
             Request::Hello { .. } => m("Hello", false, true, false, None),
             Request::FetchStatus { fid } => m("FetchStatus", false, true, false, Some(fid.volume)),
             Request::FetchData { fid } => m("FetchData", false, true, false, Some(fid.volume)),
             Request::FetchDir { fid } => m("FetchDir", false, true, false, Some(fid.volume)),
-            Request::MissingChunks { volume, .. } => {
-                m("MissingChunks", false, true, false, Some(*volume))
-            }
+            Request::MissingChunks { volume, .. } => m("MissingChunks", false, true, false, Some(*volume)),
             Request::PutChunks { volume, .. } => m("PutChunks", true, true, false, Some(*volume)),
-            Request::Mutate { record } => m(
-                record.mutation.verb(),
-                true,
-                true,
-                false,
-                Some(record.mutation.volume()),
-            ),
-            Request::Reintegrate { volume, .. } => {
-                m("Reintegrate", true, true, false, Some(*volume))
-            }
+            Request::Mutate { record } => m(record.mutation.verb(), true, true, false, Some(record.mutation.volume())),
+            Request::Reintegrate { volume, .. } => m("Reintegrate", true, true, false, Some(*volume)),
             Request::ValidateVolumes { .. } => m("ValidateVolumes", false, true, false, None),
             Request::GiveUpCallBacks { .. } => m("GiveUpCallBacks", false, true, false, None),
             Request::GetVolumeLocation { .. } => m("GetVolumeLocation", false, true, false, None),
@@ -362,18 +343,14 @@ pub const REQUEST_NAMES: &[&str] = &[
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and
 /// `.backup` are reserved for replicas and snapshots.
 pub fn validate_volume_name(name: &str) -> Result<(), RemoteError> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
         return Err(RemoteError::Invalid(format!(
             "volume name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
         )));
     }
     if name.ends_with(".readonly") || name.ends_with(".backup") {
-        return Err(RemoteError::Invalid(format!(
-            "volume name {name:?}: .readonly and .backup are reserved"
-        )));
+        return Err(RemoteError::Invalid(format!("volume name {name:?}: .readonly and .backup are reserved")));
     }
     Ok(())
 }

@@ -66,11 +66,26 @@ pub fn validate(s: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+thread_local! {
+    /// postcard drops the text of custom decode errors; the decoder reads the reason back from
+    /// here (decoding is synchronous, so the same thread) to give a precise error.
+    static LAST_REJECTED: std::cell::RefCell<Option<NameError>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The reason the last name decoded on this thread was rejected, if any.
+pub fn take_last_rejection() -> Option<NameError> {
+    LAST_REJECTED.with(|l| l.borrow_mut().take())
+}
+
 impl<'de> Deserialize<'de> for Name {
     /// Names are validated while decoding: a hostile peer cannot smuggle one in.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Name::new(s).map_err(serde::de::Error::custom)
+        Name::new(s).map_err(|e| {
+            let msg = e.to_string();
+            LAST_REJECTED.with(|l| *l.borrow_mut() = Some(e));
+            serde::de::Error::custom(msg)
+        })
     }
 }
 
@@ -115,14 +130,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in [
-            "a",
-            "...",
-            ".hidden",
-            "x".repeat(255).as_str(),
-            "naïve café",
-            "a b",
-        ] {
+        for ok in ["a", "...", ".hidden", "x".repeat(255).as_str(), "naïve café", "a b"] {
             assert_eq!(Name::new(ok).unwrap().as_str(), ok);
         }
     }

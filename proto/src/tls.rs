@@ -31,10 +31,7 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity {
-            cert: self.cert.clone(),
-            key: self.key.clone_key(),
-        }
+        Identity { cert: self.cert.clone(), key: self.key.clone_key() }
     }
 }
 
@@ -51,10 +48,7 @@ impl Identity {
             .map_err(|e| ProtoError::Tls(format!("generating a certificate: {e}")))?;
         let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
             .map_err(|e| ProtoError::Tls(format!("encoding the private key: {e}")))?;
-        Ok(Identity {
-            cert: ck.cert.der().clone(),
-            key,
-        })
+        Ok(Identity { cert: ck.cert.der().clone(), key })
     }
 
     /// Certificate and key in one PEM document.
@@ -65,22 +59,15 @@ impl Identity {
     }
 
     pub fn from_pem(pem: &[u8], what: &str) -> Result<Self, ProtoError> {
-        let bad = |reason: String| ProtoError::Credential {
-            path: what.to_string(),
-            reason,
-        };
-        let cert =
-            CertificateDer::from_pem_slice(pem).map_err(|e| bad(format!("no certificate: {e}")))?;
-        let key =
-            PrivateKeyDer::from_pem_slice(pem).map_err(|e| bad(format!("no private key: {e}")))?;
+        let bad = |reason: String| ProtoError::Credential { path: what.to_string(), reason };
+        let cert = CertificateDer::from_pem_slice(pem).map_err(|e| bad(format!("no certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| bad(format!("no private key: {e}")))?;
         Ok(Identity { cert, key })
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, ProtoError> {
-        let pem = std::fs::read(path).map_err(|e| ProtoError::Credential {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| ProtoError::Credential { path: path.display().to_string(), reason: e.to_string() })?;
         Self::from_pem(&pem, &path.display().to_string())
     }
 
@@ -109,16 +96,8 @@ fn base64_encode(data: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
     }
     out
 }
@@ -164,10 +143,7 @@ impl ServerCertVerifier for PinnedServer {
             if let Ok(mut m) = self.mismatch.lock() {
                 *m = Some(got.clone());
             }
-            Err(rustls::Error::General(format!(
-                "certificate fingerprint {got} is not the pinned {}",
-                self.expected
-            )))
+            Err(rustls::Error::General(format!("certificate fingerprint {got} is not the pinned {}", self.expected)))
         }
     }
 
@@ -177,12 +153,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -191,18 +162,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -241,12 +205,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -255,20 +214,16 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// Where the pinned verifier leaves the fingerprint a server presented when it did not match.
+pub type MismatchSlot = Arc<Mutex<Option<String>>>;
 
 /// Transport limits and tuning shared by both ends.
 #[derive(Debug, Clone)]
@@ -281,18 +236,13 @@ pub struct TransportTuning {
 
 impl Default for TransportTuning {
     fn default() -> Self {
-        TransportTuning {
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(10),
-            max_streams: 64,
-        }
+        TransportTuning { idle_timeout: Duration::from_secs(30), keep_alive: Duration::from_secs(10), max_streams: 64 }
     }
 }
 
 fn transport(t: &TransportTuning) -> Result<Arc<quinn::TransportConfig>, ProtoError> {
     let mut tc = quinn::TransportConfig::default();
-    let idle =
-        quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|e| ProtoError::Tls(e.to_string()))?;
+    let idle = quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|e| ProtoError::Tls(e.to_string()))?;
     tc.max_idle_timeout(Some(idle));
     tc.keep_alive_interval(Some(t.keep_alive));
     tc.max_concurrent_bidi_streams(t.max_streams.into());
@@ -310,14 +260,9 @@ fn transport(t: &TransportTuning) -> Result<Arc<quinn::TransportConfig>, ProtoEr
     Ok(Arc::new(tc))
 }
 
-pub fn server_config(
-    identity: &Identity,
-    tuning: &TransportTuning,
-) -> Result<quinn::ServerConfig, ProtoError> {
+pub fn server_config(identity: &Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ProtoError> {
     let provider = provider();
-    let verifier = Arc::new(AnyClientCert {
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(AnyClientCert { provider: provider.clone() });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ProtoError::Tls(e.to_string()))?
@@ -325,8 +270,7 @@ pub fn server_config(
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(|e| ProtoError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ProtoError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| ProtoError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport(tuning)?);
     Ok(config)
@@ -338,7 +282,7 @@ pub fn client_config(
     expected: &str,
     identity: Option<&Identity>,
     tuning: &TransportTuning,
-) -> Result<(quinn::ClientConfig, Arc<Mutex<Option<String>>>), ProtoError> {
+) -> Result<(quinn::ClientConfig, MismatchSlot), ProtoError> {
     let provider = provider();
     let mismatch = Arc::new(Mutex::new(None));
     let verifier = Arc::new(PinnedServer {
@@ -358,8 +302,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ProtoError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ProtoError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(tuning)?);
     Ok((config, mismatch))

@@ -136,36 +136,21 @@ mod tests {
         assert_eq!(vv(&[(1, 2)]).compare(&vv(&[(1, 2)])), VvOrder::Equal);
         assert_eq!(vv(&[(1, 3)]).compare(&vv(&[(1, 2)])), VvOrder::Dominates);
         assert_eq!(vv(&[(1, 2)]).compare(&vv(&[(1, 3)])), VvOrder::Dominated);
-        assert_eq!(
-            vv(&[(1, 2), (2, 1)]).compare(&vv(&[(1, 3)])),
-            VvOrder::Concurrent
-        );
+        assert_eq!(vv(&[(1, 2), (2, 1)]).compare(&vv(&[(1, 3)])), VvOrder::Concurrent);
         // A missing entry counts as zero.
-        assert_eq!(
-            vv(&[(1, 1), (2, 0)]).compare(&vv(&[(1, 1)])),
-            VvOrder::Equal
-        );
+        assert_eq!(vv(&[(1, 1), (2, 0)]).compare(&vv(&[(1, 1)])), VvOrder::Equal);
         assert_eq!(vv(&[]).compare(&vv(&[(1, 1)])), VvOrder::Dominated);
     }
 
     #[test]
     fn stamps() {
-        let a = VolumeStamp {
-            incarnation: 5,
-            counter: 10,
-        };
-        let b = VolumeStamp {
-            incarnation: 5,
-            counter: 11,
-        };
+        let a = VolumeStamp { incarnation: 5, counter: 10 };
+        let b = VolumeStamp { incarnation: 5, counter: 11 };
         assert!(b.follows(&a, 1));
         assert!(!a.follows(&b, 1));
         assert!(a.went_backwards_from(&b));
         assert!(!b.went_backwards_from(&a));
-        let other = VolumeStamp {
-            incarnation: 6,
-            counter: 99,
-        };
+        let other = VolumeStamp { incarnation: 6, counter: 99 };
         assert!(other.went_backwards_from(&b));
     }
 }

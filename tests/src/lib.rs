@@ -1,1 +1,341 @@
-//! placeholder
+//! Harness for end-to-end tests: real `vice` processes on 127.0.0.1 and a test client built from
+//! `proto`. Readiness is polled, never slept for; every process is killed when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use proto::cell::CellFile;
+use proto::client::{Connector, Session};
+use proto::msg::Push;
+use proto::tls::{Identity, TransportTuning};
+use proto::*;
+
+/// Path of a workspace binary, built by `cargo build --bins` (the test script does it).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on loopback (the OS picks one; tiny race, acceptable in tests).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// Whether the cell's first server answers a Hello. Runs on its own thread with its own runtime,
+/// because callers may be inside a tokio runtime already.
+pub fn probe(cell: &CellFile) -> bool {
+    let server = cell.servers[0].clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return false;
+        };
+        rt.block_on(async {
+            let Ok(c) = Connector::new(None, TransportTuning::default()) else {
+                return false;
+            };
+            match c.connect(&server, ClientId::random(), Duration::from_millis(500)).await {
+                Ok(s) => {
+                    s.close();
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// One vice server with its own data directory.
+pub struct Vice {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Vice {
+    /// `vice init` a new cell and start serving it.
+    pub fn start(cell: &str) -> Result<Vice> {
+        let dir = tempfile::tempdir()?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join("data");
+        let out = Command::new(bin("vice"))
+            .args(["init", "--cell", cell, "--data"])
+            .arg(&data)
+            .args(["--listen", &addr])
+            .output()?;
+        if !out.status.success() {
+            bail!("vice init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let log = dir.path().join("vice.log");
+        let mut v = Vice { dir, addr, child: None, log };
+        v.spawn()?;
+        Ok(v)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cell_file_path(&self) -> PathBuf {
+        self.data().join("cell.toml")
+    }
+
+    pub fn admin_cred_path(&self) -> PathBuf {
+        self.data().join("admin.cred")
+    }
+
+    pub fn cell_file(&self) -> CellFile {
+        CellFile::load(&self.cell_file_path()).expect("cell file")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin("vice"))
+            .args(["serve", "--data"])
+            .arg(self.data())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Polls until the server answers a Hello.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cell = self.cell_file();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("vice exited with {status} during start-up:\n{}", self.log_text());
+            }
+            if probe(&cell) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("vice did not become ready in 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(true);
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("vice did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Runs `vos` against this cell with the admin credential.
+    pub fn vos(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("vos"))
+            .args(args)
+            .env("AFS_CELL_FILE", self.cell_file_path())
+            .env("AFS_ADMIN_CRED", self.admin_cred_path())
+            .output()
+            .expect("run vos")
+    }
+}
+
+impl Drop for Vice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A protocol-level client, as venus would be, recording the callback breaks it receives.
+pub struct TestClient {
+    pub id: ClientId,
+    pub session: Session,
+    pub breaks: Arc<Mutex<Vec<Push>>>,
+    _connector: Connector,
+}
+
+impl TestClient {
+    pub async fn connect(cell: &CellFile) -> Result<TestClient> {
+        Self::connect_as(cell, None).await
+    }
+
+    pub async fn connect_as(cell: &CellFile, identity: Option<Identity>) -> Result<TestClient> {
+        Self::connect_with(cell, identity, ClientId::random()).await
+    }
+
+    /// Connects as a given client id: a client that reconnects after losing its connection.
+    pub async fn connect_with(cell: &CellFile, identity: Option<Identity>, id: ClientId) -> Result<TestClient> {
+        let connector = Connector::new(identity, TransportTuning::default())?;
+        let session = connector.connect(&cell.servers[0], id, Duration::from_secs(30)).await?;
+        let breaks = Arc::new(Mutex::new(Vec::new()));
+        let sink = breaks.clone();
+        session.spawn_push_handler(Arc::new(move |p| sink.lock().unwrap().push(p)));
+        Ok(TestClient { id, session, breaks, _connector: connector })
+    }
+
+    pub fn broken(&self, fid: Fid) -> bool {
+        self.breaks.lock().unwrap().iter().any(|p| match p {
+            Push::BreakCallbacks { fids, .. } => fids.contains(&fid),
+        })
+    }
+
+    pub async fn root_of(&self, volume: &str) -> Result<Fid> {
+        match self.session.call_ok(&Request::GetVolumeLocation { volume: msg::VolumeRef::Name(volume.into()) }).await? {
+            Response::Location { entry, .. } => Ok(Fid::root(entry.rw)),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn mutate(&self, record: Record) -> Result<Applied> {
+        match self.session.call_ok(&Request::Mutate { record }).await? {
+            Response::Applied { result } => Ok(result?),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn create(&self, parent: Fid, name: &str) -> Result<Attr> {
+        let object = ObjectId::random();
+        let applied = self
+            .mutate(Record {
+                op: OpId::random(),
+                mutation: Mutation::Create {
+                    parent,
+                    name: Name::new(name)?,
+                    object,
+                    mode: 0o644,
+                    owner: 0,
+                    group: 0,
+                    mtime: Timestamp::now(),
+                },
+            })
+            .await?;
+        applied.attrs.into_iter().find(|a| a.fid.object == object).context("no attrs for the new file")
+    }
+
+    pub async fn status(&self, fid: Fid) -> Result<Attr> {
+        match self.session.call_ok(&Request::FetchStatus { fid }).await? {
+            Response::Status { attr, .. } => Ok(attr),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+
+    /// Uploads what the server lacks of `data` and returns the chunk list.
+    pub async fn upload(&self, volume: VolumeId, data: &[u8]) -> Result<(Vec<ChunkRef>, u32)> {
+        let pieces = proto::chunk::chunk_bytes(data);
+        let refs: Vec<ChunkRef> = pieces.iter().map(|(r, _)| *r).collect();
+        let missing = self.session.missing_chunks(volume, refs.iter().map(|r| r.hash).collect()).await?;
+        let to_send: Vec<ChunkRef> = missing.iter().map(|&i| refs[i as usize]).collect();
+        let bytes: Vec<Vec<u8>> = missing.iter().map(|&i| pieces[i as usize].1.to_vec()).collect();
+        let stored = if to_send.is_empty() {
+            0
+        } else {
+            self.session.put_chunks(volume, to_send, |i| Ok(bytes[i].clone())).await?
+        };
+        Ok((refs, stored))
+    }
+
+    pub fn store_record(&self, attr: &Attr, chunks: Vec<ChunkRef>) -> Record {
+        Record {
+            op: OpId::random(),
+            mutation: Mutation::Store {
+                fid: attr.fid,
+                base: Base::Version(attr.version.clone()),
+                chunks,
+                mtime: Timestamp::now(),
+            },
+        }
+    }
+
+    /// Stores `data` as the new contents of the file last seen as `attr`; returns its new attrs.
+    pub async fn store(&self, attr: &Attr, data: &[u8]) -> Result<Attr> {
+        let (chunks, _) = self.upload(attr.fid.volume, data).await?;
+        let applied = self.mutate(self.store_record(attr, chunks)).await?;
+        applied.attrs.into_iter().find(|a| a.fid == attr.fid).context("no attrs for the stored file")
+    }
+
+    pub async fn fetch(&self, fid: Fid) -> Result<(Attr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let (attr, _, _) = self
+            .session
+            .fetch_data(fid, |_, bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            })
+            .await?;
+        Ok((attr, out))
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), cheap enough for gigabytes.
+pub struct Noise(u64);
+
+impl Noise {
+    pub fn new(seed: u64) -> Self {
+        Noise(seed | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        Noise::new(seed).fill(&mut v);
+        v
+    }
+}

@@ -1,1 +1,93 @@
-fn main() {}
+//! The `vice` command: thin argument parsing over the library.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// The vice file server of an AFS-style cell.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new cell on this server: keys, the location database, root.afs and root.cell,
+    /// DIR/cell.toml for clients and DIR/admin.cred for `vos`.
+    Init {
+        /// The cell's name, like a DNS domain (example.org).
+        #[arg(long)]
+        cell: String,
+        /// Directory for the server's data (created if missing).
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to serve on, written into the cell file.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: String,
+    },
+    /// Serve the data directory in the foreground until SIGTERM or SIGINT.
+    Serve {
+        #[arg(long)]
+        data: PathBuf,
+        /// Serve on this address instead of the one in server.toml.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vice: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { cell, data, listen } => {
+            let done = vice::init::init_cell(&cell, &data, &listen)?;
+            println!("Created cell {cell} in {}", data.display());
+            println!("  cell file for clients: {}", done.cell_file.display());
+            println!("  admin credential:      {} (keep it private)", done.admin_cred.display());
+            println!("Start the server with: vice serve --data {}", data.display());
+            Ok(())
+        }
+        Command::Serve { data, listen } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let signals = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    signals.cancel();
+                });
+                vice::server::run(&data, listen, shutdown).await
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the server still stops when killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

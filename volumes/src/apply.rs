@@ -16,10 +16,7 @@ use std::collections::BTreeSet;
 use proto::attr::MODE_MASK;
 use proto::chunk::total_len;
 use proto::msg::VolumeKind;
-use proto::{
-    Applied, Attr, ChunkRef, ClientId, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind,
-    OpId,
-};
+use proto::{Applied, Attr, ChunkRef, ClientId, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId};
 use proto::{Record, RecordResult, RemoteError, Timestamp, VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -67,12 +64,7 @@ impl Effect {
 impl Store {
     /// Applies records in order. `volume`, if given, is the only volume the batch may touch
     /// (`Reintegrate`). Records whose OpId was applied before are answered from memory.
-    pub fn apply(
-        &self,
-        client: ClientId,
-        volume: Option<VolumeId>,
-        records: &[Record],
-    ) -> Result<BatchOutcome> {
+    pub fn apply(&self, client: ClientId, volume: Option<VolumeId>, records: &[Record]) -> Result<BatchOutcome> {
         let mut conn = self.lock_writer();
         let mut tx = conn.transaction()?;
         let mut out = BatchOutcome::default();
@@ -109,43 +101,26 @@ fn remembered(c: &Connection, op: OpId) -> Result<Option<Applied>> {
         .query_row(params![rows::op_blob(op)], |r| r.get(0))
         .optional()?;
     match blob {
-        Some(b) => {
-            Ok(Some(postcard::from_bytes(&b).map_err(|e| {
-                StoreError::Corrupt(format!("op result: {e}"))
-            })?))
-        }
+        Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| StoreError::Corrupt(format!("op result: {e}")))?)),
         None => Ok(None),
     }
 }
 
 /// Only applied records are remembered: a refused one changed nothing, so evaluating it again
 /// on a retry is harmless (and lets a retry succeed after, say, missing chunks were sent).
-fn remember(
-    c: &Connection,
-    client: ClientId,
-    op: OpId,
-    applied: &Applied,
-    now: Timestamp,
-) -> Result<()> {
-    let blob = postcard::to_stdvec(applied)
-        .map_err(|e| StoreError::Corrupt(format!("encoding result: {e}")))?;
-    c.prepare_cached("INSERT INTO op_results (op, client, at, result) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            rows::op_blob(op),
-            &client.0.to_be_bytes()[..],
-            now.as_nanos(),
-            blob
-        ])?;
+fn remember(c: &Connection, client: ClientId, op: OpId, applied: &Applied, now: Timestamp) -> Result<()> {
+    let blob = postcard::to_stdvec(applied).map_err(|e| StoreError::Corrupt(format!("encoding result: {e}")))?;
+    c.prepare_cached("INSERT INTO op_results (op, client, at, result) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+        rows::op_blob(op),
+        &client.0.to_be_bytes()[..],
+        now.as_nanos(),
+        blob
+    ])?;
     Ok(())
 }
 
 /// Bumps the volume's stamp and counters and builds the record's answer.
-fn finish(
-    c: &Connection,
-    record: &Record,
-    effect: Effect,
-    out: &mut BatchOutcome,
-) -> Result<Applied> {
+fn finish(c: &Connection, record: &Record, effect: Effect, out: &mut BatchOutcome) -> Result<Applied> {
     let volume = record.mutation.volume();
     let d = &effect.delta;
     c.prepare_cached(
@@ -157,16 +132,12 @@ fn finish(
         .query_row(params![volume.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let attrs: Vec<Attr> = effect.touched.into_iter().map(|o| o.attr).collect();
     out.changed.extend(attrs.iter().map(|a| a.fid));
-    out.changed
-        .extend(effect.removed.iter().map(|&o| Fid::new(volume, o)));
+    out.changed.extend(effect.removed.iter().map(|&o| Fid::new(volume, o)));
     out.volumes.insert(volume);
     Ok(Applied {
         attrs,
         removed: effect.removed,
-        stamp: VolumeStamp {
-            incarnation: inc as u64,
-            counter: counter as u64,
-        },
+        stamp: VolumeStamp { incarnation: inc as u64, counter: counter as u64 },
     })
 }
 
@@ -179,30 +150,16 @@ fn apply_one(
 ) -> Result<Effect> {
     let volume = record.mutation.volume();
     if only.is_some_and(|v| v != volume) {
-        return refuse(RemoteError::Invalid(format!(
-            "record for volume {volume} in a batch for another volume"
-        )));
+        return refuse(RemoteError::Invalid(format!("record for volume {volume} in a batch for another volume")));
     }
-    let info =
-        rows::load_volume(c, volume)?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))?;
+    let info = rows::load_volume(c, volume)?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))?;
     if info.kind != VolumeKind::ReadWrite {
         return refuse(RemoteError::ReadOnly);
     }
-    let ctx = Ctx {
-        c,
-        server,
-        op: record.op,
-        now,
-        volume,
-    };
+    let ctx = Ctx { c, server, op: record.op, now, volume };
     let mut fx = Effect::default();
     match &record.mutation {
-        Mutation::Store {
-            fid,
-            base,
-            chunks,
-            mtime,
-        } => {
+        Mutation::Store { fid, base, chunks, mtime } => {
             let mut obj = ctx.load(*fid)?;
             if obj.kind() != ObjectKind::File {
                 return refuse(if obj.kind() == ObjectKind::Directory {
@@ -212,9 +169,7 @@ fn apply_one(
                 });
             }
             if !obj.matches(base) {
-                return conflict(ConflictKind::VersionChanged {
-                    current: obj.attr.version.clone(),
-                });
+                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
             }
             let new_size = total_len(chunks);
             let grow = new_size as i64 - obj.attr.size as i64;
@@ -232,9 +187,7 @@ fn apply_one(
         Mutation::SetAttr { fid, base, set } => {
             let mut obj = ctx.load(*fid)?;
             if !obj.matches(base) {
-                return conflict(ConflictKind::VersionChanged {
-                    current: obj.attr.version.clone(),
-                });
+                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
             }
             if let Some(m) = set.mode {
                 obj.attr.mode = m & MODE_MASK;
@@ -252,105 +205,36 @@ fn apply_one(
             rows::update_object(c, &obj)?;
             fx.touch(&obj);
         }
-        Mutation::Create {
-            parent,
-            name,
-            object,
-            mode,
-            owner,
-            group,
-            mtime,
-        } => {
-            let obj = ctx.new_object(
-                *object,
-                ObjectKind::File,
-                *mode,
-                *owner,
-                *group,
-                *mtime,
-                None,
-            )?;
+        Mutation::Create { parent, name, object, mode, owner, group, mtime } => {
+            let obj = ctx.new_object(*object, ObjectKind::File, *mode, *owner, *group, *mtime, None)?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
             fx.delta.files += 1;
         }
-        Mutation::MakeDir {
-            parent,
-            name,
-            object,
-            mode,
-            owner,
-            group,
-            mtime,
-        } => {
-            let mut obj = ctx.new_object(
-                *object,
-                ObjectKind::Directory,
-                *mode,
-                *owner,
-                *group,
-                *mtime,
-                None,
-            )?;
+        Mutation::MakeDir { parent, name, object, mode, owner, group, mtime } => {
+            let mut obj = ctx.new_object(*object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None)?;
             obj.attr.nlink = 2;
             obj.attr.parent = Some(parent.object);
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
             fx.delta.dirs += 1;
         }
-        Mutation::Symlink {
-            parent,
-            name,
-            object,
-            target,
-            owner,
-            group,
-            mtime,
-        } => {
+        Mutation::Symlink { parent, name, object, target, owner, group, mtime } => {
             if target.is_empty() || target.len() > MAX_LINK_LEN || target.contains('\0') {
-                return refuse(RemoteError::Invalid(
-                    "symlink target must be 1-4096 bytes without NUL".into(),
-                ));
+                return refuse(RemoteError::Invalid("symlink target must be 1-4096 bytes without NUL".into()));
             }
-            let obj = ctx.new_object(
-                *object,
-                ObjectKind::Symlink,
-                0o777,
-                *owner,
-                *group,
-                *mtime,
-                Some(target.clone()),
-            )?;
+            let obj =
+                ctx.new_object(*object, ObjectKind::Symlink, 0o777, *owner, *group, *mtime, Some(target.clone()))?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
         }
-        Mutation::MakeMountPoint {
-            parent,
-            name,
-            object,
-            target,
-            owner,
-            mtime,
-        } => {
+        Mutation::MakeMountPoint { parent, name, object, target, owner, mtime } => {
             validate_mount_target(target)?;
-            let obj = ctx.new_object(
-                *object,
-                ObjectKind::MountPoint,
-                0o755,
-                *owner,
-                0,
-                *mtime,
-                Some(target.clone()),
-            )?;
+            let obj =
+                ctx.new_object(*object, ObjectKind::MountPoint, 0o755, *owner, 0, *mtime, Some(target.clone()))?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
         }
-        Mutation::Link {
-            parent,
-            name,
-            target,
-        } => {
+        Mutation::Link { parent, name, target } => {
             let mut obj = ctx.load(Fid::new(volume, *target))?;
             if obj.kind() != ObjectKind::File {
-                return refuse(RemoteError::Invalid(
-                    "only files can have several names".into(),
-                ));
+                return refuse(RemoteError::Invalid("only files can have several names".into()));
             }
             obj.attr.nlink += 1;
             obj.attr.ctime = now;
@@ -359,9 +243,7 @@ fn apply_one(
         }
         Mutation::Remove { parent, name, seen } => {
             let mut dir = ctx.load_dir(*parent)?;
-            let (child, kind) = ctx
-                .entry(*parent, name)?
-                .ok_or(StoreError::Refused(RemoteError::NotFound))?;
+            let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != seen.object {
                 return conflict(ConflictKind::NameChanged);
             }
@@ -370,24 +252,16 @@ fn apply_one(
             }
             let obj = ctx.load(Fid::new(volume, child))?;
             if !obj.matches(&seen.base) {
-                return conflict(ConflictKind::VersionChanged {
-                    current: obj.attr.version.clone(),
-                });
+                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
             }
             ctx.remove_entry(&mut dir, name)?;
             ctx.unlink(obj, &mut fx)?;
             rows::update_object(c, &dir)?;
             fx.touch(&dir);
         }
-        Mutation::RemoveDir {
-            parent,
-            name,
-            object,
-        } => {
+        Mutation::RemoveDir { parent, name, object } => {
             let mut dir = ctx.load_dir(*parent)?;
-            let (child, kind) = ctx
-                .entry(*parent, name)?
-                .ok_or(StoreError::Refused(RemoteError::NotFound))?;
+            let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != *object {
                 return conflict(ConflictKind::NameChanged);
             }
@@ -401,26 +275,13 @@ fn apply_one(
             rows::update_object(c, &dir)?;
             fx.touch(&dir);
         }
-        Mutation::Rename {
-            from,
-            from_name,
-            object,
-            to,
-            to_name,
-            replaced,
-        } => {
+        Mutation::Rename { from, from_name, object, to, to_name, replaced } => {
             if from.volume != to.volume {
                 return refuse(RemoteError::CrossVolume);
             }
             let mut src = ctx.load_dir(*from)?;
-            let mut dst = if to == from {
-                None
-            } else {
-                Some(ctx.load_dir(*to)?)
-            };
-            let (child, kind) = ctx
-                .entry(*from, from_name)?
-                .ok_or(StoreError::Refused(RemoteError::NotFound))?;
+            let mut dst = if to == from { None } else { Some(ctx.load_dir(*to)?) };
+            let (child, kind) = ctx.entry(*from, from_name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != *object {
                 return conflict(ConflictKind::NameChanged);
             }
@@ -443,14 +304,9 @@ fn apply_one(
                 };
                 let victim = ctx.load(Fid::new(volume, existing))?;
                 if !victim.matches(&seen.base) {
-                    return conflict(ConflictKind::VersionChanged {
-                        current: victim.attr.version.clone(),
-                    });
+                    return conflict(ConflictKind::VersionChanged { current: victim.attr.version.clone() });
                 }
-                match (
-                    kind == ObjectKind::Directory,
-                    ekind == ObjectKind::Directory,
-                ) {
+                match (kind == ObjectKind::Directory, ekind == ObjectKind::Directory) {
                     (true, false) => return refuse(RemoteError::NotDirectory),
                     (false, true) => return refuse(RemoteError::IsDirectory),
                     _ => {}
@@ -469,12 +325,12 @@ fn apply_one(
                 ctx.insert_entry(target_dir, to_name, &moved)?;
             }
             moved.attr.ctime = now;
-            if kind == ObjectKind::Directory {
-                if let Some(d) = dst.as_mut() {
-                    moved.attr.parent = Some(d.id());
-                    d.attr.nlink += 1;
-                    src.attr.nlink = src.attr.nlink.saturating_sub(1);
-                }
+            if kind == ObjectKind::Directory
+                && let Some(d) = dst.as_mut()
+            {
+                moved.attr.parent = Some(d.id());
+                d.attr.nlink += 1;
+                src.attr.nlink = src.attr.nlink.saturating_sub(1);
             }
             rows::update_object(c, &moved)?;
             fx.touch(&moved);
@@ -504,16 +360,9 @@ pub fn validate_mount_target(target: &str) -> Result<()> {
     };
     if body.is_empty()
         || !cell_ok
-        || proto::msg::validate_volume_name(
-            volume
-                .trim_end_matches(".readonly")
-                .trim_end_matches(".backup"),
-        )
-        .is_err()
+        || proto::msg::validate_volume_name(volume.trim_end_matches(".readonly").trim_end_matches(".backup")).is_err()
     {
-        return refuse(RemoteError::Invalid(format!(
-            "mount point target {target:?}: use #volume or #cell:volume"
-        )));
+        return refuse(RemoteError::Invalid(format!("mount point target {target:?}: use #volume or #cell:volume")));
     }
     Ok(())
 }
@@ -532,18 +381,15 @@ impl Ctx<'_> {
         if fid.volume != self.volume {
             return refuse(RemoteError::CrossVolume);
         }
-        rows::load_object(self.c, fid)?.ok_or(StoreError::Refused(RemoteError::Conflict(
-            ConflictKind::ObjectGone,
-        )))
+        rows::load_object(self.c, fid)?.ok_or(StoreError::Refused(RemoteError::Conflict(ConflictKind::ObjectGone)))
     }
 
     fn load_dir(&self, fid: Fid) -> Result<Object> {
         if fid.volume != self.volume {
             return refuse(RemoteError::CrossVolume);
         }
-        let dir = rows::load_object(self.c, fid)?.ok_or(StoreError::Refused(
-            RemoteError::Conflict(ConflictKind::ParentGone),
-        ))?;
+        let dir = rows::load_object(self.c, fid)?
+            .ok_or(StoreError::Refused(RemoteError::Conflict(ConflictKind::ParentGone)))?;
         if dir.kind() != ObjectKind::Directory {
             return refuse(RemoteError::NotDirectory);
         }
@@ -573,9 +419,7 @@ impl Ctx<'_> {
         link: Option<String>,
     ) -> Result<Object> {
         if id.0 <= 0xffff {
-            return refuse(RemoteError::Invalid(
-                "object ids up to 0xffff are reserved".into(),
-            ));
+            return refuse(RemoteError::Invalid("object ids up to 0xffff are reserved".into()));
         }
         if rows::load_object(self.c, Fid::new(self.volume, id))?.is_some() {
             return refuse(RemoteError::DuplicateObject);
@@ -622,9 +466,7 @@ impl Ctx<'_> {
 
     fn insert_entry(&self, dir: &mut Object, name: &Name, obj: &Object) -> Result<()> {
         self.c
-            .prepare_cached(
-                "INSERT INTO dirents (volume, dir, name, child, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
+            .prepare_cached("INSERT INTO dirents (volume, dir, name, child, kind) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![
                 self.volume.0 as i64,
                 rows::oid(dir.id()),
@@ -638,13 +480,11 @@ impl Ctx<'_> {
     }
 
     fn remove_entry(&self, dir: &mut Object, name: &Name) -> Result<()> {
-        self.c
-            .prepare_cached("DELETE FROM dirents WHERE volume = ?1 AND dir = ?2 AND name = ?3")?
-            .execute(params![
-                self.volume.0 as i64,
-                rows::oid(dir.id()),
-                name.as_str()
-            ])?;
+        self.c.prepare_cached("DELETE FROM dirents WHERE volume = ?1 AND dir = ?2 AND name = ?3")?.execute(params![
+            self.volume.0 as i64,
+            rows::oid(dir.id()),
+            name.as_str()
+        ])?;
         dir.attr.size = dir.attr.size.saturating_sub(1);
         self.dir_changed(dir);
         Ok(())
@@ -685,12 +525,8 @@ impl Ctx<'_> {
     fn delete(&self, obj: &Object) -> Result<()> {
         let v = self.volume.0 as i64;
         let id = rows::oid(obj.id());
-        self.c
-            .prepare_cached("DELETE FROM objects WHERE volume = ?1 AND id = ?2")?
-            .execute(params![v, id])?;
-        self.c
-            .prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?
-            .execute(params![v, id])?;
+        self.c.prepare_cached("DELETE FROM objects WHERE volume = ?1 AND id = ?2")?.execute(params![v, id])?;
+        self.c.prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?.execute(params![v, id])?;
         Ok(())
     }
 
@@ -698,9 +534,7 @@ impl Ctx<'_> {
     fn set_chunks(&self, fid: Fid, chunks: &[ChunkRef]) -> Result<()> {
         let mut missing = 0u32;
         {
-            let mut exists = self
-                .c
-                .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1 AND len = ?2")?;
+            let mut exists = self.c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1 AND len = ?2")?;
             for ch in chunks {
                 if !exists.exists(params![&ch.hash.0[..], ch.len])? {
                     missing += 1;
@@ -712,12 +546,10 @@ impl Ctx<'_> {
         }
         let v = self.volume.0 as i64;
         let id = rows::oid(fid.object);
-        self.c
-            .prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?
-            .execute(params![v, id])?;
-        let mut ins = self.c.prepare_cached(
-            "INSERT INTO file_chunks (volume, object, seq, hash, len) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        self.c.prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?.execute(params![v, id])?;
+        let mut ins = self
+            .c
+            .prepare_cached("INSERT INTO file_chunks (volume, object, seq, hash, len) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for (seq, ch) in chunks.iter().enumerate() {
             ins.execute(params![v, id, seq as i64, &ch.hash.0[..], ch.len])?;
         }

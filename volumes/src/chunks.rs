@@ -26,9 +26,7 @@ impl ChunkStore {
         for entry in fs::read_dir(root.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
         }
-        Ok(ChunkStore {
-            root: root.to_path_buf(),
-        })
+        Ok(ChunkStore { root: root.to_path_buf() })
     }
 
     pub fn path(&self, hash: &ChunkHash) -> PathBuf {
@@ -39,14 +37,9 @@ impl ChunkStore {
     /// Writes a chunk (not yet durable: call [`ChunkStore::sync`] before recording it).
     pub fn write(&self, hash: &ChunkHash, data: &[u8]) -> Result<()> {
         let path = self.path(hash);
-        let dir = path
-            .parent()
-            .ok_or_else(|| StoreError::Corrupt("chunk path has no parent".into()))?;
+        let dir = path.parent().ok_or_else(|| StoreError::Corrupt("chunk path has no parent".into()))?;
         fs::create_dir_all(dir)?;
-        let tmp =
-            self.root
-                .join("tmp")
-                .join(format!("{}.{:x}", hash.to_hex(), rand::random::<u64>()));
+        let tmp = self.root.join("tmp").join(format!("{}.{:x}", hash.to_hex(), rand::random::<u64>()));
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         drop(f);
@@ -66,12 +59,10 @@ impl ChunkStore {
     }
 
     pub fn read(&self, hash: &ChunkHash, len: u32) -> Result<Vec<u8>> {
-        let mut f = File::open(self.path(hash)).map_err(|e| {
-            StoreError::Corrupt(format!("chunk {hash} is recorded but unreadable: {e}"))
-        })?;
+        let mut f = File::open(self.path(hash))
+            .map_err(|e| StoreError::Corrupt(format!("chunk {hash} is recorded but unreadable: {e}")))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| StoreError::Corrupt(format!("chunk {hash} is short: {e}")))?;
+        f.read_exact(&mut buf).map_err(|e| StoreError::Corrupt(format!("chunk {hash} is short: {e}")))?;
         Ok(buf)
     }
 

@@ -40,8 +40,7 @@ impl Store {
                     "SELECT hash, len FROM chunks c WHERE added_at <= ?1
                      AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = c.hash)",
                 )?;
-                stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?
+                stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?
             };
             {
                 let mut del = tx.prepare("DELETE FROM chunks WHERE hash = ?1")?;
@@ -50,8 +49,7 @@ impl Store {
                 }
             }
             let ttl_cutoff = now - OP_RESULT_TTL.as_nanos() as i64;
-            report.op_results_pruned =
-                tx.execute("DELETE FROM op_results WHERE at < ?1", params![ttl_cutoff])? as u64;
+            report.op_results_pruned = tx.execute("DELETE FROM op_results WHERE at < ?1", params![ttl_cutoff])? as u64;
             tx.commit()?;
             dead
         };
@@ -84,11 +82,9 @@ impl Store {
     /// Number of chunks recorded and their total bytes.
     pub fn chunk_usage(&self) -> Result<(u64, u64)> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )?)
+            Ok(c.query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?)
         })
     }
 }

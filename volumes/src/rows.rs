@@ -2,9 +2,7 @@
 
 use proto::attr::MODE_MASK;
 use proto::msg::{VolumeInfo, VolumeKind};
-use proto::{
-    Attr, Base, Fid, ObjectId, ObjectKind, OpId, Timestamp, VersionVector, VolumeId, VolumeStamp,
-};
+use proto::{Attr, Base, Fid, ObjectId, ObjectKind, OpId, Timestamp, VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::{Result, StoreError};
@@ -14,9 +12,7 @@ pub fn oid(id: ObjectId) -> [u8; 16] {
 }
 
 pub fn oid_from(blob: &[u8]) -> Result<ObjectId> {
-    let arr: [u8; 16] = blob
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("object id is not 16 bytes".into()))?;
+    let arr: [u8; 16] = blob.try_into().map_err(|_| StoreError::Corrupt("object id is not 16 bytes".into()))?;
     Ok(ObjectId(u128::from_be_bytes(arr)))
 }
 
@@ -102,11 +98,9 @@ fn object_from_row(volume: VolumeId, row: &Row<'_>) -> Result<Object> {
     let parent: Option<Vec<u8>> = row.get(11)?;
     let last_op: Option<Vec<u8>> = row.get(10)?;
     let last_op = match last_op {
-        Some(b) => {
-            Some(OpId(u128::from_be_bytes(b.as_slice().try_into().map_err(
-                |_| StoreError::Corrupt("last_op is not 16 bytes".into()),
-            )?)))
-        }
+        Some(b) => Some(OpId(u128::from_be_bytes(
+            b.as_slice().try_into().map_err(|_| StoreError::Corrupt("last_op is not 16 bytes".into()))?,
+        ))),
         None => None,
     };
     Ok(Object {
@@ -186,22 +180,14 @@ pub fn update_object(conn: &Connection, o: &Object) -> Result<()> {
             a.link,
         ])?;
     if n != 1 {
-        return Err(StoreError::Corrupt(format!(
-            "object {} vanished during update",
-            a.fid
-        )));
+        return Err(StoreError::Corrupt(format!("object {} vanished during update", a.fid)));
     }
     Ok(())
 }
 
-pub fn lookup_entry(
-    conn: &Connection,
-    dir: Fid,
-    name: &str,
-) -> Result<Option<(ObjectId, ObjectKind)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 AND name = ?3",
-    )?;
+pub fn lookup_entry(conn: &Connection, dir: Fid, name: &str) -> Result<Option<(ObjectId, ObjectKind)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 AND name = ?3")?;
     let row = stmt
         .query_row(params![dir.volume.0 as i64, oid(dir.object), name], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
@@ -225,10 +211,7 @@ pub fn volume_from_row(row: &Row<'_>) -> Result<VolumeInfo> {
         id: VolumeId(row.get::<_, i64>(0)? as u64),
         name: row.get(1)?,
         kind: volume_kind_from(row.get(2)?)?,
-        stamp: VolumeStamp {
-            incarnation: row.get::<_, i64>(3)? as u64,
-            counter: row.get::<_, i64>(4)? as u64,
-        },
+        stamp: VolumeStamp { incarnation: row.get::<_, i64>(3)? as u64, counter: row.get::<_, i64>(4)? as u64 },
         quota: row.get::<_, i64>(5)? as u64,
         used: row.get::<_, i64>(6)? as u64,
         files: row.get::<_, i64>(7)? as u64,
@@ -237,8 +220,7 @@ pub fn volume_from_row(row: &Row<'_>) -> Result<VolumeInfo> {
     })
 }
 
-pub const VOLUME_COLUMNS: &str =
-    "id, name, kind, incarnation, counter, quota, used, files, dirs, created";
+pub const VOLUME_COLUMNS: &str = "id, name, kind, incarnation, counter, quota, used, files, dirs, created";
 
 pub fn load_volume(conn: &Connection, id: VolumeId) -> Result<Option<VolumeInfo>> {
     let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?1");

@@ -10,10 +10,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use proto::chunk::MAX_CHUNK;
 use proto::msg::{VolumeInfo, VolumeKind};
-use proto::{
-    Attr, ChunkHash, ChunkRef, DirEntry, Fid, Name, ObjectId, ObjectKind, RemoteError, ServerId,
-    Timestamp,
-};
+use proto::{Attr, ChunkHash, ChunkRef, DirEntry, Fid, Name, ObjectId, ObjectKind, RemoteError, ServerId, Timestamp};
 use proto::{VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -87,21 +84,11 @@ impl Store {
     // ----- volumes -----
 
     /// Creates a volume with an empty root directory.
-    pub fn create_volume(
-        &self,
-        id: VolumeId,
-        name: &str,
-        kind: VolumeKind,
-        quota: u64,
-    ) -> Result<VolumeInfo> {
+    pub fn create_volume(&self, id: VolumeId, name: &str, kind: VolumeKind, quota: u64) -> Result<VolumeInfo> {
         let mut conn = self.lock_writer();
         let tx = conn.transaction()?;
         let exists: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM volumes WHERE id = ?1 OR name = ?2",
-                params![id.0 as i64, name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT id FROM volumes WHERE id = ?1 OR name = ?2", params![id.0 as i64, name], |r| r.get(0))
             .optional()?;
         if exists.is_some() {
             return refuse(RemoteError::Exists);
@@ -131,8 +118,7 @@ impl Store {
             last_op: None,
         };
         rows::insert_object(&tx, &root)?;
-        let info = rows::load_volume(&tx, id)?
-            .ok_or_else(|| StoreError::Corrupt("new volume vanished".into()))?;
+        let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("new volume vanished".into()))?;
         tx.commit()?;
         Ok(info)
     }
@@ -155,10 +141,7 @@ impl Store {
 
     pub fn set_quota(&self, id: VolumeId, quota: u64) -> Result<()> {
         let conn = self.lock_writer();
-        let n = conn.execute(
-            "UPDATE volumes SET quota = ?2 WHERE id = ?1",
-            params![id.0 as i64, quota as i64],
-        )?;
+        let n = conn.execute("UPDATE volumes SET quota = ?2 WHERE id = ?1", params![id.0 as i64, quota as i64])?;
         if n == 0 {
             return refuse(RemoteError::NoSuchVolume);
         }
@@ -166,16 +149,12 @@ impl Store {
     }
 
     pub fn volume(&self, id: VolumeId) -> Result<VolumeInfo> {
-        self.read(|c| rows::load_volume(c, id))?
-            .ok_or(StoreError::Refused(RemoteError::NoSuchVolume))
+        self.read(|c| rows::load_volume(c, id))?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))
     }
 
     pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeInfo>> {
         self.read(|c| {
-            let sql = format!(
-                "SELECT {} FROM volumes WHERE name = ?1",
-                rows::VOLUME_COLUMNS
-            );
+            let sql = format!("SELECT {} FROM volumes WHERE name = ?1", rows::VOLUME_COLUMNS);
             let mut stmt = c.prepare(&sql)?;
             let mut rs = stmt.query(params![name])?;
             match rs.next()? {
@@ -214,9 +193,8 @@ impl Store {
             if dir.kind() != ObjectKind::Directory {
                 return refuse(RemoteError::NotDirectory);
             }
-            let mut stmt = c.prepare_cached(
-                "SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name",
-            )?;
+            let mut stmt =
+                c.prepare_cached("SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name")?;
             let mut rs = stmt.query(params![fid.volume.0 as i64, rows::oid(fid.object)])?;
             let mut entries = Vec::new();
             while let Some(row) = rs.next()? {
@@ -266,11 +244,7 @@ impl Store {
 
     /// Starts an upload of chunks; see [`ChunkUpload`].
     pub fn upload(&self) -> ChunkUpload<'_> {
-        ChunkUpload {
-            store: self,
-            _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()),
-            pending: Vec::new(),
-        }
+        ChunkUpload { store: self, _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()), pending: Vec::new() }
     }
 }
 
@@ -286,20 +260,14 @@ impl ChunkUpload<'_> {
     /// Verifies and writes one chunk. The data must hash to `chunk.hash`.
     pub fn add(&mut self, chunk: ChunkRef, data: &[u8]) -> Result<()> {
         if chunk.len > MAX_CHUNK || data.len() != chunk.len as usize {
-            return refuse(RemoteError::Invalid(format!(
-                "chunk of {} bytes",
-                data.len()
-            )));
+            return refuse(RemoteError::Invalid(format!("chunk of {} bytes", data.len())));
         }
         if ChunkHash::of(data) != chunk.hash {
-            return refuse(RemoteError::Invalid(
-                "chunk data does not match its hash".into(),
-            ));
+            return refuse(RemoteError::Invalid("chunk data does not match its hash".into()));
         }
         // A file on disk without a row may be torn by a crash: only a recorded chunk is trusted.
         let recorded = self.store.read(|c| {
-            Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?
-                .exists(params![&chunk.hash.0[..]])?)
+            Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?.exists(params![&chunk.hash.0[..]])?)
         })?;
         if !recorded {
             self.store.chunks.write(&chunk.hash, data)?;
@@ -318,9 +286,8 @@ impl ChunkUpload<'_> {
         let tx = conn.transaction()?;
         let now = Timestamp::now().as_nanos();
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (hash, len, added_at) VALUES (?1, ?2, ?3)",
-            )?;
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO chunks (hash, len, added_at) VALUES (?1, ?2, ?3)")?;
             for c in &self.pending {
                 stmt.execute(params![&c.hash.0[..], c.len, now])?;
             }
@@ -335,20 +302,14 @@ pub(crate) fn load_existing(c: &Connection, fid: Fid) -> Result<Object> {
 }
 
 pub(crate) fn file_chunks(c: &Connection, fid: Fid) -> Result<Vec<ChunkRef>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT hash, len FROM file_chunks WHERE volume = ?1 AND object = ?2 ORDER BY seq",
-    )?;
+    let mut stmt =
+        c.prepare_cached("SELECT hash, len FROM file_chunks WHERE volume = ?1 AND object = ?2 ORDER BY seq")?;
     let mut rs = stmt.query(params![fid.volume.0 as i64, rows::oid(fid.object)])?;
     let mut out = Vec::new();
     while let Some(row) = rs.next()? {
         let hash: Vec<u8> = row.get(0)?;
-        let hash: [u8; 32] = hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("chunk hash is not 32 bytes".into()))?;
-        out.push(ChunkRef {
-            hash: ChunkHash(hash),
-            len: row.get(1)?,
-        });
+        let hash: [u8; 32] = hash.try_into().map_err(|_| StoreError::Corrupt("chunk hash is not 32 bytes".into()))?;
+        out.push(ChunkRef { hash: ChunkHash(hash), len: row.get(1)? });
     }
     Ok(out)
 }

@@ -14,9 +14,7 @@ const VOL: VolumeId = VolumeId(10);
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), ServerId(1)).unwrap();
-    store
-        .create_volume(VOL, "test", VolumeKind::ReadWrite, 0)
-        .unwrap();
+    store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0).unwrap();
     (dir, store)
 }
 
@@ -29,56 +27,27 @@ fn name(s: &str) -> Name {
 }
 
 fn rec(m: Mutation) -> Record {
-    Record {
-        op: OpId::random(),
-        mutation: m,
-    }
+    Record { op: OpId::random(), mutation: m }
 }
 
 fn apply1(store: &Store, m: Mutation) -> RecordResult {
-    store
-        .apply(CLIENT, None, &[rec(m)])
-        .unwrap()
-        .results
-        .remove(0)
+    store.apply(CLIENT, None, &[rec(m)]).unwrap().results.remove(0)
 }
 
 fn create(store: &Store, parent: Fid, n: &str) -> Attr {
     let object = ObjectId::random();
-    let m = Mutation::Create {
-        parent,
-        name: name(n),
-        object,
-        mode: 0o644,
-        owner: 0,
-        group: 0,
-        mtime: Timestamp::now(),
-    };
+    let m =
+        Mutation::Create { parent, name: name(n), object, mode: 0o644, owner: 0, group: 0, mtime: Timestamp::now() };
     let applied = apply1(store, m).unwrap();
-    applied
-        .attrs
-        .into_iter()
-        .find(|a| a.fid.object == object)
-        .unwrap()
+    applied.attrs.into_iter().find(|a| a.fid.object == object).unwrap()
 }
 
 fn mkdir(store: &Store, parent: Fid, n: &str) -> Attr {
     let object = ObjectId::random();
-    let m = Mutation::MakeDir {
-        parent,
-        name: name(n),
-        object,
-        mode: 0o755,
-        owner: 0,
-        group: 0,
-        mtime: Timestamp::now(),
-    };
+    let m =
+        Mutation::MakeDir { parent, name: name(n), object, mode: 0o755, owner: 0, group: 0, mtime: Timestamp::now() };
     let applied = apply1(store, m).unwrap();
-    applied
-        .attrs
-        .into_iter()
-        .find(|a| a.fid.object == object)
-        .unwrap()
+    applied.attrs.into_iter().find(|a| a.fid.object == object).unwrap()
 }
 
 fn upload(store: &Store, data: &[u8]) -> Vec<ChunkRef> {
@@ -96,21 +65,13 @@ fn store_data(store: &Store, attr: &Attr, data: &[u8]) -> RecordResult {
     let chunks = upload(store, data);
     apply1(
         store,
-        Mutation::Store {
-            fid: attr.fid,
-            base: Base::Version(attr.version.clone()),
-            chunks,
-            mtime: Timestamp::now(),
-        },
+        Mutation::Store { fid: attr.fid, base: Base::Version(attr.version.clone()), chunks, mtime: Timestamp::now() },
     )
 }
 
 fn read_all(store: &Store, fid: Fid) -> Vec<u8> {
     let (_, chunks) = store.fetch_data(fid).unwrap();
-    chunks
-        .iter()
-        .flat_map(|c| store.read_chunk(c).unwrap())
-        .collect()
+    chunks.iter().flat_map(|c| store.read_chunk(c).unwrap()).collect()
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -134,12 +95,7 @@ fn store_bumps_version_and_stamp() {
     let after = applied.attrs.iter().find(|a| a.fid == f.fid).unwrap();
     assert_eq!(after.version.compare(&f.version), VvOrder::Dominates);
     assert_eq!(after.size, 5);
-    assert!(
-        applied.stamp.follows(&before, 2),
-        "{} then {}",
-        before,
-        applied.stamp
-    );
+    assert!(applied.stamp.follows(&before, 2), "{} then {}", before, applied.stamp);
     assert_eq!(read_all(&store, f.fid), b"hello");
     let info = store.volume(VOL).unwrap();
     assert_eq!((info.files, info.used), (1, 5));
@@ -152,13 +108,7 @@ fn stale_base_is_a_conflict_and_changes_nothing() {
     store_data(&store, &f, b"first").unwrap();
     // A second writer still based on the version before "first".
     let err = store_data(&store, &f, b"second").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RemoteError::Conflict(ConflictKind::VersionChanged { .. })
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, RemoteError::Conflict(ConflictKind::VersionChanged { .. })), "{err:?}");
     assert_eq!(read_all(&store, f.fid), b"first");
 }
 
@@ -197,17 +147,11 @@ fn after_op_base_certifies_offline_chains() {
         Mutation::SetAttr {
             fid: Fid::new(VOL, object),
             base: Base::AfterOp(create_op),
-            set: SetAttrs {
-                mode: Some(0o644),
-                ..Default::default()
-            },
+            set: SetAttrs { mode: Some(0o644), ..Default::default() },
         },
     )
     .unwrap_err();
-    assert!(matches!(
-        err,
-        RemoteError::Conflict(ConflictKind::VersionChanged { .. })
-    ));
+    assert!(matches!(err, RemoteError::Conflict(ConflictKind::VersionChanged { .. })));
 }
 
 #[test]
@@ -215,21 +159,13 @@ fn replayed_op_is_applied_once() {
     let (_d, store) = setup();
     let f = create(&store, root(), "a");
     let chunks = upload(&store, b"once");
-    let r = rec(Mutation::Store {
-        fid: f.fid,
-        base: Base::Version(f.version.clone()),
-        chunks,
-        mtime: Timestamp::now(),
-    });
+    let r =
+        rec(Mutation::Store { fid: f.fid, base: Base::Version(f.version.clone()), chunks, mtime: Timestamp::now() });
     let first = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
     let stamp = store.stamp(VOL).unwrap();
     let second = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
     assert_eq!(first.results, second.results);
-    assert_eq!(
-        store.stamp(VOL).unwrap(),
-        stamp,
-        "the replay changed nothing"
-    );
+    assert_eq!(store.stamp(VOL).unwrap(), stamp, "the replay changed nothing");
     assert!(second.changed.is_empty());
 }
 
@@ -242,22 +178,11 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     store_data(&store, &a, &content).unwrap();
     let (n1, bytes1) = store.chunk_usage().unwrap();
     assert_eq!(
-        store
-            .missing_chunks(
-                &chunk_bytes(&content)
-                    .iter()
-                    .map(|(r, _)| r.hash)
-                    .collect::<Vec<_>>()
-            )
-            .unwrap(),
+        store.missing_chunks(&chunk_bytes(&content).iter().map(|(r, _)| r.hash).collect::<Vec<_>>()).unwrap(),
         Vec::<u32>::new()
     );
     store_data(&store, &b, &content).unwrap();
-    assert_eq!(
-        store.chunk_usage().unwrap(),
-        (n1, bytes1),
-        "second copy added no chunks"
-    );
+    assert_eq!(store.chunk_usage().unwrap(), (n1, bytes1), "second copy added no chunks");
     assert_eq!(bytes1, content.len() as u64);
 
     // Removing one copy keeps the chunks; removing both lets the sweep reclaim them.
@@ -267,10 +192,7 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
         Mutation::Remove {
             parent: root(),
             name: name("b"),
-            seen: Seen {
-                object: b.fid.object,
-                base: Base::Version(b_attr.version),
-            },
+            seen: Seen { object: b.fid.object, base: Base::Version(b_attr.version) },
         },
     )
     .unwrap();
@@ -281,10 +203,7 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
         Mutation::Remove {
             parent: root(),
             name: name("a"),
-            seen: Seen {
-                object: a.fid.object,
-                base: Base::Version(a_attr.version),
-            },
+            seen: Seen { object: a.fid.object, base: Base::Version(a_attr.version) },
         },
     )
     .unwrap();
@@ -292,54 +211,27 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     assert_eq!(report.chunks_removed, n1);
     assert_eq!(report.bytes_removed, bytes1);
     assert_eq!(store.chunk_usage().unwrap(), (0, 0));
-    assert!(
-        store.chunks.list().unwrap().is_empty(),
-        "chunk files deleted"
-    );
+    assert!(store.chunks.list().unwrap().is_empty(), "chunk files deleted");
 }
 
 #[test]
 fn grace_period_protects_fresh_uploads_and_orphans_are_swept() {
     let (_d, store) = setup();
     upload(&store, b"not yet referenced");
-    assert_eq!(
-        store
-            .sweep(Duration::from_secs(3600))
-            .unwrap()
-            .chunks_removed,
-        0
-    );
+    assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().chunks_removed, 0);
     // A chunk file with no record (a crash between write and commit) is an orphan.
     let h = ChunkHash::of(b"torn");
     store.chunks.write(&h, b"torn").unwrap();
-    assert_eq!(
-        store
-            .sweep(Duration::from_secs(3600))
-            .unwrap()
-            .orphan_files_removed,
-        1
-    );
+    assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().orphan_files_removed, 1);
 }
 
 #[test]
 fn upload_rejects_data_that_does_not_match_its_hash() {
     let (_d, store) = setup();
     let mut up = store.upload();
-    let r = ChunkRef {
-        hash: ChunkHash::of(b"abc"),
-        len: 3,
-    };
+    let r = ChunkRef { hash: ChunkHash::of(b"abc"), len: 3 };
     assert!(up.add(r, b"abd").is_err());
-    assert!(
-        up.add(
-            ChunkRef {
-                hash: r.hash,
-                len: 4
-            },
-            b"abc"
-        )
-        .is_err()
-    );
+    assert!(up.add(ChunkRef { hash: r.hash, len: 4 }, b"abc").is_err());
 }
 
 #[test]
@@ -351,10 +243,7 @@ fn store_with_missing_chunks_is_refused() {
         Mutation::Store {
             fid: f.fid,
             base: Base::Version(f.version),
-            chunks: vec![ChunkRef {
-                hash: ChunkHash::of(b"never sent"),
-                len: 10,
-            }],
+            chunks: vec![ChunkRef { hash: ChunkHash::of(b"never sent"), len: 10 }],
             mtime: Timestamp::now(),
         },
     )
@@ -381,10 +270,7 @@ fn a_failed_record_leaves_no_trace_but_the_batch_goes_on() {
         rec(Mutation::SetAttr {
             fid: f.fid,
             base: Base::Version(f.version.clone()),
-            set: SetAttrs {
-                mode: Some(0o600),
-                ..Default::default()
-            },
+            set: SetAttrs { mode: Some(0o600), ..Default::default() },
         }),
     ];
     let out = store.apply(CLIENT, Some(VOL), &batch).unwrap();
@@ -406,15 +292,8 @@ fn directories_rename_and_rmdir_follow_posix() {
     assert_eq!(store.fetch_status(root()).unwrap().nlink, 4);
 
     // rmdir of a non-empty directory.
-    let err = apply1(
-        &store,
-        Mutation::RemoveDir {
-            parent: root(),
-            name: name("d1"),
-            object: d1.fid.object,
-        },
-    )
-    .unwrap_err();
+    let err =
+        apply1(&store, Mutation::RemoveDir { parent: root(), name: name("d1"), object: d1.fid.object }).unwrap_err();
     assert_eq!(err, RemoteError::Conflict(ConflictKind::DirectoryNotEmpty));
 
     // Move a file between directories.
@@ -464,10 +343,7 @@ fn directories_rename_and_rmdir_follow_posix() {
         },
     )
     .unwrap();
-    assert_eq!(
-        store.fetch_status(sub.fid).unwrap().parent,
-        Some(d2.fid.object)
-    );
+    assert_eq!(store.fetch_status(sub.fid).unwrap().parent, Some(d2.fid.object));
     assert_eq!(store.fetch_status(d1.fid).unwrap().nlink, 2);
     assert_eq!(store.fetch_status(d2.fid).unwrap().nlink, 3);
 
@@ -485,10 +361,7 @@ fn directories_rename_and_rmdir_follow_posix() {
         },
     )
     .unwrap_err();
-    assert!(matches!(
-        err,
-        RemoteError::Conflict(ConflictKind::NameTaken { .. })
-    ));
+    assert!(matches!(err, RemoteError::Conflict(ConflictKind::NameTaken { .. })));
     let applied = apply1(
         &store,
         Mutation::Rename {
@@ -497,29 +370,15 @@ fn directories_rename_and_rmdir_follow_posix() {
             object: f.fid.object,
             to: d2.fid,
             to_name: name("h"),
-            replaced: Some(Seen {
-                object: h.fid.object,
-                base: Base::Version(h.version),
-            }),
+            replaced: Some(Seen { object: h.fid.object, base: Base::Version(h.version) }),
         },
     )
     .unwrap();
     assert_eq!(applied.removed, vec![h.fid.object]);
-    assert!(matches!(
-        store.fetch_status(h.fid),
-        Err(crate::StoreError::Refused(RemoteError::NotFound))
-    ));
+    assert!(matches!(store.fetch_status(h.fid), Err(crate::StoreError::Refused(RemoteError::NotFound))));
 
     // Now d1 is empty and can go.
-    apply1(
-        &store,
-        Mutation::RemoveDir {
-            parent: root(),
-            name: name("d1"),
-            object: d1.fid.object,
-        },
-    )
-    .unwrap();
+    apply1(&store, Mutation::RemoveDir { parent: root(), name: name("d1"), object: d1.fid.object }).unwrap();
     assert_eq!(store.volume(VOL).unwrap().directories, 3); // root, d2, sub
 }
 
@@ -528,15 +387,7 @@ fn hard_links_share_contents_until_the_last_name_goes() {
     let (_d, store) = setup();
     let f = create(&store, root(), "a");
     store_data(&store, &f, b"shared").unwrap();
-    apply1(
-        &store,
-        Mutation::Link {
-            parent: root(),
-            name: name("b"),
-            target: f.fid.object,
-        },
-    )
-    .unwrap();
+    apply1(&store, Mutation::Link { parent: root(), name: name("b"), target: f.fid.object }).unwrap();
     assert_eq!(store.fetch_status(f.fid).unwrap().nlink, 2);
     let v = store.fetch_status(f.fid).unwrap().version;
     let out = apply1(
@@ -544,10 +395,7 @@ fn hard_links_share_contents_until_the_last_name_goes() {
         Mutation::Remove {
             parent: root(),
             name: name("a"),
-            seen: Seen {
-                object: f.fid.object,
-                base: Base::Version(v.clone()),
-            },
+            seen: Seen { object: f.fid.object, base: Base::Version(v.clone()) },
         },
     )
     .unwrap();
@@ -558,10 +406,7 @@ fn hard_links_share_contents_until_the_last_name_goes() {
         Mutation::Remove {
             parent: root(),
             name: name("b"),
-            seen: Seen {
-                object: f.fid.object,
-                base: Base::Version(v),
-            },
+            seen: Seen { object: f.fid.object, base: Base::Version(v) },
         },
     )
     .unwrap();
@@ -575,11 +420,7 @@ fn quota_refuses_growth_beyond_it() {
     let f = create(&store, root(), "a");
     let err = store_data(&store, &f, &vec![1u8; 1001]).unwrap_err();
     assert_eq!(err, RemoteError::QuotaExceeded);
-    assert_eq!(
-        store.fetch_status(f.fid).unwrap().size,
-        0,
-        "nothing partial is visible"
-    );
+    assert_eq!(store.fetch_status(f.fid).unwrap().size, 0, "nothing partial is visible");
     store_data(&store, &f, &[1u8; 1000]).unwrap();
 }
 
@@ -676,9 +517,7 @@ fn store_survives_reopen() {
     let content = data(600_000, 9);
     let fid = {
         let store = Store::open(dir.path(), ServerId(1)).unwrap();
-        store
-            .create_volume(VOL, "test", VolumeKind::ReadWrite, 0)
-            .unwrap();
+        store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0).unwrap();
         let f = create(&store, root(), "a");
         store_data(&store, &f, &content).unwrap();
         f.fid

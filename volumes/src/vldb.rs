@@ -50,9 +50,7 @@ impl SqliteVldb {
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous=FULL;")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteVldb {
-            conn: Mutex::new(conn),
-        })
+        Ok(SqliteVldb { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -70,16 +68,17 @@ impl SqliteVldb {
     }
 }
 
-fn entry_from_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, i64, Option<i64>, Option<i64>, Vec<u8>)> {
+/// An entries row: name, rw, ro, backup, encoded sites.
+type EntryRow = (String, i64, Option<i64>, Option<i64>, Vec<u8>);
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn to_entry(row: (String, i64, Option<i64>, Option<i64>, Vec<u8>)) -> Result<VldbEntry> {
+fn to_entry(row: EntryRow) -> Result<VldbEntry> {
     let (name, rw, ro, bk, sites) = row;
-    let sites: Vec<(u32, u8)> = postcard::from_bytes(&sites)
-        .map_err(|e| StoreError::Corrupt(format!("vldb sites of {name}: {e}")))?;
+    let sites: Vec<(u32, u8)> =
+        postcard::from_bytes(&sites).map_err(|e| StoreError::Corrupt(format!("vldb sites of {name}: {e}")))?;
     Ok(VldbEntry {
         name,
         rw: VolumeId(rw as u64),
@@ -89,26 +88,15 @@ fn to_entry(row: (String, i64, Option<i64>, Option<i64>, Vec<u8>)) -> Result<Vld
             .into_iter()
             .map(|(s, role)| Site {
                 server: ServerId(s),
-                role: if role == 0 {
-                    SiteRole::ReadWrite
-                } else {
-                    SiteRole::ReadOnly
-                },
+                role: if role == 0 { SiteRole::ReadWrite } else { SiteRole::ReadOnly },
             })
             .collect(),
     })
 }
 
 fn sites_blob(sites: &[Site]) -> Vec<u8> {
-    let v: Vec<(u32, u8)> = sites
-        .iter()
-        .map(|s| {
-            (
-                s.server.0,
-                if s.role == SiteRole::ReadWrite { 0 } else { 1 },
-            )
-        })
-        .collect();
+    let v: Vec<(u32, u8)> =
+        sites.iter().map(|s| (s.server.0, if s.role == SiteRole::ReadWrite { 0 } else { 1 })).collect();
     postcard::to_stdvec(&v).unwrap_or_default()
 }
 
@@ -140,8 +128,12 @@ impl Vldb for SqliteVldb {
         let row = match volume {
             VolumeRef::Name(name) => {
                 let base = name.trim_end_matches(".readonly").trim_end_matches(".backup");
-                conn.query_row("SELECT name, rw, ro, bk, sites FROM entries WHERE name = ?1", params![base], entry_from_row)
-                    .optional()?
+                conn.query_row(
+                    "SELECT name, rw, ro, bk, sites FROM entries WHERE name = ?1",
+                    params![base],
+                    entry_from_row,
+                )
+                .optional()?
             }
             VolumeRef::Id(id) => conn
                 .query_row(
@@ -157,16 +149,12 @@ impl Vldb for SqliteVldb {
     fn list(&self) -> Result<Vec<VldbEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name, rw, ro, bk, sites FROM entries ORDER BY name")?;
-        let rows = stmt
-            .query_map([], entry_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map([], entry_from_row)?.collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(to_entry).collect()
     }
 
     fn remove(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM entries WHERE name = ?1", params![name])?;
+        let n = self.conn().execute("DELETE FROM entries WHERE name = ?1", params![name])?;
         if n == 0 {
             return Err(StoreError::Refused(proto::RemoteError::NoSuchVolume));
         }
@@ -207,13 +195,7 @@ impl Vldb for SqliteVldb {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, address, fingerprint FROM servers ORDER BY id")?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(ServerInfo {
-                    id: ServerId(r.get(0)?),
-                    address: r.get(1)?,
-                    fingerprint: r.get(2)?,
-                })
-            })?
+            .query_map([], |r| Ok(ServerInfo { id: ServerId(r.get(0)?), address: r.get(1)?, fingerprint: r.get(2)? }))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -235,39 +217,20 @@ mod tests {
             rw: a,
             ro: None,
             backup: None,
-            sites: vec![Site {
-                server: ServerId(1),
-                role: SiteRole::ReadWrite,
-            }],
+            sites: vec![Site { server: ServerId(1), role: SiteRole::ReadWrite }],
         };
         db.create(&e).unwrap();
         assert!(db.create(&e).is_err(), "duplicate name");
-        assert_eq!(
-            db.lookup(&VolumeRef::Name("home".into())).unwrap(),
-            Some(e.clone())
-        );
-        assert_eq!(
-            db.lookup(&VolumeRef::Name("home.readonly".into())).unwrap(),
-            Some(e.clone())
-        );
+        assert_eq!(db.lookup(&VolumeRef::Name("home".into())).unwrap(), Some(e.clone()));
+        assert_eq!(db.lookup(&VolumeRef::Name("home.readonly".into())).unwrap(), Some(e.clone()));
         assert_eq!(db.lookup(&VolumeRef::Id(a)).unwrap(), Some(e.clone()));
         assert_eq!(db.list().unwrap().len(), 1);
         db.remove("home").unwrap();
         assert_eq!(db.lookup(&VolumeRef::Id(a)).unwrap(), None);
 
         let id = db.allocate_server_id().unwrap();
-        db.register_server(&ServerInfo {
-            id,
-            address: "127.0.0.1:1".into(),
-            fingerprint: "b3:x".into(),
-        })
-        .unwrap();
-        db.register_server(&ServerInfo {
-            id,
-            address: "127.0.0.1:2".into(),
-            fingerprint: "b3:x".into(),
-        })
-        .unwrap();
+        db.register_server(&ServerInfo { id, address: "127.0.0.1:1".into(), fingerprint: "b3:x".into() }).unwrap();
+        db.register_server(&ServerInfo { id, address: "127.0.0.1:2".into(), fingerprint: "b3:x".into() }).unwrap();
         assert_eq!(db.servers().unwrap()[0].address, "127.0.0.1:2");
     }
 }

@@ -1,0 +1,84 @@
+//! A server's configuration and the layout of its data directory.
+//!
+//! ```text
+//! DIR/server.toml    this file: cell, server id, listen address, admin fingerprints
+//! DIR/server.pem     the server's certificate and private key (owner-only)
+//! DIR/cell.toml      the cell file to give to clients and admins
+//! DIR/admin.cred     the first admin credential (owner-only; copy it to admins' machines)
+//! DIR/vldb.sqlite    the embedded volume location database
+//! DIR/store/         the volume store: volumes.sqlite and chunks/
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerConfig {
+    pub cell: String,
+    pub server_id: u32,
+    pub listen: String,
+    /// Fingerprints of client certificates allowed to administer the cell.
+    pub admins: Vec<String>,
+}
+
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> Self {
+        DataDir { root: root.to_path_buf() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("server.toml")
+    }
+    pub fn identity(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    pub fn cell_file(&self) -> PathBuf {
+        self.root.join("cell.toml")
+    }
+    pub fn admin_cred(&self) -> PathBuf {
+        self.root.join("admin.cred")
+    }
+    pub fn vldb(&self) -> PathBuf {
+        self.root.join("vldb.sqlite")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+}
+
+impl ServerConfig {
+    pub fn load(dir: &DataDir) -> Result<Self> {
+        let path = dir.config();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is this a directory made by `vice init`?)", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn save(&self, dir: &DataDir) -> Result<()> {
+        let text = toml::to_string(self).context("encoding server.toml")?;
+        write_private(&dir.config(), text.as_bytes())
+    }
+}
+
+/// Writes a file readable by its owner only, atomically (temporary file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}

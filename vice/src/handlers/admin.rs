@@ -1,0 +1,90 @@
+//! Volume administration (`vos`): only for connections that present the admin credential.
+
+use std::sync::Arc;
+
+use proto::msg::{Response, Site, SiteRole, VldbEntry, VolumeKind, VolumeRef, validate_volume_name};
+use proto::{Fid, RemoteError};
+
+use super::{Reply, blocking, error};
+use crate::server::Shared;
+
+pub async fn create(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
+    if let Err(e) = validate_volume_name(&name) {
+        return error(e);
+    }
+    match shared.vldb.lookup(&VolumeRef::Name(name.clone())) {
+        Ok(Some(_)) => return error(RemoteError::Exists),
+        Ok(None) => {}
+        Err(e) => return error(e.to_remote()),
+    }
+    let id = match shared.vldb.allocate_volume_id() {
+        Ok(id) => id,
+        Err(e) => return error(e.to_remote()),
+    };
+    let vname = name.clone();
+    let info = match blocking(&shared.store, move |s| s.create_volume(id, &vname, VolumeKind::ReadWrite, quota)).await {
+        Ok(info) => info,
+        Err(e) => return error(e),
+    };
+    let entry = VldbEntry {
+        name,
+        rw: id,
+        ro: None,
+        backup: None,
+        sites: vec![Site { server: shared.server_id, role: SiteRole::ReadWrite }],
+    };
+    if let Err(e) = shared.vldb.create(&entry) {
+        // Keep the store and the VLDB in agreement: undo the volume.
+        let _ = blocking(&shared.store, move |s| s.remove_volume(id)).await;
+        return error(e.to_remote());
+    }
+    tracing::info!(volume = %info.name, id = %info.id, "volume created");
+    Response::Volume { info, entry: Some(entry) }.into()
+}
+
+pub async fn remove(shared: &Arc<Shared>, name: String) -> Reply {
+    let entry = match shared.vldb.lookup(&VolumeRef::Name(name.clone())) {
+        Ok(Some(e)) if e.name == name => e,
+        Ok(_) => return error(RemoteError::NoSuchVolume),
+        Err(e) => return error(e.to_remote()),
+    };
+    let id = entry.rw;
+    match blocking(&shared.store, move |s| s.remove_volume(id)).await {
+        Ok(()) | Err(RemoteError::NoSuchVolume) => {}
+        Err(e) => return error(e),
+    }
+    if let Err(e) = shared.vldb.remove(&name) {
+        return error(e.to_remote());
+    }
+    // Anyone holding anything from the volume must forget it.
+    shared.callbacks.break_promises(None, &[Fid::root(id)], &[id]).await;
+    tracing::info!(volume = %name, "volume removed");
+    Response::Done.into()
+}
+
+pub async fn list_vldb(shared: &Arc<Shared>) -> Reply {
+    match shared.vldb.list() {
+        Ok(entries) => Response::Vldb { entries }.into(),
+        Err(e) => error(e.to_remote()),
+    }
+}
+
+pub async fn examine(shared: &Arc<Shared>, name: String) -> Reply {
+    let entry = match shared.vldb.lookup(&VolumeRef::Name(name)) {
+        Ok(Some(e)) => e,
+        Ok(None) => return error(RemoteError::NoSuchVolume),
+        Err(e) => return error(e.to_remote()),
+    };
+    let id = entry.rw;
+    match blocking(&shared.store, move |s| s.volume(id)).await {
+        Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn list_volumes(shared: &Arc<Shared>) -> Reply {
+    match blocking(&shared.store, |s| s.list_volumes()).await {
+        Ok(volumes) => Response::Volumes { volumes }.into(),
+        Err(e) => error(e),
+    }
+}

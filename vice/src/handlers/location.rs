@@ -1,0 +1,57 @@
+//! ValidateVolumes and the location service.
+
+use std::sync::Arc;
+
+use proto::msg::{Response, VolumeRef, VolumeValidation};
+use proto::{ClientId, RemoteError, VolumeId, VolumeStamp};
+
+use super::{Reply, blocking, error};
+use crate::server::Shared;
+
+const MAX_VALIDATE: usize = 100_000;
+
+/// One comparison per volume: a client whose stamp is current keeps everything it cached from
+/// that volume, and gets a volume promise that the next change anywhere in it will break.
+pub async fn validate(shared: &Arc<Shared>, client: ClientId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Reply {
+    if volumes.len() > MAX_VALIDATE {
+        return error(RemoteError::TooLarge);
+    }
+    let ids: Vec<VolumeId> = volumes.iter().map(|(v, _)| *v).collect();
+    let current = match blocking(&shared.store, move |s| {
+        Ok(ids.into_iter().map(|v| s.volume(v).ok().map(|i| i.stamp)).collect::<Vec<_>>())
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let answers = volumes
+        .into_iter()
+        .zip(current)
+        .map(|((volume, known), stamp)| {
+            let valid = stamp == Some(known);
+            let promise = valid.then(|| shared.callbacks.grant_volume(client, volume));
+            VolumeValidation { volume, stamp, valid, promise }
+        })
+        .collect();
+    Response::Validated { volumes: answers }.into()
+}
+
+pub async fn lookup(shared: &Arc<Shared>, volume: VolumeRef) -> Reply {
+    let entry = match shared.vldb.lookup(&volume) {
+        Ok(Some(e)) => e,
+        Ok(None) => return error(RemoteError::NoSuchVolume),
+        Err(e) => return error(e.to_remote()),
+    };
+    match shared.vldb.servers() {
+        Ok(servers) => Response::Location { entry, servers }.into(),
+        Err(e) => error(e.to_remote()),
+    }
+}
+
+pub async fn servers(shared: &Arc<Shared>) -> Reply {
+    match shared.vldb.servers() {
+        Ok(servers) => Response::Servers { servers }.into(),
+        Err(e) => error(e.to_remote()),
+    }
+}

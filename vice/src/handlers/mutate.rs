@@ -1,0 +1,109 @@
+//! MissingChunks, PutChunks, Mutate, Reintegrate: how changes arrive.
+//!
+//! Data first, then metadata: chunks are uploaded (only those the server lacks) and made durable;
+//! then a record naming them commits in one transaction. The writer's reply waits until every
+//! other client holding a promise on what changed has acked its break.
+
+use std::sync::Arc;
+
+use proto::chunk::MAX_CHUNK;
+use proto::msg::Response;
+use proto::{ChunkHash, ChunkRef, ClientId, Record, RemoteError, VolumeId};
+use tokio::io::AsyncReadExt;
+use volumes::BatchOutcome;
+
+use super::{Reply, blocking, error};
+use crate::server::Shared;
+
+/// Chunks per PutChunks request (16 GiB at the largest chunk size).
+const MAX_PUT_CHUNKS: usize = 16 * 1024;
+/// Records per Reintegrate request.
+const MAX_BATCH: usize = 10_000;
+
+pub async fn missing(shared: &Arc<Shared>, hashes: Vec<ChunkHash>) -> Reply {
+    if hashes.len() > MAX_PUT_CHUNKS * 8 {
+        return error(RemoteError::TooLarge);
+    }
+    match blocking(&shared.store, move |s| s.missing_chunks(&hashes)).await {
+        Ok(indices) => Response::Missing { indices }.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn put_chunks(shared: &Arc<Shared>, chunks: Vec<ChunkRef>, recv: &mut quinn::RecvStream) -> Reply {
+    if chunks.len() > MAX_PUT_CHUNKS {
+        return error(RemoteError::TooLarge);
+    }
+    if let Some(bad) = chunks.iter().find(|c| c.len == 0 || c.len > MAX_CHUNK) {
+        return error(RemoteError::Invalid(format!("chunk of {} bytes (limit {MAX_CHUNK})", bad.len)));
+    }
+    // Network reads and disk writes overlap: a blocking task writes while the next chunk arrives.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkRef, Vec<u8>)>(4);
+    let store = shared.store.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = store.upload();
+        while let Some((chunk, data)) = rx.blocking_recv() {
+            upload.add(chunk, &data)?;
+        }
+        upload.commit()
+    });
+    let mut cut_short = false;
+    for chunk in &chunks {
+        let mut buf = vec![0u8; chunk.len as usize];
+        if AsyncReadExt::read_exact(recv, &mut buf).await.is_err() {
+            cut_short = true;
+            break;
+        }
+        if tx.send((*chunk, buf)).await.is_err() {
+            break; // the writer refused a chunk; its error is the answer
+        }
+    }
+    drop(tx);
+    let written = writer.await;
+    if cut_short {
+        return error(RemoteError::Protocol("upload ended before all chunks arrived".into()));
+    }
+    match written {
+        Ok(Ok(stored)) => Response::ChunksStored { stored }.into(),
+        Ok(Err(e)) => error(e.to_remote()),
+        Err(_) => error(RemoteError::Internal("upload task failed".into())),
+    }
+}
+
+async fn apply(
+    shared: &Arc<Shared>,
+    client: ClientId,
+    volume: Option<VolumeId>,
+    records: Vec<Record>,
+) -> Result<BatchOutcome, RemoteError> {
+    let outcome = blocking(&shared.store, move |s| s.apply(client, volume, &records)).await?;
+    if !outcome.changed.is_empty() {
+        let fids: Vec<_> = outcome.changed.iter().copied().collect();
+        let volumes: Vec<_> = outcome.volumes.iter().copied().collect();
+        let report = shared.callbacks.break_promises(Some(client), &fids, &volumes).await;
+        if report.acked + report.lost > 0 {
+            tracing::debug!(acked = report.acked, lost = report.lost, "callbacks broken");
+        }
+    }
+    Ok(outcome)
+}
+
+pub async fn mutate(shared: &Arc<Shared>, client: ClientId, record: Record) -> Reply {
+    match apply(shared, client, None, vec![record]).await {
+        Ok(mut outcome) => match outcome.results.pop() {
+            Some(result) => Response::Applied { result }.into(),
+            None => error(RemoteError::Internal("no result".into())),
+        },
+        Err(e) => error(e),
+    }
+}
+
+pub async fn reintegrate(shared: &Arc<Shared>, client: ClientId, volume: VolumeId, records: Vec<Record>) -> Reply {
+    if records.len() > MAX_BATCH {
+        return error(RemoteError::TooLarge);
+    }
+    match apply(shared, client, Some(volume), records).await {
+        Ok(outcome) => Response::Reintegrated { results: outcome.results }.into(),
+        Err(e) => error(e),
+    }
+}

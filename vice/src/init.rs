@@ -1,0 +1,68 @@
+//! `vice init`: creates a new cell on this server.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use proto::cell::{CellFile, CellServer, validate_cell_name};
+use proto::msg::{ServerInfo, Site, SiteRole, VldbEntry, VolumeKind};
+use proto::tls::Identity;
+use volumes::{SqliteVldb, Store, Vldb};
+
+use crate::config::{DataDir, ServerConfig, write_private};
+
+/// What `vice init` made, for the message it prints.
+pub struct Initialized {
+    pub cell_file: std::path::PathBuf,
+    pub admin_cred: std::path::PathBuf,
+}
+
+pub fn init_cell(cell: &str, data: &Path, listen: &str) -> Result<Initialized> {
+    validate_cell_name(cell).map_err(anyhow::Error::msg)?;
+    listen.parse::<std::net::SocketAddr>().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?;
+    let dir = DataDir::new(data);
+    if dir.config().exists() {
+        bail!("{} already holds a server (server.toml exists); refusing to overwrite it", data.display());
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+
+    let identity = Identity::generate(proto::tls::SERVER_NAME)?;
+    write_private(&dir.identity(), identity.to_pem().as_bytes())?;
+    let admin = Identity::generate("admin")?;
+    write_private(&dir.admin_cred(), admin.to_pem().as_bytes())?;
+
+    let vldb = SqliteVldb::open(&dir.vldb())?;
+    let server_id = vldb.allocate_server_id()?;
+    vldb.register_server(&ServerInfo {
+        id: server_id,
+        address: listen.to_string(),
+        fingerprint: identity.fingerprint(),
+    })?;
+    let store = Store::open(&dir.store(), server_id)?;
+    for name in ["root.afs", "root.cell"] {
+        let id = vldb.allocate_volume_id()?;
+        store.create_volume(id, name, VolumeKind::ReadWrite, 0)?;
+        vldb.create(&VldbEntry {
+            name: name.to_string(),
+            rw: id,
+            ro: None,
+            backup: None,
+            sites: vec![Site { server: server_id, role: SiteRole::ReadWrite }],
+        })?;
+    }
+
+    let cell_file = CellFile {
+        cell: cell.to_string(),
+        servers: vec![CellServer { id: server_id.0, address: listen.to_string(), fingerprint: identity.fingerprint() }],
+    };
+    std::fs::write(dir.cell_file(), cell_file.to_toml())
+        .with_context(|| format!("writing {}", dir.cell_file().display()))?;
+    // The config is written last: its presence marks a complete initialisation.
+    ServerConfig {
+        cell: cell.to_string(),
+        server_id: server_id.0,
+        listen: listen.to_string(),
+        admins: vec![admin.fingerprint()],
+    }
+    .save(&dir)?;
+    Ok(Initialized { cell_file: dir.cell_file(), admin_cred: dir.admin_cred() })
+}

@@ -1,0 +1,166 @@
+//! The server loop: a QUIC endpoint, one task per connection, one task per RPC stream.
+//!
+//! Limits are designed in: connections are capped, each connection may have a bounded number of
+//! streams open (the transport enforces it), every frame is size-checked before allocation, and
+//! shutdown cancels the accept loops and then waits for in-flight handlers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use proto::msg::{Request, Response};
+use proto::tls::{Identity, TransportTuning, peer_fingerprint, server_config};
+use proto::{ClientId, RemoteError, ServerId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use volumes::{SqliteVldb, Store, Vldb};
+
+use crate::callbacks::Callbacks;
+use crate::config::{DataDir, ServerConfig};
+use crate::handlers;
+
+const MAX_CONNECTIONS: usize = 4096;
+/// How long a writer waits for other clients to ack a callback break before declaring them lost.
+const BREAK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unreferenced chunks are kept this long before the sweep reclaims them.
+const CHUNK_GRACE: Duration = Duration::from_secs(3600);
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
+
+/// Everything the handlers share.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub vldb: Arc<dyn Vldb>,
+    pub callbacks: Callbacks,
+    pub config: ServerConfig,
+    pub server_id: ServerId,
+}
+
+/// One client connection.
+pub struct Peer {
+    pub conn: quinn::Connection,
+    pub client: OnceLock<ClientId>,
+    pub admin: bool,
+    pub remote: SocketAddr,
+}
+
+/// Runs the server in `data` until `shutdown` is cancelled.
+pub async fn run(data: &Path, listen_override: Option<String>, shutdown: CancellationToken) -> Result<()> {
+    let dir = DataDir::new(data);
+    let mut config = ServerConfig::load(&dir)?;
+    if let Some(l) = listen_override {
+        config.listen = l;
+    }
+    let identity = Identity::load(&dir.identity())?;
+    let vldb: Arc<dyn Vldb> = Arc::new(SqliteVldb::open(&dir.vldb()).context("opening the VLDB")?);
+    let server_id = ServerId(config.server_id);
+    let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
+    let addr: SocketAddr = config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?;
+    let endpoint = quinn::Endpoint::server(server_config(&identity, &TransportTuning::default())?, addr)
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(cell = %config.cell, server = %server_id, %addr, fingerprint = %identity.fingerprint(), "vice serving");
+
+    let shared = Arc::new(Shared { store, vldb, callbacks: Callbacks::new(BREAK_TIMEOUT), config, server_id });
+    let tracker = TaskTracker::new();
+    tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if tracker.len() > MAX_CONNECTIONS {
+                    tracing::warn!("connection limit reached; refusing {}", incoming.remote_address());
+                    incoming.refuse();
+                    continue;
+                }
+                tracker.spawn(connection(shared.clone(), incoming, tracker.clone(), shutdown.clone()));
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    endpoint.close(0u32.into(), b"server shutting down");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
+        tracing::warn!("handlers still running after 10 s; exiting anyway");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        shared.callbacks.expire();
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep(CHUNK_GRACE)).await {
+            Ok(Ok(r)) if r.chunks_removed + r.orphan_files_removed > 0 => {
+                tracing::info!(
+                    chunks = r.chunks_removed,
+                    bytes = r.bytes_removed,
+                    orphans = r.orphan_files_removed,
+                    "swept"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
+            Err(e) => tracing::error!(error = %e, "sweep panicked"),
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: TaskTracker, shutdown: CancellationToken) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let admin = peer_fingerprint(&conn).is_some_and(|fp| shared.config.admins.contains(&fp));
+    let peer = Arc::new(Peer { conn: conn.clone(), client: OnceLock::new(), admin, remote });
+    tracing::debug!(%remote, admin, "connected");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    tracker.spawn(stream_task(shared.clone(), peer.clone(), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "connection closed");
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(client) = peer.client.get() {
+        shared.callbacks.detach(*client, &conn);
+    }
+}
+
+async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let req: Request = match proto::frame::read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(remote = %peer.remote, error = %e, "bad request frame");
+            let _ = proto::frame::write_frame(&mut send, &Response::Error(RemoteError::Protocol(e.to_string()))).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let name = req.meta().name;
+    let span = tracing::debug_span!("rpc", name, remote = %peer.remote);
+    let _guard = span.enter();
+    drop(_guard);
+    handlers::serve(&shared, &peer, req, &mut send, &mut recv).await;
+    let _ = send.finish();
+    // Let the reply drain before the stream is dropped.
+    let _ = send.stopped().await;
+}
