@@ -1,1 +1,258 @@
-//! placeholder
+//! The client modification log (CML): every mutation venus makes, in order, until a server has
+//! applied it.
+//!
+//! # One write path
+//!
+//! Venus logs every mutation here, connected or not. Connected, it reintegrates the record at
+//! once and removes it when the server answers; disconnected, the record waits, and is replayed
+//! per volume, oldest first and in bounded chunks ([`Cml::first`]), when the servers are back.
+//!
+//! # Storage
+//!
+//! One SQLite database (WAL, `synchronous=NORMAL`, schema versioned with `user_version`, see
+//! `schema`). Each record is a postcard blob plus indexed columns: its cell, volume, kind,
+//! subject object, and in a side table every object it touches with its roles (see `touch`),
+//! so the optimiser finds related records by index, never by scanning the log. An append is
+//! committed before it returns, so it survives venus being killed; [`Cml::sync`] makes the log
+//! survive a machine crash, for `fsync(2)`.
+//!
+//! # Optimisation
+//!
+//! [`Cml::append`] optimises the log in the append's own transaction, Coda style, so it stays
+//! small while a laptop is offline: a Store replaces earlier Stores, create … remove cancels,
+//! a removal for good makes earlier Stores and SetAttrs moot, SetAttrs merge, renames of
+//! offline-created objects fold into their creation. `optimise` lists the rules and their
+//! conditions. Each change to the log is checked by `rebase`: the bases of the remaining records
+//! are re-derived, so the optimised log certifies wherever the raw one would have and leaves the
+//! volume in the same state, and a record about an object changed on the server still conflicts
+//! (a conflict can only vanish with the records that would have caused it, such as a create and
+//! remove of a name someone else took meanwhile). A change whose bases cannot be derived is not
+//! made. A property test checks all this against a model of the server's certification.
+//!
+//! # What venus must do
+//!
+//! - **Bases come from the log**: for a record about object `o`, use
+//!   [`Cml::base_of`]`(cell, o)`, and the version venus last got from the server when that is
+//!   `None`. The log knows which of its records last stamped an object after optimisation (a
+//!   client tracking ops itself would still name records the optimiser deleted).
+//! - **Unlinking the last name of a file** (link count 1): append the Remove with
+//!   [`Cml::append_removing_last_name`]. Only then may the log drop the pending Stores of a file
+//!   older than the log; it cannot see names made before it, and must not lose data under them.
+//! - **Send only records obtained from [`Cml::first`]**: it freezes what it returns, because a
+//!   record that may have reached the server must never be optimised away or rewritten.
+//! - Do not log renames that POSIX says do nothing (a name onto itself, or onto another name of
+//!   the same file): the server does not stamp the directories for them, the log assumes it does.
+
+mod error;
+mod optimise;
+mod plan;
+mod rebase;
+mod rows;
+mod schema;
+mod touch;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod reftest;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use proto::{Base, Fid, Record, Timestamp, VolumeId};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+pub use error::CmlError;
+use error::Result;
+use plan::Plan;
+
+/// The log: one SQLite database shared by every cell and volume venus knows.
+pub struct Cml {
+    conn: Mutex<Connection>,
+}
+
+/// One pending record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Position in the log; never reused.
+    pub seq: u64,
+    pub cell: String,
+    pub volume: VolumeId,
+    pub record: Record,
+    /// When the record was first appended.
+    pub created: Timestamp,
+}
+
+/// What the log holds for one volume (for `venus status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLog {
+    pub cell: String,
+    pub volume: VolumeId,
+    pub records: u64,
+    /// File data waiting to be stored: the sum of the Stores' lengths.
+    pub bytes: u64,
+    /// When the oldest pending record was appended.
+    pub oldest: Option<Timestamp>,
+}
+
+impl Cml {
+    /// Opens (creating if needed) the log at `path`.
+    pub fn open(path: &Path) -> Result<Cml, CmlError> {
+        Ok(Cml { conn: Mutex::new(schema::open(path)?) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half done (it rolls back
+        // on drop), so the connection is fine to use.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends a record, applying the log optimisations in the same transaction. Returns the seq
+    /// of the record as stored, or of the stored record it was folded into (a merged SetAttr, a
+    /// rename folded into its creation), or `None` if the optimisation cancelled it (a Remove
+    /// that cancelled an offline Create).
+    pub fn append(&self, cell: &str, record: Record) -> Result<Option<u64>, CmlError> {
+        self.append_as(cell, record, false)
+    }
+
+    /// Appends a Remove that takes away the file's last name (venus knows the link count), like
+    /// [`Cml::append`], and also lets the removal drop the file's earlier Stores and SetAttrs
+    /// when the log cannot tell by itself that no other name survives (a file older than the
+    /// log). Use plain [`Cml::append`] when in doubt: dropping them while another name survives
+    /// would lose what was written.
+    pub fn append_removing_last_name(&self, cell: &str, record: Record) -> Result<Option<u64>, CmlError> {
+        self.append_as(cell, record, true)
+    }
+
+    fn append_as(&self, cell: &str, record: Record, last_name: bool) -> Result<Option<u64>, CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut plan = optimise::plan(&tx, cell, record, last_name)?;
+        if !plan.is_plain() && !rebase::settle(&tx, &mut plan)? {
+            debug!(rule = plan.rule, op = %plan.incoming.op, "cml: optimisation would break a base; appending as is");
+            plan = Plan::plain(cell, plan.incoming);
+        }
+        let answer = plan.execute(&tx, Timestamp::now())?;
+        tx.commit()?;
+        if !plan.after.is_empty() || plan.append.is_none() {
+            debug!(
+                rule = plan.rule,
+                verb = plan.incoming.mutation.verb(),
+                changed = plan.after.len(),
+                stored = plan.append.is_some(),
+                "cml: optimised"
+            );
+        }
+        Ok(answer)
+    }
+
+    /// Pending records of one volume, in order.
+    pub fn pending(&self, cell: &str, volume: VolumeId) -> Result<Vec<Entry>, CmlError> {
+        let conn = self.lock();
+        let rows = rows::query(
+            &conn,
+            &format!("SELECT {} FROM records r WHERE r.cell = ?1 AND r.volume = ?2 ORDER BY r.seq", rows::COLUMNS),
+            params![cell, volume.0 as i64],
+        )?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    /// Up to `limit` oldest pending records of one volume, for reintegration in bounded chunks.
+    /// The records returned are frozen: they may reach the server from now on, so the optimiser
+    /// never deletes or rewrites them ([`Cml::replace`] still may).
+    pub fn first(&self, cell: &str, volume: VolumeId, limit: usize) -> Result<Vec<Entry>, CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let rows = rows::query(
+            &tx,
+            &format!(
+                "SELECT {} FROM records r WHERE r.cell = ?1 AND r.volume = ?2 ORDER BY r.seq LIMIT ?3",
+                rows::COLUMNS
+            ),
+            params![cell, volume.0 as i64, i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?;
+        {
+            let mut freeze = tx.prepare_cached("UPDATE records SET frozen = 1 WHERE seq = ?1 AND frozen = 0")?;
+            for row in rows.iter().filter(|r| !r.frozen) {
+                freeze.execute(params![row.seq as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(rows.into_iter().map(entry).collect())
+    }
+
+    /// Removes records once the server applied them (or they were settled). Seqs no longer in
+    /// the log are ignored.
+    pub fn remove(&self, seqs: &[u64]) -> Result<(), CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for &seq in seqs {
+            rows::delete(&tx, seq)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a stored record in place (venus refreshes a Store's chunk list before sending).
+    /// No optimisation runs. Does nothing if the record is gone: it was removed, or optimised
+    /// away because a later record superseded it.
+    pub fn replace(&self, seq: u64, record: &Record) -> Result<(), CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        match rows::load(&tx, seq)? {
+            Some(row) => rows::update(&tx, &row.cell, seq, record)?,
+            None => debug!(seq, "cml: replace of a record no longer in the log"),
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The base a new record about `fid` must carry, as far as the log knows: `AfterOp` of the
+    /// latest pending record that stamps the object (sets its last op on the server). `None`
+    /// when no pending record does: use the version the server last gave.
+    pub fn base_of(&self, cell: &str, fid: Fid) -> Result<Option<Base>, CmlError> {
+        let conn = self.lock();
+        let op = rows::last_stamp_before(&conn, cell, fid.volume, fid.object, i64::MAX as u64)?;
+        Ok(op.map(Base::AfterOp))
+    }
+
+    /// Per-volume summary for `venus status`.
+    pub fn summary(&self) -> Result<Vec<VolumeLog>, CmlError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT cell, volume, COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) FROM records
+             GROUP BY cell, volume ORDER BY cell, volume",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(VolumeLog {
+                    cell: r.get(0)?,
+                    volume: VolumeId(r.get::<_, i64>(1)? as u64),
+                    records: r.get::<_, i64>(2)?.max(0) as u64,
+                    bytes: r.get::<_, i64>(3)?.max(0) as u64,
+                    oldest: r.get::<_, Option<i64>>(4)?.map(Timestamp::from_nanos),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn total_records(&self) -> Result<u64, CmlError> {
+        let conn = self.lock();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Makes everything appended so far durable against a machine crash (fsync), for `fsync(2)`.
+    pub fn sync(&self) -> Result<(), CmlError> {
+        schema::sync(&self.lock())
+    }
+}
+
+fn entry(row: rows::Row) -> Entry {
+    Entry { seq: row.seq, cell: row.cell, volume: row.volume, record: row.record, created: row.created }
+}

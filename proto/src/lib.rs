@@ -13,6 +13,7 @@ pub mod msg;
 pub mod name;
 pub mod record;
 pub mod tls;
+pub mod units;
 pub mod version;
 
 pub use attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};

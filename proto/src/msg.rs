@@ -181,11 +181,15 @@ pub enum Response {
     ChunksStored {
         stored: u32,
     },
+    /// `promise` covers every object in the result's attrs: the writer holds a promise on
+    /// what it just changed or created.
     Applied {
         result: RecordResult,
+        promise: Promise,
     },
     Reintegrated {
         results: Vec<RecordResult>,
+        promise: Promise,
     },
     Validated {
         volumes: Vec<VolumeValidation>,

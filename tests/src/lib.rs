@@ -107,7 +107,7 @@ impl Vice {
         let child = Command::new(bin("vice"))
             .args(["serve", "--data"])
             .arg(self.data())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -189,6 +189,9 @@ impl Vice {
 
 impl Drop for Vice {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("AFS_TEST_LOGS").is_some() {
+            eprintln!("---- vice log {} ----\n{}", self.addr, tail(&self.log_text(), 400));
+        }
         self.kill9();
     }
 }
@@ -235,7 +238,7 @@ impl TestClient {
 
     pub async fn mutate(&self, record: Record) -> Result<Applied> {
         match self.session.call_ok(&Request::Mutate { record }).await? {
-            Response::Applied { result } => Ok(result?),
+            Response::Applied { result, .. } => Ok(result?),
             other => bail!("unexpected {other:?}"),
         }
     }
@@ -338,4 +341,213 @@ impl Noise {
         Noise::new(seed).fill(&mut v);
         v
     }
+}
+
+/// Set to `1` to skip the FUSE tests on a machine without FUSE (off by default: without FUSE
+/// they fail, saying how to enable it).
+pub const SKIP_FUSE_ENV: &str = "AFS_SKIP_FUSE_TESTS";
+
+/// Whether FUSE tests can run here. Panics with instructions if not, unless explicitly skipped.
+pub fn fuse_available() -> bool {
+    let dev = Path::new("/dev/fuse").exists();
+    let fusermount =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()));
+    if dev && fusermount {
+        return true;
+    }
+    if std::env::var(SKIP_FUSE_ENV).as_deref() == Ok("1") {
+        eprintln!("FUSE tests skipped because {SKIP_FUSE_ENV}=1");
+        return false;
+    }
+    panic!(
+        "FUSE is not available (/dev/fuse present: {dev}, fusermount3 on PATH: {fusermount}). \
+         Install it with `apt-get install -y fuse3` (and `modprobe fuse` if /dev/fuse is missing), \
+         or set {SKIP_FUSE_ENV}=1 to skip these tests explicitly."
+    );
+}
+
+/// A running `venus mount` with its own cache directory.
+pub struct VenusMount {
+    pub dir: tempfile::TempDir,
+    pub mountpoint: PathBuf,
+    pub cell: String,
+    cell_file: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl VenusMount {
+    /// Mounts the cell of `vice` (whose cell name is `cell`).
+    pub fn start(vice: &Vice, cell: &str) -> Result<VenusMount> {
+        Self::start_with(vice, cell, &[])
+    }
+
+    pub fn start_with(vice: &Vice, cell: &str, extra: &[&str]) -> Result<VenusMount> {
+        let dir = tempfile::tempdir()?;
+        let mountpoint = dir.path().join("afs");
+        std::fs::create_dir_all(&mountpoint)?;
+        let log = dir.path().join("venus.log");
+        let mut m = VenusMount {
+            dir,
+            mountpoint,
+            cell: cell.to_string(),
+            cell_file: vice.cell_file_path(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin("venus"))
+            .arg("mount")
+            .arg("--cell-file")
+            .arg(&self.cell_file)
+            .arg("--cache")
+            .arg(self.cache())
+            .args(&self.extra)
+            .arg(&self.mountpoint)
+            .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("venus exited with {status}:\n{}", self.log_text());
+            }
+            if self.mounted() && self.venus(&["status", "--json"]).status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("venus did not mount in 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn mounted(&self) -> bool {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| {
+                t.lines().any(|l| l.contains(&format!(" {} ", self.mountpoint.display())) && l.contains("fuse.venus"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// A path inside the cell: `MOUNT/<cell>/<rel>`.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        let base = self.mountpoint.join(&self.cell);
+        if rel.is_empty() { base } else { base.join(rel) }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a `venus` subcommand against this mount's cache.
+    pub fn venus(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("venus")).args(args).env("VENUS_CACHE", self.cache()).output().expect("run venus")
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.venus(&["status", "--json"]);
+        assert!(out.status.success(), "venus status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// How many RPCs of this kind venus has made.
+    pub fn rpcs(&self, name: &str) -> u64 {
+        self.status()["counters"]["rpcs"][name].as_u64().unwrap_or(0)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()["counters"][name].as_u64().unwrap_or(0)
+    }
+
+    /// Polls until `counter` reaches at least `value` (bounded; never a fixed sleep).
+    pub fn wait_counter(&self, name: &str, value: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.counter(name) < value {
+            if Instant::now() > deadline {
+                bail!("counter {name} stayed below {value}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL venus; with AutoUnmount the mount goes away by itself.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.mounted() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.mounted() {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint).status();
+        }
+    }
+
+    /// SIGTERM and wait for a clean unmount; returns whether venus exited successfully.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut c) = self.child.take() else { return Ok(true) };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("venus did not stop within 20 s of SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+}
+
+/// The last lines of a log, for failure reports.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for VenusMount {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("AFS_TEST_LOGS").is_some() {
+            eprintln!("---- venus log {} ----\n{}", self.mountpoint.display(), tail(&self.log_text(), 400));
+        }
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        if self.mounted() {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint).status();
+        }
+    }
+}
+
+/// blake3 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize())
 }

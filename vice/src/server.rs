@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use proto::msg::{Request, Response};
-use proto::tls::{Identity, TransportTuning, peer_fingerprint, server_config};
+use proto::tls::{Identity, TransportTuning, endpoint_config, peer_fingerprint, server_config};
 use proto::{ClientId, RemoteError, ServerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,8 +57,14 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     let server_id = ServerId(config.server_id);
     let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
     let addr: SocketAddr = config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?;
-    let endpoint = quinn::Endpoint::server(server_config(&identity, &TransportTuning::default())?, addr)
-        .with_context(|| format!("binding {addr}"))?;
+    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config(&identity),
+        Some(server_config(&identity, &TransportTuning::default())?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("starting QUIC on {addr}"))?;
     tracing::info!(cell = %config.cell, server = %server_id, %addr, fingerprint = %identity.fingerprint(), "vice serving");
 
     let shared = Arc::new(Shared { store, vldb, callbacks: Callbacks::new(BREAK_TIMEOUT), config, server_id });

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use proto::chunk::MAX_CHUNK;
-use proto::msg::Response;
+use proto::msg::{Promise, Response};
 use proto::{ChunkHash, ChunkRef, ClientId, Record, RemoteError, VolumeId};
 use tokio::io::AsyncReadExt;
 use volumes::BatchOutcome;
@@ -75,8 +75,28 @@ async fn apply(
     client: ClientId,
     volume: Option<VolumeId>,
     records: Vec<Record>,
-) -> Result<BatchOutcome, RemoteError> {
+) -> Result<(BatchOutcome, Promise), RemoteError> {
+    let summary: Vec<(String, &'static str)> = records.iter().map(|r| (r.op.to_string(), r.mutation.verb())).collect();
     let outcome = blocking(&shared.store, move |s| s.apply(client, volume, &records)).await?;
+    for ((op, verb), result) in summary.iter().zip(&outcome.results) {
+        match result {
+            Ok(a) => {
+                tracing::debug!(%client, op = %op, verb, stamp = %a.stamp, versions = ?a.attrs.iter().map(|x| (x.fid.to_string(), x.version.to_string())).collect::<Vec<_>>(), "applied")
+            }
+            Err(e) => tracing::debug!(%client, op = %op, verb, error = %e, "refused"),
+        }
+    }
+    // The writer gets promises on everything it changed or created: it now holds their state.
+    let mut promise = Promise { secs: u32::MAX };
+    for result in outcome.results.iter().flatten() {
+        for attr in &result.attrs {
+            let p = shared.callbacks.grant(client, attr.fid);
+            promise.secs = promise.secs.min(p.secs);
+        }
+    }
+    if promise.secs == u32::MAX {
+        promise.secs = 0;
+    }
     if !outcome.changed.is_empty() {
         let fids: Vec<_> = outcome.changed.iter().copied().collect();
         let volumes: Vec<_> = outcome.volumes.iter().copied().collect();
@@ -85,13 +105,13 @@ async fn apply(
             tracing::debug!(acked = report.acked, lost = report.lost, "callbacks broken");
         }
     }
-    Ok(outcome)
+    Ok((outcome, promise))
 }
 
 pub async fn mutate(shared: &Arc<Shared>, client: ClientId, record: Record) -> Reply {
     match apply(shared, client, None, vec![record]).await {
-        Ok(mut outcome) => match outcome.results.pop() {
-            Some(result) => Response::Applied { result }.into(),
+        Ok((mut outcome, promise)) => match outcome.results.pop() {
+            Some(result) => Response::Applied { result, promise }.into(),
             None => error(RemoteError::Internal("no result".into())),
         },
         Err(e) => error(e),
@@ -103,7 +123,7 @@ pub async fn reintegrate(shared: &Arc<Shared>, client: ClientId, volume: VolumeI
         return error(RemoteError::TooLarge);
     }
     match apply(shared, client, Some(volume), records).await {
-        Ok(outcome) => Response::Reintegrated { results: outcome.results }.into(),
+        Ok((outcome, promise)) => Response::Reintegrated { results: outcome.results, promise }.into(),
         Err(e) => error(e),
     }
 }

@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long)]
     server: Option<String>,
     /// Maximum bytes of file data, e.g. 500M or 10G; none by default.
-    #[arg(long, value_parser = crate::size::parse)]
+    #[arg(long, value_parser = proto::units::parse)]
     quota: Option<u64>,
 }
 

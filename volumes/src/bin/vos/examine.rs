@@ -5,7 +5,7 @@ use proto::msg::SiteRole;
 use proto::{Request, Response};
 
 use crate::session::{Context, unexpected};
-use crate::size::show;
+use proto::units::show;
 
 #[derive(clap::Args)]
 pub struct Args {

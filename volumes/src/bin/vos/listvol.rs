@@ -4,7 +4,7 @@ use anyhow::Result;
 use proto::{Request, Response};
 
 use crate::session::{Context, unexpected};
-use crate::size::show;
+use proto::units::show;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -7,7 +7,6 @@ mod listvldb;
 mod listvol;
 mod remove;
 mod session;
-mod size;
 
 use std::path::PathBuf;
 

@@ -1,8 +1,7 @@
-//! Human sizes: `500M`, `10G`, `1.5T`, or plain bytes.
+//! Human sizes for command lines and reports: `500M`, `10G`, `1.5T`, or plain bytes.
 
-use anyhow::{Result, bail};
-
-pub fn parse(s: &str) -> Result<u64> {
+/// Parses a size; units are powers of 1024.
+pub fn parse(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -13,19 +12,20 @@ pub fn parse(s: &str) -> Result<u64> {
                 "M" => 1 << 20,
                 "G" => 1 << 30,
                 "T" => 1 << 40,
-                _ => bail!("size {s:?}: unknown unit (use K, M, G or T)"),
+                _ => return Err(format!("size {s:?}: unknown unit (use K, M, G or T)")),
             };
             (&s[..i], mult)
         }
         None => (s, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|_| anyhow::anyhow!("size {s:?} is not a number"))?;
+    let n: f64 = num.trim().parse().map_err(|_| format!("size {s:?} is not a number"))?;
     if !(0.0..=1e19).contains(&n) {
-        bail!("size {s:?} is out of range");
+        return Err(format!("size {s:?} is out of range"));
     }
     Ok((n * mult as f64) as u64)
 }
 
+/// A size for people: `1.5 GiB`.
 pub fn show(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;

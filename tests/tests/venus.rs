@@ -1,0 +1,288 @@
+//! End-to-end tests of venus: a real `vice serve` on 127.0.0.1 and two real `venus` FUSE mounts
+//! with separate caches, used only through `std::fs`.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use e2e::*;
+
+type R = anyhow::Result<()>;
+
+struct Two {
+    vice: Vice,
+    a: VenusMount,
+    b: VenusMount,
+}
+
+fn two(cell: &str) -> anyhow::Result<Option<Two>> {
+    if !fuse_available() {
+        return Ok(None);
+    }
+    let vice = Vice::start(cell)?;
+    let a = VenusMount::start(&vice, cell)?;
+    let b = VenusMount::start(&vice, cell)?;
+    Ok(Some(Two { vice, a, b }))
+}
+
+#[test]
+fn a_close_on_one_client_is_seen_by_the_next_open_on_the_other() -> R {
+    let Some(t) = two("share.test")? else { return Ok(()) };
+    fs::write(t.a.path("note.txt"), b"first version")?;
+    assert_eq!(fs::read(t.b.path("note.txt"))?, b"first version");
+    // B now holds it cached; A changes it; B's next open sees the change without remounting.
+    fs::write(t.a.path("note.txt"), b"second, longer version")?;
+    assert_eq!(fs::read(t.b.path("note.txt"))?, b"second, longer version");
+    assert_eq!(fs::metadata(t.b.path("note.txt"))?.len(), 22);
+    // And the other way round, through an explicit open/write/close.
+    let mut f = fs::OpenOptions::new().append(true).open(t.b.path("note.txt"))?;
+    f.write_all(b"!")?;
+    drop(f);
+    assert_eq!(fs::read(t.a.path("note.txt"))?, b"second, longer version!");
+    Ok(())
+}
+
+#[test]
+fn cached_files_and_attributes_cost_no_rpcs() -> R {
+    let Some(t) = two("cached.test")? else { return Ok(()) };
+    fs::write(t.a.path("data.bin"), Noise::bytes(3, 300_000))?;
+    let first = fs::read(t.b.path("data.bin"))?;
+    assert_eq!(first.len(), 300_000);
+    let fetches = t.b.rpcs("FetchData");
+    let statuses = t.b.rpcs("FetchStatus");
+    assert_eq!(fetches, 1);
+    for _ in 0..100 {
+        let mut f = fs::File::open(t.b.path("data.bin"))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        assert_eq!(buf.len(), 300_000);
+        fs::metadata(t.b.path("data.bin"))?;
+    }
+    assert_eq!(t.b.rpcs("FetchData"), fetches, "no FetchData after the first");
+    assert_eq!(t.b.rpcs("FetchStatus"), statuses, "stat of a cached object with a promise makes no RPC");
+    let hits = t.b.status()["counters"]["cache_hits"].as_u64().unwrap_or(0);
+    assert!(hits >= 100, "cache hits counted: {hits}");
+    Ok(())
+}
+
+#[test]
+fn namespace_operations_behave_as_on_a_local_disk_and_are_seen_by_the_other_client() -> R {
+    let Some(t) = two("ns.test")? else { return Ok(()) };
+    let (a, b) = (&t.a, &t.b);
+    fs::create_dir(a.path("dir"))?;
+    fs::create_dir_all(a.path("dir/sub/deeper"))?;
+    fs::write(a.path("dir/f"), b"f")?;
+    fs::write(a.path("dir/g"), b"g")?;
+
+    // rename a file, replacing a target
+    fs::rename(a.path("dir/f"), a.path("dir/g"))?;
+    assert_eq!(fs::read(b.path("dir/g"))?, b"f");
+    assert!(!b.path("dir/f").exists());
+    // rename a directory across directories
+    fs::create_dir(a.path("other"))?;
+    fs::rename(a.path("dir/sub"), a.path("other/moved"))?;
+    assert!(b.path("other/moved/deeper").is_dir());
+    assert!(!b.path("dir/sub").exists());
+    // rename a directory over an empty one
+    fs::create_dir(a.path("empty"))?;
+    fs::rename(a.path("other/moved/deeper"), a.path("empty"))?;
+    assert!(b.path("empty").is_dir());
+
+    // rmdir of a non-empty directory
+    let err = fs::remove_dir(a.path("other")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY), "{err}");
+    fs::remove_dir(a.path("other/moved"))?;
+    fs::remove_dir(a.path("other"))?;
+    assert!(!b.path("other").exists());
+
+    // unlink
+    fs::remove_file(a.path("dir/g"))?;
+    assert!(!b.path("dir/g").exists());
+    assert_eq!(fs::remove_file(a.path("dir/g")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+
+    // symlink
+    fs::write(a.path("target.txt"), b"pointed at")?;
+    std::os::unix::fs::symlink("target.txt", a.path("link"))?;
+    assert_eq!(fs::read_link(b.path("link"))?.to_str(), Some("target.txt"));
+    assert_eq!(fs::read(b.path("link"))?, b"pointed at");
+
+    // hard link
+    fs::hard_link(a.path("target.txt"), a.path("hard"))?;
+    assert_eq!(fs::metadata(b.path("hard"))?.nlink(), 2);
+    assert_eq!(fs::metadata(b.path("hard"))?.ino(), fs::metadata(b.path("target.txt"))?.ino());
+    fs::remove_file(a.path("target.txt"))?;
+    assert_eq!(fs::read(b.path("hard"))?, b"pointed at");
+
+    // chmod
+    fs::set_permissions(a.path("hard"), fs::Permissions::from_mode(0o600))?;
+    assert_eq!(fs::metadata(b.path("hard"))?.permissions().mode() & 0o7777, 0o600);
+
+    // truncate
+    fs::write(a.path("trunc"), b"0123456789")?;
+    fs::OpenOptions::new().write(true).open(a.path("trunc"))?.set_len(4)?;
+    assert_eq!(fs::read(b.path("trunc"))?, b"0123");
+    let f = fs::OpenOptions::new().write(true).open(a.path("trunc"))?;
+    f.set_len(6)?;
+    drop(f);
+    assert_eq!(fs::read(b.path("trunc"))?, b"0123\0\0");
+
+    // utimes
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options().write(true).open(a.path("trunc"))?.set_modified(when)?;
+    assert_eq!(fs::metadata(b.path("trunc"))?.modified()?, when);
+
+    // names the server must refuse
+    let long = "x".repeat(256);
+    assert!(fs::write(a.path(&long), b"").is_err());
+
+    // the listings agree
+    let list = |m: &VenusMount| -> anyhow::Result<Vec<String>> {
+        let mut v: Vec<String> = fs::read_dir(m.path(""))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<anyhow::Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    assert_eq!(list(a)?, list(b)?);
+    assert_eq!(list(a)?, vec!["dir", "empty", "hard", "link", "trunc"]);
+    Ok(())
+}
+
+#[test]
+fn a_new_volume_mounted_with_mkmount_is_reachable_from_both_clients() -> R {
+    let Some(t) = two("mkmount.test")? else { return Ok(()) };
+    let out = t.vice.vos(&["create", "proj"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mp = t.a.path("proj");
+    let out = t.a.venus(&["mkmount", mp.to_str().unwrap_or_default(), "proj"]);
+    assert!(out.status.success(), "mkmount: {}", String::from_utf8_lossy(&out.stderr));
+    fs::write(t.a.path("proj/readme"), b"in another volume")?;
+    assert_eq!(fs::read(t.b.path("proj/readme"))?, b"in another volume");
+    let ls = t.b.venus(&["lsmount", t.b.path("proj").to_str().unwrap_or_default()]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("#proj"), "{}", String::from_utf8_lossy(&ls.stdout));
+    let where_root =
+        String::from_utf8_lossy(&t.b.venus(&["whereis", t.b.path("").to_str().unwrap_or_default()]).stdout).to_string();
+    let where_proj =
+        String::from_utf8_lossy(&t.b.venus(&["whereis", t.b.path("proj/readme").to_str().unwrap_or_default()]).stdout)
+            .to_string();
+    assert_ne!(where_root, where_proj, "the mount point leads to another volume");
+    // Renames across the volume boundary are refused as on any file system.
+    let err = fs::rename(t.a.path("proj/readme"), t.a.path("readme")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+    let out = t.a.venus(&["rmmount", mp.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "rmmount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!t.b.path("proj").exists());
+    Ok(())
+}
+
+#[test]
+fn restarts_of_venus_and_vice_are_survived() -> R {
+    let Some(mut t) = two("restart.test")? else { return Ok(()) };
+    let content = Noise::bytes(11, 200_000);
+    fs::write(t.a.path("keep.bin"), &content)?;
+    assert_eq!(fs::read(t.b.path("keep.bin"))?, content);
+    let fetches_before = t.b.rpcs("FetchData");
+    assert!(fetches_before >= 1);
+
+    // venus restarts: what it cached is used again (counters start from zero).
+    t.b.restart()?;
+    assert_eq!(fs::read(t.b.path("keep.bin"))?, content);
+    assert_eq!(t.b.rpcs("FetchData"), 0, "the cached file was served without FetchData after a restart");
+
+    // vice restarts (killed): its promises are gone with it. Each client notices within a
+    // keep-alive (the new process resets the old connections) and stops trusting them.
+    t.vice.restart()?;
+    t.a.wait_counter("connections_lost", 1)?;
+    t.b.wait_counter("connections_lost", 1)?;
+    fs::write(t.a.path("after.txt"), b"after the restart")?;
+    assert_eq!(fs::read(t.b.path("after.txt"))?, b"after the restart");
+    assert_eq!(fs::read(t.b.path("keep.bin"))?, content);
+    Ok(())
+}
+
+#[test]
+fn many_small_writes_and_a_one_gib_file_round_trip() -> R {
+    let Some(t) = two("bulk.test")? else { return Ok(()) };
+    // Many small writes through one descriptor.
+    let mut f = fs::File::create(t.a.path("small-writes"))?;
+    let mut expected = Vec::new();
+    for i in 0..20_000u32 {
+        let line = format!("line {i}\n");
+        f.write_all(line.as_bytes())?;
+        expected.extend_from_slice(line.as_bytes());
+    }
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(b"LINE")?;
+    expected[..4].copy_from_slice(b"LINE");
+    drop(f);
+    assert_eq!(blake3::hash(&fs::read(t.b.path("small-writes"))?), blake3::hash(&expected));
+
+    // 1 GiB, written in 1 MiB blocks.
+    let mut f = fs::File::create(t.a.path("big"))?;
+    let mut noise = Noise::new(99);
+    let mut block = vec![0u8; 1 << 20];
+    let mut h = blake3::Hasher::new();
+    for _ in 0..1024 {
+        noise.fill(&mut block);
+        h.update(&block);
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let expected = h.finalize();
+    assert_eq!(hash_file(&t.b.path("big"))?, expected);
+    assert_eq!(fs::metadata(t.b.path("big"))?.len(), 1 << 30);
+    Ok(())
+}
+
+#[test]
+fn status_flush_and_fid_answer_through_the_control_socket() -> R {
+    let Some(t) = two("control.test")? else { return Ok(()) };
+    fs::write(t.a.path("x"), b"x")?;
+    let st = t.a.status();
+    assert_eq!(st["cells"][0]["name"], "control.test");
+    assert_eq!(st["cells"][0]["servers"][0]["connected"], true);
+    assert!(st["counters"]["rpcs"]["Create"].as_u64() >= Some(1));
+    assert!(st["counters"]["rpcs"]["Store"].as_u64() >= Some(1), "{st}");
+    let fid = t.a.venus(&["fid", t.a.path("x").to_str().unwrap_or_default()]);
+    assert!(String::from_utf8_lossy(&fid.stdout).contains("is fid"), "{fid:?}");
+    let human = t.a.venus(&["status"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("cache:"));
+    // flush drops the container; the next read fetches again.
+    fs::read(t.b.path("x"))?;
+    let before = t.b.rpcs("FetchData");
+    let out = t.b.venus(&["flush", t.b.path("x").to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(t.b.path("x"))?, b"x");
+    assert_eq!(t.b.rpcs("FetchData"), before + 1);
+    // A path outside any mount is a clear error.
+    let out = t.a.venus(&["fid", "/tmp"]);
+    assert!(!out.status.success());
+    Ok(())
+}
+
+/// Regression: every fork copies open descriptors and every exec closes the copies, so one open
+/// file gets many concurrent FLUSHes. They must not store from a stale base (a conflict) or lose
+/// the final contents.
+#[test]
+fn forks_while_a_file_is_open_cause_no_conflict_and_lose_nothing() -> R {
+    let Some(t) = two("fork.test")? else { return Ok(()) };
+    let mut f = fs::File::create(t.a.path("busy"))?;
+    let mut expected = Vec::new();
+    for round in 0..20u8 {
+        let chunk = vec![round; 50_000];
+        f.write_all(&chunk)?;
+        expected.extend_from_slice(&chunk);
+        // Children inherit (a copy of) the descriptor and close it at exec: FLUSH, concurrently.
+        let children: Vec<_> = (0..4).map(|_| std::process::Command::new("true").spawn()).collect::<Result<_, _>>()?;
+        for mut c in children {
+            c.wait()?;
+        }
+    }
+    f.sync_all()?;
+    drop(f);
+    assert_eq!(blake3::hash(&fs::read(t.b.path("busy"))?), blake3::hash(&expected));
+    assert!(!t.a.log_text().contains("conflict"), "{}", t.a.log_text());
+    Ok(())
+}

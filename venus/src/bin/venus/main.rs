@@ -1,0 +1,289 @@
+//! The `venus` command: mount the namespace, and talk to a running venus through its control
+//! socket. Thin: argument parsing and printing over library calls.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use proto::cell::CellFile;
+use venus::control::{self, ControlRequest};
+use venus::fs::Config;
+use venus::mount::{self, MountOptions};
+
+/// The venus client cache manager of an AFS-style file system.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The cache directory of the venus to talk to (default: found from PATH, else $VENUS_CACHE,
+    /// else the system cache directory).
+    #[arg(long, env = "VENUS_CACHE", global = true)]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the namespace: MOUNTPOINT lists the cells, MOUNTPOINT/<cell> is the cell's root.cell.
+    Mount {
+        /// A cell file (from `vice init`); repeat for several cells. Default: $AFS_CELL_FILE.
+        #[arg(long = "cell-file")]
+        cell_files: Vec<PathBuf>,
+        /// Bytes of file contents to keep cached, e.g. 500M or 10G.
+        #[arg(long, default_value = "4G", value_parser = proto::units::parse)]
+        cache_size: u64,
+        /// Seconds an RPC may take before the server counts as unreachable.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        /// Detach and run in the background once mounted (logs go to CACHE/venus.log).
+        #[arg(long)]
+        background: bool,
+        mountpoint: PathBuf,
+    },
+    /// Unmount a venus mount and stop its venus.
+    Unmount { mountpoint: PathBuf },
+    /// Cells, servers, cache use, counters and pending changes.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the cached copy of PATH; the next use fetches it again.
+    Flush { path: PathBuf },
+    /// The cell, volume and servers of PATH.
+    Whereis { path: PathBuf },
+    /// The file identifier of PATH.
+    Fid { path: PathBuf },
+    /// Create a mount point PATH for VOLUME (`volume` or `cell:volume`).
+    Mkmount { path: PathBuf, volume: String },
+    /// Show the volume the mount point PATH names.
+    Lsmount { path: PathBuf },
+    /// Remove the mount point PATH.
+    Rmmount { path: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("venus: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_cache() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/venus");
+    }
+    match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) => PathBuf::from(x).join("venus"),
+        (None, Some(h)) => PathBuf::from(h).join(".cache/venus"),
+        (None, None) => PathBuf::from("/tmp/venus-cache"),
+    }
+}
+
+/// An absolute path whose last component is not followed (so a mount point is named, not
+/// crossed, and a path that does not exist yet can be named).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    let name = path.file_name().ok_or_else(|| anyhow!("{} has no final component", path.display()))?;
+    let parent = path.parent().ok_or_else(|| anyhow!("{} has no parent", path.display()))?;
+    let parent = std::fs::canonicalize(parent).with_context(|| format!("{}", parent.display()))?;
+    Ok(parent.join(name))
+}
+
+/// The venus to talk to for PATH: the mount holding it, else --cache.
+fn cache_for(cli_cache: &Option<PathBuf>, path: Option<&Path>) -> PathBuf {
+    if let Some(p) = path
+        && let Some(m) = venus::mounts::mount_of(p)
+    {
+        return m.cache;
+    }
+    cli_cache.clone().unwrap_or_else(default_cache)
+}
+
+fn ask(cache: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
+    control::request(cache, req).map_err(|e| anyhow!(e))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Mount { cell_files, cache_size, timeout, background, mountpoint } => {
+            let mut files = cell_files;
+            if files.is_empty() {
+                files.extend(std::env::var_os("AFS_CELL_FILE").map(PathBuf::from));
+            }
+            if files.is_empty() {
+                bail!("no cell file: pass --cell-file FILE (from `vice init`) or set AFS_CELL_FILE");
+            }
+            let cells = files.iter().map(|f| CellFile::load(f)).collect::<Result<Vec<_>, _>>()?;
+            let cache_dir = cli.cache.unwrap_or_else(default_cache);
+            std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+            let cache_dir = std::fs::canonicalize(&cache_dir)?;
+            if background && std::env::var_os("VENUS_DETACHED").is_none() {
+                return detach(&cache_dir, &mountpoint);
+            }
+            let config = Config { cache_dir, cache_size, cells, rpc_timeout: Duration::from_secs(timeout) };
+            mount::run(MountOptions { config, mountpoint })
+        }
+        Command::Unmount { mountpoint } => {
+            let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
+            let m = venus::mounts::venus_mounts()
+                .into_iter()
+                .find(|m| m.mountpoint == mp)
+                .ok_or_else(|| anyhow!("{} is not a venus mount", mp.display()))?;
+            ask(&m.cache, &ControlRequest::Unmount)?;
+            // Wait until it is gone, so scripts can rely on it.
+            for _ in 0..200 {
+                if !venus::mounts::venus_mounts().iter().any(|x| x.mountpoint == mp) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bail!("{} is still mounted after 10 s (files open?)", mp.display())
+        }
+        Command::Status { json } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }
+        Command::Flush { path } => {
+            let path = absolute(&path)?;
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Flush { path })?;
+            println!("{}", if v["dropped"].as_bool() == Some(true) { "flushed" } else { "nothing cached to flush" });
+            Ok(())
+        }
+        Command::Whereis { path } => {
+            let path = absolute(&path)?;
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Whereis { path: path.clone() })?;
+            let servers: Vec<&str> =
+                v["servers"].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+            println!(
+                "{} is in volume {} of cell {} on {}",
+                path.display(),
+                v["volume"],
+                v["cell"].as_str().unwrap_or("?"),
+                servers.join(", ")
+            );
+            Ok(())
+        }
+        Command::Fid { path } => {
+            let path = absolute(&path)?;
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Fid { path: path.clone() })?;
+            println!(
+                "{} is fid {} in cell {}",
+                path.display(),
+                v["fid"].as_str().unwrap_or("?"),
+                v["cell"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Command::Mkmount { path, volume } => {
+            let path = absolute(&path)?;
+            ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Mkmount { path, volume })?;
+            Ok(())
+        }
+        Command::Lsmount { path } => {
+            let path = absolute(&path)?;
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Lsmount { path: path.clone() })?;
+            println!("'{}' is a mount point for volume '{}'", path.display(), v["target"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Command::Rmmount { path } => {
+            let path = absolute(&path)?;
+            ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Rmmount { path })?;
+            Ok(())
+        }
+    }
+}
+
+/// `--background`: start a detached copy of this command and wait until its mount answers.
+fn detach(cache: &Path, mountpoint: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(cache.join("venus.log"))?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env("VENUS_DETACHED", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid() is async-signal-safe and only detaches the child from our session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting venus in the background")?;
+    let mp = std::fs::canonicalize(mountpoint)?;
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait()? {
+            bail!("venus exited ({status}) before mounting; see {}", cache.join("venus.log").display());
+        }
+        if venus::mounts::venus_mounts().iter().any(|m| m.mountpoint == mp)
+            && ask(cache, &ControlRequest::Status).is_ok()
+        {
+            println!(
+                "venus mounted at {} (pid {}; log {})",
+                mp.display(),
+                child.id(),
+                cache.join("venus.log").display()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("venus did not mount within 30 s; see {}", cache.join("venus.log").display())
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!("venus at {} (client {})", v["mountpoint"].as_str().unwrap_or("?"), v["client"].as_str().unwrap_or("?"));
+    for cell in v["cells"].as_array().into_iter().flatten() {
+        println!("cell {}", cell["name"].as_str().unwrap_or("?"));
+        for s in cell["servers"].as_array().into_iter().flatten() {
+            let state = if s["connected"].as_bool() == Some(true) { "connected" } else { "not connected" };
+            println!("  server {} {}: {state}", s["id"], s["address"].as_str().unwrap_or("?"));
+        }
+    }
+    let c = &v["cache"];
+    println!(
+        "cache: {} of {} used, {} files cached, {} objects known, {} promises held",
+        proto::units::show(c["used"].as_u64().unwrap_or(0)),
+        proto::units::show(c["limit"].as_u64().unwrap_or(0)),
+        c["files_cached"],
+        c["objects"],
+        v["promises"]
+    );
+    let k = &v["counters"];
+    println!(
+        "fetched {} stored {}; cache hits {} misses {}; callback breaks {}",
+        proto::units::show(k["bytes_fetched"].as_u64().unwrap_or(0)),
+        proto::units::show(k["bytes_stored"].as_u64().unwrap_or(0)),
+        k["cache_hits"],
+        k["cache_misses"],
+        k["callback_breaks"]
+    );
+    let rpcs: Vec<String> = k["rpcs"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("rpcs: {}", if rpcs.is_empty() { "none".to_string() } else { rpcs.join(", ") });
+    println!("pending changes: {} records", v["pending_records"]);
+}

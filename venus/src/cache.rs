@@ -1,0 +1,457 @@
+//! The container-file cache: whole files on local disk, directory listings, and what venus knows
+//! about each object and volume.
+//!
+//! The working state lives in memory (every `stat` is a hash lookup) and is written through to a
+//! SQLite index, so after a restart venus knows what it has cached and reuses it after one
+//! volume-stamp check per volume instead of refetching. Containers live in `CACHE/data/`; a fetch
+//! writes a temporary file and renames it into place, so an open file keeps its old contents when
+//! a newer version arrives (session semantics).
+//!
+//! Space: a byte limit over all containers, with LRU eviction of containers that are clean
+//! (no local changes) and not open.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use proto::{Attr, DirEntry, Fid, ObjectId, ObjectKind, VolumeId, VolumeStamp};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+/// What venus holds of one object.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub attr: Attr,
+    /// The container holds the file's contents (for files).
+    pub has_data: bool,
+    /// Local changes not yet stored on the server.
+    pub dirty: bool,
+    pub data_size: u64,
+    pub last_used: u64,
+    /// Open file handles: an open container is never evicted.
+    pub open: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VolState {
+    pub name: Option<String>,
+    /// The stamp as of which every cached object of the volume is known current; `None` when
+    /// unknown (a volume callback was broken since).
+    pub stamp: Option<VolumeStamp>,
+}
+
+struct State {
+    db: Connection,
+    objects: HashMap<GFid, Cached>,
+    dirs: HashMap<GFid, Vec<DirEntry>>,
+    volumes: HashMap<(CellId, VolumeId), VolState>,
+    used: u64,
+    clock: u64,
+}
+
+pub struct Cache {
+    dir: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub used: u64,
+    pub limit: u64,
+    pub objects: u64,
+    pub files_cached: u64,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS cells (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS volumes (
+    cell INTEGER NOT NULL, volume INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (cell, volume)
+);
+CREATE TABLE IF NOT EXISTS objects (
+    cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL,
+    attr BLOB NOT NULL, has_data INTEGER NOT NULL, dirty INTEGER NOT NULL, data_size INTEGER NOT NULL,
+    PRIMARY KEY (cell, volume, object)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs (
+    cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL, entries BLOB NOT NULL,
+    PRIMARY KEY (cell, volume, object)
+) WITHOUT ROWID;
+"#;
+
+fn key(g: &GFid) -> (i64, i64, [u8; 16]) {
+    (i64::from(g.cell.0), g.fid.volume.0 as i64, g.fid.object.0.to_be_bytes())
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+impl Cache {
+    /// Opens the cache in `dir` (created if missing) with a limit of `limit` bytes of containers.
+    pub fn open(dir: &Path, limit: u64) -> Result<Cache> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        for e in std::fs::read_dir(dir.join("tmp"))? {
+            let _ = std::fs::remove_file(e?.path());
+        }
+        let db = Connection::open(dir.join("cache.sqlite"))?;
+        let _: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        db.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        db.execute_batch(SCHEMA)?;
+        let mut state =
+            State { db, objects: HashMap::new(), dirs: HashMap::new(), volumes: HashMap::new(), used: 0, clock: 0 };
+        load(&mut state, dir)?;
+        Ok(Cache { dir: dir.to_path_buf(), limit, state: Mutex::new(state) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The persistent id of a cell name (stable across restarts and cell-file order).
+    pub fn cell_id(&self, name: &str) -> Result<CellId> {
+        let s = self.lock();
+        s.db.execute("INSERT OR IGNORE INTO cells (name) VALUES (?1)", params![name])?;
+        let id: i64 = s.db.query_row("SELECT id FROM cells WHERE name = ?1", params![name], |r| r.get(0))?;
+        Ok(CellId(id as u16))
+    }
+
+    pub fn container(&self, g: &GFid) -> PathBuf {
+        self.dir
+            .join("data")
+            .join(g.cell.0.to_string())
+            .join(g.fid.volume.0.to_string())
+            .join(format!("{}", g.fid.object))
+    }
+
+    pub fn temp_path(&self) -> PathBuf {
+        self.dir.join("tmp").join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    pub fn get(&self, g: &GFid) -> Option<Cached> {
+        self.lock().objects.get(g).cloned()
+    }
+
+    pub fn attr(&self, g: &GFid) -> Option<Attr> {
+        self.lock().objects.get(g).map(|c| c.attr.clone())
+    }
+
+    /// Records an object's attributes as the server gave them. If the version changed, a clean
+    /// container is stale and dropped; a dirty one is kept (local changes are never discarded).
+    pub fn put_attr(&self, cell: CellId, attr: Attr) -> Result<()> {
+        let g = GFid::new(cell, attr.fid);
+        let mut s = self.lock();
+        s.clock += 1;
+        let clock = s.clock;
+        let mut drop_data = false;
+        let entry = s.objects.entry(g).or_insert_with(|| Cached {
+            attr: attr.clone(),
+            has_data: false,
+            dirty: false,
+            data_size: 0,
+            last_used: clock,
+            open: 0,
+        });
+        let changed = !entry.attr.version.same_as(&attr.version);
+        if entry.has_data && !entry.dirty && changed {
+            drop_data = true;
+        }
+        entry.attr = attr;
+        entry.last_used = clock;
+        if drop_data {
+            entry.has_data = false;
+            let size = std::mem::take(&mut entry.data_size);
+            s.used = s.used.saturating_sub(size);
+            let _ = std::fs::remove_file(self.container(&g));
+        }
+        // A listing belongs to the version it was fetched at.
+        if changed && s.dirs.remove(&g).is_some() {
+            let (c, v, o) = key(&g);
+            s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        }
+        persist(&s, &g)
+    }
+
+    /// Forgets an object entirely (it was removed).
+    pub fn remove(&self, g: &GFid) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(c) = s.objects.remove(g) {
+            s.used = s.used.saturating_sub(c.data_size);
+        }
+        s.dirs.remove(g);
+        let (c, v, o) = key(g);
+        s.db.execute("DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        let _ = std::fs::remove_file(self.container(g));
+        Ok(())
+    }
+
+    pub fn listing(&self, g: &GFid) -> Option<Vec<DirEntry>> {
+        self.lock().dirs.get(g).cloned()
+    }
+
+    pub fn put_listing(&self, g: GFid, entries: Vec<DirEntry>) -> Result<()> {
+        let mut s = self.lock();
+        let (c, v, o) = key(&g);
+        s.db.execute(
+            "INSERT OR REPLACE INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, ?4)",
+            params![c, v, &o[..], enc(&entries)],
+        )?;
+        s.dirs.insert(g, entries);
+        Ok(())
+    }
+
+    pub fn drop_listing(&self, g: &GFid) -> Result<Option<Vec<DirEntry>>> {
+        let mut s = self.lock();
+        let (c, v, o) = key(g);
+        s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        Ok(s.dirs.remove(g))
+    }
+
+    /// Edits a cached listing in place after our own change was applied on the server.
+    pub fn edit_listing(&self, g: &GFid, edit: impl FnOnce(&mut Vec<DirEntry>)) -> Result<()> {
+        let mut s = self.lock();
+        let Some(entries) = s.dirs.get_mut(g) else { return Ok(()) };
+        edit(entries);
+        let blob = enc(entries);
+        let (c, v, o) = key(g);
+        s.db.execute(
+            "UPDATE dirs SET entries = ?4 WHERE cell = ?1 AND volume = ?2 AND object = ?3",
+            params![c, v, &o[..], blob],
+        )?;
+        Ok(())
+    }
+
+    /// Makes room for `size` more bytes of containers, evicting clean, unopened files in LRU
+    /// order. Fails if the file cannot fit even in an empty cache.
+    pub fn reserve(&self, size: u64) -> Result<u64> {
+        if size > self.limit {
+            return Err(VenusError::TooLargeForCache { size, limit: self.limit });
+        }
+        let mut s = self.lock();
+        let mut evicted = 0;
+        if s.used + size <= self.limit {
+            return Ok(0);
+        }
+        let mut victims: Vec<(u64, GFid, u64)> = s
+            .objects
+            .iter()
+            .filter(|(_, c)| c.has_data && !c.dirty && c.open == 0)
+            .map(|(g, c)| (c.last_used, *g, c.data_size))
+            .collect();
+        victims.sort_unstable_by_key(|(t, _, _)| *t);
+        for (_, g, sz) in victims {
+            if s.used + size <= self.limit {
+                break;
+            }
+            if let Some(c) = s.objects.get_mut(&g) {
+                c.has_data = false;
+                c.data_size = 0;
+            }
+            s.used = s.used.saturating_sub(sz);
+            let _ = std::fs::remove_file(self.container(&g));
+            persist(&s, &g)?;
+            evicted += 1;
+        }
+        if s.used + size > self.limit {
+            return Err(VenusError::TooLargeForCache { size: s.used + size, limit: self.limit });
+        }
+        Ok(evicted)
+    }
+
+    /// Moves a freshly fetched file into place as the container of `g`.
+    pub fn install(&self, g: &GFid, tmp: &Path, size: u64) -> Result<()> {
+        let path = self.container(g);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(tmp, &path)?;
+        let mut s = self.lock();
+        s.clock += 1;
+        let clock = s.clock;
+        let mut delta = 0i64;
+        if let Some(c) = s.objects.get_mut(g) {
+            delta = size as i64 - if c.has_data { c.data_size as i64 } else { 0 };
+            c.has_data = true;
+            c.dirty = false;
+            c.data_size = size;
+            c.last_used = clock;
+        }
+        s.used = (s.used as i64 + delta).max(0) as u64;
+        persist(&s, g)
+    }
+
+    /// Notes the container's new size after local writes.
+    pub fn set_local(&self, g: &GFid, size: u64, dirty: bool) -> Result<()> {
+        let mut s = self.lock();
+        let mut delta = 0i64;
+        if let Some(c) = s.objects.get_mut(g) {
+            delta = size as i64 - c.data_size as i64;
+            c.data_size = size;
+            c.has_data = true;
+            c.dirty = dirty;
+        }
+        s.used = (s.used as i64 + delta).max(0) as u64;
+        persist(&s, g)
+    }
+
+    pub fn touch(&self, g: &GFid) {
+        let mut s = self.lock();
+        s.clock += 1;
+        let clock = s.clock;
+        if let Some(c) = s.objects.get_mut(g) {
+            c.last_used = clock;
+        }
+    }
+
+    pub fn opened(&self, g: &GFid) {
+        if let Some(c) = self.lock().objects.get_mut(g) {
+            c.open += 1;
+        }
+    }
+
+    pub fn closed(&self, g: &GFid) {
+        if let Some(c) = self.lock().objects.get_mut(g) {
+            c.open = c.open.saturating_sub(1);
+        }
+    }
+
+    /// Drops a clean container (`venus flush`); dirty data is kept.
+    pub fn flush(&self, g: &GFid) -> Result<bool> {
+        let mut s = self.lock();
+        let Some(c) = s.objects.get_mut(g) else { return Ok(false) };
+        if c.dirty || c.open > 0 {
+            return Ok(false);
+        }
+        let size = std::mem::take(&mut c.data_size);
+        let had = std::mem::take(&mut c.has_data);
+        s.used = s.used.saturating_sub(size);
+        s.dirs.remove(g);
+        let _ = std::fs::remove_file(self.container(g));
+        persist(&s, g)?;
+        Ok(had)
+    }
+
+    pub fn volume(&self, cell: CellId, volume: VolumeId) -> VolState {
+        self.lock().volumes.get(&(cell, volume)).cloned().unwrap_or_default()
+    }
+
+    pub fn set_volume(&self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
+        let mut s = self.lock();
+        s.db.execute(
+            "INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)",
+            params![i64::from(cell.0), volume.0 as i64, enc(&state)],
+        )?;
+        s.volumes.insert((cell, volume), state);
+        Ok(())
+    }
+
+    /// Every volume venus has cached objects of, with its known stamp.
+    pub fn cached_volumes(&self) -> Vec<(CellId, VolumeId, VolState)> {
+        let s = self.lock();
+        let mut vols: Vec<(CellId, VolumeId)> = s.objects.keys().map(|g| (g.cell, g.fid.volume)).collect();
+        vols.sort_unstable();
+        vols.dedup();
+        vols.into_iter().map(|(c, v)| (c, v, s.volumes.get(&(c, v)).cloned().unwrap_or_default())).collect()
+    }
+
+    pub fn usage(&self) -> Usage {
+        let s = self.lock();
+        Usage {
+            used: s.used,
+            limit: self.limit,
+            objects: s.objects.len() as u64,
+            files_cached: s.objects.values().filter(|c| c.has_data).count() as u64,
+        }
+    }
+}
+
+fn persist(s: &State, g: &GFid) -> Result<()> {
+    let Some(c) = s.objects.get(g) else { return Ok(()) };
+    let (cell, v, o) = key(g);
+    s.db.prepare_cached(
+        "INSERT OR REPLACE INTO objects (cell, volume, object, attr, has_data, dirty, data_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![cell, v, &o[..], enc(&c.attr), c.has_data, c.dirty, c.data_size as i64])?;
+    Ok(())
+}
+
+fn load(s: &mut State, dir: &Path) -> Result<()> {
+    {
+        let mut stmt = s.db.prepare("SELECT cell, volume, object, attr, has_data, dirty, data_size FROM objects")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let cell = CellId(r.get::<_, i64>(0)? as u16);
+            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
+            let object: Vec<u8> = r.get(2)?;
+            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
+            let Ok(attr) = postcard::from_bytes::<Attr>(&r.get::<_, Vec<u8>>(3)?) else { continue };
+            let g = GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object))));
+            let mut has_data: bool = r.get(4)?;
+            let data_size = r.get::<_, i64>(6)? as u64;
+            // Trust a container only if it is there with the recorded size.
+            let path =
+                dir.join("data").join(cell.0.to_string()).join(volume.0.to_string()).join(format!("{}", g.fid.object));
+            if has_data && std::fs::metadata(&path).map(|m| m.len()).ok() != Some(data_size) {
+                has_data = false;
+            }
+            if has_data {
+                s.used += data_size;
+            }
+            s.objects.insert(
+                g,
+                Cached {
+                    attr,
+                    has_data,
+                    dirty: r.get::<_, bool>(5)? && has_data,
+                    data_size: if has_data { data_size } else { 0 },
+                    last_used: 0,
+                    open: 0,
+                },
+            );
+        }
+    }
+    {
+        let mut stmt = s.db.prepare("SELECT cell, volume, object, entries FROM dirs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let cell = CellId(r.get::<_, i64>(0)? as u16);
+            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
+            let object: Vec<u8> = r.get(2)?;
+            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
+            let Ok(entries) = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?) else { continue };
+            s.dirs.insert(GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object)))), entries);
+        }
+    }
+    {
+        let mut stmt = s.db.prepare("SELECT cell, volume, state FROM volumes")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let cell = CellId(r.get::<_, i64>(0)? as u16);
+            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
+            if let Ok(state) = postcard::from_bytes::<VolState>(&r.get::<_, Vec<u8>>(2)?) {
+                s.volumes.insert((cell, volume), state);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an object kind is shown to the kernel as a directory (mount points are crossed).
+pub fn shows_as_dir(kind: ObjectKind) -> bool {
+    matches!(kind, ObjectKind::Directory | ObjectKind::MountPoint)
+}

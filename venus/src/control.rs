@@ -1,0 +1,169 @@
+//! The control socket: how the `venus` and `hoard` commands talk to a running venus.
+//!
+//! A Unix socket in the cache directory, readable by its owner only. One JSON request per
+//! connection, one JSON answer. Paths are absolute paths inside the mount.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::fs::Venus;
+
+pub const SOCKET: &str = "venus.sock";
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    Flush { path: PathBuf },
+    Whereis { path: PathBuf },
+    Fid { path: PathBuf },
+    Mkmount { path: PathBuf, volume: String },
+    Lsmount { path: PathBuf },
+    Rmmount { path: PathBuf },
+    Unmount,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlResponse {
+    Ok(serde_json::Value),
+    Err(String),
+}
+
+/// The path's components below the mount point, or an error if it is outside.
+fn components(mountpoint: &Path, path: &Path) -> Result<Vec<String>, String> {
+    let rel = path
+        .strip_prefix(mountpoint)
+        .map_err(|_| format!("{} is not inside the venus mount at {}", path.display(), mountpoint.display()))?;
+    rel.components()
+        .map(|c| match c {
+            std::path::Component::Normal(s) => s.to_str().map(str::to_string).ok_or_else(|| "path is not UTF-8".into()),
+            other => Err(format!("unexpected path component {other:?}")),
+        })
+        .collect()
+}
+
+async fn answer(core: &Venus, mountpoint: &Path, req: ControlRequest, stop: &tokio::sync::Notify) -> ControlResponse {
+    let comps = |p: &Path| components(mountpoint, p);
+    let json = |v: Result<serde_json::Value, String>| match v {
+        Ok(v) => ControlResponse::Ok(v),
+        Err(e) => ControlResponse::Err(e),
+    };
+    let err = |e: crate::error::VenusError| e.to_string();
+    match req {
+        ControlRequest::Status => {
+            let mut v = serde_json::to_value(core.status_report().await).unwrap_or_default();
+            v["mountpoint"] = serde_json::Value::String(mountpoint.display().to_string());
+            ControlResponse::Ok(v)
+        }
+        ControlRequest::Flush { path } => json(
+            async {
+                let dropped = core.flush_path(&comps(&path)?).await.map_err(err)?;
+                Ok(serde_json::json!({ "dropped": dropped }))
+            }
+            .await,
+        ),
+        ControlRequest::Whereis { path } => json(
+            async {
+                let w = core.where_is(&comps(&path)?).await.map_err(err)?;
+                serde_json::to_value(w).map_err(|e| e.to_string())
+            }
+            .await,
+        ),
+        ControlRequest::Fid { path } => json(
+            async {
+                let (cell, fid) = core.fid_of(&comps(&path)?).await.map_err(err)?;
+                Ok(serde_json::json!({ "cell": cell, "fid": fid.to_string(), "volume": fid.volume.0 }))
+            }
+            .await,
+        ),
+        ControlRequest::Mkmount { path, volume } => json(
+            async {
+                core.mkmount(&comps(&path)?, &volume).await.map_err(err)?;
+                Ok(serde_json::Value::Null)
+            }
+            .await,
+        ),
+        ControlRequest::Lsmount { path } => json(
+            async {
+                let target = core.lsmount(&comps(&path)?).await.map_err(err)?;
+                Ok(serde_json::json!({ "target": target }))
+            }
+            .await,
+        ),
+        ControlRequest::Rmmount { path } => json(
+            async {
+                core.rmmount(&comps(&path)?).await.map_err(err)?;
+                Ok(serde_json::Value::Null)
+            }
+            .await,
+        ),
+        ControlRequest::Unmount => {
+            stop.notify_one();
+            ControlResponse::Ok(serde_json::Value::Null)
+        }
+    }
+}
+
+/// Serves the control socket until the task is dropped.
+pub async fn serve(core: Arc<Venus>, mountpoint: PathBuf, stop: Arc<tokio::sync::Notify>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = core.cache.dir().join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (core, mountpoint, stop) = (core.clone(), mountpoint.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
+            let response = match reader.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
+                    Ok(req) => answer(&core, &mountpoint, req, &stop).await,
+                    Err(e) => ControlResponse::Err(format!("bad request: {e}")),
+                },
+                Err(e) => ControlResponse::Err(format!("reading request: {e}")),
+            };
+            if let Ok(mut text) = serde_json::to_string(&response) {
+                text.push('\n');
+                let _ = write.write_all(text.as_bytes()).await;
+            }
+        });
+    }
+}
+
+/// Client side: sends one request to the venus whose cache directory is `cache`.
+pub fn request(cache: &Path, req: &ControlRequest) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, Write};
+    let path = cache.join(SOCKET);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("cannot reach venus at {}: {e} (is it running?)", path.display()))?;
+    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    text.push('\n');
+    stream.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).map_err(|e| e.to_string())?;
+    match serde_json::from_str::<ControlResponse>(&line).map_err(|e| format!("bad answer from venus: {e}"))? {
+        ControlResponse::Ok(v) => Ok(v),
+        ControlResponse::Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_the_mount_are_refused() {
+        let m = Path::new("/afs");
+        assert_eq!(components(m, Path::new("/afs/c/x")).unwrap(), vec!["c", "x"]);
+        assert!(components(m, Path::new("/tmp/x")).is_err());
+        assert!(components(m, Path::new("/afs")).unwrap().is_empty());
+    }
+}

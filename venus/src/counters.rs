@@ -1,0 +1,61 @@
+//! Counters: RPCs by protocol name, bytes, cache hits and misses, callback breaks. The names are
+//! defined here, once; `venus status --json` reports them as they are.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+pub const BYTES_FETCHED: &str = "bytes_fetched";
+pub const BYTES_STORED: &str = "bytes_stored";
+pub const CACHE_HITS: &str = "cache_hits";
+pub const CACHE_MISSES: &str = "cache_misses";
+pub const CALLBACK_BREAKS: &str = "callback_breaks";
+pub const EVICTIONS: &str = "evictions";
+/// Connections to servers that died (server crash, restart, network cut).
+pub const CONNECTIONS_LOST: &str = "connections_lost";
+
+const OTHERS: &[&str] =
+    &[BYTES_FETCHED, BYTES_STORED, CACHE_HITS, CACHE_MISSES, CALLBACK_BREAKS, EVICTIONS, CONNECTIONS_LOST];
+
+pub struct Counters {
+    rpcs: BTreeMap<&'static str, AtomicU64>,
+    others: BTreeMap<&'static str, AtomicU64>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub rpcs: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub others: BTreeMap<String, u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            rpcs: proto::msg::REQUEST_NAMES.iter().map(|n| (*n, AtomicU64::new(0))).collect(),
+            others: OTHERS.iter().map(|n| (*n, AtomicU64::new(0))).collect(),
+        }
+    }
+}
+
+impl Counters {
+    pub fn rpc(&self, name: &str) {
+        if let Some(c) = self.rpcs.get(name) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add(&self, name: &str, n: u64) {
+        if let Some(c) = self.others.get(name) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            rpcs: self.rpcs.iter().map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed))).collect(),
+            others: self.others.iter().map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed))).collect(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Callback breaks: a server says an object (or anything in a volume) changed. The promise goes,
+//! and the kernel is told to forget what it cached, so the next `open` or `stat` asks venus,
+//! which asks the server.
+//!
+//! The kernel is told from a separate task: an invalidation must never run inside a FUSE
+//! handler for the same inode, and the server must not wait on the kernel for its ack.
+
+use proto::msg::Push;
+use proto::{Fid, ObjectId};
+
+use super::{Venus, lock};
+use crate::counters;
+use crate::ids::{CellId, GFid};
+
+/// What the kernel must forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    Inode(u64),
+    Entry { parent: u64, name: String },
+}
+
+/// Where invalidations go (the FUSE session's notifier).
+pub trait Kernel: Send + Sync {
+    fn inval_inode(&self, ino: u64);
+    fn inval_entry(&self, parent: u64, name: &str);
+}
+
+impl Venus {
+    pub(crate) fn on_push(&self, cell: CellId, push: Push) {
+        match push {
+            Push::BreakCallbacks { fids, volumes } => {
+                self.counters.add(counters::CALLBACK_BREAKS, (fids.len() + volumes.len()) as u64);
+                for fid in fids {
+                    self.break_object(GFid::new(cell, fid));
+                }
+                for volume in volumes {
+                    // Volume promises are not relied on while connected; the root's listing
+                    // and every object carry their own promises.
+                    tracing::debug!(cell = cell.0, %volume, "volume callback broken");
+                }
+            }
+        }
+    }
+
+    fn break_object(&self, g: GFid) {
+        self.unpromise(&g);
+        let ino = g.ino();
+        // A directory's cached entries may name things that are gone or changed.
+        if let Ok(Some(old)) = self.cache.drop_listing(&g) {
+            for e in old {
+                self.invalidate(super::Inval::Entry { parent: ino, name: e.name.into_string() });
+            }
+        }
+        self.invalidate(super::Inval::Inode(ino));
+    }
+
+    /// The server could not deliver a break to us: trust nothing from the cell until it has been
+    /// revalidated.
+    pub(crate) fn on_callbacks_lost(&self, cell: CellId) {
+        tracing::info!(cell = cell.0, "callback promises lost; revalidating");
+        let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
+        for g in lost {
+            self.break_object(g);
+        }
+    }
+
+    /// The inode number of an object, for callers outside the core.
+    pub fn ino_of(&self, cell: CellId, volume: proto::VolumeId, object: ObjectId) -> u64 {
+        GFid::new(cell, Fid::new(volume, object)).ino()
+    }
+}

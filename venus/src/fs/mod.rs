@@ -1,0 +1,318 @@
+//! The cache manager's core: the file system as venus serves it, independent of FUSE.
+//!
+//! Every operation is an async method taking inode numbers and names and returning plain data;
+//! the FUSE adapter (`crate::fuse`) only unpacks arguments and replies. Reads are served from the
+//! cache while a callback promise holds, and fetched whole otherwise; every mutation becomes a
+//! record in the client modification log and is sent to the server at once while the system
+//! call waits (`write.rs`); a dirty file is stored on close (`store.rs`); promise breaks from the
+//! servers drop cached state and invalidate the kernel's caches (`breaks.rs`).
+
+mod breaks;
+mod paths;
+mod read;
+pub mod status;
+mod store;
+mod write;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use proto::cell::CellFile;
+use proto::msg::Promise;
+use proto::{Attr, ClientId, Fid, ObjectKind, Timestamp};
+
+use crate::cache::Cache;
+use crate::counters::Counters;
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid, ROOT_INO};
+use crate::net::{CellConn, Events};
+
+pub use breaks::{Inval, Kernel};
+pub use paths::WhereIs;
+pub use write::SetAttrRequest;
+
+/// How venus is started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub cells: Vec<CellFile>,
+    /// How long an RPC may take before the server counts as unreachable.
+    pub rpc_timeout: Duration,
+}
+
+/// What the kernel is told about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    /// `Directory` for directories and crossed mount points, `File`, or `Symlink`.
+    pub kind: ObjectKind,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+/// A node of the namespace: the mount root (listing cells) or an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Root,
+    Object(GFid),
+}
+
+/// An open file.
+pub struct Handle {
+    pub gfid: GFid,
+    pub file: std::fs::File,
+    pub writable: bool,
+    /// Set by writes venus sees (the non-passthrough path) and by O_TRUNC.
+    pub written: AtomicBool,
+    /// The container's (size, mtime) when last stored or opened: writes that bypass venus
+    /// (kernel passthrough) are detected by comparing.
+    baseline: Mutex<(u64, i64)>,
+}
+
+pub struct Venus {
+    pub cache: Cache,
+    pub cml: cml::Cml,
+    pub counters: Arc<Counters>,
+    pub client: ClientId,
+    cells: HashMap<CellId, Arc<CellConn>>,
+    /// Cells in the order their names are listed at the mount root.
+    cell_names: Vec<(String, CellId)>,
+    inodes: Mutex<HashMap<u64, GFid>>,
+    promises: Mutex<HashMap<GFid, Instant>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// One fetch per object at a time.
+    fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
+    kernel: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Inval>>>,
+    pub started: Timestamp,
+}
+
+struct EventSink(std::sync::Weak<Venus>);
+
+impl Events for EventSink {
+    fn push(&self, cell: CellId, push: proto::msg::Push) {
+        if let Some(v) = self.0.upgrade() {
+            v.on_push(cell, push);
+        }
+    }
+
+    fn callbacks_lost(&self, cell: CellId) {
+        if let Some(v) = self.0.upgrade() {
+            v.on_callbacks_lost(cell);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The client id is kept in the cache directory, so the servers see the same client after a
+/// restart.
+fn client_id(dir: &std::path::Path) -> Result<ClientId> {
+    let path = dir.join("client-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(n) = u128::from_str_radix(text.trim(), 16)
+    {
+        return Ok(ClientId(n));
+    }
+    let id = ClientId::random();
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
+impl Venus {
+    pub fn new(config: Config) -> Result<Arc<Venus>> {
+        let cache = Cache::open(&config.cache_dir, config.cache_size)?;
+        let cml = cml::Cml::open(&config.cache_dir.join("cml.sqlite"))?;
+        let client = client_id(&config.cache_dir)?;
+        let counters = Arc::new(Counters::default());
+        let mut ids = Vec::new();
+        for cell in &config.cells {
+            ids.push(cache.cell_id(&cell.cell)?);
+        }
+        Ok(Arc::new_cyclic(|weak| {
+            let events: Arc<dyn Events> = Arc::new(EventSink(weak.clone()));
+            let mut cells = HashMap::new();
+            let mut cell_names = Vec::new();
+            for (file, id) in config.cells.iter().zip(ids) {
+                match CellConn::new(id, file.clone(), client, config.rpc_timeout, counters.clone(), events.clone()) {
+                    Ok(conn) => {
+                        cell_names.push((file.cell.clone(), id));
+                        cells.insert(id, Arc::new(conn));
+                    }
+                    Err(e) => tracing::error!(cell = %file.cell, error = %e, "cannot set up the cell"),
+                }
+            }
+            Venus {
+                cache,
+                cml,
+                counters,
+                client,
+                cells,
+                cell_names,
+                inodes: Mutex::new(HashMap::new()),
+                promises: Mutex::new(HashMap::new()),
+                handles: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                fetching: Mutex::new(HashMap::new()),
+                kernel: Mutex::new(None),
+                started: Timestamp::now(),
+            }
+        }))
+    }
+
+    pub fn cell(&self, id: CellId) -> Result<&Arc<CellConn>> {
+        self.cells.get(&id).ok_or(VenusError::NotFound)
+    }
+
+    pub fn cells(&self) -> impl Iterator<Item = (&str, &Arc<CellConn>)> {
+        self.cell_names.iter().filter_map(|(n, id)| self.cells.get(id).map(|c| (n.as_str(), c)))
+    }
+
+    pub fn cell_by_name(&self, name: &str) -> Option<CellId> {
+        self.cell_names.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Node> {
+        if ino == ROOT_INO {
+            return Ok(Node::Root);
+        }
+        lock(&self.inodes).get(&ino).copied().map(Node::Object).ok_or(VenusError::NotFound)
+    }
+
+    pub fn object(&self, ino: u64) -> Result<GFid> {
+        match self.node(ino)? {
+            Node::Object(g) => Ok(g),
+            Node::Root => Err(VenusError::ReadOnly("the mount root lists cells; it cannot be changed")),
+        }
+    }
+
+    pub(crate) fn register(&self, g: GFid) -> u64 {
+        let ino = g.ino();
+        lock(&self.inodes).insert(ino, g);
+        ino
+    }
+
+    // ----- promises -----
+
+    pub(crate) fn valid(&self, g: &GFid) -> bool {
+        lock(&self.promises).get(g).is_some_and(|exp| *exp > Instant::now())
+    }
+
+    pub(crate) fn promised(&self, g: GFid, p: Promise) {
+        if p.secs > 0 {
+            lock(&self.promises).insert(g, Instant::now() + Duration::from_secs(u64::from(p.secs)));
+        }
+    }
+
+    pub(crate) fn unpromise(&self, g: &GFid) {
+        lock(&self.promises).remove(g);
+    }
+
+    /// Number of objects holding an unexpired promise.
+    pub fn promise_count(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.promises).values().filter(|e| **e > now).count()
+    }
+
+    // ----- handles -----
+
+    pub(crate) fn add_handle(&self, h: Handle) -> (u64, Arc<Handle>) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = Arc::new(h);
+        lock(&self.handles).insert(fh, h.clone());
+        (fh, h)
+    }
+
+    pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        lock(&self.handles).get(&fh).cloned().ok_or(VenusError::Io(std::io::Error::from_raw_os_error(libc::EBADF)))
+    }
+
+    pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        lock(&self.handles).remove(&fh)
+    }
+
+    pub(crate) fn fetch_lock(&self, g: GFid) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.fetching).entry(g).or_default().clone()
+    }
+
+    /// Connects the kernel invalidation queue (set once the mount exists).
+    pub fn set_kernel(&self, tx: tokio::sync::mpsc::UnboundedSender<Inval>) {
+        *lock(&self.kernel) = Some(tx);
+    }
+
+    pub(crate) fn invalidate(&self, inval: Inval) {
+        if let Some(tx) = lock(&self.kernel).as_ref() {
+            let _ = tx.send(inval);
+        }
+    }
+
+    // ----- attributes -----
+
+    /// What the kernel sees of an object. While a file is open or has local changes, size and
+    /// mtime come from its container: writes through kernel passthrough never pass venus.
+    pub(crate) fn stat_of(&self, g: GFid, attr: &Attr) -> Stat {
+        let ino = self.register(g);
+        let mut st = Stat {
+            ino,
+            kind: if crate::cache::shows_as_dir(attr.kind) { ObjectKind::Directory } else { attr.kind },
+            size: attr.size,
+            mode: attr.mode,
+            nlink: attr.nlink,
+            uid: attr.owner,
+            gid: attr.group,
+            mtime: attr.mtime,
+            ctime: attr.ctime,
+        };
+        if attr.kind == ObjectKind::File
+            && let Some(c) = self.cache.get(&g)
+            && c.has_data
+            && (c.dirty || c.open > 0)
+            && let Ok(m) = std::fs::metadata(self.cache.container(&g))
+        {
+            st.size = m.len();
+            if let Ok(t) = m.modified() {
+                st.mtime = Timestamp::from_system(t);
+            }
+        }
+        st
+    }
+
+    pub fn root_stat(&self) -> Stat {
+        Stat {
+            ino: ROOT_INO,
+            kind: ObjectKind::Directory,
+            size: self.cell_names.len() as u64,
+            mode: 0o755,
+            nlink: 2 + self.cell_names.len() as u32,
+            uid: 0,
+            gid: 0,
+            mtime: self.started,
+            ctime: self.started,
+        }
+    }
+
+    /// The root of a cell's `root.cell` volume.
+    pub async fn cell_root(&self, cell: CellId) -> Result<GFid> {
+        let conn = self.cell(cell)?;
+        let volume = conn.volume_id("root.cell").await?;
+        Ok(GFid::new(cell, Fid::root(volume)))
+    }
+}
+
+fn container_times(file: &std::fs::File) -> (u64, i64) {
+    match file.metadata() {
+        Ok(m) => (m.len(), m.modified().map(|t| Timestamp::from_system(t).as_nanos()).unwrap_or(0)),
+        Err(_) => (0, 0),
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading: attributes, directory listings and whole files, from the cache while a promise
+//! holds and from the server otherwise; lookups that cross mount points.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use proto::msg::Response;
+use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError, Request};
+
+use super::{Handle, Node, Stat, Venus, container_times};
+use crate::counters;
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+impl Venus {
+    /// An object's attributes: cached while its promise holds, fetched otherwise.
+    pub async fn status(&self, g: GFid) -> Result<Attr> {
+        if self.valid(&g)
+            && let Some(a) = self.cache.attr(&g)
+        {
+            self.counters.add(counters::CACHE_HITS, 1);
+            return Ok(a);
+        }
+        let conn = self.cell(g.cell)?;
+        match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
+            Ok(Response::Status { attr, promise }) => {
+                self.cache.put_attr(g.cell, attr.clone())?;
+                self.promised(g, promise);
+                Ok(attr)
+            }
+            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            Err(VenusError::Remote(RemoteError::NotFound)) => {
+                self.cache.remove(&g)?;
+                self.unpromise(&g);
+                Err(VenusError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A directory's entries: cached while its promise holds, fetched whole otherwise.
+    pub async fn listing(&self, g: GFid) -> Result<Vec<DirEntry>> {
+        if self.valid(&g)
+            && let Some(entries) = self.cache.listing(&g)
+        {
+            self.counters.add(counters::CACHE_HITS, 1);
+            return Ok(entries);
+        }
+        let conn = self.cell(g.cell)?;
+        match conn.call(Some(g.fid.volume), &Request::FetchDir { fid: g.fid }).await {
+            Ok(Response::Dir { attr, entries, promise }) => {
+                self.cache.put_attr(g.cell, attr)?;
+                self.cache.put_listing(g, entries.clone())?;
+                self.promised(g, promise);
+                Ok(entries)
+            }
+            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            Err(VenusError::Remote(RemoteError::NotFound)) => {
+                self.cache.remove(&g)?;
+                Err(VenusError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure the container holds the current contents of a file; returns its attributes.
+    pub async fn data(&self, g: GFid) -> Result<Attr> {
+        let lock = self.fetch_lock(g);
+        let _one_at_a_time = lock.lock().await;
+        let attr = self.status(g).await?;
+        if attr.kind != ObjectKind::File {
+            return Err(if attr.kind == ObjectKind::Directory {
+                VenusError::IsDirectory
+            } else {
+                VenusError::Remote(RemoteError::Invalid("not a regular file".into()))
+            });
+        }
+        if self.cache.get(&g).is_some_and(|c| c.has_data) {
+            self.counters.add(counters::CACHE_HITS, 1);
+            self.cache.touch(&g);
+            return Ok(attr);
+        }
+        self.counters.add(counters::CACHE_MISSES, 1);
+        let evicted = self.cache.reserve(attr.size)?;
+        self.counters.add(counters::EVICTIONS, evicted);
+        let tmp = self.cache.temp_path();
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let conn = self.cell(g.cell)?;
+        let mut fetched = 0u64;
+        let result = conn
+            .fetch_data(g.fid, |bytes| {
+                fetched += bytes.len() as u64;
+                file.write_all(bytes)
+            })
+            .await;
+        let (attr, _, promise) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        file.flush()?;
+        drop(file);
+        self.counters.add(counters::BYTES_FETCHED, fetched);
+        self.cache.put_attr(g.cell, attr.clone())?;
+        self.cache.install(&g, &tmp, fetched)?;
+        self.promised(g, promise);
+        Ok(attr)
+    }
+
+    /// Where a mount point leads: the root of the volume it names.
+    pub(crate) async fn cross(&self, cell: CellId, mount_point: &Attr) -> Result<GFid> {
+        let target = mount_point.link.as_deref().unwrap_or("");
+        let body = target.strip_prefix(['#', '%']).unwrap_or(target);
+        let body = body.strip_suffix('.').unwrap_or(body);
+        let (cell, volume) = match body.split_once(':') {
+            Some((name, vol)) => (self.cell_by_name(name).ok_or(VenusError::NotFound)?, vol),
+            None => (cell, body),
+        };
+        let id = self.cell(cell)?.volume_id(volume).await?;
+        Ok(GFid::new(cell, Fid::root(id)))
+    }
+
+    /// The entry `name` in directory `parent`, as the kernel should see it.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Stat> {
+        let target = match self.node(parent)? {
+            Node::Root => {
+                let cell = self.cell_by_name(name).ok_or(VenusError::NotFound)?;
+                self.cell_root(cell).await?
+            }
+            Node::Object(p) => {
+                let entries = self.listing(p).await?;
+                let entry = entries.iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+                let child = GFid::new(p.cell, Fid::new(p.fid.volume, entry.object));
+                if entry.kind == ObjectKind::MountPoint {
+                    let mp = self.status(child).await?;
+                    self.cross(p.cell, &mp).await?
+                } else {
+                    child
+                }
+            }
+        };
+        let attr = self.status(target).await?;
+        Ok(self.stat_of(target, &attr))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Stat> {
+        match self.node(ino)? {
+            Node::Root => Ok(self.root_stat()),
+            Node::Object(g) => {
+                let attr = self.status(g).await?;
+                Ok(self.stat_of(g, &attr))
+            }
+        }
+    }
+
+    /// Directory entries as (inode, kind shown, name), without `.` and `..`.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<(u64, ObjectKind, String)>> {
+        match self.node(ino)? {
+            Node::Root => {
+                let mut out = Vec::new();
+                for (name, conn) in self.cells() {
+                    let ino = match self.cell_root(conn.id).await {
+                        Ok(g) => self.register(g),
+                        // An unreachable cell is still listed; looking inside will say why.
+                        Err(_) => GFid::new(conn.id, Fid::root(proto::VolumeId(0))).ino(),
+                    };
+                    out.push((ino, ObjectKind::Directory, name.to_string()));
+                }
+                Ok(out)
+            }
+            Node::Object(g) => {
+                let entries = self.listing(g).await?;
+                Ok(entries
+                    .into_iter()
+                    .map(|e| {
+                        let child = GFid::new(g.cell, Fid::new(g.fid.volume, e.object));
+                        let kind = if crate::cache::shows_as_dir(e.kind) { ObjectKind::Directory } else { e.kind };
+                        (self.register(child), kind, e.name.into_string())
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<String> {
+        let g = self.object(ino)?;
+        let attr = self.status(g).await?;
+        match (attr.kind, attr.link) {
+            (ObjectKind::Symlink, Some(target)) => Ok(target),
+            _ => Err(VenusError::Remote(RemoteError::Invalid("not a symbolic link".into()))),
+        }
+    }
+
+    /// Opens a file: fetches it whole if needed, then opens its container.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, std::sync::Arc<Handle>)> {
+        let g = self.object(ino)?;
+        self.data(g).await?;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let file = std::fs::OpenOptions::new().read(true).write(writable).open(self.cache.container(&g))?;
+        let written = AtomicBool::new(false);
+        if writable && flags & libc::O_TRUNC != 0 {
+            file.set_len(0)?;
+            written.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let baseline = Mutex::new(container_times(&file));
+        self.cache.opened(&g);
+        Ok(self.add_handle(Handle { gfid: g, file, writable, written, baseline }))
+    }
+
+    /// Reads from an open file's container (when the kernel does not pass reads through).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = h.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+}

@@ -1,0 +1,90 @@
+//! `venus status`: what venus is connected to, what it holds, and what it has done.
+
+use serde::{Deserialize, Serialize};
+
+use super::Venus;
+use crate::cache::Usage;
+use crate::counters::Snapshot;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub client: String,
+    pub cells: Vec<CellStatus>,
+    pub cache: Usage,
+    pub promises: u64,
+    pub counters: Snapshot,
+    pub volumes: Vec<VolumeStatus>,
+    /// Records in the client modification log not yet accepted by a server.
+    pub pending_records: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellStatus {
+    pub name: String,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: u32,
+    pub address: String,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub cell: String,
+    pub volume: u64,
+    pub state: String,
+    pub pending_records: u64,
+    pub pending_bytes: u64,
+}
+
+impl Venus {
+    pub async fn status_report(&self) -> Status {
+        let mut cells = Vec::new();
+        for (name, conn) in self.cells() {
+            let connected = conn.connected().await;
+            cells.push(CellStatus {
+                name: name.to_string(),
+                servers: conn
+                    .file
+                    .servers
+                    .iter()
+                    .map(|s| ServerStatus {
+                        id: s.id,
+                        address: s.address.clone(),
+                        connected: connected.contains(&s.server_id()),
+                    })
+                    .collect(),
+            });
+        }
+        let logs = self.cml.summary().unwrap_or_default();
+        let mut volumes: Vec<VolumeStatus> = self
+            .cache
+            .cached_volumes()
+            .into_iter()
+            .filter_map(|(cell, volume, _)| {
+                let name = self.cell(cell).ok()?.name().to_string();
+                let log = logs.iter().find(|l| l.cell == name && l.volume == volume);
+                Some(VolumeStatus {
+                    cell: name,
+                    volume: volume.0,
+                    state: "connected".into(),
+                    pending_records: log.map_or(0, |l| l.records),
+                    pending_bytes: log.map_or(0, |l| l.bytes),
+                })
+            })
+            .collect();
+        volumes.sort_by(|a, b| (&a.cell, a.volume).cmp(&(&b.cell, b.volume)));
+        Status {
+            client: self.client.to_string(),
+            cells,
+            cache: self.cache.usage(),
+            promises: self.promise_count() as u64,
+            counters: self.counters.snapshot(),
+            volumes,
+            pending_records: self.cml.total_records().unwrap_or(0),
+        }
+    }
+}

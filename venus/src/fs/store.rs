@@ -1,0 +1,85 @@
+//! Storing a file: cut the container into content-defined chunks, send only the chunks the
+//! server lacks, then commit the new chunk list with the version the change was based on.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use proto::chunk::chunk_stream;
+use proto::{Attr, Base, ChunkRef, Mutation, Timestamp};
+
+use super::Venus;
+use crate::counters;
+use crate::error::{Result, VenusError};
+use crate::ids::GFid;
+
+/// Chunks per upload request: a lost connection loses at most this much work.
+const UPLOAD_BATCH: usize = 256;
+
+impl Venus {
+    /// Stores the container of `g`. Callers hold the object's lock (`fetch_lock`), so stores
+    /// and fetches of one object never overlap and the base is the version last stored.
+    pub(crate) async fn store(&self, g: GFid) -> Result<Attr> {
+        let path = self.cache.container(&g);
+        let base = self.cache.attr(&g).ok_or(VenusError::NotFound)?.version;
+        let scan_path = path.clone();
+        let (chunks, offsets, size, mtime) = tokio::task::spawn_blocking(move || scan(&scan_path))
+            .await
+            .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
+        let conn = self.cell(g.cell)?.clone();
+        let missing = conn.missing_chunks(g.fid.volume, chunks.iter().map(|c| c.hash).collect()).await?;
+        let file = Arc::new(std::fs::File::open(&path)?);
+        let mut sent = 0u64;
+        for batch in missing.chunks(UPLOAD_BATCH) {
+            let refs: Vec<ChunkRef> = batch.iter().map(|&i| chunks[i as usize]).collect();
+            let offs: Vec<u64> = batch.iter().map(|&i| offsets[i as usize]).collect();
+            sent += refs.iter().map(|c| u64::from(c.len)).sum::<u64>();
+            let file = file.clone();
+            let lens: Vec<u32> = refs.iter().map(|c| c.len).collect();
+            let hashes: Vec<proto::ChunkHash> = refs.iter().map(|c| c.hash).collect();
+            let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = changed.clone();
+            let result = conn
+                .put_chunks(g.fid.volume, refs, move |i| {
+                    let mut buf = vec![0u8; lens[i] as usize];
+                    file.read_exact_at(&mut buf, offs[i])?;
+                    // The container may be written while we store it; never send bytes that do
+                    // not match the chunk list we are about to commit.
+                    if proto::ChunkHash::of(&buf) != hashes[i] {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(std::io::Error::other("file changed during store"));
+                    }
+                    Ok(buf)
+                })
+                .await;
+            if changed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(VenusError::ChangedDuringStore);
+            }
+            result?;
+        }
+        self.counters.add(counters::BYTES_STORED, sent);
+        let applied =
+            self.commit(g.cell, Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime }).await?;
+        self.cache.set_local(&g, size, false)?;
+        applied
+            .attrs
+            .into_iter()
+            .find(|a| a.fid == g.fid)
+            .ok_or_else(|| VenusError::Protocol("the server did not return the stored file".into()))
+    }
+}
+
+/// The container's chunk list, each chunk's offset, its size and mtime.
+fn scan(path: &std::path::Path) -> Result<(Vec<ChunkRef>, Vec<u64>, u64, Timestamp)> {
+    let file = std::fs::File::open(path)?;
+    let mtime = Timestamp::from_system(file.metadata()?.modified()?);
+    let mut chunks = Vec::new();
+    let mut offsets = Vec::new();
+    let mut at = 0u64;
+    chunk_stream::<_, std::io::Error>(std::io::BufReader::with_capacity(1 << 20, file), |c, _| {
+        offsets.push(at);
+        at += u64::from(c.len);
+        chunks.push(c);
+        Ok(())
+    })?;
+    Ok((chunks, offsets, at, mtime))
+}

@@ -1,0 +1,379 @@
+//! Changing the namespace: every mutation becomes a record, goes into the client modification
+//! log, and (connected) is sent to the server at once while the system call waits for the answer.
+//! On success the cache takes the server's attributes and our own cached listings are edited in
+//! place (we keep our promises on what we changed; the server broke everyone else's).
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+
+use proto::msg::Response;
+use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, Request};
+use proto::{RemoteError, Seen, SetAttrs, Timestamp};
+
+use super::{Stat, Venus};
+use crate::error::{Result, VenusError};
+use crate::ids::GFid;
+
+/// The attribute changes of a `setattr` call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttrRequest {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<Timestamp>,
+}
+
+impl Venus {
+    /// The one write path: log the record, send it, and settle the log with the answer.
+    pub(crate) async fn commit(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<Applied> {
+        let conn = self.cell(cell)?.clone();
+        let record = Record { op: OpId::random(), mutation };
+        let volume = record.mutation.volume();
+        let seq = self.cml.append(conn.name(), record.clone())?;
+        let answer = conn.call(Some(volume), &Request::Mutate { record }).await;
+        // Connected, the record's fate is decided by this answer either way: a refusal is the
+        // system call's error, and the data it carried stays in the container.
+        if let Some(seq) = seq {
+            self.cml.remove(&[seq])?;
+        }
+        let (applied, promise) = match answer? {
+            Response::Applied { result, promise } => (result?, promise),
+            other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        };
+        for attr in &applied.attrs {
+            self.cache.put_attr(cell, attr.clone())?;
+            self.promised(GFid::new(cell, attr.fid), promise);
+        }
+        for object in &applied.removed {
+            let g = GFid::new(cell, Fid::new(volume, *object));
+            self.cache.remove(&g)?;
+            self.unpromise(&g);
+        }
+        Ok(applied)
+    }
+
+    fn dir_of(&self, ino: u64) -> Result<GFid> {
+        self.object(ino)
+    }
+
+    fn new_attr(applied: &Applied, object: ObjectId) -> Result<Attr> {
+        applied
+            .attrs
+            .iter()
+            .find(|a| a.fid.object == object)
+            .cloned()
+            .ok_or_else(|| VenusError::Protocol("the server did not return the new object".into()))
+    }
+
+    /// Creates an object in a directory and returns what the kernel needs of it.
+    async fn make(
+        &self,
+        parent: u64,
+        mutation: impl FnOnce(Fid, ObjectId) -> Mutation,
+        name: &Name,
+    ) -> Result<(GFid, Attr)> {
+        let p = self.dir_of(parent)?;
+        let object = ObjectId::random();
+        let m = mutation(p.fid, object);
+        let kind = match &m {
+            Mutation::MakeDir { .. } => ObjectKind::Directory,
+            Mutation::Symlink { .. } => ObjectKind::Symlink,
+            Mutation::MakeMountPoint { .. } => ObjectKind::MountPoint,
+            _ => ObjectKind::File,
+        };
+        let applied = self.commit(p.cell, m).await?;
+        let attr = Self::new_attr(&applied, object)?;
+        let entry = DirEntry { name: name.clone(), object, kind };
+        self.cache.edit_listing(&p, |entries| entries.push(entry))?;
+        Ok((GFid::new(p.cell, attr.fid), attr))
+    }
+
+    /// `create(2)`: a new empty file, opened.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        flags: i32,
+    ) -> Result<(Stat, u64, std::sync::Arc<super::Handle>)> {
+        let name = Name::new(name)?;
+        let mtime = Timestamp::now();
+        let n = name.clone();
+        let (g, attr) = self
+            .make(
+                parent,
+                |parent, object| Mutation::Create { parent, name: n, object, mode, owner: uid, group: gid, mtime },
+                &name,
+            )
+            .await?;
+        // A new file is empty: its container exists at once, no fetch needed.
+        let path = self.cache.container(&g);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::create(&path)?;
+        self.cache.set_local(&g, 0, false)?;
+        let stat = self.stat_of(g, &attr);
+        let (fh, h) = self.open(stat.ino, flags & !libc::O_TRUNC).await?;
+        Ok((stat, fh, h))
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
+        let name = Name::new(name)?;
+        let n = name.clone();
+        let mtime = Timestamp::now();
+        let (g, attr) = self
+            .make(
+                parent,
+                |parent, object| Mutation::MakeDir { parent, name: n, object, mode, owner: uid, group: gid, mtime },
+                &name,
+            )
+            .await?;
+        self.cache.put_listing(g, Vec::new())?;
+        Ok(self.stat_of(g, &attr))
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Stat> {
+        let name = Name::new(name)?;
+        let n = name.clone();
+        let target = target.to_string();
+        let mtime = Timestamp::now();
+        let (g, attr) = self
+            .make(
+                parent,
+                |parent, object| Mutation::Symlink { parent, name: n, object, target, owner: uid, group: gid, mtime },
+                &name,
+            )
+            .await?;
+        Ok(self.stat_of(g, &attr))
+    }
+
+    /// A mount point: a directory entry naming a volume (`venus mkmount`).
+    pub async fn make_mount_point(&self, parent: u64, name: &str, target: &str, uid: u32) -> Result<()> {
+        let name = Name::new(name)?;
+        let n = name.clone();
+        let target = target.to_string();
+        let mtime = Timestamp::now();
+        self.make(
+            parent,
+            |parent, object| Mutation::MakeMountPoint { parent, name: n, object, target, owner: uid, mtime },
+            &name,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> Result<Stat> {
+        let g = self.object(ino)?;
+        let p = self.dir_of(new_parent)?;
+        if g.cell != p.cell || g.fid.volume != p.fid.volume {
+            return Err(VenusError::Remote(RemoteError::CrossVolume));
+        }
+        let name = Name::new(new_name)?;
+        let applied =
+            self.commit(p.cell, Mutation::Link { parent: p.fid, name: name.clone(), target: g.fid.object }).await?;
+        let attr = Self::new_attr(&applied, g.fid.object)?;
+        let entry = DirEntry { name, object: g.fid.object, kind: attr.kind };
+        self.cache.edit_listing(&p, |entries| entries.push(entry))?;
+        Ok(self.stat_of(g, &attr))
+    }
+
+    /// The entry `name` of a directory and what we know of the object it names.
+    async fn entry(&self, dir: GFid, name: &str) -> Result<(DirEntry, GFid, Attr)> {
+        let entries = self.listing(dir).await?;
+        let e = entries.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        let g = GFid::new(dir.cell, Fid::new(dir.fid.volume, e.object));
+        let attr = self.status(g).await?;
+        Ok((e, g, attr))
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        let p = self.dir_of(parent)?;
+        let (e, _g, attr) = self.entry(p, name).await?;
+        if e.kind == ObjectKind::Directory {
+            return Err(VenusError::IsDirectory);
+        }
+        let seen = Seen { object: e.object, base: Base::Version(attr.version) };
+        self.commit(p.cell, Mutation::Remove { parent: p.fid, name: e.name.clone(), seen }).await?;
+        self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        let p = self.dir_of(parent)?;
+        let entries = self.listing(p).await?;
+        let e = entries.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        if e.kind != ObjectKind::Directory {
+            return Err(VenusError::NotDirectory);
+        }
+        self.commit(p.cell, Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object }).await?;
+        self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
+        Ok(())
+    }
+
+    /// `rename(2)`; `no_replace` is RENAME_NOREPLACE.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<()> {
+        let from = self.dir_of(parent)?;
+        let to = self.dir_of(new_parent)?;
+        if from.cell != to.cell || from.fid.volume != to.fid.volume {
+            return Err(VenusError::Remote(RemoteError::CrossVolume));
+        }
+        let src =
+            self.listing(from).await?.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        let new_name = Name::new(new_name)?;
+        let existing = self.listing(to).await?.into_iter().find(|e| e.name == new_name);
+        let replaced = match &existing {
+            Some(e) if no_replace => return Err(VenusError::Remote(RemoteError::Exists)),
+            Some(e) => {
+                let g = GFid::new(to.cell, Fid::new(to.fid.volume, e.object));
+                let attr = self.status(g).await?;
+                Some(Seen { object: e.object, base: Base::Version(attr.version) })
+            }
+            None => None,
+        };
+        self.commit(
+            from.cell,
+            Mutation::Rename {
+                from: from.fid,
+                from_name: src.name.clone(),
+                object: src.object,
+                to: to.fid,
+                to_name: new_name.clone(),
+                replaced,
+            },
+        )
+        .await?;
+        let moved = DirEntry { name: new_name.clone(), object: src.object, kind: src.kind };
+        self.cache.edit_listing(&from, |entries| entries.retain(|x| x.name != src.name))?;
+        self.cache.edit_listing(&to, |entries| {
+            entries.retain(|x| x.name != new_name);
+            entries.push(moved);
+        })?;
+        Ok(())
+    }
+
+    pub async fn setattr(&self, ino: u64, req: SetAttrRequest) -> Result<Stat> {
+        let g = self.object(ino)?;
+        if let Some(size) = req.size {
+            // Truncation is a change of contents: done to the container, then stored.
+            self.data(g).await?;
+            let lock = self.fetch_lock(g);
+            let _one_at_a_time = lock.lock().await;
+            let path = self.cache.container(&g);
+            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(size)?;
+            self.cache.set_local(&g, size, true)?;
+            self.store(g).await?;
+        }
+        let set = SetAttrs { mode: req.mode, owner: req.uid, group: req.gid, mtime: req.mtime };
+        if !set.is_empty() {
+            let attr = self.status(g).await?;
+            if let Some(t) = req.mtime
+                && self.cache.get(&g).is_some_and(|c| c.has_data)
+            {
+                // A later store carries the container's mtime: keep it in step.
+                set_mtime(&self.cache.container(&g), t)?;
+            }
+            self.commit(g.cell, Mutation::SetAttr { fid: g.fid, base: Base::Version(attr.version), set }).await?;
+        }
+        let attr = self.status(g).await?;
+        Ok(self.stat_of(g, &attr))
+    }
+
+    /// Writes to an open file's container (when the kernel does not pass writes through).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handle(fh)?;
+        h.file.write_all_at(data, offset)?;
+        h.written.store(true, Ordering::Relaxed);
+        Ok(data.len())
+    }
+
+    /// `close(2)` of one descriptor: a changed file is stored, and the server's answer is the
+    /// answer of `close`.
+    ///
+    /// A descriptor may be closed many times for one open (every `fork` copies it, every `exec`
+    /// closes the copy), so concurrent flushes of one file are normal: they are serialized, and
+    /// a flush that finds nothing new since the last store does nothing.
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        self.store_handle(&h).await
+    }
+
+    async fn store_handle(&self, h: &super::Handle) -> Result<()> {
+        if !h.writable {
+            return Ok(());
+        }
+        let lock = self.fetch_lock(h.gfid);
+        let _one_at_a_time = lock.lock().await;
+        let now = super::container_times(&h.file);
+        let changed = h.written.load(Ordering::Relaxed) || *super::lock(&h.baseline) != now;
+        if !changed {
+            return Ok(());
+        }
+        self.cache.set_local(&h.gfid, now.0, true)?;
+        // Cleared before the store: a write that races with it sets it again.
+        h.written.store(false, Ordering::Relaxed);
+        match self.store(h.gfid).await {
+            Ok(_) => {
+                *super::lock(&h.baseline) = now;
+                Ok(())
+            }
+            Err(e) => {
+                h.written.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// `fsync(2)`: the file is on the server when it returns, even if it is being written
+    /// through another descriptor at the same time (then the latest stable state is stored).
+    pub async fn fsync(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        for _ in 0..10 {
+            match self.store_handle(&h).await {
+                Err(VenusError::ChangedDuringStore) => continue,
+                other => return other,
+            }
+        }
+        Err(VenusError::ChangedDuringStore)
+    }
+
+    /// The last reference to an open file is gone. What is still unstored (a flush that lost a
+    /// race with a writer) is stored now; its errors can reach no one, so they are logged and
+    /// the data stays dirty in the cache.
+    pub async fn release(&self, fh: u64) {
+        let Some(h) = self.take_handle(fh) else { return };
+        match self.store_handle(&h).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(file = %h.gfid, error = %e, "storing at release failed; the changes stay in the cache")
+            }
+        }
+        self.cache.closed(&h.gfid);
+    }
+}
+
+fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| VenusError::Io(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) },
+    ];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat(2) requires.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}

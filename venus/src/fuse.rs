@@ -1,0 +1,483 @@
+//! The FUSE adapter: unpacks kernel requests, calls the core (`crate::fs::Venus`) on the tokio
+//! runtime, and replies. Nothing interesting happens here; that is the point.
+//!
+//! Cached files are opened with kernel passthrough where the kernel allows it: reads and writes
+//! then go straight to the container file and never enter venus. The kernel allows one backing
+//! file per inode at a time, so a backing id is shared by every open of an inode; an open that
+//! finds an older version of the file still open is served by venus itself instead.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use proto::{ObjectKind, Timestamp};
+
+use crate::error::VenusError;
+use crate::fs::{SetAttrRequest, Stat, Venus};
+use crate::ids::GFid;
+
+/// How long the kernel may trust attributes and names without asking. Breaks invalidate
+/// earlier; this bounds what a missed invalidation could cost.
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct VenusFs {
+    core: Arc<Venus>,
+    rt: tokio::runtime::Handle,
+    pt: Arc<Passthrough>,
+}
+
+#[derive(Default)]
+struct Passthrough {
+    enabled: AtomicBool,
+    /// The backing file of each inode while any handle has it open, and the container inode it
+    /// was made from.
+    by_object: Mutex<HashMap<GFid, (Weak<BackingId>, u64)>>,
+    by_handle: Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+impl Passthrough {
+    fn backing(
+        &self,
+        g: GFid,
+        file: &std::fs::File,
+        open: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let container = file.metadata().ok()?.ino();
+        let mut map = self.by_object.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((weak, ino)) = map.get(&g)
+            && let Some(live) = weak.upgrade()
+        {
+            // Same version: share it. Another version open: venus serves this open itself.
+            return (*ino == container).then_some(live);
+        }
+        match open(file) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                map.insert(g, (Arc::downgrade(&b), container));
+                Some(b)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel passthrough unavailable; venus serves reads and writes itself");
+                self.enabled.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn hold(&self, fh: u64, b: Arc<BackingId>) {
+        self.by_handle.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, b);
+    }
+
+    fn release(&self, fh: u64) {
+        self.by_handle.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+    }
+}
+
+impl VenusFs {
+    pub fn new(core: Arc<Venus>, rt: tokio::runtime::Handle) -> Self {
+        VenusFs { core, rt, pt: Arc::new(Passthrough::default()) }
+    }
+
+    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(f);
+    }
+}
+
+fn errno(e: &VenusError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(error = %e, "request failed");
+    } else {
+        tracing::warn!(error = %e, "request failed");
+    }
+    Errno::from_i32(e.to_errno())
+}
+
+fn file_type(kind: ObjectKind) -> FileType {
+    match kind {
+        ObjectKind::File => FileType::RegularFile,
+        ObjectKind::Directory | ObjectKind::MountPoint => FileType::Directory,
+        ObjectKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.ino),
+        size: st.size,
+        blocks: st.size.div_ceil(512),
+        atime: st.mtime.to_system(),
+        mtime: st.mtime.to_system(),
+        ctime: st.ctime.to_system(),
+        crtime: st.ctime.to_system(),
+        kind: file_type(st.kind),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: st.nlink,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+fn time(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::SpecificTime(t) => Timestamp::from_system(t),
+        TimeOrNow::Now => Timestamp::now(),
+    }
+}
+
+impl Filesystem for VenusFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok() {
+            self.pt.enabled.store(true, Ordering::Relaxed);
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.lookup(parent.0, &name).await {
+                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.getattr(ino.0).await {
+                Ok(st) => reply.attr(&TTL, &file_attr(&st)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let core = self.core.clone();
+        let req = SetAttrRequest { mode: mode.map(|m| m & 0o7777), uid, gid, size, mtime: mtime.map(time) };
+        self.spawn(async move {
+            match core.setattr(ino.0, req).await {
+                Ok(st) => reply.attr(&TTL, &file_attr(&st)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.readlink(ino.0).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (core, uid, gid) = (self.core.clone(), req.uid(), req.gid());
+        self.spawn(async move {
+            match core.mkdir(parent.0, &name, mode & !umask & 0o7777, uid, gid).await {
+                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (name, target) = match (name_str(link_name), target.to_str()) {
+            (Ok(n), Some(t)) => (n, t.to_string()),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let (core, uid, gid) = (self.core.clone(), req.uid(), req.gid());
+        self.spawn(async move {
+            match core.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (name_str(name), name_str(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.rename(parent.0, &name, newparent.0, &newname, no_replace).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.link(ino.0, newparent.0, &name).await {
+                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (core, pt) = (self.core.clone(), self.pt.clone());
+        self.spawn(async move {
+            match core.open(ino.0, flags.0).await {
+                Ok((fh, h)) => match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
+                    Some(b) => {
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                        pt.hold(fh, b);
+                    }
+                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                },
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.flush(fh.0).await {
+                // Someone is still writing through another descriptor: their close stores it.
+                Ok(()) | Err(VenusError::ChangedDuringStore) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.pt.release(fh.0);
+        reply.ok();
+        let core = self.core.clone();
+        self.spawn(async move { core.release(fh.0).await });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            let entries = match core.readdir(ino.0).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let dots =
+                [(ino.0, ObjectKind::Directory, ".".to_string()), (ino.0, ObjectKind::Directory, "..".to_string())];
+            for (i, (child, kind, name)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(child), (i + 1) as u64, file_type(kind), &name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let u = self.core.cache.usage();
+        let bsize = 4096u64;
+        let blocks = u.limit / bsize;
+        let free = u.limit.saturating_sub(u.used) / bsize;
+        reply.statfs(blocks, free, free, u.objects + 1_000_000, 1_000_000, bsize as u32, 255, bsize as u32);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (core, pt, uid, gid) = (self.core.clone(), self.pt.clone(), req.uid(), req.gid());
+        self.spawn(async move {
+            match core.create(parent.0, &name, mode & !umask & 0o7777, uid, gid, flags).await {
+                Ok((st, fh, h)) => {
+                    let attr = file_attr(&st);
+                    match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
+                        Some(b) => {
+                            reply.created_passthrough(
+                                &TTL,
+                                &attr,
+                                Generation(0),
+                                FileHandle(fh),
+                                FopenFlags::empty(),
+                                &b,
+                            );
+                            pt.hold(fh, b);
+                        }
+                        None => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                    }
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+/// Sends the core's invalidations to the kernel, off every FUSE handler thread.
+pub struct NotifierKernel(pub fuser::Notifier);
+
+impl crate::fs::Kernel for NotifierKernel {
+    fn inval_inode(&self, ino: u64) {
+        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+
+    fn inval_entry(&self, parent: u64, name: &str) {
+        let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
+    }
+}

@@ -1,0 +1,146 @@
+//! Running a mount: build the core, mount FUSE, serve the control socket, and stop cleanly on
+//! SIGINT/SIGTERM, `venus unmount`, or an unmount from outside.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fuser::{MountOption, SessionACL};
+
+use crate::control;
+use crate::fs::{Config, Inval, Kernel, Venus};
+use crate::fuse::{NotifierKernel, VenusFs};
+
+pub struct MountOptions {
+    pub config: Config,
+    pub mountpoint: PathBuf,
+}
+
+fn have_fusermount3() -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()))
+}
+
+/// Mounts and serves until told to stop. Returns once unmounted.
+pub fn run(opts: MountOptions) -> Result<()> {
+    let mountpoint = std::fs::canonicalize(&opts.mountpoint)
+        .with_context(|| format!("mount point {} must be an existing directory", opts.mountpoint.display()))?;
+    if !std::path::Path::new("/dev/fuse").exists() {
+        anyhow::bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let cache_dir = opts.config.cache_dir.clone();
+    // QUIC endpoints bind their sockets on the runtime.
+    let _entered = rt.enter();
+    let core = Venus::new(opts.config).context("starting the cache manager")?;
+
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("venus:{}", cache_dir.display())),
+        MountOption::Subtype("venus".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // Everyone may use a system-wide mount; permissions are checked against the mode bits.
+        cfg.acl = SessionACL::All;
+        if have_fusermount3() {
+            // The mount goes away by itself if venus is killed.
+            cfg.mount_options.push(MountOption::AutoUnmount);
+        } else {
+            tracing::warn!("fusermount3 not found (Debian package fuse3): a killed venus leaves a stale mount");
+        }
+    } else {
+        cfg.acl = SessionACL::Owner;
+    }
+    cfg.n_threads = Some(2);
+    let session = fuser::Session::new(VenusFs::new(core.clone(), rt.handle().clone()), &mountpoint, &cfg)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Inval>();
+    core.set_kernel(tx);
+    let kernel = NotifierKernel(session.notifier());
+    std::thread::Builder::new().name("venus-inval".into()).spawn(move || {
+        while let Some(i) = rx.blocking_recv() {
+            match i {
+                Inval::Inode(ino) => kernel.inval_inode(ino),
+                Inval::Entry { parent, name } => kernel.inval_entry(parent, &name),
+            }
+        }
+    })?;
+
+    let stop = Arc::new(tokio::sync::Notify::new());
+    {
+        let (core, mp, stop) = (core.clone(), mountpoint.clone(), stop.clone());
+        rt.spawn(async move {
+            if let Err(e) = control::serve(core, mp, stop).await {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        });
+    }
+    let background = session.spawn().context("starting the FUSE session")?;
+    tracing::info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "venus mounted");
+
+    let externally_unmounted = rt.block_on(wait_for_stop(stop, mountpoint.clone(), cache_dir.clone()));
+    if externally_unmounted {
+        tracing::info!("unmounted from outside; exiting");
+        drop(background);
+    } else {
+        tracing::info!("unmounting");
+        // Unmount first ourselves: fusermount3's auto-unmount is there for a killed venus, and
+        // once the kernel drops the mount the session threads see the device close and end.
+        if let Err(e) = unmount(&mountpoint) {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&mountpoint).status();
+        }
+        if let Err(e) = background.umount_and_join() {
+            tracing::warn!(error = %e, "FUSE session ended with an error");
+        }
+    }
+    let _ = std::fs::remove_file(cache_dir.join(control::SOCKET));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Unmounts `mountpoint`: directly as root, through `fusermount3 -u` otherwise.
+fn unmount(mountpoint: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    let status = std::process::Command::new("fusermount3").arg("-u").arg(mountpoint).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(anyhow::anyhow!("unmounting {}: {err}", mountpoint.display())),
+    }
+}
+
+/// Waits for a signal, `venus unmount`, or the mount vanishing. True in the last case.
+async fn wait_for_stop(stop: Arc<tokio::sync::Notify>, mountpoint: PathBuf, cache: PathBuf) -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        stop.notified().await;
+        return false;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return false,
+            _ = int.recv() => return false,
+            _ = stop.notified() => return false,
+            _ = tick.tick() => {
+                let mounted = crate::mounts::venus_mounts().iter().any(|m| m.mountpoint == mountpoint && m.cache == cache);
+                if !mounted {
+                    return true;
+                }
+            }
+        }
+    }
+}

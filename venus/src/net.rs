@@ -1,0 +1,269 @@
+//! Talking to the servers of one cell: connections made on demand and remade after a failure,
+//! which server holds which volume, RPC counters, and `CallbacksLost` handled in one place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::cell::{CellFile, CellServer};
+use proto::client::{Connector, Session};
+use proto::msg::{Push, SiteRole, VolumeRef};
+use proto::tls::TransportTuning;
+use proto::{ChunkHash, ChunkRef, ClientId, ProtoError, RemoteError, Request, Response, ServerId, VolumeId};
+
+use crate::counters::Counters;
+use crate::error::{Result, VenusError};
+use crate::ids::CellId;
+
+/// What a connection reports back to the cache manager.
+pub trait Events: Send + Sync {
+    /// A server broke callback promises.
+    fn push(&self, cell: CellId, push: Push);
+    /// A server said this client lost its promises: everything cached from the cell must be
+    /// revalidated before it is trusted again.
+    fn callbacks_lost(&self, cell: CellId);
+}
+
+pub struct CellConn {
+    pub id: CellId,
+    pub file: CellFile,
+    client: ClientId,
+    connector: Connector,
+    timeout: Duration,
+    sessions: tokio::sync::Mutex<HashMap<ServerId, Session>>,
+    /// Volume id → the server holding its read-write site.
+    locations: Mutex<HashMap<VolumeId, ServerId>>,
+    /// Volume name → id.
+    names: Mutex<HashMap<String, VolumeId>>,
+    counters: Arc<Counters>,
+    events: Arc<dyn Events>,
+}
+
+impl CellConn {
+    pub fn new(
+        id: CellId,
+        file: CellFile,
+        client: ClientId,
+        timeout: Duration,
+        counters: Arc<Counters>,
+        events: Arc<dyn Events>,
+    ) -> Result<Self> {
+        // Frequent keep-alives: a restarted server answers one with a reset, so venus learns
+        // within a couple of seconds that the promises it holds were forgotten.
+        let tuning = TransportTuning {
+            idle_timeout: timeout.max(Duration::from_secs(3)),
+            keep_alive: Duration::from_secs(2),
+            ..TransportTuning::default()
+        };
+        let connector = Connector::new(None, tuning).map_err(VenusError::from)?;
+        Ok(CellConn {
+            id,
+            file,
+            client,
+            connector,
+            timeout,
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            locations: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            counters,
+            events,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.file.cell
+    }
+
+    fn server_entry(&self, id: ServerId) -> Result<CellServer> {
+        self.file
+            .server(id)
+            .cloned()
+            .ok_or_else(|| VenusError::Protocol(format!("server {id} is not in the cell file of {}", self.name())))
+    }
+
+    /// A connection to `server`, and whether it was just made (a reused one may turn out dead).
+    async fn session(&self, server: ServerId) -> Result<(Session, bool)> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&server)
+            && !s.is_closed()
+        {
+            return Ok((s.clone(), false));
+        }
+        let entry = self.server_entry(server)?;
+        let session = self.connector.connect(&entry, self.client, self.timeout).await?;
+        if sessions.contains_key(&server) {
+            // We were connected before: the server may have restarted (its promises live in
+            // memory) or sent breaks we never heard. Trust nothing it promised until revalidated.
+            self.events.callbacks_lost(self.id);
+        }
+        let events = self.events.clone();
+        let cell = self.id;
+        session.spawn_push_handler(Arc::new(move |push| events.push(cell, push)));
+        // When the connection dies, breaks may be lost with it: drop the cell's promises now.
+        let (events, counters, conn, name) =
+            (self.events.clone(), self.counters.clone(), session.connection().clone(), self.name().to_string());
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            if !matches!(reason, quinn::ConnectionError::LocallyClosed) {
+                tracing::info!(cell = %name, %reason, "connection to server lost");
+                counters.add(crate::counters::CONNECTIONS_LOST, 1);
+                events.callbacks_lost(cell);
+            }
+        });
+        sessions.insert(server, session.clone());
+        tracing::info!(cell = %self.name(), server = %entry.address, "connected");
+        Ok((session, true))
+    }
+
+    /// Closes a dead connection; the entry stays (closed) so the next connection knows it is a
+    /// reconnection.
+    async fn forget_session(&self, server: ServerId) {
+        if let Some(s) = self.sessions.lock().await.get(&server) {
+            s.close();
+        }
+    }
+
+    /// Servers currently connected.
+    pub async fn connected(&self) -> Vec<ServerId> {
+        self.sessions.lock().await.iter().filter(|(_, s)| !s.is_closed()).map(|(id, _)| *id).collect()
+    }
+
+    fn any_server(&self) -> ServerId {
+        self.file.servers.first().map_or(ServerId(0), |s| s.server_id())
+    }
+
+    /// Which server to ask about `volume`.
+    async fn server_for(&self, volume: Option<VolumeId>) -> Result<ServerId> {
+        let Some(volume) = volume else { return Ok(self.any_server()) };
+        if let Some(s) = self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
+            return Ok(*s);
+        }
+        if self.file.servers.len() == 1 {
+            return Ok(self.any_server());
+        }
+        let entry =
+            match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
+                Response::Location { entry, .. } => entry,
+                other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            };
+        let server = entry
+            .sites
+            .iter()
+            .find(|s| s.role == SiteRole::ReadWrite)
+            .or(entry.sites.first())
+            .map(|s| s.server)
+            .ok_or(VenusError::Remote(RemoteError::NoSuchVolume))?;
+        self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(volume, server);
+        Ok(server)
+    }
+
+    /// One RPC to one server, with counting and `CallbacksLost` handling.
+    /// Retries once where that is safe: after `CallbacksLost` (the server refused the request
+    /// to say so), and when a reused connection turns out dead (a restarted server resets it)
+    /// and the request is idempotent.
+    async fn raw(&self, server: ServerId, req: &Request) -> Result<Response> {
+        let meta = req.meta();
+        for attempt in 0..2 {
+            let (session, fresh) = self.session(server).await?;
+            self.counters.rpc(meta.name);
+            match session.call(req).await {
+                Ok(Response::Error(RemoteError::CallbacksLost)) if attempt == 0 => {
+                    self.events.callbacks_lost(self.id);
+                }
+                Ok(Response::Error(e)) => return Err(VenusError::Remote(e)),
+                Ok(r) => return Ok(r),
+                Err(e) if attempt == 0 && !fresh && meta.idempotent && e.is_unreachable() => {
+                    tracing::info!(cell = %self.name(), error = %e, "connection lost; reconnecting");
+                    self.forget_session(server).await;
+                }
+                Err(e) => return Err(self.failed(server, e).await),
+            }
+        }
+        Err(VenusError::Remote(RemoteError::CallbacksLost))
+    }
+
+    async fn failed(&self, server: ServerId, e: ProtoError) -> VenusError {
+        if e.is_unreachable() {
+            self.forget_session(server).await;
+        }
+        e.into()
+    }
+
+    /// A request about `volume` (or any server's business when `None`).
+    pub async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
+        let server = self.server_for(volume).await?;
+        self.raw(server, req).await
+    }
+
+    /// The read-write volume id for a volume name.
+    pub async fn volume_id(&self, name: &str) -> Result<VolumeId> {
+        if let Some(v) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(*v);
+        }
+        let resp =
+            self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(name.into()) }).await?;
+        let Response::Location { entry, .. } = resp else {
+            return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
+        };
+        let id = if name.ends_with(".readonly") { entry.ro.unwrap_or(entry.rw) } else { entry.rw };
+        if let Some(site) = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite) {
+            self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.rw, site.server);
+        }
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Streams a whole file to `sink`, chunk by verified chunk.
+    pub async fn fetch_data(
+        &self,
+        fid: proto::Fid,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(proto::Attr, Vec<ChunkRef>, proto::msg::Promise)> {
+        let server = self.server_for(Some(fid.volume)).await?;
+        for attempt in 0..2 {
+            let (session, fresh) = self.session(server).await?;
+            self.counters.rpc("FetchData");
+            let mut delivered = false;
+            match session
+                .fetch_data(fid, |_, bytes| {
+                    delivered = true;
+                    sink(bytes)
+                })
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(ProtoError::Remote(RemoteError::CallbacksLost)) if attempt == 0 => {
+                    self.events.callbacks_lost(self.id);
+                }
+                // Only retry if the sink has seen nothing: it cannot take the bytes twice.
+                Err(e) if attempt == 0 && !fresh && !delivered && e.is_unreachable() => {
+                    self.forget_session(server).await;
+                }
+                Err(e) => return Err(self.failed(server, e).await),
+            }
+        }
+        Err(VenusError::Remote(RemoteError::CallbacksLost))
+    }
+
+    pub async fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Result<Vec<u32>> {
+        match self.call(Some(volume), &Request::MissingChunks { volume, hashes }).await? {
+            Response::Missing { indices } => Ok(indices),
+            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn put_chunks(
+        &self,
+        volume: VolumeId,
+        chunks: Vec<ChunkRef>,
+        read: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+    ) -> Result<u32> {
+        let server = self.server_for(Some(volume)).await?;
+        let (session, _) = self.session(server).await?;
+        self.counters.rpc("PutChunks");
+        match session.put_chunks(volume, chunks, read).await {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.failed(server, e).await),
+        }
+    }
+}
