@@ -58,6 +58,23 @@ pub fn probe(cell: &CellFile) -> bool {
     .unwrap_or(false)
 }
 
+/// SIGTERM a child we started and wait (bounded) for it to exit; whether it exited cleanly.
+fn terminate(mut c: Child, what: &str, log: impl Fn() -> String) -> Result<bool> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = c.try_wait()? {
+            return Ok(status.success());
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            bail!("{what} did not stop within 20 s of SIGTERM:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One vice server with its own data directory.
 pub struct Vice {
     pub dir: tempfile::TempDir,
@@ -153,21 +170,9 @@ impl Vice {
 
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> Result<bool> {
-        let Some(mut c) = self.child.take() else {
-            return Ok(true);
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                bail!("vice did not stop within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.take() {
+            Some(c) => terminate(c, "vice", || self.log_text()),
+            None => Ok(true),
         }
     }
 
@@ -502,19 +507,9 @@ impl VenusMount {
 
     /// SIGTERM and wait for a clean unmount; returns whether venus exited successfully.
     pub fn stop(&mut self) -> Result<bool> {
-        let Some(mut c) = self.child.take() else { return Ok(true) };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                bail!("venus did not stop within 20 s of SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.take() {
+            Some(c) => terminate(c, "venus", || self.log_text()),
+            None => Ok(true),
         }
     }
 

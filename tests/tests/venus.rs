@@ -185,10 +185,19 @@ fn restarts_of_venus_and_vice_are_survived() -> R {
     let fetches_before = t.b.rpcs("FetchData");
     assert!(fetches_before >= 1);
 
-    // venus restarts: what it cached is used again (counters start from zero).
+    // venus restarts: what it cached is used again (counters start from zero). The first time,
+    // venus revalidates its cached objects and establishes the volume's stamp...
     t.b.restart()?;
+    t.b.wait_counter("volumes_validated", 1)?;
     assert_eq!(fs::read(t.b.path("keep.bin"))?, content);
     assert_eq!(t.b.rpcs("FetchData"), 0, "the cached file was served without FetchData after a restart");
+    // ...so the next restart costs one volume-stamp check and nothing per file.
+    t.b.restart()?;
+    t.b.wait_counter("volumes_validated", 1)?;
+    assert_eq!(fs::read(t.b.path("keep.bin"))?, content);
+    assert_eq!(t.b.rpcs("ValidateVolumes"), 1);
+    assert_eq!(t.b.rpcs("FetchStatus"), 0, "no per-file revalidation");
+    assert_eq!(t.b.rpcs("FetchData"), 0);
 
     // vice restarts (killed): its promises are gone with it. Each client notices within a
     // keep-alive (the new process resets the old connections) and stops trusting them.
@@ -284,5 +293,63 @@ fn forks_while_a_file_is_open_cause_no_conflict_and_lose_nothing() -> R {
     drop(f);
     assert_eq!(blake3::hash(&fs::read(t.b.path("busy"))?), blake3::hash(&expected));
     assert!(!t.a.log_text().contains("conflict"), "{}", t.a.log_text());
+    Ok(())
+}
+
+#[test]
+fn background_mount_and_the_unmount_command() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("bg.test")?;
+    let dir = tempfile::tempdir()?;
+    let mp = dir.path().join("afs");
+    fs::create_dir(&mp)?;
+    let out = std::process::Command::new(bin("venus"))
+        .args(["mount", "--background", "--cell-file"])
+        .arg(vice.cell_file_path())
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .arg(&mp)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("venus mounted"));
+    fs::write(mp.join("bg.test/x"), b"in the background")?;
+    assert_eq!(fs::read(mp.join("bg.test/x"))?, b"in the background");
+    let out = std::process::Command::new(bin("venus")).arg("unmount").arg(&mp).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(!mounts.contains(&format!(" {} ", mp.display())), "still mounted after venus unmount");
+    // The detached venus exits once unmounted: its control socket goes away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dir.path().join("cache/venus.sock").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!dir.path().join("cache/venus.sock").exists(), "venus did not exit after unmount");
+    Ok(())
+}
+
+#[test]
+fn the_cache_limit_evicts_old_files_and_refuses_files_larger_than_the_cache() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("limit.test")?;
+    let a = VenusMount::start(&vice, "limit.test")?;
+    let b = VenusMount::start_with(&vice, "limit.test", &["--cache-size", "1M"])?;
+    for i in 0..5u64 {
+        fs::write(a.path(&format!("f{i}")), Noise::bytes(i, 300_000))?;
+    }
+    fs::write(a.path("huge"), Noise::bytes(9, 2_000_000))?;
+    for i in 0..5u64 {
+        assert_eq!(fs::read(b.path(&format!("f{i}")))?, Noise::bytes(i, 300_000));
+    }
+    let st = b.status();
+    assert!(st["cache"]["used"].as_u64() <= Some(1 << 20), "{}", st["cache"]);
+    assert!(st["counters"]["evictions"].as_u64() >= Some(2), "{}", st["counters"]);
+    let err = fs::read(b.path("huge")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    // An evicted file is fetched again when needed.
+    assert_eq!(fs::read(b.path("f0"))?, Noise::bytes(0, 300_000));
     Ok(())
 }

@@ -368,6 +368,11 @@ impl Cache {
         vols.into_iter().map(|(c, v)| (c, v, s.volumes.get(&(c, v)).cloned().unwrap_or_default())).collect()
     }
 
+    /// Every object venus knows of in one volume.
+    pub fn objects_in(&self, cell: CellId, volume: VolumeId) -> Vec<GFid> {
+        self.lock().objects.keys().filter(|g| g.cell == cell && g.fid.volume == volume).copied().collect()
+    }
+
     pub fn usage(&self) -> Usage {
         let s = self.lock();
         Usage {

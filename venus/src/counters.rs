@@ -14,9 +14,19 @@ pub const CALLBACK_BREAKS: &str = "callback_breaks";
 pub const EVICTIONS: &str = "evictions";
 /// Connections to servers that died (server crash, restart, network cut).
 pub const CONNECTIONS_LOST: &str = "connections_lost";
+/// Volumes confirmed current as a whole (by their stamp) after a restart or reconnection.
+pub const VOLUMES_VALIDATED: &str = "volumes_validated";
 
-const OTHERS: &[&str] =
-    &[BYTES_FETCHED, BYTES_STORED, CACHE_HITS, CACHE_MISSES, CALLBACK_BREAKS, EVICTIONS, CONNECTIONS_LOST];
+const OTHERS: &[&str] = &[
+    BYTES_FETCHED,
+    BYTES_STORED,
+    CACHE_HITS,
+    CACHE_MISSES,
+    CALLBACK_BREAKS,
+    EVICTIONS,
+    CONNECTIONS_LOST,
+    VOLUMES_VALIDATED,
+];
 
 pub struct Counters {
     rpcs: BTreeMap<&'static str, AtomicU64>,

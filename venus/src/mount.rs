@@ -83,6 +83,11 @@ pub fn run(opts: MountOptions) -> Result<()> {
         });
     }
     let background = session.spawn().context("starting the FUSE session")?;
+    {
+        // What the cache holds is trusted again after one volume-stamp check per cell.
+        let core = core.clone();
+        rt.spawn(async move { core.revalidate_all().await });
+    }
     tracing::info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "venus mounted");
 
     let externally_unmounted = rt.block_on(wait_for_stop(stop, mountpoint.clone(), cache_dir.clone()));

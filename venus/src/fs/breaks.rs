@@ -31,12 +31,12 @@ impl Venus {
             Push::BreakCallbacks { fids, volumes } => {
                 self.counters.add(counters::CALLBACK_BREAKS, (fids.len() + volumes.len()) as u64);
                 for fid in fids {
+                    // Something in the volume changed: it is no longer known current as a whole.
+                    self.drop_volume(cell, fid.volume);
                     self.break_object(GFid::new(cell, fid));
                 }
                 for volume in volumes {
-                    // Volume promises are not relied on while connected; the root's listing
-                    // and every object carry their own promises.
-                    tracing::debug!(cell = cell.0, %volume, "volume callback broken");
+                    self.drop_volume(cell, volume);
                 }
             }
         }
@@ -61,6 +61,11 @@ impl Venus {
         let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
         for g in lost {
             self.break_object(g);
+        }
+        let volumes: Vec<proto::VolumeId> =
+            lock(&self.vol_promises).keys().filter(|(c, _)| *c == cell).map(|(_, v)| *v).collect();
+        for v in volumes {
+            lock(&self.vol_promises).remove(&(cell, v));
         }
     }
 

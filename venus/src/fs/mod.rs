@@ -12,6 +12,7 @@ mod paths;
 mod read;
 pub mod status;
 mod store;
+mod volumes;
 mod write;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ pub struct Venus {
     cell_names: Vec<(String, CellId)>,
     inodes: Mutex<HashMap<u64, GFid>>,
     promises: Mutex<HashMap<GFid, Instant>>,
+    /// Volume promises (see `volumes.rs`).
+    vol_promises: Mutex<HashMap<(CellId, proto::VolumeId), Instant>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// One fetch per object at a time.
@@ -108,6 +111,12 @@ impl Events for EventSink {
     fn callbacks_lost(&self, cell: CellId) {
         if let Some(v) = self.0.upgrade() {
             v.on_callbacks_lost(cell);
+            // Revalidate in the background: one request when the volume stamps still hold.
+            tokio::spawn(async move {
+                if let Err(e) = v.revalidate_cell(cell).await {
+                    tracing::info!(cell = cell.0, error = %e, "revalidation postponed");
+                }
+            });
         }
     }
 }
@@ -162,6 +171,7 @@ impl Venus {
                 cell_names,
                 inodes: Mutex::new(HashMap::new()),
                 promises: Mutex::new(HashMap::new()),
+                vol_promises: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 fetching: Mutex::new(HashMap::new()),
@@ -205,8 +215,10 @@ impl Venus {
 
     // ----- promises -----
 
+    /// Whether the cached state of `g` may be used without asking: its own promise holds, or
+    /// its volume is known current.
     pub(crate) fn valid(&self, g: &GFid) -> bool {
-        lock(&self.promises).get(g).is_some_and(|exp| *exp > Instant::now())
+        lock(&self.promises).get(g).is_some_and(|exp| *exp > Instant::now()) || self.volume_valid(g.cell, g.fid.volume)
     }
 
     pub(crate) fn promised(&self, g: GFid, p: Promise) {

@@ -41,6 +41,7 @@ impl Venus {
             Response::Applied { result, promise } => (result?, promise),
             other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
         };
+        self.advance_stamp(cell, volume, applied.stamp, 1);
         for attr in &applied.attrs {
             self.cache.put_attr(cell, attr.clone())?;
             self.promised(GFid::new(cell, attr.fid), promise);

@@ -1,0 +1,152 @@
+//! Volume promises: revalidating a whole volume with one comparison.
+//!
+//! Per volume, venus keeps the stamp as of which every object it has cached from the volume is
+//! known to be current (persisted in the cache index), and, in memory, the server's promise to
+//! break a volume callback on any change in the volume. While both hold, every cached object of
+//! the volume is valid without asking: after a restart or a reconnection, one `ValidateVolumes`
+//! per cell revalidates everything.
+//!
+//! A stamp is established in three steps: learn the current stamp S, revalidate the cached
+//! objects that hold no promise of their own, then ask again whether S is still current; only if
+//! nothing changed in between is S recorded. Any break touching the volume clears it; our own
+//! changes advance it only when the server's stamp follows ours directly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::msg::{Promise, Response, VolumeValidation};
+use proto::{Request, VolumeId, VolumeStamp};
+
+use super::{Venus, lock};
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+/// Objects revalidated at once while a stamp is established.
+const PARALLEL_REVALIDATIONS: usize = 16;
+
+impl Venus {
+    pub(crate) fn volume_valid(&self, cell: CellId, volume: VolumeId) -> bool {
+        lock(&self.vol_promises).get(&(cell, volume)).is_some_and(|exp| *exp > Instant::now())
+            && self.cache.volume(cell, volume).stamp.is_some()
+    }
+
+    /// Forgets that a volume is known current (a break touched it).
+    pub(crate) fn drop_volume(&self, cell: CellId, volume: VolumeId) {
+        lock(&self.vol_promises).remove(&(cell, volume));
+        let mut state = self.cache.volume(cell, volume);
+        if state.stamp.take().is_some()
+            && let Err(e) = self.cache.set_volume(cell, volume, state)
+        {
+            tracing::warn!(error = %e, "cannot record a volume's state");
+        }
+    }
+
+    /// After our own change was applied: the volume is still known current if the server's new
+    /// stamp directly follows the one we knew (nobody else changed anything in between).
+    pub(crate) fn advance_stamp(&self, cell: CellId, volume: VolumeId, new: VolumeStamp, changes: u64) {
+        let mut state = self.cache.volume(cell, volume);
+        match state.stamp {
+            Some(old) if new.follows(&old, changes) && self.volume_valid(cell, volume) => {
+                state.stamp = Some(new);
+                if let Err(e) = self.cache.set_volume(cell, volume, state) {
+                    tracing::warn!(error = %e, "cannot record a volume's state");
+                }
+            }
+            Some(_) => self.drop_volume(cell, volume),
+            None => {}
+        }
+    }
+
+    fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise) {
+        if p.secs > 0 {
+            lock(&self.vol_promises).insert((cell, volume), Instant::now() + Duration::from_secs(u64::from(p.secs)));
+        }
+    }
+
+    async fn validate(&self, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<Vec<VolumeValidation>> {
+        match self.cell(cell)?.call(None, &Request::ValidateVolumes { volumes }).await? {
+            Response::Validated { volumes } => Ok(volumes),
+            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Revalidates every volume venus has cached objects of, in every cell: one request per cell
+    /// when the stamps still hold, and a full revalidation of the volumes whose stamps do not.
+    pub async fn revalidate_all(self: &Arc<Self>) {
+        let cells: Vec<CellId> = self.cells().map(|(_, c)| c.id).collect();
+        for cell in cells {
+            if let Err(e) = self.revalidate_cell(cell).await {
+                tracing::info!(cell = cell.0, error = %e, "revalidation postponed");
+            }
+        }
+    }
+
+    pub async fn revalidate_cell(self: &Arc<Self>, cell: CellId) -> Result<()> {
+        let volumes: Vec<(VolumeId, VolumeStamp)> = self
+            .cache
+            .cached_volumes()
+            .into_iter()
+            .filter(|(c, _, _)| *c == cell)
+            .map(|(_, v, state)| (v, state.stamp.unwrap_or_default()))
+            .collect();
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        let answers = self.validate(cell, volumes).await?;
+        for answer in answers {
+            match (answer.valid, answer.promise, answer.stamp) {
+                (true, Some(p), _) => {
+                    self.volume_promised(cell, answer.volume, p);
+                    self.counters.add(crate::counters::VOLUMES_VALIDATED, 1);
+                }
+                (_, _, Some(current)) => {
+                    self.drop_volume(cell, answer.volume);
+                    if let Err(e) = self.establish(cell, answer.volume, current).await {
+                        tracing::info!(volume = %answer.volume, error = %e, "volume not revalidated");
+                    }
+                }
+                (_, _, None) => tracing::info!(volume = %answer.volume, "volume no longer exists on its server"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Establishes that the cache is current as of `current`: revalidates what has no promise,
+    /// then confirms nothing changed meanwhile.
+    async fn establish(self: &Arc<Self>, cell: CellId, volume: VolumeId, current: VolumeStamp) -> Result<bool> {
+        let stale: Vec<GFid> = self.cache.objects_in(cell, volume).into_iter().filter(|g| !self.valid(g)).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for g in stale {
+            while tasks.len() >= PARALLEL_REVALIDATIONS {
+                tasks.join_next().await;
+            }
+            let me = self.clone();
+            tasks.spawn(async move {
+                match me.status(g).await {
+                    Ok(_) | Err(VenusError::NotFound) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
+        }
+        let mut ok = true;
+        while let Some(r) = tasks.join_next().await {
+            ok &= matches!(r, Ok(Ok(())));
+        }
+        if !ok {
+            return Ok(false);
+        }
+        let answer = self.validate(cell, vec![(volume, current)]).await?;
+        let Some(a) = answer.into_iter().next() else { return Ok(false) };
+        match (a.valid, a.promise) {
+            (true, Some(p)) => {
+                let mut state = self.cache.volume(cell, volume);
+                state.stamp = Some(current);
+                self.cache.set_volume(cell, volume, state)?;
+                self.volume_promised(cell, volume, p);
+                self.counters.add(crate::counters::VOLUMES_VALIDATED, 1);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
