@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS objects (
     attr BLOB NOT NULL, has_data INTEGER NOT NULL, dirty INTEGER NOT NULL, data_size INTEGER NOT NULL,
     PRIMARY KEY (cell, volume, object)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflicts (id INTEGER PRIMARY KEY AUTOINCREMENT, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirs (
     cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL, entries BLOB NOT NULL,
     PRIMARY KEY (cell, volume, object)
@@ -152,6 +153,12 @@ impl Cache {
     /// Records an object's attributes as the server gave them. If the version changed, a clean
     /// container is stale and dropped; a dirty one is kept (local changes are never discarded).
     pub fn put_attr(&self, cell: CellId, attr: Attr) -> Result<()> {
+        self.put_attr_with(cell, attr, false)
+    }
+
+    /// As `put_attr`; `ours` says the new version is our own change, whose effect on a cached
+    /// listing the caller applies itself (so the listing stays).
+    pub fn put_attr_with(&self, cell: CellId, attr: Attr, ours: bool) -> Result<()> {
         let g = GFid::new(cell, attr.fid);
         let mut s = self.lock();
         s.clock += 1;
@@ -177,8 +184,8 @@ impl Cache {
             s.used = s.used.saturating_sub(size);
             let _ = std::fs::remove_file(self.container(&g));
         }
-        // A listing belongs to the version it was fetched at.
-        if changed && s.dirs.remove(&g).is_some() {
+        // A listing belongs to the version it was fetched at (or that our own change made).
+        if changed && !ours && s.dirs.remove(&g).is_some() {
             let (c, v, o) = key(&g);
             s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
         }
@@ -359,6 +366,15 @@ impl Cache {
         Ok(())
     }
 
+    /// A volume's id by the name it was last looked up by.
+    pub fn volume_named(&self, cell: CellId, name: &str) -> Option<VolumeId> {
+        self.lock()
+            .volumes
+            .iter()
+            .find(|((c, _), st)| *c == cell && st.name.as_deref() == Some(name))
+            .map(|((_, v), _)| *v)
+    }
+
     /// Every volume venus has cached objects of, with its known stamp.
     pub fn cached_volumes(&self) -> Vec<(CellId, VolumeId, VolState)> {
         let s = self.lock();
@@ -366,6 +382,29 @@ impl Cache {
         vols.sort_unstable();
         vols.dedup();
         vols.into_iter().map(|(c, v)| (c, v, s.volumes.get(&(c, v)).cloned().unwrap_or_default())).collect()
+    }
+
+    /// Records a conflict (its id is assigned here).
+    pub fn add_conflict(&self, mut info: crate::fs::conflicts::ConflictInfo) -> Result<u64> {
+        let s = self.lock();
+        s.db.execute("INSERT INTO conflicts (info) VALUES ('{}')", [])?;
+        let id = s.db.last_insert_rowid() as u64;
+        info.id = id;
+        let text = serde_json::to_string(&info).map_err(|e| VenusError::Io(std::io::Error::other(e)))?;
+        s.db.execute("UPDATE conflicts SET info = ?2 WHERE id = ?1", params![id as i64, text])?;
+        Ok(id)
+    }
+
+    pub fn conflicts(&self) -> Result<Vec<crate::fs::conflicts::ConflictInfo>> {
+        let s = self.lock();
+        let mut stmt = s.db.prepare("SELECT info FROM conflicts ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+    }
+
+    pub fn remove_conflict(&self, id: u64) -> Result<()> {
+        self.lock().db.execute("DELETE FROM conflicts WHERE id = ?1", params![id as i64])?;
+        Ok(())
     }
 
     /// Every object venus knows of in one volume.

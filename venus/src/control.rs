@@ -25,6 +25,11 @@ pub enum ControlRequest {
     Lsmount { path: PathBuf },
     Rmmount { path: PathBuf },
     Unmount,
+    Disconnect { volume: Option<String> },
+    Reconnect,
+    Sync { timeout_secs: u64 },
+    Conflicts,
+    Repair { path: PathBuf, keep: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +52,12 @@ fn components(mountpoint: &Path, path: &Path) -> Result<Vec<String>, String> {
         .collect()
 }
 
-async fn answer(core: &Venus, mountpoint: &Path, req: ControlRequest, stop: &tokio::sync::Notify) -> ControlResponse {
+async fn answer(
+    core: &Arc<Venus>,
+    mountpoint: &Path,
+    req: ControlRequest,
+    stop: &tokio::sync::Notify,
+) -> ControlResponse {
     let comps = |p: &Path| components(mountpoint, p);
     let json = |v: Result<serde_json::Value, String>| match v {
         Ok(v) => ControlResponse::Ok(v),
@@ -106,6 +116,28 @@ async fn answer(core: &Venus, mountpoint: &Path, req: ControlRequest, stop: &tok
             stop.notify_one();
             ControlResponse::Ok(serde_json::Value::Null)
         }
+        ControlRequest::Disconnect { volume } => {
+            json(core.disconnect(volume.as_deref()).map(|v| serde_json::json!(v)).map_err(err))
+        }
+        ControlRequest::Reconnect => {
+            core.clear_forced();
+            let core = core.clone();
+            tokio::spawn(async move { core.tick().await });
+            ControlResponse::Ok(serde_json::Value::Null)
+        }
+        ControlRequest::Sync { timeout_secs } => {
+            json(core.sync(std::time::Duration::from_secs(timeout_secs)).await.map(|()| serde_json::Value::Null))
+        }
+        ControlRequest::Conflicts => {
+            json(core.conflicts().map_err(err).and_then(|c| serde_json::to_value(c).map_err(|e| e.to_string())))
+        }
+        ControlRequest::Repair { path, keep } => json(
+            async {
+                let info = core.repair(&comps(&path)?, &keep).await.map_err(err)?;
+                serde_json::to_value(info).map_err(|e| e.to_string())
+            }
+            .await,
+        ),
     }
 }
 

@@ -14,6 +14,12 @@ pub const CALLBACK_BREAKS: &str = "callback_breaks";
 pub const EVICTIONS: &str = "evictions";
 /// Connections to servers that died (server crash, restart, network cut).
 pub const CONNECTIONS_LOST: &str = "connections_lost";
+/// Reads that needed the server while it could not be reached (hoard misses).
+pub const DISCONNECTED_MISSES: &str = "disconnected_misses";
+/// Logged records the servers accepted at reintegration.
+pub const RECORDS_REINTEGRATED: &str = "records_reintegrated";
+/// Logged records the servers refused at reintegration (each is a listed conflict).
+pub const CONFLICTS: &str = "conflicts";
 /// Volumes confirmed current as a whole (by their stamp) after a restart or reconnection.
 pub const VOLUMES_VALIDATED: &str = "volumes_validated";
 
@@ -26,6 +32,9 @@ const OTHERS: &[&str] = &[
     EVICTIONS,
     CONNECTIONS_LOST,
     VOLUMES_VALIDATED,
+    DISCONNECTED_MISSES,
+    RECORDS_REINTEGRATED,
+    CONFLICTS,
 ];
 
 pub struct Counters {

@@ -39,6 +39,9 @@ pub enum VenusError {
     /// descriptor); it stays dirty and is stored again later.
     #[error("the file changed while it was being stored")]
     ChangedDuringStore,
+    /// Disconnected, and the object is not in the cache.
+    #[error("not cached, and the servers cannot be reached")]
+    NotCached,
 }
 
 pub type Result<T, E = VenusError> = std::result::Result<T, E>;
@@ -78,6 +81,7 @@ impl VenusError {
             VenusError::IsDirectory => libc::EISDIR,
             VenusError::ReadOnly(_) => libc::EROFS,
             VenusError::ChangedDuringStore => libc::EAGAIN,
+            VenusError::NotCached => libc::EIO,
         }
     }
 

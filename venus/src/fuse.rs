@@ -425,8 +425,18 @@ impl Filesystem for VenusFs {
         reply.statfs(blocks, free, free, u.objects + 1_000_000, 1_000_000, bsize as u32, 255, bsize as u32);
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name != STATE_XATTR {
+            return reply.error(Errno::ENODATA);
+        }
+        let value = self.core.object_state(ino.0).as_bytes();
+        xattr_reply(reply, size, value);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut names = STATE_XATTR.as_bytes().to_vec();
+        names.push(0);
+        xattr_reply(reply, size, &names);
     }
 
     fn create(
@@ -466,6 +476,20 @@ impl Filesystem for VenusFs {
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+}
+
+/// The extended attribute that tells a file's state: cached, dirty, pending, conflict.
+const STATE_XATTR: &str = "user.afs.state";
+
+/// The xattr protocol: a zero size asks for the length; a too-small buffer is ERANGE.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
     }
 }
 

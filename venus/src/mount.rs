@@ -12,6 +12,9 @@ use crate::control;
 use crate::fs::{Config, Inval, Kernel, Venus};
 use crate::fuse::{NotifierKernel, VenusFs};
 
+/// How often venus checks on unreachable servers and pending changes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 pub struct MountOptions {
     pub config: Config,
     pub mountpoint: PathBuf,
@@ -84,9 +87,18 @@ pub fn run(opts: MountOptions) -> Result<()> {
     }
     let background = session.spawn().context("starting the FUSE session")?;
     {
-        // What the cache holds is trusted again after one volume-stamp check per cell.
+        // What the cache holds is trusted again after one volume-stamp check per cell; then a
+        // heartbeat watches for servers coming back and drains the modification log.
         let core = core.clone();
-        rt.spawn(async move { core.revalidate_all().await });
+        rt.spawn(async move {
+            core.revalidate_all().await;
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                core.tick().await;
+            }
+        });
     }
     tracing::info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "venus mounted");
 

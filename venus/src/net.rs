@@ -37,6 +37,8 @@ pub struct CellConn {
     names: Mutex<HashMap<String, VolumeId>>,
     counters: Arc<Counters>,
     events: Arc<dyn Events>,
+    /// Set when a server of the cell stopped answering; cleared when one answers again.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl CellConn {
@@ -67,7 +69,33 @@ impl CellConn {
             names: Mutex::new(HashMap::new()),
             counters,
             events,
+            down: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the cell's servers are believed unreachable (requests would only time out).
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, std::sync::atomic::Ordering::Relaxed);
+        if was != down {
+            tracing::info!(cell = %self.name(), "servers {}", if down { "unreachable: working from the cache" } else { "reachable again" });
+        }
+    }
+
+    /// Checks whether the cell answers, with a fresh connection and a short timeout.
+    pub async fn probe(&self) -> bool {
+        let server = self.any_server();
+        self.forget_session(server).await;
+        match self.session(server).await {
+            Ok(_) => {
+                self.set_down(false);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -90,7 +118,16 @@ impl CellConn {
             return Ok((s.clone(), false));
         }
         let entry = self.server_entry(server)?;
-        let session = self.connector.connect(&entry, self.client, self.timeout).await?;
+        let session = match self.connector.connect(&entry, self.client, self.timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                if e.is_unreachable() {
+                    self.set_down(true);
+                }
+                return Err(e.into());
+            }
+        };
+        self.set_down(false);
         if sessions.contains_key(&server) {
             // We were connected before: the server may have restarted (its promises live in
             // memory) or sent breaks we never heard. Trust nothing it promised until revalidated.
@@ -185,6 +222,7 @@ impl CellConn {
     async fn failed(&self, server: ServerId, e: ProtoError) -> VenusError {
         if e.is_unreachable() {
             self.forget_session(server).await;
+            self.set_down(true);
         }
         e.into()
     }

@@ -45,8 +45,10 @@ impl Venus {
     fn break_object(&self, g: GFid) {
         self.unpromise(&g);
         let ino = g.ino();
-        // A directory's cached entries may name things that are gone or changed.
-        if let Ok(Some(old)) = self.cache.drop_listing(&g) {
+        // A directory's cached entries may name things that are gone or changed: the kernel
+        // forgets them; venus keeps the listing (no longer promised, so it is fetched again
+        // while connected) because offline it is the best there is.
+        if let Some(old) = self.cache.listing(&g) {
             for e in old {
                 self.invalidate(super::Inval::Entry { parent: ino, name: e.name.into_string() });
             }

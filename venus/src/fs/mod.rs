@@ -8,8 +8,12 @@
 //! servers drop cached state and invalidate the kernel's caches (`breaks.rs`).
 
 mod breaks;
+pub mod conflicts;
+mod emulate;
+pub mod modes;
 mod paths;
 mod read;
+mod reintegrate;
 pub mod status;
 mod store;
 mod volumes;
@@ -89,6 +93,10 @@ pub struct Venus {
     cell_names: Vec<(String, CellId)>,
     inodes: Mutex<HashMap<u64, GFid>>,
     promises: Mutex<HashMap<GFid, Instant>>,
+    /// `venus disconnect` (see `modes.rs`).
+    forced: Mutex<modes::Forced>,
+    /// Volumes with records in the modification log.
+    pending: Mutex<std::collections::HashSet<(CellId, proto::VolumeId)>>,
     /// Volume promises (see `volumes.rs`).
     vol_promises: Mutex<HashMap<(CellId, proto::VolumeId), Instant>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -149,6 +157,15 @@ impl Venus {
         for cell in &config.cells {
             ids.push(cache.cell_id(&cell.cell)?);
         }
+        // Changes logged before a restart wait for reintegration.
+        let pending = cml
+            .summary()?
+            .into_iter()
+            .filter_map(|log| {
+                let i = config.cells.iter().position(|c| c.cell == log.cell)?;
+                Some((ids[i], log.volume))
+            })
+            .collect();
         Ok(Arc::new_cyclic(|weak| {
             let events: Arc<dyn Events> = Arc::new(EventSink(weak.clone()));
             let mut cells = HashMap::new();
@@ -172,6 +189,8 @@ impl Venus {
                 inodes: Mutex::new(HashMap::new()),
                 promises: Mutex::new(HashMap::new()),
                 vol_promises: Mutex::new(HashMap::new()),
+                forced: Mutex::new(Default::default()),
+                pending: Mutex::new(pending),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 fetching: Mutex::new(HashMap::new()),
@@ -316,9 +335,30 @@ impl Venus {
 
     /// The root of a cell's `root.cell` volume.
     pub async fn cell_root(&self, cell: CellId) -> Result<GFid> {
-        let conn = self.cell(cell)?;
-        let volume = conn.volume_id("root.cell").await?;
+        let volume = self.volume_id(cell, "root.cell").await?;
         Ok(GFid::new(cell, Fid::root(volume)))
+    }
+
+    /// A volume's id by name: from the location service, remembered in the cache index so the
+    /// namespace can be walked with no server at all (a laptop started on a train).
+    pub async fn volume_id(&self, cell: CellId, name: &str) -> Result<proto::VolumeId> {
+        let conn = self.cell(cell)?;
+        let cell_forced = lock(&self.forced).contains(&(cell, None));
+        if !conn.is_down() && !cell_forced {
+            match conn.volume_id(name).await {
+                Ok(id) => {
+                    let mut state = self.cache.volume(cell, id);
+                    if state.name.as_deref() != Some(name) {
+                        state.name = Some(name.to_string());
+                        self.cache.set_volume(cell, id, state)?;
+                    }
+                    return Ok(id);
+                }
+                Err(VenusError::Unreachable(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.cache.volume_named(cell, name).ok_or(VenusError::NotCached)
     }
 }
 

@@ -17,14 +17,20 @@ use crate::ids::{CellId, GFid};
 impl Venus {
     /// An object's attributes: cached while its promise holds, fetched otherwise.
     pub async fn status(&self, g: GFid) -> Result<Attr> {
-        if self.valid(&g)
-            && let Some(a) = self.cache.attr(&g)
+        let cached = self.cache.attr(&g);
+        if let Some(a) = &cached
+            && (self.valid(&g) || self.emulating(g.cell, g.fid.volume))
         {
             self.counters.add(counters::CACHE_HITS, 1);
-            return Ok(a);
+            return Ok(a.clone());
+        }
+        if !self.reachable(g.cell, g.fid.volume) {
+            return Err(self.miss(g));
         }
         let conn = self.cell(g.cell)?;
         match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
+            // The server just went away: what we have is what we serve.
+            Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
             Ok(Response::Status { attr, promise }) => {
                 self.cache.put_attr(g.cell, attr.clone())?;
                 self.promised(g, promise);
@@ -42,14 +48,19 @@ impl Venus {
 
     /// A directory's entries: cached while its promise holds, fetched whole otherwise.
     pub async fn listing(&self, g: GFid) -> Result<Vec<DirEntry>> {
-        if self.valid(&g)
-            && let Some(entries) = self.cache.listing(&g)
+        let cached = self.cache.listing(&g);
+        if let Some(entries) = &cached
+            && (self.valid(&g) || self.emulating(g.cell, g.fid.volume))
         {
             self.counters.add(counters::CACHE_HITS, 1);
-            return Ok(entries);
+            return Ok(entries.clone());
+        }
+        if !self.reachable(g.cell, g.fid.volume) {
+            return Err(self.miss(g));
         }
         let conn = self.cell(g.cell)?;
         match conn.call(Some(g.fid.volume), &Request::FetchDir { fid: g.fid }).await {
+            Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
             Ok(Response::Dir { attr, entries, promise }) => {
                 self.cache.put_attr(g.cell, attr)?;
                 self.cache.put_listing(g, entries.clone())?;
@@ -82,6 +93,9 @@ impl Venus {
             self.cache.touch(&g);
             return Ok(attr);
         }
+        if !self.reachable(g.cell, g.fid.volume) {
+            return Err(self.miss(g));
+        }
         self.counters.add(counters::CACHE_MISSES, 1);
         let evicted = self.cache.reserve(attr.size)?;
         self.counters.add(counters::EVICTIONS, evicted);
@@ -99,7 +113,10 @@ impl Venus {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+                return Err(match e {
+                    VenusError::Unreachable(_) => self.miss(g),
+                    other => other,
+                });
             }
         };
         file.flush()?;
@@ -111,6 +128,14 @@ impl Venus {
         Ok(attr)
     }
 
+    /// A read that needs the server while it cannot be reached: a clear error, logged and
+    /// counted (a hoard miss).
+    pub(crate) fn miss(&self, g: GFid) -> VenusError {
+        self.counters.add(counters::DISCONNECTED_MISSES, 1);
+        tracing::info!(object = %g, "not in the cache, and the servers cannot be reached");
+        VenusError::NotCached
+    }
+
     /// Where a mount point leads: the root of the volume it names.
     pub(crate) async fn cross(&self, cell: CellId, mount_point: &Attr) -> Result<GFid> {
         let target = mount_point.link.as_deref().unwrap_or("");
@@ -120,7 +145,7 @@ impl Venus {
             Some((name, vol)) => (self.cell_by_name(name).ok_or(VenusError::NotFound)?, vol),
             None => (cell, body),
         };
-        let id = self.cell(cell)?.volume_id(volume).await?;
+        let id = self.volume_id(cell, volume).await?;
         Ok(GFid::new(cell, Fid::root(id)))
     }
 

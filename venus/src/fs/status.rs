@@ -16,6 +16,7 @@ pub struct Status {
     pub volumes: Vec<VolumeStatus>,
     /// Records in the client modification log not yet accepted by a server.
     pub pending_records: u64,
+    pub conflicts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,9 +36,11 @@ pub struct ServerStatus {
 pub struct VolumeStatus {
     pub cell: String,
     pub volume: u64,
-    pub state: String,
+    pub name: Option<String>,
+    pub state: super::modes::Mode,
     pub pending_records: u64,
     pub pending_bytes: u64,
+    pub oldest_pending: Option<proto::Timestamp>,
 }
 
 impl Venus {
@@ -64,15 +67,21 @@ impl Venus {
             .cache
             .cached_volumes()
             .into_iter()
-            .filter_map(|(cell, volume, _)| {
+            .map(|(cell, volume, _)| (cell, volume))
+            .chain(logs.iter().filter_map(|l| Some((self.cell_by_name(&l.cell)?, l.volume))))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|(cell, volume)| {
                 let name = self.cell(cell).ok()?.name().to_string();
                 let log = logs.iter().find(|l| l.cell == name && l.volume == volume);
                 Some(VolumeStatus {
                     cell: name,
                     volume: volume.0,
-                    state: "connected".into(),
+                    name: self.cache.volume(cell, volume).name,
+                    state: self.mode(cell, volume),
                     pending_records: log.map_or(0, |l| l.records),
                     pending_bytes: log.map_or(0, |l| l.bytes),
+                    oldest_pending: log.and_then(|l| l.oldest),
                 })
             })
             .collect();
@@ -85,6 +94,7 @@ impl Venus {
             counters: self.counters.snapshot(),
             volumes,
             pending_records: self.cml.total_records().unwrap_or(0),
+            conflicts: self.conflicts().map_or(0, |c| c.len() as u64),
         }
     }
 }

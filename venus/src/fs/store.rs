@@ -25,9 +25,35 @@ impl Venus {
         let (chunks, offsets, size, mtime) = tokio::task::spawn_blocking(move || scan(&scan_path))
             .await
             .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
+        if !self.emulating(g.cell, g.fid.volume) {
+            match self.upload(g, &path, &chunks, &offsets).await {
+                // Gone while uploading: the store is logged below and uploaded at reintegration.
+                Ok(()) | Err(VenusError::Unreachable(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (applied, logged) =
+            self.commit_ex(g.cell, Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime }).await?;
+        // Logged only: the container stays dirty (never evicted) until reintegrated.
+        self.cache.set_local(&g, size, logged)?;
+        applied
+            .attrs
+            .into_iter()
+            .find(|a| a.fid == g.fid)
+            .ok_or_else(|| VenusError::Protocol("the store did not return the file".into()))
+    }
+
+    /// Sends the chunks of the container that the server lacks.
+    pub(crate) async fn upload(
+        &self,
+        g: GFid,
+        path: &std::path::Path,
+        chunks: &[ChunkRef],
+        offsets: &[u64],
+    ) -> Result<()> {
         let conn = self.cell(g.cell)?.clone();
         let missing = conn.missing_chunks(g.fid.volume, chunks.iter().map(|c| c.hash).collect()).await?;
-        let file = Arc::new(std::fs::File::open(&path)?);
+        let file = Arc::new(std::fs::File::open(path)?);
         let mut sent = 0u64;
         for batch in missing.chunks(UPLOAD_BATCH) {
             let refs: Vec<ChunkRef> = batch.iter().map(|&i| chunks[i as usize]).collect();
@@ -57,19 +83,12 @@ impl Venus {
             result?;
         }
         self.counters.add(counters::BYTES_STORED, sent);
-        let applied =
-            self.commit(g.cell, Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime }).await?;
-        self.cache.set_local(&g, size, false)?;
-        applied
-            .attrs
-            .into_iter()
-            .find(|a| a.fid == g.fid)
-            .ok_or_else(|| VenusError::Protocol("the server did not return the stored file".into()))
+        Ok(())
     }
 }
 
 /// The container's chunk list, each chunk's offset, its size and mtime.
-fn scan(path: &std::path::Path) -> Result<(Vec<ChunkRef>, Vec<u64>, u64, Timestamp)> {
+pub(crate) fn scan(path: &std::path::Path) -> Result<(Vec<ChunkRef>, Vec<u64>, u64, Timestamp)> {
     let file = std::fs::File::open(path)?;
     let mtime = Timestamp::from_system(file.metadata()?.modified()?);
     let mut chunks = Vec::new();

@@ -122,8 +122,15 @@ impl Venus {
             }
             let me = self.clone();
             tasks.spawn(async move {
-                match me.status(g).await {
-                    Ok(_) | Err(VenusError::NotFound) => Ok(()),
+                // A directory whose listing we hold gets its listing refreshed, not dropped:
+                // the cache stays useful for the next disconnection.
+                let r = if me.cache.listing(&g).is_some() {
+                    me.listing(g).await.map(|_| ())
+                } else {
+                    me.status(g).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) | Err(VenusError::NotFound) => Ok(()),
                     Err(e) => Err(e),
                 }
             });

@@ -27,11 +27,27 @@ pub struct SetAttrRequest {
 impl Venus {
     /// The one write path: log the record, send it, and settle the log with the answer.
     pub(crate) async fn commit(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<Applied> {
+        Ok(self.commit_ex(cell, mutation).await?.0)
+    }
+
+    /// As `commit`; also says whether the change only went into the log (disconnected), so it
+    /// waits for reintegration.
+    pub(crate) async fn commit_ex(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<(Applied, bool)> {
+        let volume = mutation.volume();
+        if self.emulating(cell, volume) {
+            return Ok((self.log_offline(cell, mutation)?, true));
+        }
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
-        let volume = record.mutation.volume();
         let seq = self.cml.append(conn.name(), record.clone())?;
-        let answer = conn.call(Some(volume), &Request::Mutate { record }).await;
+        let answer = conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await;
+        if let Err(VenusError::Unreachable(_)) = answer {
+            // The server went away with the record in flight. It stays in the log and is
+            // replayed at reintegration (if it did reach the server, its op id makes the replay
+            // harmless); meanwhile the cache shows it done.
+            self.mark_pending(cell, volume, true);
+            return Ok((self.apply_local(cell, &record.mutation)?, true));
+        }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error, and the data it carried stays in the container.
         if let Some(seq) = seq {
@@ -43,7 +59,7 @@ impl Venus {
         };
         self.advance_stamp(cell, volume, applied.stamp, 1);
         for attr in &applied.attrs {
-            self.cache.put_attr(cell, attr.clone())?;
+            self.cache.put_attr_with(cell, attr.clone(), true)?;
             self.promised(GFid::new(cell, attr.fid), promise);
         }
         for object in &applied.removed {
@@ -51,7 +67,7 @@ impl Venus {
             self.cache.remove(&g)?;
             self.unpromise(&g);
         }
-        Ok(applied)
+        Ok((applied, false))
     }
 
     fn dir_of(&self, ino: u64) -> Result<GFid> {
@@ -233,6 +249,10 @@ impl Venus {
             self.listing(from).await?.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
         let new_name = Name::new(new_name)?;
         let existing = self.listing(to).await?.into_iter().find(|e| e.name == new_name);
+        // POSIX no-ops (same name, or two names of one file) change nothing and are not logged.
+        if (from == to && src.name == new_name) || existing.as_ref().is_some_and(|e| e.object == src.object) {
+            return Ok(());
+        }
         let replaced = match &existing {
             Some(e) if no_replace => return Err(VenusError::Remote(RemoteError::Exists)),
             Some(e) => {
@@ -342,7 +362,16 @@ impl Venus {
         for _ in 0..10 {
             match self.store_handle(&h).await {
                 Err(VenusError::ChangedDuringStore) => continue,
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    if self.has_pending(h.gfid.cell, h.gfid.fid.volume) {
+                        // Logged, not on a server: make the log and the data survive a crash of
+                        // the machine.
+                        h.file.sync_all()?;
+                        self.cml.sync()?;
+                    }
+                    return Ok(());
+                }
             }
         }
         Err(VenusError::ChangedDuringStore)

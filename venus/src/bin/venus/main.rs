@@ -61,9 +61,39 @@ enum Command {
     Lsmount { path: PathBuf },
     /// Remove the mount point PATH.
     Rmmount { path: PathBuf },
+    /// Work from the cache only (all cells, or one volume) until `venus reconnect`.
+    Disconnect {
+        /// Only this volume: `volume`, `cell:volume`, or a volume id.
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    /// Undo `venus disconnect` and reintegrate what was changed meanwhile.
+    Reconnect,
+    /// Wait until every change is on a server; fails saying why if it cannot be.
+    Sync {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// List conflicts found at reintegration.
+    Conflicts {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict: keep the local version, the server's, or both.
+    Repair {
+        /// The file's path, or its `.conflict-…` copy.
+        path: PathBuf,
+        #[arg(long, value_parser = ["local", "server", "both"])]
+        keep: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
+    // Like other Unix tools: writing into a closed pipe (`| head`) ends the program quietly.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -205,6 +235,56 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rmmount { path } => {
             let path = absolute(&path)?;
             ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Rmmount { path })?;
+            Ok(())
+        }
+        Command::Disconnect { volume } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Disconnect { volume })?;
+            let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+            println!("disconnected: {}", names.join(", "));
+            Ok(())
+        }
+        Command::Reconnect => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            ask(&cache, &ControlRequest::Reconnect)?;
+            println!("reconnecting; `venus sync` waits until everything is on the servers");
+            Ok(())
+        }
+        Command::Sync { timeout } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            ask(&cache, &ControlRequest::Sync { timeout_secs: timeout })?;
+            println!("everything is on the servers");
+            Ok(())
+        }
+        Command::Conflicts { json } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Conflicts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            for c in &list {
+                println!(
+                    "{} in {} volume {}: {} — {}{}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["cell"].as_str().unwrap_or("?"),
+                    c["volume"],
+                    c["kind"].as_str().unwrap_or("?"),
+                    c["detail"].as_str().unwrap_or(""),
+                    c["copy_name"].as_str().map(|n| format!("; local version kept as {n}")).unwrap_or_default()
+                );
+            }
+            println!("{} conflicts", list.len());
+            Ok(())
+        }
+        Command::Repair { path, keep } => {
+            let path = absolute(&path)?;
+            ask(
+                &cache_for(&cli.cache, Some(&path)),
+                &ControlRequest::Repair { path: path.clone(), keep: keep.clone() },
+            )?;
+            println!("repaired {} (kept {keep})", path.display());
             Ok(())
         }
     }

@@ -42,6 +42,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like other Unix tools: writing into a closed pipe (`| head`) ends the program quietly.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,0 +1,433 @@
+//! Conflicts found at reintegration, and their repair. Nothing is ever dropped: the server's
+//! copy stays at its name, and the local version is kept next to it as
+//! `<name>.conflict-<client>-<yyyymmddThhmmss>` (under `.conflicts` in the volume root when its
+//! directory is gone). Each conflict is recorded for `venus conflicts` until `venus repair`
+//! settles it.
+
+use std::sync::Arc;
+
+use proto::msg::Response;
+use proto::{Applied, Base, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, RemoteError};
+use proto::{Request, Seen, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::Venus;
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+/// The directory in a volume's root where local versions go when their own directory is gone.
+pub const CONFLICT_DIR: &str = ".conflicts";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConflictInfo {
+    pub id: u64,
+    pub cell: String,
+    pub volume: u64,
+    /// What happened, e.g. `update/update`, `update/remove`, `name taken`, `remove/update`.
+    pub kind: String,
+    /// The server's reason.
+    pub detail: String,
+    /// The original name and its directory.
+    #[serde(with = "fid_text")]
+    pub dir: Option<Fid>,
+    pub name: Option<String>,
+    /// Where the local version was kept, if the change carried data or a new object.
+    #[serde(with = "fid_text")]
+    pub copy_dir: Option<Fid>,
+    pub copy_name: Option<String>,
+    #[serde(with = "fid_text")]
+    pub copy: Option<Fid>,
+    pub local_size: Option<u64>,
+    pub at: Timestamp,
+}
+
+/// Fids as text (`volume.object`, as `venus fid` prints them): 128-bit ids do not fit JSON
+/// numbers.
+mod fid_text {
+    use proto::Fid;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &Option<Fid>, s: S) -> Result<S::Ok, S::Error> {
+        f.map(|f| f.to_string()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fid>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// `20261122T045959` for a Unix time, in UTC.
+pub fn compact_utc(t: Timestamp) -> String {
+    let days = t.secs.div_euclid(86_400);
+    let secs = t.secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+impl Venus {
+    fn conflict_name(&self, name: &str) -> Result<Name> {
+        let client = self.client.to_string();
+        let suffix = format!(".conflict-{}-{}", &client[..8], compact_utc(Timestamp::now()));
+        let keep = proto::name::MAX_NAME_LEN.saturating_sub(suffix.len());
+        let mut base: String = name.chars().take(keep).collect();
+        while base.len() > keep {
+            base.pop();
+        }
+        Ok(Name::new(format!("{base}{suffix}"))?)
+    }
+
+    /// Sends one mutation now, bypassing the log (repairs made during reintegration).
+    async fn send_now(&self, cell: CellId, mutation: Mutation) -> Result<Applied> {
+        let volume = mutation.volume();
+        let record = Record { op: OpId::random(), mutation };
+        match self.cell(cell)?.call(Some(volume), &Request::Mutate { record }).await? {
+            Response::Applied { result, .. } => Ok(result?),
+            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The directory entry naming `object`, from the cached listings of its volume.
+    fn locate(&self, cell: CellId, object: Fid) -> Option<(Fid, String)> {
+        for dir in self.cache.objects_in(cell, object.volume) {
+            if let Some(entries) = self.cache.listing(&dir)
+                && let Some(e) = entries.iter().find(|e| e.object == object.object)
+            {
+                return Some((dir.fid, e.name.to_string()));
+            }
+        }
+        None
+    }
+
+    /// The volume's `.conflicts` directory, made if missing.
+    async fn conflict_dir(&self, cell: CellId, volume: proto::VolumeId) -> Result<Fid> {
+        let root = Fid::root(volume);
+        let conn = self.cell(cell)?.clone();
+        if let Response::Dir { entries, .. } = conn.call(Some(volume), &Request::FetchDir { fid: root }).await?
+            && let Some(e) = entries.iter().find(|e| e.name.as_str() == CONFLICT_DIR)
+        {
+            return Ok(Fid::new(volume, e.object));
+        }
+        let object = ObjectId::random();
+        let m = Mutation::MakeDir {
+            parent: root,
+            name: Name::new(CONFLICT_DIR)?,
+            object,
+            mode: 0o755,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        };
+        match self.send_now(cell, m).await {
+            Ok(_) => Ok(Fid::new(volume, object)),
+            // Made concurrently by someone else: use theirs.
+            Err(VenusError::Remote(RemoteError::Conflict(ConflictKind::NameTaken { existing }))) => {
+                Ok(Fid::new(volume, existing))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handles a record the server refused at reintegration.
+    pub(crate) async fn conflict(self: &Arc<Self>, cell: CellId, record: &Record, refusal: RemoteError) -> Result<()> {
+        let volume = record.mutation.volume();
+        let mut info = ConflictInfo {
+            id: 0,
+            cell: self.cell(cell)?.name().to_string(),
+            volume: volume.0,
+            kind: String::new(),
+            detail: refusal.to_string(),
+            dir: None,
+            name: None,
+            copy_dir: None,
+            copy_name: None,
+            copy: None,
+            local_size: None,
+            at: Timestamp::now(),
+        };
+        match (&record.mutation, &refusal) {
+            // Removed on both sides: nothing to settle.
+            (Mutation::Remove { .. } | Mutation::RemoveDir { .. }, RemoteError::NotFound) => return Ok(()),
+            (Mutation::Store { fid, chunks, mtime, .. }, RemoteError::Conflict(k)) => {
+                info.kind =
+                    if matches!(k, ConflictKind::ObjectGone) { "update/remove" } else { "update/update" }.into();
+                let (dir, name) = match self.locate(cell, *fid) {
+                    Some(x) => x,
+                    None => (self.conflict_dir(cell, volume).await?, format!("{}", fid.object)),
+                };
+                info.dir = Some(dir);
+                info.name = Some(name.clone());
+                info.local_size = Some(proto::chunk::total_len(chunks));
+                let cname = self.conflict_name(&name)?;
+                let copy = ObjectId::random();
+                let attr = self.cache.attr(&GFid::new(cell, *fid));
+                let create = |parent: Fid, name: Name| Mutation::Create {
+                    parent,
+                    name,
+                    object: copy,
+                    mode: attr.as_ref().map_or(0o644, |a| a.mode),
+                    owner: attr.as_ref().map_or(0, |a| a.owner),
+                    group: attr.as_ref().map_or(0, |a| a.group),
+                    mtime: *mtime,
+                };
+                let (copy_dir, applied) = match self.send_now(cell, create(dir, cname.clone())).await {
+                    Ok(a) => (dir, a),
+                    Err(VenusError::Remote(RemoteError::Conflict(ConflictKind::ParentGone))) => {
+                        let cdir = self.conflict_dir(cell, volume).await?;
+                        (cdir, self.send_now(cell, create(cdir, cname.clone())).await?)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let version =
+                    applied.attrs.iter().find(|a| a.fid.object == copy).map(|a| a.version.clone()).unwrap_or_default();
+                let copy_fid = Fid::new(volume, copy);
+                self.send_now(
+                    cell,
+                    Mutation::Store {
+                        fid: copy_fid,
+                        base: Base::Version(version),
+                        chunks: chunks.clone(),
+                        mtime: *mtime,
+                    },
+                )
+                .await?;
+                info.copy_dir = Some(copy_dir);
+                info.copy_name = Some(cname.to_string());
+                info.copy = Some(copy_fid);
+                // The local version is safe on the server now; the original name shows the
+                // server's copy again.
+                let g = GFid::new(cell, *fid);
+                if let Some(c) = self.cache.get(&g) {
+                    self.cache.set_local(&g, c.data_size, false)?;
+                    self.cache.flush(&g)?;
+                }
+            }
+            (
+                Mutation::Create { .. }
+                | Mutation::MakeDir { .. }
+                | Mutation::Symlink { .. }
+                | Mutation::MakeMountPoint { .. }
+                | Mutation::Link { .. }
+                | Mutation::Rename { .. },
+                RemoteError::Conflict(k @ (ConflictKind::NameTaken { .. } | ConflictKind::ParentGone)),
+            ) => {
+                // The new name (or its directory) is taken or gone on the server: the local
+                // object goes in under a conflict name, so later records naming it by id work.
+                let gone = matches!(k, ConflictKind::ParentGone);
+                info.kind = if gone { "directory gone" } else { "name taken" }.into();
+                let (dir, name) = target_of(&record.mutation);
+                info.dir = Some(dir);
+                info.name = Some(name.to_string());
+                let cname = self.conflict_name(name.as_str())?;
+                let cdir = if gone { self.conflict_dir(cell, volume).await? } else { dir };
+                let redo = renamed(&record.mutation, cdir, cname.clone());
+                self.send_now(cell, redo).await?;
+                info.copy_dir = Some(cdir);
+                info.copy_name = Some(cname.to_string());
+                info.copy = object_of(&record.mutation).map(|o| Fid::new(volume, o));
+            }
+            (m, _) => {
+                info.kind = match m {
+                    Mutation::Remove { .. } => "remove/update",
+                    Mutation::RemoveDir { .. } => "rmdir/new entries",
+                    Mutation::SetAttr { .. } => "setattr/update",
+                    Mutation::Rename { .. } => "rename",
+                    _ => "refused",
+                }
+                .into();
+                let (dir, name) = target_of(m);
+                info.dir = Some(dir);
+                info.name = Some(name.to_string());
+            }
+        }
+        self.counters.add(crate::counters::CONFLICTS, 1);
+        tracing::warn!(cell = %info.cell, kind = %info.kind, name = ?info.name, copy = ?info.copy_name, detail = %info.detail, "conflict");
+        self.cache.add_conflict(info)?;
+        Ok(())
+    }
+
+    pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
+        self.cache.conflicts()
+    }
+
+    /// `venus repair PATH --keep local|server|both`, PATH naming the original or the copy.
+    pub async fn repair(&self, components: &[String], keep: &str) -> Result<ConflictInfo> {
+        let (name, parent) = components.split_last().ok_or(VenusError::Unsupported("the mount root"))?;
+        let dir = match self.resolve(parent).await? {
+            super::Node::Object(g) => g,
+            super::Node::Root => return Err(VenusError::NotFound),
+        };
+        let info = self
+            .conflicts()?
+            .into_iter()
+            .find(|c| {
+                (c.dir == Some(dir.fid) && c.name.as_deref() == Some(name))
+                    || (c.copy_dir == Some(dir.fid) && c.copy_name.as_deref() == Some(name))
+            })
+            .ok_or(VenusError::NotFound)?;
+        let cell = dir.cell;
+        let conn = self.cell(cell)?.clone();
+        let status = |fid: Fid| {
+            let conn = conn.clone();
+            async move {
+                match conn.call(Some(fid.volume), &Request::FetchStatus { fid }).await? {
+                    Response::Status { attr, .. } => Ok::<_, VenusError>(attr),
+                    other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+                }
+            }
+        };
+        match keep {
+            "both" => {}
+            "server" => {
+                if let (Some(cdir), Some(cname), Some(copy)) = (info.copy_dir, &info.copy_name, info.copy) {
+                    let attr = status(copy).await?;
+                    let m = if attr.kind == ObjectKind::Directory {
+                        Mutation::RemoveDir { parent: cdir, name: Name::new(cname.as_str())?, object: copy.object }
+                    } else {
+                        Mutation::Remove {
+                            parent: cdir,
+                            name: Name::new(cname.as_str())?,
+                            seen: Seen { object: copy.object, base: Base::Version(attr.version) },
+                        }
+                    };
+                    self.send_now(cell, m).await?;
+                }
+            }
+            "local" => match (info.dir, &info.name, info.copy_dir, &info.copy_name, info.copy) {
+                (Some(odir), Some(oname), Some(cdir), Some(cname), Some(copy)) => {
+                    let entries = match conn.call(Some(odir.volume), &Request::FetchDir { fid: odir }).await? {
+                        Response::Dir { entries, .. } => entries,
+                        other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+                    };
+                    let replaced = match entries.iter().find(|e| e.name.as_str() == oname) {
+                        Some(e) => Some(Seen {
+                            object: e.object,
+                            base: Base::Version(status(Fid::new(odir.volume, e.object)).await?.version),
+                        }),
+                        None => None,
+                    };
+                    self.send_now(
+                        cell,
+                        Mutation::Rename {
+                            from: cdir,
+                            from_name: Name::new(cname.as_str())?,
+                            object: copy.object,
+                            to: odir,
+                            to_name: Name::new(oname.as_str())?,
+                            replaced,
+                        },
+                    )
+                    .await?;
+                }
+                _ if info.kind == "remove/update" => {
+                    // Keep the local removal: remove the server's copy after all.
+                    if let (Some(odir), Some(oname)) = (info.dir, &info.name) {
+                        let entries = match conn.call(Some(odir.volume), &Request::FetchDir { fid: odir }).await? {
+                            Response::Dir { entries, .. } => entries,
+                            other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+                        };
+                        if let Some(e) = entries.iter().find(|e| e.name.as_str() == oname) {
+                            let version = status(Fid::new(odir.volume, e.object)).await?.version;
+                            let seen = Seen { object: e.object, base: Base::Version(version) };
+                            self.send_now(cell, Mutation::Remove { parent: odir, name: e.name.clone(), seen }).await?;
+                        }
+                    }
+                }
+                _ => {
+                    return Err(VenusError::Unsupported(
+                        "this conflict has no local version to keep; use --keep server",
+                    ));
+                }
+            },
+            _ => return Err(VenusError::Unsupported("keep must be local, server or both")),
+        }
+        self.cache.remove_conflict(info.id)?;
+        for d in [info.dir, info.copy_dir].into_iter().flatten() {
+            let g = GFid::new(cell, d);
+            self.unpromise(&g);
+            if let Ok(Some(old)) = self.cache.drop_listing(&g) {
+                for e in old {
+                    self.invalidate(super::Inval::Entry { parent: g.ino(), name: e.name.into_string() });
+                }
+            }
+            self.invalidate(super::Inval::Inode(g.ino()));
+        }
+        Ok(info)
+    }
+}
+
+/// The directory and name a mutation is about (for renames: the target).
+fn target_of(m: &Mutation) -> (Fid, Name) {
+    match m {
+        Mutation::Create { parent, name, .. }
+        | Mutation::MakeDir { parent, name, .. }
+        | Mutation::Symlink { parent, name, .. }
+        | Mutation::MakeMountPoint { parent, name, .. }
+        | Mutation::Link { parent, name, .. }
+        | Mutation::Remove { parent, name, .. }
+        | Mutation::RemoveDir { parent, name, .. } => (*parent, name.clone()),
+        Mutation::Rename { to, to_name, .. } => (*to, to_name.clone()),
+        Mutation::Store { fid, .. } | Mutation::SetAttr { fid, .. } => {
+            // No name in the record: the object's own id stands in.
+            (Fid::root(fid.volume), Name::new(format!("{}", fid.object)).unwrap_or_else(|_| unreachable_name()))
+        }
+    }
+}
+
+fn unreachable_name() -> Name {
+    // A hex object id is always a valid name; this is never used.
+    Name::new("object").expect("constant name is valid")
+}
+
+fn object_of(m: &Mutation) -> Option<ObjectId> {
+    match m {
+        Mutation::Create { object, .. }
+        | Mutation::MakeDir { object, .. }
+        | Mutation::Symlink { object, .. }
+        | Mutation::MakeMountPoint { object, .. }
+        | Mutation::Rename { object, .. } => Some(*object),
+        Mutation::Link { target, .. } => Some(*target),
+        _ => None,
+    }
+}
+
+/// The same mutation under another name (and maybe in another directory).
+fn renamed(m: &Mutation, dir: Fid, name: Name) -> Mutation {
+    let mut m = m.clone();
+    match &mut m {
+        Mutation::Create { parent, name: n, .. }
+        | Mutation::MakeDir { parent, name: n, .. }
+        | Mutation::Symlink { parent, name: n, .. }
+        | Mutation::MakeMountPoint { parent, name: n, .. }
+        | Mutation::Link { parent, name: n, .. } => {
+            *parent = dir;
+            *n = name;
+        }
+        Mutation::Rename { to, to_name, replaced, .. } => {
+            *to = dir;
+            *to_name = name;
+            *replaced = None;
+        }
+        _ => {}
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formatting() {
+        let t = |secs| proto::Timestamp { secs, nanos: 0 };
+        assert_eq!(super::compact_utc(t(0)), "19700101T000000");
+        assert_eq!(super::compact_utc(t(951_782_400)), "20000229T000000");
+        assert_eq!(super::compact_utc(t(1_795_320_770)), "20261122T041250");
+    }
+}

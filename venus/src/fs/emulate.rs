@@ -1,0 +1,275 @@
+//! Emulation: applying a mutation to the cache alone, while the volume is disconnected (or
+//! still has logged changes to reintegrate).
+//!
+//! The change is checked against the cached state with the server's rules, logged in the client
+//! modification log (durably, before the system call returns), and applied to the cached
+//! attributes; callers edit the cached listings as they do when connected. Records logged while
+//! disconnected take their bases from the log (the last logged change of an object) so a chain
+//! of offline changes certifies at reintegration.
+
+use proto::attr::MODE_MASK;
+use proto::{Applied, Attr, Fid, Mutation, ObjectId, ObjectKind, OpId, Record, RemoteError, Timestamp};
+use proto::{ConflictKind, VersionVector, VolumeStamp};
+
+use super::Venus;
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+impl Venus {
+    /// Logs a mutation without sending it and applies it to the cache.
+    pub(crate) fn log_offline(&self, cell: CellId, mut mutation: Mutation) -> Result<Applied> {
+        self.rebase(cell, &mut mutation)?;
+        self.check_local(cell, &mutation)?;
+        let volume = mutation.volume();
+        let last_name = match &mutation {
+            Mutation::Remove { parent, seen, .. } => {
+                self.cache.attr(&GFid::new(cell, Fid::new(parent.volume, seen.object))).is_none_or(|a| a.nlink <= 1)
+            }
+            _ => false,
+        };
+        let record = Record { op: OpId::random(), mutation };
+        let name = self.cell(cell)?.name().to_string();
+        if last_name {
+            self.cml.append_removing_last_name(&name, record.clone())?;
+        } else {
+            self.cml.append(&name, record.clone())?;
+        }
+        self.mark_pending(cell, volume, true);
+        self.apply_local(cell, &record.mutation)
+    }
+
+    /// Offline, a change follows the last logged change of its object, not the server version.
+    fn rebase(&self, cell: CellId, m: &mut Mutation) -> Result<()> {
+        let name = self.cell(cell)?.name().to_string();
+        let logged = |fid: Fid| self.cml.base_of(&name, fid);
+        match m {
+            Mutation::Store { fid, base, .. } | Mutation::SetAttr { fid, base, .. } => {
+                if let Some(b) = logged(*fid)? {
+                    *base = b;
+                }
+            }
+            Mutation::Remove { parent, seen, .. } => {
+                if let Some(b) = logged(Fid::new(parent.volume, seen.object))? {
+                    seen.base = b;
+                }
+            }
+            Mutation::Rename { to, replaced: Some(seen), .. } => {
+                if let Some(b) = logged(Fid::new(to.volume, seen.object))? {
+                    seen.base = b;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn cached_dir(&self, g: GFid) -> Result<(Attr, Vec<proto::DirEntry>)> {
+        let attr = self.cache.attr(&g).ok_or(VenusError::NotCached)?;
+        if attr.kind != ObjectKind::Directory {
+            return Err(VenusError::NotDirectory);
+        }
+        let entries = self.cache.listing(&g).ok_or(VenusError::NotCached)?;
+        Ok((attr, entries))
+    }
+
+    /// The server's rules, applied to what the cache knows.
+    fn check_local(&self, cell: CellId, m: &Mutation) -> Result<()> {
+        let taken = |dir: Fid, name: &proto::Name| -> Result<()> {
+            let (_, entries) = self.cached_dir(GFid::new(cell, dir))?;
+            match entries.iter().find(|e| &e.name == name) {
+                Some(e) => {
+                    Err(VenusError::Remote(RemoteError::Conflict(ConflictKind::NameTaken { existing: e.object })))
+                }
+                None => Ok(()),
+            }
+        };
+        match m {
+            Mutation::Create { parent, name, .. }
+            | Mutation::MakeDir { parent, name, .. }
+            | Mutation::Symlink { parent, name, .. }
+            | Mutation::MakeMountPoint { parent, name, .. }
+            | Mutation::Link { parent, name, .. } => taken(*parent, name),
+            Mutation::RemoveDir { parent, object, .. } => {
+                let (_, entries) = self.cached_dir(GFid::new(cell, Fid::new(parent.volume, *object)))?;
+                if entries.is_empty() { Ok(()) } else { Err(VenusError::Remote(RemoteError::NotEmpty)) }
+            }
+            Mutation::Rename { object, to, to_name, replaced, .. } => {
+                let moving =
+                    self.cache.attr(&GFid::new(cell, Fid::new(to.volume, *object))).ok_or(VenusError::NotCached)?;
+                if moving.kind == ObjectKind::Directory {
+                    // Not into itself or below itself.
+                    let mut at = *to;
+                    for _ in 0..10_000 {
+                        if at.object == *object {
+                            return Err(VenusError::Remote(RemoteError::WouldLoop));
+                        }
+                        match self.cache.attr(&GFid::new(cell, at)).and_then(|a| a.parent) {
+                            Some(p) if p != at.object => at = Fid::new(at.volume, p),
+                            _ => break,
+                        }
+                    }
+                }
+                match replaced {
+                    None => taken(*to, to_name),
+                    Some(seen) => {
+                        let victim = GFid::new(cell, Fid::new(to.volume, seen.object));
+                        let v = self.cache.attr(&victim).ok_or(VenusError::NotCached)?;
+                        match (moving.kind == ObjectKind::Directory, v.kind == ObjectKind::Directory) {
+                            (true, false) => Err(VenusError::NotDirectory),
+                            (false, true) => Err(VenusError::IsDirectory),
+                            (true, true) if !self.cached_dir(victim)?.1.is_empty() => {
+                                Err(VenusError::Remote(RemoteError::NotEmpty))
+                            }
+                            _ => Ok(()),
+                        }
+                    }
+                }
+            }
+            Mutation::Store { .. } | Mutation::SetAttr { .. } | Mutation::Remove { .. } => Ok(()),
+        }
+    }
+
+    /// A directory whose entries changed: new mtime, entry count and link count.
+    fn touch_dir(&self, cell: CellId, dir: Fid, entries: i64, links: i64, now: Timestamp, out: &mut Vec<Attr>) {
+        if let Some(mut a) = self.cache.attr(&GFid::new(cell, dir)) {
+            a.mtime = now;
+            a.ctime = now;
+            a.size = (a.size as i64 + entries).max(0) as u64;
+            a.nlink = (i64::from(a.nlink) + links).max(2) as u32;
+            out.retain(|x| x.fid != a.fid);
+            out.push(a);
+        }
+    }
+
+    /// Applies a mutation to the cached attributes. Versions of new objects stay empty: the
+    /// server assigns them at reintegration.
+    pub(crate) fn apply_local(&self, cell: CellId, m: &Mutation) -> Result<Applied> {
+        let now = Timestamp::now();
+        let mut attrs: Vec<Attr> = Vec::new();
+        let mut removed: Vec<ObjectId> = Vec::new();
+        let volume = m.volume();
+        let fresh = |object: ObjectId, kind, mode: u32, owner, group, mtime, link: Option<String>| Attr {
+            fid: Fid::new(volume, object),
+            kind,
+            mode: mode & MODE_MASK,
+            owner,
+            group,
+            size: link.as_ref().map_or(0, |l| l.len() as u64),
+            nlink: if kind == ObjectKind::Directory { 2 } else { 1 },
+            mtime,
+            ctime: now,
+            version: VersionVector::new(),
+            parent: None,
+            link,
+        };
+        match m {
+            Mutation::Store { fid, mtime, chunks, .. } => {
+                if let Some(mut a) = self.cache.attr(&GFid::new(cell, *fid)) {
+                    a.size = proto::chunk::total_len(chunks);
+                    a.mtime = *mtime;
+                    a.ctime = now;
+                    attrs.push(a);
+                }
+            }
+            Mutation::SetAttr { fid, set, .. } => {
+                if let Some(mut a) = self.cache.attr(&GFid::new(cell, *fid)) {
+                    if let Some(v) = set.mode {
+                        a.mode = v & MODE_MASK;
+                    }
+                    if let Some(v) = set.owner {
+                        a.owner = v;
+                    }
+                    if let Some(v) = set.group {
+                        a.group = v;
+                    }
+                    if let Some(v) = set.mtime {
+                        a.mtime = v;
+                    }
+                    a.ctime = now;
+                    attrs.push(a);
+                }
+            }
+            Mutation::Create { parent, object, mode, owner, group, mtime, .. } => {
+                attrs.push(fresh(*object, ObjectKind::File, *mode, *owner, *group, *mtime, None));
+                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
+            }
+            Mutation::MakeDir { parent, object, mode, owner, group, mtime, .. } => {
+                let mut a = fresh(*object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None);
+                a.parent = Some(parent.object);
+                attrs.push(a);
+                self.touch_dir(cell, *parent, 1, 1, now, &mut attrs);
+            }
+            Mutation::Symlink { parent, object, target, owner, group, mtime, .. } => {
+                attrs.push(fresh(*object, ObjectKind::Symlink, 0o777, *owner, *group, *mtime, Some(target.clone())));
+                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
+            }
+            Mutation::MakeMountPoint { parent, object, target, owner, mtime, .. } => {
+                attrs.push(fresh(*object, ObjectKind::MountPoint, 0o755, *owner, 0, *mtime, Some(target.clone())));
+                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
+            }
+            Mutation::Link { parent, target, .. } => {
+                if let Some(mut a) = self.cache.attr(&GFid::new(cell, Fid::new(volume, *target))) {
+                    a.nlink += 1;
+                    a.ctime = now;
+                    attrs.push(a);
+                }
+                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
+            }
+            Mutation::Remove { parent, seen, .. } => {
+                self.unlink_local(cell, Fid::new(volume, seen.object), now, &mut attrs, &mut removed);
+                self.touch_dir(cell, *parent, -1, 0, now, &mut attrs);
+            }
+            Mutation::RemoveDir { parent, object, .. } => {
+                removed.push(*object);
+                self.touch_dir(cell, *parent, -1, -1, now, &mut attrs);
+            }
+            Mutation::Rename { from, object, to, replaced, .. } => {
+                let moved = GFid::new(cell, Fid::new(volume, *object));
+                let is_dir = self.cache.attr(&moved).is_some_and(|a| a.kind == ObjectKind::Directory);
+                if let Some(seen) = replaced {
+                    let victim = Fid::new(volume, seen.object);
+                    let victim_dir =
+                        self.cache.attr(&GFid::new(cell, victim)).is_some_and(|a| a.kind == ObjectKind::Directory);
+                    if victim_dir {
+                        removed.push(seen.object);
+                    } else {
+                        self.unlink_local(cell, victim, now, &mut attrs, &mut removed);
+                    }
+                    self.touch_dir(cell, *to, -1, if victim_dir { -1 } else { 0 }, now, &mut attrs);
+                }
+                let links = i64::from(is_dir && from != to);
+                self.touch_dir(cell, *from, -1, -links, now, &mut attrs);
+                self.touch_dir(cell, *to, 1, links, now, &mut attrs);
+                if let Some(mut a) = self.cache.attr(&moved) {
+                    a.ctime = now;
+                    if is_dir {
+                        a.parent = Some(to.object);
+                    }
+                    attrs.push(a);
+                }
+            }
+        }
+        for a in &attrs {
+            self.cache.put_attr(cell, a.clone())?;
+        }
+        for o in &removed {
+            let g = GFid::new(cell, Fid::new(volume, *o));
+            if self.cache.get(&g).is_none_or(|c| c.open == 0) {
+                self.cache.remove(&g)?;
+            }
+        }
+        Ok(Applied { attrs, removed, stamp: VolumeStamp::default() })
+    }
+
+    fn unlink_local(&self, cell: CellId, fid: Fid, now: Timestamp, attrs: &mut Vec<Attr>, removed: &mut Vec<ObjectId>) {
+        if let Some(mut a) = self.cache.attr(&GFid::new(cell, fid)) {
+            if a.nlink <= 1 {
+                removed.push(fid.object);
+            } else {
+                a.nlink -= 1;
+                a.ctime = now;
+                attrs.push(a);
+            }
+        }
+    }
+}

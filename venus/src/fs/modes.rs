@@ -1,0 +1,155 @@
+//! Connectivity per volume: connected, disconnected (emulating from the cache), or
+//! reintegrating (the servers answer, but the volume still has logged changes to replay).
+//!
+//! A volume is disconnected when its cell's servers stopped answering (a request timed out or
+//! the connection died) or the user said `venus disconnect`; a background probe notices servers
+//! coming back, and reintegration drains the log. While a volume has logged changes, reads are
+//! served from the cache even if the server answers: the cache holds the newer state.
+
+use std::collections::HashSet;
+
+use proto::VolumeId;
+use serde::{Deserialize, Serialize};
+
+use super::{Venus, lock};
+use crate::ids::CellId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Connected,
+    Disconnected,
+    Reintegrating,
+}
+
+/// What `venus disconnect` asked for: a whole cell, or one volume of it.
+pub(crate) type Forced = HashSet<(CellId, Option<VolumeId>)>;
+
+impl Venus {
+    /// Whether requests for the volume may go to the network at all.
+    pub fn reachable(&self, cell: CellId, volume: VolumeId) -> bool {
+        let forced = {
+            let f = lock(&self.forced);
+            f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
+        };
+        !forced && self.cell(cell).is_ok_and(|c| !c.is_down())
+    }
+
+    pub fn has_pending(&self, cell: CellId, volume: VolumeId) -> bool {
+        lock(&self.pending).contains(&(cell, volume))
+    }
+
+    pub fn mode(&self, cell: CellId, volume: VolumeId) -> Mode {
+        match (self.reachable(cell, volume), self.has_pending(cell, volume)) {
+            (false, _) => Mode::Disconnected,
+            (true, true) => Mode::Reintegrating,
+            (true, false) => Mode::Connected,
+        }
+    }
+
+    /// Reads are served from the cache, without asking, unless the volume is plainly connected.
+    pub(crate) fn emulating(&self, cell: CellId, volume: VolumeId) -> bool {
+        self.mode(cell, volume) != Mode::Connected
+    }
+
+    pub(crate) fn mark_pending(&self, cell: CellId, volume: VolumeId, pending: bool) {
+        let mut p = lock(&self.pending);
+        if pending {
+            p.insert((cell, volume));
+        } else {
+            p.remove(&(cell, volume));
+        }
+    }
+
+    /// `venus disconnect [--volume V]`.
+    pub fn force_disconnect(&self, cell: CellId, volume: Option<VolumeId>) {
+        lock(&self.forced).insert((cell, volume));
+        tracing::info!(cell = cell.0, volume = ?volume, "disconnected by request");
+    }
+
+    /// `venus reconnect`: lifts every forced disconnection.
+    pub fn clear_forced(&self) {
+        lock(&self.forced).clear();
+    }
+}
+
+impl Venus {
+    /// `venus disconnect [--volume [CELL:]VOLUME]`: the volume (or everything) works from the
+    /// cache until `venus reconnect`.
+    pub fn disconnect(&self, volume: Option<&str>) -> crate::error::Result<Vec<String>> {
+        let mut done = Vec::new();
+        for (name, conn) in self.cells() {
+            let cell = conn.id;
+            match volume {
+                None => {
+                    self.force_disconnect(cell, None);
+                    done.push(name.to_string());
+                }
+                Some(spec) => {
+                    let (cell_name, vol) = match spec.split_once(':') {
+                        Some((c, v)) => (Some(c), v),
+                        None => (None, spec),
+                    };
+                    if cell_name.is_some_and(|c| c != name) {
+                        continue;
+                    }
+                    let id = vol.parse::<u64>().ok().map(VolumeId).or_else(|| self.cache.volume_named(cell, vol));
+                    if let Some(id) = id {
+                        self.force_disconnect(cell, Some(id));
+                        done.push(format!("{name}:{vol}"));
+                    }
+                }
+            }
+        }
+        if done.is_empty() {
+            return Err(crate::error::VenusError::NotFound);
+        }
+        Ok(done)
+    }
+
+    /// `venus sync`: waits until every logged change is on a server, or says why it cannot.
+    pub async fn sync(self: &std::sync::Arc<Self>, timeout: std::time::Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.reintegrate_all().await;
+            let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if let Some((cell, volume)) = pending.iter().find(|(c, v)| !self.reachable(*c, *v)) {
+                let name = self.cell(*cell).map(|c| c.name().to_string()).unwrap_or_default();
+                let records = self
+                    .cml
+                    .summary()
+                    .ok()
+                    .and_then(|s| s.into_iter().find(|l| l.cell == name && l.volume == *volume))
+                    .map_or(0, |l| l.records);
+                return Err(format!(
+                    "volume {volume} of cell {name} is disconnected; {records} changes wait for its servers (venus reconnect, or wait for them to answer)"
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("timed out waiting for reintegration".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A file's state for `getfattr -n user.afs.state`.
+    pub fn object_state(&self, ino: u64) -> &'static str {
+        let Ok(super::Node::Object(g)) = self.node(ino) else { return "cached" };
+        if self.conflicts().is_ok_and(|cs| cs.iter().any(|c| c.copy == Some(g.fid))) {
+            return "conflict";
+        }
+        let cell_name = self.cell(g.cell).map(|c| c.name().to_string()).unwrap_or_default();
+        if self.cml.base_of(&cell_name, g.fid).ok().flatten().is_some() {
+            return "pending";
+        }
+        match self.cache.get(&g) {
+            Some(c) if c.dirty => "dirty",
+            Some(c) if c.has_data || self.cache.listing(&g).is_some() => "cached",
+            Some(_) => "attributes",
+            None => "uncached",
+        }
+    }
+}

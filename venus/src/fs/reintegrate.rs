@@ -1,0 +1,162 @@
+//! Reintegration: replaying a volume's log to its server once it answers again.
+//!
+//! Volume by volume, in order, in bounded batches. Data first: each logged store's container is
+//! scanned again and only the chunks the server lacks are sent. The server certifies every
+//! record and applies the batch in one transaction; records it refuses become conflicts, with
+//! the local version kept (`conflicts.rs`). Records are taken from the log with `first()`, which
+//! freezes them: a connection cut mid-way only means the same records are sent again, and their
+//! op ids make the replay harmless.
+
+use std::sync::Arc;
+
+use proto::msg::Response;
+use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
+
+use super::{Venus, lock};
+use crate::error::{Result, VenusError};
+use crate::ids::{CellId, GFid};
+
+/// Records per Reintegrate request.
+const BATCH: usize = 200;
+
+impl Venus {
+    /// The background heartbeat: notices unreachable servers answering again, and drains the
+    /// logs of volumes whose servers answer.
+    pub async fn tick(self: &Arc<Self>) {
+        let cells: Vec<(CellId, Arc<crate::net::CellConn>)> = self.cells().map(|(_, c)| (c.id, c.clone())).collect();
+        for (cell, conn) in cells {
+            let forced = lock(&self.forced).contains(&(cell, None));
+            if conn.is_down() && !forced && conn.probe().await {
+                tracing::info!(cell = %conn.name(), "servers answer again");
+            }
+        }
+        if !lock(&self.pending).is_empty() {
+            self.reintegrate_all().await;
+        }
+    }
+
+    /// Replays every volume with logged changes whose servers answer.
+    pub async fn reintegrate_all(self: &Arc<Self>) {
+        let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
+        for (cell, volume) in pending {
+            if !self.reachable(cell, volume) {
+                continue;
+            }
+            match self.reintegrate_volume(cell, volume).await {
+                Ok(()) => {}
+                Err(e) => tracing::info!(cell = cell.0, %volume, error = %e, "reintegration postponed"),
+            }
+        }
+    }
+
+    pub async fn reintegrate_volume(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
+        // One reintegration per volume at a time.
+        let lock = self.fetch_lock(GFid::new(cell, Fid::root(volume)).reintegration_key());
+        let _one_at_a_time = lock.lock().await;
+        let conn = self.cell(cell)?.clone();
+        let name = conn.name().to_string();
+        let mut missing_rounds = 0;
+        let mut replayed = 0u64;
+        loop {
+            if !self.reachable(cell, volume) {
+                return Err(VenusError::Unreachable("the volume is disconnected".into()));
+            }
+            let entries = self.cml.first(&name, volume, BATCH)?;
+            if entries.is_empty() {
+                break;
+            }
+            // Data first: the current contents of every stored file, only what the server lacks.
+            let mut records = Vec::with_capacity(entries.len());
+            for e in &entries {
+                let mut record = e.record.clone();
+                if let Mutation::Store { fid, chunks, mtime, .. } = &mut record.mutation {
+                    let g = GFid::new(cell, *fid);
+                    let path = self.cache.container(&g);
+                    if path.exists() {
+                        let p = path.clone();
+                        let (c, offsets, _size, mt) = tokio::task::spawn_blocking(move || super::store::scan(&p))
+                            .await
+                            .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
+                        *chunks = c;
+                        *mtime = mt;
+                        self.cml.replace(e.seq, &record)?;
+                        if let Mutation::Store { chunks, .. } = &record.mutation {
+                            self.upload(g, &path, chunks, &offsets).await?;
+                        }
+                    }
+                }
+                records.push(record);
+            }
+            let answer = conn.call(Some(volume), &Request::Reintegrate { volume, records: records.clone() }).await?;
+            let Response::Reintegrated { results, .. } = answer else {
+                return Err(VenusError::Protocol("unexpected reply to Reintegrate".into()));
+            };
+            if results.len() != records.len() {
+                return Err(VenusError::Protocol("Reintegrate answered a different number of records".into()));
+            }
+            let mut retry = false;
+            for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
+                match result {
+                    Ok(applied) => {
+                        self.settled(cell, record, &applied)?;
+                        replayed += 1;
+                    }
+                    // Chunks swept between upload and commit: upload again (bounded).
+                    Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
+                        retry = true;
+                        continue;
+                    }
+                    Err(refusal) => self.conflict(cell, record, refusal).await?,
+                }
+                self.cml.remove(&[entry.seq])?;
+            }
+            if retry {
+                missing_rounds += 1;
+            }
+        }
+        self.mark_pending(cell, volume, false);
+        tracing::info!(cell = %name, %volume, records = replayed, "reintegrated");
+        self.counters.add(crate::counters::RECORDS_REINTEGRATED, replayed);
+        // The cache held our emulated view; from now on it is checked against the server again.
+        self.drop_volume(cell, volume);
+        for g in self.cache.objects_in(cell, volume) {
+            self.unpromise(&g);
+        }
+        if let Err(e) = self.revalidate_cell(cell).await {
+            tracing::info!(error = %e, "revalidation after reintegration postponed");
+        }
+        Ok(())
+    }
+
+    /// A record the server applied: files take their server versions (their data is the same);
+    /// directories are left for revalidation, as later records may still change them locally.
+    fn settled(&self, cell: CellId, record: &proto::Record, applied: &Applied) -> Result<()> {
+        let name = self.cell(cell)?.name().to_string();
+        for attr in &applied.attrs {
+            if attr.kind == ObjectKind::Directory {
+                continue;
+            }
+            let g = GFid::new(cell, attr.fid);
+            let dirty_before = self.cache.get(&g).is_some_and(|c| c.dirty);
+            self.cache.put_attr(cell, attr.clone())?;
+            if let Mutation::Store { fid, .. } = &record.mutation
+                && *fid == attr.fid
+                && dirty_before
+                && self.cml.base_of(&name, *fid)?.is_none()
+            {
+                // Nothing more pending for this file: its container is the server's version.
+                if let Some(c) = self.cache.get(&g) {
+                    self.cache.set_local(&g, c.data_size, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GFid {
+    /// A key no real object uses, for locking a volume's reintegration.
+    fn reintegration_key(self) -> GFid {
+        GFid::new(self.cell, Fid::new(self.fid.volume, proto::ObjectId(0)))
+    }
+}
