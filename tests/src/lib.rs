@@ -389,6 +389,11 @@ impl VenusMount {
     }
 
     pub fn start_with(vice: &Vice, cell: &str, extra: &[&str]) -> Result<VenusMount> {
+        Self::start_with_cell_file(&vice.cell_file_path(), cell, extra)
+    }
+
+    /// Mounts with a given cell file (one that routes through a proxy, say).
+    pub fn start_with_cell_file(cell_file: &Path, cell: &str, extra: &[&str]) -> Result<VenusMount> {
         let dir = tempfile::tempdir()?;
         let mountpoint = dir.path().join("afs");
         std::fs::create_dir_all(&mountpoint)?;
@@ -397,7 +402,7 @@ impl VenusMount {
             dir,
             mountpoint,
             cell: cell.to_string(),
-            cell_file: vice.cell_file_path(),
+            cell_file: cell_file.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log,
@@ -469,6 +474,30 @@ impl VenusMount {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// Records in the modification log not yet on a server.
+    pub fn pending(&self) -> u64 {
+        self.status()["pending_records"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the log is empty: reintegration finished.
+    pub fn wait_reintegrated(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.pending() > 0 {
+            if Instant::now() > deadline {
+                bail!("still {} records pending after 60 s:\n{}", self.pending(), tail(&self.log_text(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Runs a venus subcommand and insists that it succeeds.
+    pub fn venus_ok(&self, args: &[&str]) -> String {
+        let out = self.venus(args);
+        assert!(out.status.success(), "venus {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// How many RPCs of this kind venus has made.
     pub fn rpcs(&self, name: &str) -> u64 {
         self.status()["counters"]["rpcs"][name].as_u64().unwrap_or(0)
@@ -517,6 +546,14 @@ impl VenusMount {
         self.stop()?;
         self.spawn()
     }
+
+    /// Starts again after `stop` or `kill9`.
+    pub fn restart_stopped(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        self.spawn()
+    }
 }
 
 /// The last lines of a log, for failure reports.
@@ -545,4 +582,116 @@ pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
     let mut f = std::fs::File::open(path)?;
     std::io::copy(&mut f, &mut h)?;
     Ok(h.finalize())
+}
+
+/// A UDP proxy on loopback between clients and a server that can drop every packet on command:
+/// a network cut, without touching either process.
+pub struct UdpProxy {
+    pub addr: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Client packets still to forward before cutting by itself (negative: no limit).
+    budget: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl UdpProxy {
+    pub fn start(upstream: &str) -> Result<UdpProxy> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
+        front.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let addr = front.local_addr()?.to_string();
+        let upstream: std::net::SocketAddr = upstream.parse()?;
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let budget = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+        let (c, s, b) = (cut.clone(), stop.clone(), budget.clone());
+        std::thread::spawn(move || {
+            let mut links: std::collections::HashMap<std::net::SocketAddr, Arc<std::net::UdpSocket>> =
+                Default::default();
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, client)) = front.recv_from(&mut buf) else { continue };
+                if b.load(Ordering::Relaxed) == 0 {
+                    c.store(true, Ordering::Relaxed);
+                }
+                if c.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if b.load(Ordering::Relaxed) > 0 {
+                    b.fetch_sub(1, Ordering::Relaxed);
+                }
+                let link = match links.get(&client) {
+                    Some(l) => l.clone(),
+                    None => {
+                        let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else { continue };
+                        if sock.connect(upstream).is_err()
+                            || sock.set_read_timeout(Some(Duration::from_millis(100))).is_err()
+                        {
+                            continue;
+                        }
+                        let sock = Arc::new(sock);
+                        let (back, front2, c2, s2) = (sock.clone(), front.clone(), c.clone(), s.clone());
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65_536];
+                            while !s2.load(Ordering::Relaxed) {
+                                if let Ok(n) = back.recv(&mut buf)
+                                    && !c2.load(Ordering::Relaxed)
+                                {
+                                    let _ = front2.send_to(&buf[..n], client);
+                                }
+                            }
+                        });
+                        links.insert(client, sock.clone());
+                        sock
+                    }
+                };
+                let _ = link.send(&buf[..n]);
+            }
+        });
+        Ok(UdpProxy { addr, cut, stop, budget })
+    }
+
+    /// Forwards `packets` more client packets, then cuts by itself: a cut at a chosen point of
+    /// a conversation, without racing it from outside.
+    pub fn cut_after(&self, packets: i64) {
+        self.budget.store(packets, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drops (true) or forwards (false) every packet from now on.
+    pub fn cut(&self, on: bool) {
+        if !on {
+            self.budget.store(-1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A copy of `vice`'s cell file that sends clients through this proxy.
+    pub fn cell_file(&self, vice: &Vice, dir: &Path) -> Result<PathBuf> {
+        let mut cell = vice.cell_file();
+        cell.servers[0].address = self.addr.clone();
+        let path = dir.join("proxied-cell.toml");
+        std::fs::write(&path, cell.to_toml())?;
+        Ok(path)
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An extended attribute of a file, as text (None if absent).
+pub fn xattr(path: &Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    String::from_utf8(buf).ok()
 }

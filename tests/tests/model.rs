@@ -163,3 +163,42 @@ fn random_operations_match_a_local_directory() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn random_operations_offline_reintegrate_to_the_same_tree() -> anyhow::Result<()> {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("offmodel.test")?;
+    let a = VenusMount::start_with(&vice, "offmodel.test", &["--timeout", "2"])?;
+    let b = VenusMount::start(&vice, "offmodel.test")?;
+    for seed in [3u64, 11, 77, 123, 999, 4242] {
+        let local = tempfile::tempdir()?;
+        let remote = a.path(&format!("off{seed}"));
+        fs::create_dir(&remote)?;
+        for d in ["d", "e", "d/f"] {
+            fs::create_dir(local.path().join(d))?;
+            fs::create_dir(remote.join(d))?;
+        }
+        // Warm the cache: every directory's listing.
+        snapshot(&remote);
+        a.venus_ok(&["disconnect"]);
+        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut succeeded = 0;
+        for step in 0..300 {
+            let op = gen_op(&mut rng);
+            let want = apply(local.path(), &op);
+            let got = apply(&remote, &op);
+            assert_eq!(got, want, "seed {seed} step {step} (offline): {op:?} gave {got:?} on venus, {want:?} locally");
+            succeeded += usize::from(got.is_ok());
+        }
+        let tree = snapshot(local.path());
+        assert!(succeeded > 60, "seed {seed}: only {succeeded} operations succeeded");
+        assert_eq!(snapshot(&remote), tree, "seed {seed}: the offline view differs");
+        a.venus_ok(&["reconnect"]);
+        a.venus_ok(&["sync"]);
+        assert_eq!(a.status()["conflicts"], 0, "seed {seed}: a lone client must not conflict with itself");
+        assert_eq!(snapshot(&b.path(&format!("off{seed}"))), tree, "seed {seed}: the reintegrated tree differs");
+    }
+    Ok(())
+}

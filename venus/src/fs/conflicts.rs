@@ -74,9 +74,18 @@ pub fn compact_utc(t: Timestamp) -> String {
 }
 
 impl Venus {
-    fn conflict_name(&self, name: &str) -> Result<Name> {
+    /// `<name>.conflict-<client>-<yyyymmddThhmmss>`; `salt` (from the record) tells apart two
+    /// conflicts of one name in the same second.
+    fn conflict_name(&self, name: &str, salt: OpId) -> Result<Name> {
         let client = self.client.to_string();
-        let suffix = format!(".conflict-{}-{}", &client[..8], compact_utc(Timestamp::now()));
+        let mut suffix = format!(".conflict-{}-{}", &client[..8], compact_utc(Timestamp::now()));
+        let taken = |suffix: &str| {
+            let full = format!("{name}{suffix}");
+            self.cache.conflicts().is_ok_and(|cs| cs.iter().any(|c| c.copy_name.as_deref() == Some(full.as_str())))
+        };
+        if taken(&suffix) {
+            suffix.push_str(&format!("-{:04x}", salt.0 & 0xffff));
+        }
         let keep = proto::name::MAX_NAME_LEN.saturating_sub(suffix.len());
         let mut base: String = name.chars().take(keep).collect();
         while base.len() > keep {
@@ -87,8 +96,53 @@ impl Venus {
 
     /// Sends one mutation now, bypassing the log (repairs made during reintegration).
     async fn send_now(&self, cell: CellId, mutation: Mutation) -> Result<Applied> {
+        self.send_as(cell, OpId::random(), mutation).await
+    }
+
+    /// An op id derived from a logged record's: a recovery step retried after a lost connection
+    /// is answered from the server's memory instead of being done twice.
+    fn derived_op(op: OpId, step: &str) -> OpId {
+        let mut h = blake3::Hasher::new();
+        h.update(&op.0.to_le_bytes());
+        h.update(step.as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        OpId(u128::from_le_bytes(b))
+    }
+
+    /// A conflict whose local version could not be kept beside the server's: listed all the
+    /// same (the data stays in the cache).
+    pub(crate) fn record_failed(
+        &self,
+        cell: CellId,
+        record: &Record,
+        refusal: &RemoteError,
+        e: &VenusError,
+    ) -> Result<()> {
+        let (dir, name) = target_of(&record.mutation);
+        self.counters.add(crate::counters::CONFLICTS, 1);
+        self.cache.add_conflict(ConflictInfo {
+            id: 0,
+            cell: self.cell(cell)?.name().to_string(),
+            volume: record.mutation.volume().0,
+            kind: "refused".into(),
+            detail: format!("{refusal}; keeping a copy failed: {e}"),
+            dir: Some(dir),
+            name: Some(name.to_string()),
+            copy_dir: None,
+            copy_name: None,
+            copy: None,
+            local_size: None,
+            at: Timestamp::now(),
+        })?;
+        Ok(())
+    }
+
+    /// Sends a mutation under a given op id: a refused record re-sent in another form keeps its
+    /// id, so later logged records based on "after that op" still certify.
+    async fn send_as(&self, cell: CellId, op: OpId, mutation: Mutation) -> Result<Applied> {
         let volume = mutation.volume();
-        let record = Record { op: OpId::random(), mutation };
+        let record = Record { op, mutation };
         match self.cell(cell)?.call(Some(volume), &Request::Mutate { record }).await? {
             Response::Applied { result, .. } => Ok(result?),
             other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
@@ -166,8 +220,10 @@ impl Venus {
                 info.dir = Some(dir);
                 info.name = Some(name.clone());
                 info.local_size = Some(proto::chunk::total_len(chunks));
-                let cname = self.conflict_name(&name)?;
-                let copy = ObjectId::random();
+                let cname = self.conflict_name(&name, record.op)?;
+                let copy = ObjectId(
+                    u128::from_le_bytes(Self::derived_op(record.op, "copy-object").0.to_le_bytes()) | (1 << 127),
+                );
                 let attr = self.cache.attr(&GFid::new(cell, *fid));
                 let create = |parent: Fid, name: Name| Mutation::Create {
                     parent,
@@ -178,11 +234,13 @@ impl Venus {
                     group: attr.as_ref().map_or(0, |a| a.group),
                     mtime: *mtime,
                 };
-                let (copy_dir, applied) = match self.send_now(cell, create(dir, cname.clone())).await {
+                let op = Self::derived_op(record.op, "copy-create");
+                let (copy_dir, applied) = match self.send_as(cell, op, create(dir, cname.clone())).await {
                     Ok(a) => (dir, a),
                     Err(VenusError::Remote(RemoteError::Conflict(ConflictKind::ParentGone))) => {
                         let cdir = self.conflict_dir(cell, volume).await?;
-                        (cdir, self.send_now(cell, create(cdir, cname.clone())).await?)
+                        let op = Self::derived_op(record.op, "copy-create-elsewhere");
+                        (cdir, self.send_as(cell, op, create(cdir, cname.clone())).await?)
                     }
                     Err(e) => return Err(e),
                 };
@@ -226,10 +284,10 @@ impl Venus {
                 let (dir, name) = target_of(&record.mutation);
                 info.dir = Some(dir);
                 info.name = Some(name.to_string());
-                let cname = self.conflict_name(name.as_str())?;
+                let cname = self.conflict_name(name.as_str(), record.op)?;
                 let cdir = if gone { self.conflict_dir(cell, volume).await? } else { dir };
                 let redo = renamed(&record.mutation, cdir, cname.clone());
-                self.send_now(cell, redo).await?;
+                self.send_as(cell, record.op, redo).await?;
                 info.copy_dir = Some(cdir);
                 info.copy_name = Some(cname.to_string());
                 info.copy = object_of(&record.mutation).map(|o| Fid::new(volume, o));
@@ -250,6 +308,7 @@ impl Venus {
         }
         self.counters.add(crate::counters::CONFLICTS, 1);
         tracing::warn!(cell = %info.cell, kind = %info.kind, name = ?info.name, copy = ?info.copy_name, detail = %info.detail, "conflict");
+        tracing::debug!(record = ?record, "refused record");
         self.cache.add_conflict(info)?;
         Ok(())
     }

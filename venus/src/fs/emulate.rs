@@ -252,9 +252,13 @@ impl Venus {
         for a in &attrs {
             self.cache.put_attr(cell, a.clone())?;
         }
+        let cell_name = self.cell(cell)?.name().to_string();
         for o in &removed {
             let g = GFid::new(cell, Fid::new(volume, *o));
-            if self.cache.get(&g).is_none_or(|c| c.open == 0) {
+            // The log may still need the data (a store replayed before the removal): keep the
+            // container until reintegration; revalidation forgets it once the server has.
+            let needed = self.cml.base_of(&cell_name, g.fid)?.is_some();
+            if !needed && self.cache.get(&g).is_none_or(|c| c.open == 0) {
                 self.cache.remove(&g)?;
             }
         }

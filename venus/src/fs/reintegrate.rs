@@ -100,13 +100,29 @@ impl Venus {
                     Ok(applied) => {
                         self.settled(cell, record, &applied)?;
                         replayed += 1;
+                        self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
                     }
                     // Chunks swept between upload and commit: upload again (bounded).
                     Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
                         retry = true;
                         continue;
                     }
-                    Err(refusal) => self.conflict(cell, record, refusal).await?,
+                    Err(refusal) => match self.conflict(cell, record, refusal.clone()).await {
+                        Ok(()) => {
+                            // Later answers of this batch may have failed only because of this
+                            // one; they go again (applied ones are answered from memory).
+                            self.cml.remove(&[entry.seq])?;
+                            break;
+                        }
+                        // Retried later; the recovery's own op ids make a retry harmless.
+                        Err(e @ VenusError::Unreachable(_)) => return Err(e),
+                        Err(e) => {
+                            // The record is settled as a conflict even if keeping a copy failed:
+                            // the local data stays in the cache, and the listing says so.
+                            tracing::error!(op = %record.op, error = %e, "could not keep the local version beside the server's");
+                            self.record_failed(cell, record, &refusal, &e)?;
+                        }
+                    },
                 }
                 self.cml.remove(&[entry.seq])?;
             }
@@ -116,7 +132,6 @@ impl Venus {
         }
         self.mark_pending(cell, volume, false);
         tracing::info!(cell = %name, %volume, records = replayed, "reintegrated");
-        self.counters.add(crate::counters::RECORDS_REINTEGRATED, replayed);
         // The cache held our emulated view; from now on it is checked against the server again.
         self.drop_volume(cell, volume);
         for g in self.cache.objects_in(cell, volume) {

@@ -33,8 +33,9 @@ enum Command {
         /// Bytes of file contents to keep cached, e.g. 500M or 10G.
         #[arg(long, default_value = "4G", value_parser = proto::units::parse)]
         cache_size: u64,
-        /// Seconds an RPC may take before the server counts as unreachable.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds a server may take to answer before venus works from the cache instead (no
+        /// process waits longer than this on a dead server).
+        #[arg(long, default_value_t = 5)]
         timeout: u64,
         /// Detach and run in the background once mounted (logs go to CACHE/venus.log).
         #[arg(long)]

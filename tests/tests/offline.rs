@@ -1,0 +1,252 @@
+//! End-to-end tests of disconnected operation: a real vice, real venus mounts, disconnection by
+//! `venus disconnect`, by stopping vice, and by dropping packets in a UDP proxy.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::*;
+
+type R = anyhow::Result<()>;
+
+/// Options for mounts in these tests: notice a dead server quickly.
+const QUICK: &[&str] = &["--timeout", "2"];
+
+fn list(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir)?.map(|e| Ok(e?.file_name().to_string_lossy().into_owned())).collect::<anyhow::Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// The same offline work, whatever cut the connection; checked from the other client.
+fn offline_work(a: &VenusMount) -> R {
+    fs::write(a.path("new.txt"), b"made offline")?;
+    let mut edit = fs::read(a.path("edit.txt"))?;
+    edit.extend_from_slice(b" + offline");
+    fs::write(a.path("edit.txt"), &edit)?;
+    fs::rename(a.path("keep.txt"), a.path("dir/moved.txt"))?;
+    fs::remove_file(a.path("gone.txt"))?;
+    fs::create_dir(a.path("newdir"))?;
+    fs::write(a.path("newdir/inner"), b"inner")?;
+    assert_eq!(fs::read(a.path("dir/moved.txt"))?, b"keep");
+    Ok(())
+}
+
+fn prepare(a: &VenusMount, b: &VenusMount) -> R {
+    fs::write(a.path("keep.txt"), b"keep")?;
+    fs::write(a.path("edit.txt"), b"edit")?;
+    fs::write(a.path("gone.txt"), b"gone")?;
+    fs::create_dir(a.path("dir"))?;
+    // Warm both caches.
+    for m in [a, b] {
+        for f in ["keep.txt", "edit.txt", "gone.txt"] {
+            fs::read(m.path(f))?;
+        }
+        list(&m.path("dir"))?;
+    }
+    Ok(())
+}
+
+fn check_seen_by(b: &VenusMount) -> R {
+    assert_eq!(list(&b.path(""))?, vec!["dir", "edit.txt", "new.txt", "newdir"]);
+    assert_eq!(fs::read(b.path("new.txt"))?, b"made offline");
+    assert_eq!(fs::read(b.path("edit.txt"))?, b"edit + offline");
+    assert_eq!(fs::read(b.path("dir/moved.txt"))?, b"keep");
+    assert_eq!(fs::read(b.path("newdir/inner"))?, b"inner");
+    Ok(())
+}
+
+#[test]
+fn venus_disconnect_then_reconnect_reintegrates_exactly_the_changes() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("off.test")?;
+    let a = VenusMount::start_with(&vice, "off.test", QUICK)?;
+    let b = VenusMount::start_with(&vice, "off.test", QUICK)?;
+    prepare(&a, &b)?;
+    a.venus_ok(&["disconnect"]);
+    offline_work(&a)?;
+    let st = a.status();
+    assert_eq!(st["volumes"][0]["state"], "disconnected", "{st}");
+    assert!(st["pending_records"].as_u64() >= Some(6), "{st}");
+    // The other client does not see offline changes yet.
+    assert!(b.path("gone.txt").exists());
+    a.venus_ok(&["reconnect"]);
+    a.venus_ok(&["sync"]);
+    assert_eq!(a.pending(), 0);
+    check_seen_by(&b)?;
+    assert_eq!(a.status()["conflicts"], 0);
+    Ok(())
+}
+
+#[test]
+fn the_log_is_optimised_one_store_per_file_and_nothing_for_create_then_delete() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("cml.test")?;
+    let a = VenusMount::start_with(&vice, "cml.test", QUICK)?;
+    fs::write(a.path("hot"), b"0")?;
+    fs::read(a.path("hot"))?;
+    a.venus_ok(&["disconnect"]);
+    for i in 0..100 {
+        fs::write(a.path("hot"), format!("version {i}"))?;
+    }
+    assert_eq!(a.pending(), 1, "100 offline writes of one file are one store record");
+    fs::write(a.path("ephemeral"), b"here and gone")?;
+    fs::remove_file(a.path("ephemeral"))?;
+    fs::create_dir(a.path("tmpdir"))?;
+    fs::write(a.path("tmpdir/x"), b"x")?;
+    fs::remove_file(a.path("tmpdir/x"))?;
+    fs::remove_dir(a.path("tmpdir"))?;
+    assert_eq!(a.pending(), 1, "what was created and deleted offline leaves no records");
+    let out = a.venus(&["sync", "--timeout", "5"]);
+    assert!(!out.status.success(), "sync while disconnected must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disconnected"), "{}", String::from_utf8_lossy(&out.stderr));
+    a.venus_ok(&["reconnect"]);
+    a.venus_ok(&["sync"]);
+    let b = VenusMount::start(&vice, "cml.test")?;
+    assert_eq!(fs::read(b.path("hot"))?, b"version 99");
+    assert_eq!(list(&b.path(""))?, vec!["hot"]);
+    Ok(())
+}
+
+#[test]
+fn stopping_vice_disconnects_and_restarting_it_reintegrates_by_itself() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let mut vice = Vice::start("stop.test")?;
+    let a = VenusMount::start_with(&vice, "stop.test", QUICK)?;
+    let b = VenusMount::start_with(&vice, "stop.test", QUICK)?;
+    prepare(&a, &b)?;
+    vice.kill9();
+    offline_work(&a)?;
+    assert_eq!(a.status()["volumes"][0]["state"], "disconnected");
+    // A file never cached is a clear error, and counted.
+    let err = fs::read(a.path("dir/never-seen")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "a name not in a cached listing does not exist: {err}");
+    vice.restart()?;
+    a.wait_reintegrated()?;
+    check_seen_by(&b)?;
+    Ok(())
+}
+
+#[test]
+fn a_network_cut_by_a_proxy_then_mended_reintegrates_by_itself() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("cut.test")?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, dir.path())?;
+    let a = VenusMount::start_with_cell_file(&cell_file, "cut.test", QUICK)?;
+    let b = VenusMount::start_with(&vice, "cut.test", QUICK)?;
+    prepare(&a, &b)?;
+    proxy.cut(true);
+    offline_work(&a)?;
+    assert_eq!(a.status()["volumes"][0]["state"], "disconnected");
+    proxy.cut(false);
+    a.wait_reintegrated()?;
+    check_seen_by(&b)?;
+    Ok(())
+}
+
+#[test]
+fn venus_starts_offline_from_a_warm_cache_and_reintegrates_when_vice_appears() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let mut vice = Vice::start("cold.test")?;
+    let mut a = VenusMount::start_with(&vice, "cold.test", QUICK)?;
+    fs::write(a.path("laptop.txt"), b"cached before the train")?;
+    fs::create_dir(a.path("notes"))?;
+    fs::read(a.path("laptop.txt"))?;
+    a.stop()?;
+    vice.stop()?;
+    // The laptop reboots on a train: no server at all.
+    a.restart_stopped()?;
+    assert_eq!(fs::read(a.path("laptop.txt"))?, b"cached before the train");
+    fs::write(a.path("notes/train.txt"), b"written on the train")?;
+    assert!(a.pending() >= 2);
+    vice.restart()?;
+    a.wait_reintegrated()?;
+    let b = VenusMount::start(&vice, "cold.test")?;
+    assert_eq!(fs::read(b.path("notes/train.txt"))?, b"written on the train");
+    Ok(())
+}
+
+#[test]
+fn sigkill_of_venus_while_disconnected_loses_nothing_that_was_closed() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let mut vice = Vice::start("crash.test")?;
+    let mut a = VenusMount::start_with(&vice, "crash.test", QUICK)?;
+    fs::write(a.path("base.txt"), b"base")?;
+    fs::read(a.path("base.txt"))?;
+    vice.kill9();
+    for i in 0..20 {
+        fs::write(a.path(&format!("closed-{i}")), format!("closed before the crash {i}"))?;
+    }
+    fs::write(a.path("base.txt"), b"changed before the crash")?;
+    let before = a.pending();
+    a.kill9();
+    // Restart, still offline: the log and the data are intact.
+    a.restart_stopped()?;
+    assert_eq!(a.pending(), before);
+    assert_eq!(fs::read(a.path("closed-7"))?, b"closed before the crash 7");
+    assert_eq!(fs::read(a.path("base.txt"))?, b"changed before the crash");
+    vice.restart()?;
+    a.wait_reintegrated()?;
+    let b = VenusMount::start(&vice, "crash.test")?;
+    for i in 0..20 {
+        assert_eq!(fs::read(b.path(&format!("closed-{i}")))?, format!("closed before the crash {i}").as_bytes());
+    }
+    assert_eq!(fs::read(b.path("base.txt"))?, b"changed before the crash");
+    Ok(())
+}
+
+#[test]
+fn a_cut_in_the_middle_of_reintegrating_2000_records_applies_each_change_once() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("replay.test")?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, dir.path())?;
+    let a = VenusMount::start_with_cell_file(&cell_file, "replay.test", QUICK)?;
+    fs::create_dir(a.path("many"))?;
+    a.venus_ok(&["disconnect"]);
+    for i in 0..1000 {
+        fs::write(a.path(&format!("many/f{i:04}")), format!("file {i}"))?;
+    }
+    assert_eq!(a.pending(), 2000, "a create and a store per file");
+    // The network dies a few hundred packets into the reintegration.
+    proxy.cut_after(1500);
+    a.venus_ok(&["reconnect"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while a.status()["volumes"][0]["state"] != "disconnected" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pending_at_cut = a.pending();
+    let done_at_cut = a.counter("records_reintegrated");
+    assert!(
+        pending_at_cut > 0 && done_at_cut > 0,
+        "the cut must fall inside the replay: {done_at_cut} done, {pending_at_cut} pending"
+    );
+    proxy.cut(false);
+    a.wait_reintegrated()?;
+    let b = VenusMount::start(&vice, "replay.test")?;
+    let names = list(&b.path("many"))?;
+    assert_eq!(names.len(), 1000, "each file exactly once (no duplicates, no conflict copies)");
+    for i in [0, 1, 499, 998, 999] {
+        assert_eq!(fs::read(b.path(&format!("many/f{i:04}")))?, format!("file {i}").as_bytes());
+    }
+    assert_eq!(a.status()["conflicts"], 0);
+    Ok(())
+}
