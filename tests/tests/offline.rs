@@ -250,3 +250,42 @@ fn a_cut_in_the_middle_of_reintegrating_2000_records_applies_each_change_once() 
     assert_eq!(a.status()["conflicts"], 0);
     Ok(())
 }
+
+#[test]
+fn a_server_restored_from_an_older_backup_never_overwrites_newer_local_changes() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let mut vice = Vice::start("rewind.test")?;
+    let a = VenusMount::start_with(&vice, "rewind.test", QUICK)?;
+    fs::write(a.path("doc"), b"old, as in the backup")?;
+    // The admin takes a backup of the server's data.
+    vice.stop()?;
+    let backup = vice.dir.path().join("backup");
+    let status = std::process::Command::new("cp").arg("-a").arg(vice.data()).arg(&backup).status()?;
+    assert!(status.success());
+    vice.restart()?;
+    fs::write(a.path("doc"), b"newer, stored after the backup")?;
+    // Make sure it reached the server: the restore below really goes back in time.
+    a.venus_ok(&["sync"]);
+    fs::read(a.path("doc"))?;
+    a.venus_ok(&["disconnect"]);
+    fs::write(a.path("doc"), b"newest, written offline")?;
+    // The server's disk is lost and restored from the older backup.
+    vice.stop()?;
+    fs::remove_dir_all(vice.data())?;
+    let status = std::process::Command::new("cp").arg("-a").arg(&backup).arg(vice.data()).status()?;
+    assert!(status.success());
+    vice.restart()?;
+    a.venus_ok(&["reconnect"]);
+    a.venus_ok(&["sync"]);
+    // The restored server keeps its version at the name; the offline change is kept beside it.
+    let b = VenusMount::start(&vice, "rewind.test")?;
+    assert_eq!(fs::read(b.path("doc"))?, b"old, as in the backup");
+    let copies: Vec<String> = list(&b.path(""))?.into_iter().filter(|n| n.starts_with("doc.conflict-")).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(fs::read(b.path(&copies[0]))?, b"newest, written offline");
+    let listed: serde_json::Value = serde_json::from_str(&a.venus_ok(&["conflicts", "--json"]))?;
+    assert_eq!(listed[0]["kind"], "volume rewound", "{listed}");
+    Ok(())
+}

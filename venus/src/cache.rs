@@ -41,6 +41,10 @@ pub struct VolState {
     /// The stamp as of which every cached object of the volume is known current; `None` when
     /// unknown (a volume callback was broken since).
     pub stamp: Option<VolumeStamp>,
+    /// The newest stamp venus has seen from the volume's servers. A server whose stamp is
+    /// behind it was restored from an older dump.
+    #[serde(default)]
+    pub seen: Option<VolumeStamp>,
 }
 
 struct State {

@@ -211,8 +211,12 @@ impl Venus {
             // Removed on both sides: nothing to settle.
             (Mutation::Remove { .. } | Mutation::RemoveDir { .. }, RemoteError::NotFound) => return Ok(()),
             (Mutation::Store { fid, chunks, mtime, .. }, RemoteError::Conflict(k)) => {
-                info.kind =
-                    if matches!(k, ConflictKind::ObjectGone) { "update/remove" } else { "update/update" }.into();
+                info.kind = match k {
+                    ConflictKind::ObjectGone => "update/remove",
+                    ConflictKind::VolumeRewound => "volume rewound",
+                    _ => "update/update",
+                }
+                .into();
                 let (dir, name) = match self.locate(cell, *fid) {
                     Some(x) => x,
                     None => (self.conflict_dir(cell, volume).await?, format!("{}", fid.object)),

@@ -111,7 +111,8 @@ impl Venus {
     pub async fn sync(self: &std::sync::Arc<Self>, timeout: std::time::Duration) -> Result<(), String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            self.reintegrate_all().await;
+            // Probe servers believed down first: "sync now" should not trust an old verdict.
+            self.tick().await;
             let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
             if pending.is_empty() {
                 return Ok(());

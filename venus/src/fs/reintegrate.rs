@@ -57,6 +57,13 @@ impl Venus {
         let name = conn.name().to_string();
         let mut missing_rounds = 0;
         let mut replayed = 0u64;
+        // A server restored from an older dump must never have newer local data stored over
+        // its history: every logged store of the volume becomes a kept copy instead.
+        let current = self.current_stamp(cell, volume).await?;
+        let rewound = current.is_some_and(|s| self.note_stamp(cell, volume, s));
+        if rewound {
+            tracing::warn!(cell = %name, %volume, "the volume went back in time (restored from a dump); local changes are kept as conflicts");
+        }
         loop {
             if !self.reachable(cell, volume) {
                 return Err(VenusError::Unreachable("the volume is disconnected".into()));
@@ -86,6 +93,11 @@ impl Venus {
                     }
                 }
                 records.push(record);
+            }
+            let (entries, records) =
+                if rewound { self.keep_stores_aside(cell, entries, records).await? } else { (entries, records) };
+            if entries.is_empty() {
+                continue;
             }
             let answer = conn.call(Some(volume), &Request::Reintegrate { volume, records: records.clone() }).await?;
             let Response::Reintegrated { results, .. } = answer else {
@@ -131,6 +143,9 @@ impl Venus {
             }
         }
         self.mark_pending(cell, volume, false);
+        if rewound && let Some(s) = current {
+            self.accept_rewind(cell, volume, s)?;
+        }
         tracing::info!(cell = %name, %volume, records = replayed, "reintegrated");
         // The cache held our emulated view; from now on it is checked against the server again.
         self.drop_volume(cell, volume);
@@ -141,6 +156,32 @@ impl Venus {
             tracing::info!(error = %e, "revalidation after reintegration postponed");
         }
         Ok(())
+    }
+
+    /// On a rewound volume: every store becomes a kept copy beside the server's version; the
+    /// other records go on to the server.
+    async fn keep_stores_aside(
+        self: &Arc<Self>,
+        cell: CellId,
+        entries: Vec<cml::Entry>,
+        records: Vec<proto::Record>,
+    ) -> Result<(Vec<cml::Entry>, Vec<proto::Record>)> {
+        let mut rest = (Vec::new(), Vec::new());
+        for (e, r) in entries.into_iter().zip(records) {
+            if !matches!(r.mutation, Mutation::Store { .. }) {
+                rest.0.push(e);
+                rest.1.push(r);
+                continue;
+            }
+            let refusal = RemoteError::Conflict(proto::ConflictKind::VolumeRewound);
+            match self.conflict(cell, &r, refusal.clone()).await {
+                Ok(()) => {}
+                Err(err @ VenusError::Unreachable(_)) => return Err(err),
+                Err(err) => self.record_failed(cell, &r, &refusal, &err)?,
+            }
+            self.cml.remove(&[e.seq])?;
+        }
+        Ok(rest)
     }
 
     /// A record the server applied: files take their server versions (their data is the same);

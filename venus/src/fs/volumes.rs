@@ -57,6 +57,37 @@ impl Venus {
         }
     }
 
+    /// Remembers the newest stamp seen from a volume's servers; says whether `stamp` went
+    /// backwards from it (a restore from an older dump).
+    pub(crate) fn note_stamp(&self, cell: CellId, volume: VolumeId, stamp: VolumeStamp) -> bool {
+        let mut state = self.cache.volume(cell, volume);
+        match state.seen {
+            Some(seen) if stamp.went_backwards_from(&seen) => true,
+            Some(seen) if seen == stamp => false,
+            _ => {
+                state.seen = Some(stamp);
+                if let Err(e) = self.cache.set_volume(cell, volume, state) {
+                    tracing::warn!(error = %e, "cannot record a volume's state");
+                }
+                false
+            }
+        }
+    }
+
+    /// Accepts a rewound volume's new history as the one to compare with from now on.
+    pub(crate) fn accept_rewind(&self, cell: CellId, volume: VolumeId, stamp: VolumeStamp) -> Result<()> {
+        let mut state = self.cache.volume(cell, volume);
+        state.seen = Some(stamp);
+        state.stamp = None;
+        self.cache.set_volume(cell, volume, state)
+    }
+
+    /// The server's current stamp of a volume.
+    pub(crate) async fn current_stamp(&self, cell: CellId, volume: VolumeId) -> Result<Option<VolumeStamp>> {
+        let known = self.cache.volume(cell, volume).seen.unwrap_or_default();
+        Ok(self.validate(cell, vec![(volume, known)]).await?.into_iter().next().and_then(|a| a.stamp))
+    }
+
     fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise) {
         if p.secs > 0 {
             lock(&self.vol_promises).insert((cell, volume), Instant::now() + Duration::from_secs(u64::from(p.secs)));
@@ -94,6 +125,15 @@ impl Venus {
         }
         let answers = self.validate(cell, volumes).await?;
         for answer in answers {
+            if let Some(s) = answer.stamp
+                && self.note_stamp(cell, answer.volume, s)
+                && !self.has_pending(cell, answer.volume)
+            {
+                // Restored from an older dump, with nothing of ours pending: the server's
+                // history is the one to follow (cached copies are revalidated below).
+                tracing::warn!(volume = %answer.volume, "volume restored from an older state");
+                self.accept_rewind(cell, answer.volume, s)?;
+            }
             match (answer.valid, answer.promise, answer.stamp) {
                 (true, Some(p), _) => {
                     self.volume_promised(cell, answer.volume, p);

@@ -58,6 +58,7 @@ impl Venus {
             other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
         };
         self.advance_stamp(cell, volume, applied.stamp, 1);
+        self.note_stamp(cell, volume, applied.stamp);
         for attr in &applied.attrs {
             self.cache.put_attr_with(cell, attr.clone(), true)?;
             self.promised(GFid::new(cell, attr.fid), promise);
