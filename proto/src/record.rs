@@ -137,6 +137,22 @@ impl Mutation {
         }
     }
 
+    /// The directory entry a mutation creates, removes or moves to (for renames: the target),
+    /// if it names one.
+    pub fn target(&self) -> Option<(Fid, &Name)> {
+        match self {
+            Mutation::Create { parent, name, .. }
+            | Mutation::MakeDir { parent, name, .. }
+            | Mutation::Symlink { parent, name, .. }
+            | Mutation::MakeMountPoint { parent, name, .. }
+            | Mutation::Link { parent, name, .. }
+            | Mutation::Remove { parent, name, .. }
+            | Mutation::RemoveDir { parent, name, .. } => Some((*parent, name)),
+            Mutation::Rename { to, to_name, .. } => Some((*to, to_name)),
+            Mutation::Store { .. } | Mutation::SetAttr { .. } => None,
+        }
+    }
+
     /// A short name for logs and counters.
     pub fn verb(&self) -> &'static str {
         match self {

@@ -29,7 +29,7 @@ fn every_conflict_keeps_both_versions_is_listed_and_can_be_repaired() -> R {
         return Ok(());
     }
     let vice = Vice::start("conflict.test")?;
-    let a = VenusMount::start_with(&vice, "conflict.test", &["--timeout", "2"])?;
+    let a = VenusMount::start(&vice, "conflict.test")?;
     let b = VenusMount::start(&vice, "conflict.test")?;
     for f in ["both-edit", "edit-vs-remove", "remove-vs-edit"] {
         fs::write(a.path(f), b"original")?;

@@ -170,7 +170,7 @@ fn random_operations_offline_reintegrate_to_the_same_tree() -> anyhow::Result<()
         return Ok(());
     }
     let vice = Vice::start("offmodel.test")?;
-    let a = VenusMount::start_with(&vice, "offmodel.test", &["--timeout", "2"])?;
+    let a = VenusMount::start(&vice, "offmodel.test")?;
     let b = VenusMount::start(&vice, "offmodel.test")?;
     for seed in [3u64, 11, 77, 123, 999, 4242] {
         let local = tempfile::tempdir()?;

@@ -10,7 +10,7 @@ use e2e::*;
 type R = anyhow::Result<()>;
 
 /// Options for mounts in these tests: notice a dead server quickly.
-const QUICK: &[&str] = &["--timeout", "2"];
+const QUICK: &[&str] = &["--timeout", "4"];
 
 fn list(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut v: Vec<String> =

@@ -180,7 +180,7 @@ fn apply_one(
             obj.attr.size = new_size;
             obj.attr.mtime = *mtime;
             ctx.changed(&mut obj);
-            rows::update_object(c, &obj)?;
+            rows::put_object(c, &obj)?;
             fx.delta.used = grow;
             fx.touch(&obj);
         }
@@ -202,7 +202,7 @@ fn apply_one(
                 obj.attr.mtime = t;
             }
             ctx.changed(&mut obj);
-            rows::update_object(c, &obj)?;
+            rows::put_object(c, &obj)?;
             fx.touch(&obj);
         }
         Mutation::Create { parent, name, object, mode, owner, group, mtime } => {
@@ -238,7 +238,7 @@ fn apply_one(
             }
             obj.attr.nlink += 1;
             obj.attr.ctime = now;
-            rows::update_object(c, &obj)?;
+            rows::put_object(c, &obj)?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
         }
         Mutation::Remove { parent, name, seen } => {
@@ -256,7 +256,7 @@ fn apply_one(
             }
             ctx.remove_entry(&mut dir, name)?;
             ctx.unlink(obj, &mut fx)?;
-            rows::update_object(c, &dir)?;
+            rows::put_object(c, &dir)?;
             fx.touch(&dir);
         }
         Mutation::RemoveDir { parent, name, object } => {
@@ -272,7 +272,7 @@ fn apply_one(
             ctx.remove_entry(&mut dir, name)?;
             dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
             ctx.unlink(obj, &mut fx)?;
-            rows::update_object(c, &dir)?;
+            rows::put_object(c, &dir)?;
             fx.touch(&dir);
         }
         Mutation::Rename { from, from_name, object, to, to_name, replaced } => {
@@ -332,12 +332,12 @@ fn apply_one(
                 d.attr.nlink += 1;
                 src.attr.nlink = src.attr.nlink.saturating_sub(1);
             }
-            rows::update_object(c, &moved)?;
+            rows::put_object(c, &moved)?;
             fx.touch(&moved);
-            rows::update_object(c, &src)?;
+            rows::put_object(c, &src)?;
             fx.touch(&src);
             if let Some(d) = dst {
-                rows::update_object(c, &d)?;
+                rows::put_object(c, &d)?;
                 fx.touch(&d);
             }
         }
@@ -452,13 +452,13 @@ impl Ctx<'_> {
             return conflict(ConflictKind::NameTaken { existing });
         }
         if rows::load_object(self.c, obj.attr.fid)?.is_none() {
-            rows::insert_object(self.c, obj)?;
+            rows::put_object(self.c, obj)?;
         }
         self.insert_entry(&mut dir, name, obj)?;
         if obj.kind() == ObjectKind::Directory {
             dir.attr.nlink += 1;
         }
-        rows::update_object(self.c, &dir)?;
+        rows::put_object(self.c, &dir)?;
         fx.touch(obj);
         fx.touch(&dir);
         Ok(())
@@ -516,7 +516,7 @@ impl Ctx<'_> {
             fx.removed.push(obj.id());
         } else {
             obj.attr.ctime = self.now;
-            rows::update_object(self.c, &obj)?;
+            rows::put_object(self.c, &obj)?;
             fx.touch(&obj);
         }
         Ok(())

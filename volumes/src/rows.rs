@@ -132,10 +132,12 @@ pub fn load_object(conn: &Connection, fid: Fid) -> Result<Option<Object>> {
     }
 }
 
-pub fn insert_object(conn: &Connection, o: &Object) -> Result<()> {
+/// Writes an object row, new or changed. Callers have checked existence in the same
+/// transaction (a new id must be free; a changed object was just loaded).
+pub fn put_object(conn: &Connection, o: &Object) -> Result<()> {
     let a = &o.attr;
     conn.prepare_cached(
-        "INSERT INTO objects (volume, id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link)
+        "INSERT OR REPLACE INTO objects (volume, id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
@@ -154,34 +156,6 @@ pub fn insert_object(conn: &Connection, o: &Object) -> Result<()> {
         a.parent.map(oid),
         a.link,
     ])?;
-    Ok(())
-}
-
-pub fn update_object(conn: &Connection, o: &Object) -> Result<()> {
-    let a = &o.attr;
-    let n = conn
-        .prepare_cached(
-            "UPDATE objects SET mode = ?3, owner = ?4, grp = ?5, size = ?6, nlink = ?7, mtime = ?8, ctime = ?9,
-             version = ?10, last_op = ?11, parent = ?12, link = ?13 WHERE volume = ?1 AND id = ?2",
-        )?
-        .execute(params![
-            a.fid.volume.0 as i64,
-            oid(a.fid.object),
-            a.mode,
-            a.owner,
-            a.group,
-            a.size as i64,
-            a.nlink,
-            a.mtime.as_nanos(),
-            a.ctime.as_nanos(),
-            vv_blob(&a.version),
-            o.last_op.map(op_blob),
-            a.parent.map(oid),
-            a.link,
-        ])?;
-    if n != 1 {
-        return Err(StoreError::Corrupt(format!("object {} vanished during update", a.fid)));
-    }
     Ok(())
 }
 

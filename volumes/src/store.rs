@@ -117,7 +117,7 @@ impl Store {
             },
             last_op: None,
         };
-        rows::insert_object(&tx, &root)?;
+        rows::put_object(&tx, &root)?;
         let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("new volume vanished".into()))?;
         tx.commit()?;
         Ok(info)

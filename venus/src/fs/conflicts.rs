@@ -288,7 +288,7 @@ impl Venus {
                 let (dir, name) = target_of(&record.mutation);
                 info.dir = Some(dir);
                 info.name = Some(name.to_string());
-                let cname = self.conflict_name(name.as_str(), record.op)?;
+                let cname = self.conflict_name(&name, record.op)?;
                 let cdir = if gone { self.conflict_dir(cell, volume).await? } else { dir };
                 let redo = renamed(&record.mutation, cdir, cname.clone());
                 self.send_as(cell, record.op, redo).await?;
@@ -427,27 +427,16 @@ impl Venus {
     }
 }
 
-/// The directory and name a mutation is about (for renames: the target).
-fn target_of(m: &Mutation) -> (Fid, Name) {
-    match m {
-        Mutation::Create { parent, name, .. }
-        | Mutation::MakeDir { parent, name, .. }
-        | Mutation::Symlink { parent, name, .. }
-        | Mutation::MakeMountPoint { parent, name, .. }
-        | Mutation::Link { parent, name, .. }
-        | Mutation::Remove { parent, name, .. }
-        | Mutation::RemoveDir { parent, name, .. } => (*parent, name.clone()),
-        Mutation::Rename { to, to_name, .. } => (*to, to_name.clone()),
-        Mutation::Store { fid, .. } | Mutation::SetAttr { fid, .. } => {
-            // No name in the record: the object's own id stands in.
-            (Fid::root(fid.volume), Name::new(format!("{}", fid.object)).unwrap_or_else(|_| unreachable_name()))
+/// The directory and name a mutation is about (for renames: the target); a store or setattr
+/// names no entry, so its object id stands in at the volume root.
+fn target_of(m: &Mutation) -> (Fid, String) {
+    match (m.target(), m) {
+        (Some((dir, name)), _) => (dir, name.to_string()),
+        (None, Mutation::Store { fid, .. } | Mutation::SetAttr { fid, .. }) => {
+            (Fid::root(fid.volume), fid.object.to_string())
         }
+        (None, _) => (Fid::root(m.volume()), String::new()),
     }
-}
-
-fn unreachable_name() -> Name {
-    // A hex object id is always a valid name; this is never used.
-    Name::new("object").expect("constant name is valid")
 }
 
 fn object_of(m: &Mutation) -> Option<ObjectId> {
