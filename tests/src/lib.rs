@@ -695,3 +695,10 @@ pub fn xattr(path: &Path, name: &str) -> Option<String> {
     buf.truncate(len as usize);
     String::from_utf8(buf).ok()
 }
+
+impl VenusMount {
+    /// Runs the `hoard` command against this venus.
+    pub fn hoard(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("hoard")).args(args).env("VENUS_CACHE", self.cache()).output().expect("run hoard")
+    }
+}

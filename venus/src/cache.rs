@@ -33,6 +33,9 @@ pub struct Cached {
     pub last_used: u64,
     /// Open file handles: an open container is never evicted.
     pub open: u32,
+    /// Hoard priority (0: not hoarded). Eviction takes lower priorities first, then the least
+    /// recently used; set by hoard walks.
+    pub priority: u16,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +178,7 @@ impl Cache {
             data_size: 0,
             last_used: clock,
             open: 0,
+            priority: 0,
         });
         let changed = !entry.attr.version.same_as(&attr.version);
         if entry.has_data && !entry.dirty && changed {
@@ -249,6 +253,13 @@ impl Cache {
     /// Makes room for `size` more bytes of containers, evicting clean, unopened files in LRU
     /// order. Fails if the file cannot fit even in an empty cache.
     pub fn reserve(&self, size: u64) -> Result<u64> {
+        self.reserve_at(size, 0)
+    }
+
+    /// Makes room for a file of hoard priority `priority`: only files of no higher priority are
+    /// evicted (lowest priority first, then least recently used), so reading unrelated files
+    /// never pushes hoarded ones out.
+    pub fn reserve_at(&self, size: u64, priority: u16) -> Result<u64> {
         if size > self.limit {
             return Err(VenusError::TooLargeForCache { size, limit: self.limit });
         }
@@ -257,14 +268,14 @@ impl Cache {
         if s.used + size <= self.limit {
             return Ok(0);
         }
-        let mut victims: Vec<(u64, GFid, u64)> = s
+        let mut victims: Vec<(u16, u64, GFid, u64)> = s
             .objects
             .iter()
-            .filter(|(_, c)| c.has_data && !c.dirty && c.open == 0)
-            .map(|(g, c)| (c.last_used, *g, c.data_size))
+            .filter(|(_, c)| c.has_data && !c.dirty && c.open == 0 && c.priority <= priority)
+            .map(|(g, c)| (c.priority, c.last_used, *g, c.data_size))
             .collect();
-        victims.sort_unstable_by_key(|(t, _, _)| *t);
-        for (_, g, sz) in victims {
+        victims.sort_unstable_by_key(|(p, t, _, _)| (*p, *t));
+        for (_, _, g, sz) in victims {
             if s.used + size <= self.limit {
                 break;
             }
@@ -325,6 +336,20 @@ impl Cache {
         let clock = s.clock;
         if let Some(c) = s.objects.get_mut(g) {
             c.last_used = clock;
+        }
+    }
+
+    /// Records the hoard priority of an object (0: not hoarded).
+    pub fn set_priority(&self, g: &GFid, priority: u16) {
+        if let Some(c) = self.lock().objects.get_mut(g) {
+            c.priority = priority;
+        }
+    }
+
+    /// Forgets every hoard priority (before a walk sets the current ones).
+    pub fn clear_priorities(&self) {
+        for c in self.lock().objects.values_mut() {
+            c.priority = 0;
         }
     }
 
@@ -469,6 +494,7 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
                     data_size: if has_data { data_size } else { 0 },
                     last_used: 0,
                     open: 0,
+                    priority: 0,
                 },
             );
         }

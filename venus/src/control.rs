@@ -18,18 +18,53 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
-    Flush { path: PathBuf },
-    Whereis { path: PathBuf },
-    Fid { path: PathBuf },
-    Mkmount { path: PathBuf, volume: String },
-    Lsmount { path: PathBuf },
-    Rmmount { path: PathBuf },
+    Flush {
+        path: PathBuf,
+    },
+    Whereis {
+        path: PathBuf,
+    },
+    Fid {
+        path: PathBuf,
+    },
+    Mkmount {
+        path: PathBuf,
+        volume: String,
+    },
+    Lsmount {
+        path: PathBuf,
+    },
+    Rmmount {
+        path: PathBuf,
+    },
     Unmount,
-    Disconnect { volume: Option<String> },
+    Disconnect {
+        volume: Option<String>,
+    },
     Reconnect,
-    Sync { timeout_secs: u64 },
+    Sync {
+        timeout_secs: u64,
+    },
     Conflicts,
-    Repair { path: PathBuf, keep: String },
+    Repair {
+        path: PathBuf,
+        keep: String,
+    },
+    HoardAdd {
+        entry: hoard::HoardEntry,
+    },
+    HoardRm {
+        path: String,
+    },
+    HoardList,
+    HoardLoad {
+        text: String,
+        label: String,
+    },
+    /// Starts a walk (if none runs) and returns at once; progress comes from `HoardProgress`.
+    HoardWalk,
+    HoardProgress,
+    HoardVerify,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +173,46 @@ async fn answer(
             }
             .await,
         ),
+        ControlRequest::HoardAdd { entry } => {
+            json(core.hoarding.add(entry).map(|()| serde_json::Value::Null).map_err(err))
+        }
+        ControlRequest::HoardRm { path } => json(core.hoarding.remove(&path).map(|()| serde_json::Value::Null)),
+        ControlRequest::HoardList => {
+            let entries: Vec<serde_json::Value> = core
+                .hoarding
+                .list()
+                .into_iter()
+                .map(|(e, from)| serde_json::json!({ "line": hoard::format_entry(&e), "entry": e, "from": from }))
+                .collect();
+            let error = core.hoarding.profile_error.lock().map(|e| e.clone()).unwrap_or_default();
+            ControlResponse::Ok(serde_json::json!({
+                "entries": entries,
+                "profile_dir": core.hoarding.profile_dir.display().to_string(),
+                "profile_error": error,
+            }))
+        }
+        ControlRequest::HoardLoad { text, label } => {
+            json(core.hoarding.load(&text, &label).map(|n| serde_json::json!({ "commands": n })))
+        }
+        ControlRequest::HoardWalk => {
+            let walker = core.clone();
+            let request = core.hoarding.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                if let Err(e) = walker.hoard_walk().await {
+                    tracing::warn!(error = %e, "hoard walk failed");
+                    if let Ok(mut p) = walker.hoarding.progress.lock() {
+                        p.running = false;
+                        p.completed = p.completed.max(request);
+                    }
+                }
+            });
+            ControlResponse::Ok(serde_json::json!({ "request": request }))
+        }
+        ControlRequest::HoardProgress => {
+            let p = core.hoarding.progress.lock().map(|p| p.clone()).unwrap_or_default();
+            json(serde_json::to_value(p).map_err(|e| e.to_string()))
+        }
+        ControlRequest::HoardVerify => json(serde_json::to_value(core.hoard_verify().await).map_err(|e| e.to_string())),
     }
 }
 

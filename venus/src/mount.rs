@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use fuser::{MountOption, SessionACL};
 
 use crate::control;
-use crate::fs::{Config, Inval, Kernel, Venus};
+use crate::fs::{Config, Venus};
 use crate::fuse::{NotifierKernel, VenusFs};
 
 /// How often venus checks on unreachable servers and pending changes.
@@ -18,6 +18,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct MountOptions {
     pub config: Config,
     pub mountpoint: PathBuf,
+    /// Time between periodic hoard walks while connected.
+    pub hoard_interval: Duration,
 }
 
 fn have_fusermount3() -> bool {
@@ -32,6 +34,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
         anyhow::bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut opts = opts;
+    opts.config.mountpoint = mountpoint.clone();
     let cache_dir = opts.config.cache_dir.clone();
     // QUIC endpoints bind their sockets on the runtime.
     let _entered = rt.enter();
@@ -64,17 +68,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let session = fuser::Session::new(VenusFs::new(core.clone(), rt.handle().clone()), &mountpoint, &cfg)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Inval>();
-    core.set_kernel(tx);
-    let kernel = NotifierKernel(session.notifier());
-    std::thread::Builder::new().name("venus-inval".into()).spawn(move || {
-        while let Some(i) = rx.blocking_recv() {
-            match i {
-                Inval::Inode(ino) => kernel.inval_inode(ino),
-                Inval::Entry { parent, name } => kernel.inval_entry(parent, &name),
-            }
-        }
-    })?;
+    core.set_kernel(Arc::new(NotifierKernel(session.notifier())));
 
     let stop = Arc::new(tokio::sync::Notify::new());
     {
@@ -86,6 +80,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
         });
     }
     let background = session.spawn().context("starting the FUSE session")?;
+    let hoard_interval = opts.hoard_interval;
+    let _watcher = watch_profiles(&core);
     {
         // What the cache holds is trusted again after one volume-stamp check per cell; then a
         // heartbeat watches for servers coming back and drains the modification log.
@@ -97,6 +93,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
             loop {
                 tick.tick().await;
                 core.tick().await;
+                core.maybe_walk(hoard_interval).await;
             }
         });
     }
@@ -121,6 +118,31 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let _ = std::fs::remove_file(cache_dir.join(control::SOCKET));
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Watches the hoard profile directory; every change re-reads the profiles (editors replace
+/// files by rename, so the directory is watched, not the files).
+fn watch_profiles(core: &Arc<Venus>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = core.hoarding.profile_dir.clone();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the hoard profile directory");
+        return None;
+    }
+    let weak = Arc::downgrade(core);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = event.is_ok_and(|e| e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "hoard")));
+        if relevant && let Some(core) = weak.upgrade() {
+            core.hoarding.reload_profiles();
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch hoard profiles"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch hoard profiles");
+        return None;
+    }
+    Some(watcher)
 }
 
 /// Unmounts `mountpoint`: directly as root, through `fusermount3 -u` otherwise.

@@ -2,8 +2,9 @@
 //! and the kernel is told to forget what it cached, so the next `open` or `stat` asks venus,
 //! which asks the server.
 //!
-//! The kernel is told from a separate task: an invalidation must never run inside a FUSE
-//! handler for the same inode, and the server must not wait on the kernel for its ack.
+//! The kernel is told before the break is acked (so the writer's call returns only once no
+//! kernel cache here shows the old state), from the push handler, never from inside a FUSE
+//! handler for the same inode.
 
 use proto::msg::Push;
 use proto::{Fid, ObjectId};

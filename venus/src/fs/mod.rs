@@ -10,6 +10,7 @@
 mod breaks;
 pub mod conflicts;
 mod emulate;
+pub mod hoard;
 pub mod modes;
 mod paths;
 mod read;
@@ -47,6 +48,10 @@ pub struct Config {
     pub cells: Vec<CellFile>,
     /// How long an RPC may take before the server counts as unreachable.
     pub rpc_timeout: Duration,
+    /// Where the file system is mounted (hoard profiles name local paths under it).
+    pub mountpoint: PathBuf,
+    /// The directory of hoard profiles (`*.hoard`), watched for edits.
+    pub hoard_dir: PathBuf,
 }
 
 /// What the kernel is told about an object.
@@ -103,8 +108,10 @@ pub struct Venus {
     next_fh: AtomicU64,
     /// One fetch per object at a time.
     fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
-    kernel: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Inval>>>,
+    kernel: Mutex<Option<Arc<dyn Kernel>>>,
     pub started: Timestamp,
+    pub mountpoint: PathBuf,
+    pub hoarding: hoard::Hoarding,
 }
 
 struct EventSink(std::sync::Weak<Venus>);
@@ -196,6 +203,8 @@ impl Venus {
                 fetching: Mutex::new(HashMap::new()),
                 kernel: Mutex::new(None),
                 started: Timestamp::now(),
+                mountpoint: config.mountpoint.clone(),
+                hoarding: hoard::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
             }
         }))
     }
@@ -277,14 +286,22 @@ impl Venus {
         lock(&self.fetching).entry(g).or_default().clone()
     }
 
-    /// Connects the kernel invalidation queue (set once the mount exists).
-    pub fn set_kernel(&self, tx: tokio::sync::mpsc::UnboundedSender<Inval>) {
-        *lock(&self.kernel) = Some(tx);
+    /// Connects the kernel (set once the mount exists).
+    pub fn set_kernel(&self, kernel: Arc<dyn Kernel>) {
+        *lock(&self.kernel) = Some(kernel);
     }
 
+    /// Tells the kernel to forget something now. Callers are callback-break handlers and control
+    /// tasks, never a FUSE handler (which could deadlock on the inode it holds); a break's
+    /// invalidations reach the kernel before its ack, so once the writer's call returns no
+    /// kernel cache here still shows the old state.
     pub(crate) fn invalidate(&self, inval: Inval) {
-        if let Some(tx) = lock(&self.kernel).as_ref() {
-            let _ = tx.send(inval);
+        let kernel = lock(&self.kernel).clone();
+        if let Some(k) = kernel {
+            match inval {
+                Inval::Inode(ino) => k.inval_inode(ino),
+                Inval::Entry { parent, name } => k.inval_entry(parent, &name),
+            }
         }
     }
 

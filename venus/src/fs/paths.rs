@@ -1,6 +1,8 @@
 //! Operations on paths for the `venus` command (through the control socket): resolving a path
 //! inside the mount, and the mount-point and cache commands built on it.
 
+use std::path::Path;
+
 use proto::{Base, Fid, Mutation, ObjectKind, Seen};
 use serde::Serialize;
 
@@ -15,7 +17,102 @@ pub struct WhereIs {
     pub servers: Vec<String>,
 }
 
+/// Symlinks followed while resolving one hoard path, at most.
+const MAX_SYMLINKS: usize = 40;
+
 impl Venus {
+    /// Resolves an absolute local path (under the mount point) as a hoard walk sees it:
+    /// crossing mount points and following symlinks (which are thereby cached too, so the path
+    /// still resolves offline). `cached_only` never asks a server.
+    pub async fn resolve_hoard_path(&self, path: &str, cached_only: bool) -> Result<Node> {
+        let rel = Path::new(path).strip_prefix(&self.mountpoint).map_err(|_| VenusError::NotFound)?;
+        let mut todo: Vec<String> =
+            rel.components().filter_map(|c| c.as_os_str().to_str().map(str::to_string)).rev().collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut ino = ROOT_INO;
+        let mut hops = 0;
+        while let Some(name) = todo.pop() {
+            if name == ".." {
+                done.pop();
+                ino =
+                    Box::pin(self.resolve_hoard_path(&self.join_mount(&done), cached_only)).await.map(|n| match n {
+                        Node::Root => ROOT_INO,
+                        Node::Object(g) => g.ino(),
+                    })?;
+                continue;
+            }
+            let st = if cached_only { self.lookup_cached(ino, &name)? } else { self.lookup(ino, &name).await? };
+            if st.kind == ObjectKind::Symlink {
+                hops += 1;
+                if hops > MAX_SYMLINKS {
+                    return Err(VenusError::Remote(proto::RemoteError::Invalid("too many symlinks".into())));
+                }
+                let target = match self.node(st.ino)? {
+                    Node::Object(g) if cached_only => {
+                        self.cache.attr(&g).and_then(|a| a.link).ok_or(VenusError::NotCached)?
+                    }
+                    _ => self.readlink(st.ino).await?,
+                };
+                let target_path = Path::new(&target);
+                let parts: Vec<String> = if target_path.is_absolute() {
+                    let inside = target_path.strip_prefix(&self.mountpoint).map_err(|_| VenusError::NotFound)?;
+                    done.clear();
+                    ino = ROOT_INO;
+                    inside.components().filter_map(|c| c.as_os_str().to_str().map(str::to_string)).collect()
+                } else {
+                    target_path
+                        .components()
+                        .filter_map(|c| c.as_os_str().to_str().map(str::to_string))
+                        .filter(|c| c != ".")
+                        .collect()
+                };
+                todo.extend(parts.into_iter().rev());
+                continue;
+            }
+            done.push(name);
+            ino = st.ino;
+        }
+        self.node(ino)
+    }
+
+    fn join_mount(&self, parts: &[String]) -> String {
+        let mut p = self.mountpoint.clone();
+        for c in parts {
+            p.push(c);
+        }
+        p.display().to_string()
+    }
+
+    /// A lookup from the cache alone.
+    fn lookup_cached(&self, parent: u64, name: &str) -> Result<super::Stat> {
+        let target = match self.node(parent)? {
+            Node::Root => {
+                let cell = self.cell_by_name(name).ok_or(VenusError::NotFound)?;
+                let vol = self.cache.volume_named(cell, "root.cell").ok_or(VenusError::NotCached)?;
+                GFid::new(cell, Fid::root(vol))
+            }
+            Node::Object(p) => {
+                let entries = self.cache.listing(&p).ok_or(VenusError::NotCached)?;
+                let e = entries.iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+                let child = GFid::new(p.cell, Fid::new(p.fid.volume, e.object));
+                if e.kind == ObjectKind::MountPoint {
+                    let mp = self.cache.attr(&child).ok_or(VenusError::NotCached)?;
+                    let target = mp.link.unwrap_or_default();
+                    let body = target.trim_start_matches(['#', '%']).trim_end_matches('.');
+                    let (cell, volume) = match body.split_once(':') {
+                        Some((c, v)) => (self.cell_by_name(c).ok_or(VenusError::NotFound)?, v),
+                        None => (p.cell, body),
+                    };
+                    GFid::new(cell, Fid::root(self.cache.volume_named(cell, volume).ok_or(VenusError::NotCached)?))
+                } else {
+                    child
+                }
+            }
+        };
+        let attr = self.cache.attr(&target).ok_or(VenusError::NotCached)?;
+        Ok(self.stat_of(target, &attr))
+    }
+
     /// Follows path components from the mount root, crossing mount points as lookups do.
     pub async fn resolve(&self, components: &[String]) -> Result<Node> {
         let mut ino = ROOT_INO;

@@ -97,7 +97,8 @@ impl Venus {
             return Err(self.miss(g));
         }
         self.counters.add(counters::CACHE_MISSES, 1);
-        let evicted = self.cache.reserve(attr.size)?;
+        let priority = self.cache.get(&g).map_or(0, |c| c.priority);
+        let evicted = self.cache.reserve_at(attr.size, priority)?;
         self.counters.add(counters::EVICTIONS, evicted);
         let tmp = self.cache.temp_path();
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);

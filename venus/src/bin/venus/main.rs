@@ -40,6 +40,13 @@ enum Command {
         /// Detach and run in the background once mounted (logs go to CACHE/venus.log).
         #[arg(long)]
         background: bool,
+        /// The directory of hoard profiles (`*.hoard`), watched for edits
+        /// (default: ~/.config/venus/hoard).
+        #[arg(long, env = "VENUS_HOARD_DIR")]
+        hoard_dir: Option<PathBuf>,
+        /// Minutes between periodic hoard walks while connected.
+        #[arg(long, default_value_t = 10)]
+        hoard_interval: u64,
         mountpoint: PathBuf,
     },
     /// Unmount a venus mount and stop its venus.
@@ -121,6 +128,14 @@ fn default_cache() -> PathBuf {
     }
 }
 
+fn default_hoard_dir() -> PathBuf {
+    match (std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) => PathBuf::from(x).join("venus/hoard"),
+        (None, Some(h)) => PathBuf::from(h).join(".config/venus/hoard"),
+        (None, None) => PathBuf::from("/etc/venus/hoard"),
+    }
+}
+
 /// An absolute path whose last component is not followed (so a mount point is named, not
 /// crossed, and a path that does not exist yet can be named).
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -147,7 +162,7 @@ fn ask(cache: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mount { cell_files, cache_size, timeout, background, mountpoint } => {
+        Command::Mount { cell_files, cache_size, timeout, background, hoard_dir, hoard_interval, mountpoint } => {
             let mut files = cell_files;
             if files.is_empty() {
                 files.extend(std::env::var_os("AFS_CELL_FILE").map(PathBuf::from));
@@ -162,8 +177,16 @@ fn run(cli: Cli) -> Result<()> {
             if background && std::env::var_os("VENUS_DETACHED").is_none() {
                 return detach(&cache_dir, &mountpoint);
             }
-            let config = Config { cache_dir, cache_size, cells, rpc_timeout: Duration::from_secs(timeout) };
-            mount::run(MountOptions { config, mountpoint })
+            let hoard_dir = hoard_dir.unwrap_or_else(default_hoard_dir);
+            let config = Config {
+                cache_dir,
+                cache_size,
+                cells,
+                rpc_timeout: Duration::from_secs(timeout),
+                mountpoint: mountpoint.clone(),
+                hoard_dir,
+            };
+            mount::run(MountOptions { config, mountpoint, hoard_interval: Duration::from_secs(hoard_interval * 60) })
         }
         Command::Unmount { mountpoint } => {
             let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
