@@ -185,3 +185,32 @@ fn when_the_hoard_does_not_fit_higher_priorities_win_and_verify_says_why() -> R 
     assert!(still.iter().all(|p| !p.contains("/important/")), "hoarded files were evicted: {still:?}");
     Ok(())
 }
+
+#[test]
+fn hoarding_crosses_mount_points_and_follows_symlinks() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("cross.test")?;
+    let profiles = tempfile::tempdir()?;
+    let b = VenusMount::start(&vice, "cross.test")?;
+    assert!(vice.vos(&["create", "sub"]).status.success());
+    fs::create_dir(b.path("home"))?;
+    let mp = b.path("home/sub");
+    assert!(b.venus(&["mkmount", mp.to_str().unwrap_or_default(), "sub"]).status.success());
+    fs::write(b.path("home/sub/in-another-volume"), b"mounted sub-volume")?;
+    fs::create_dir(b.path("elsewhere"))?;
+    fs::write(b.path("elsewhere/target"), b"reached through a symlink")?;
+    std::os::unix::fs::symlink("../elsewhere", b.path("home/link"))?;
+    let a = hoard_mount(&vice, "cross.test", profiles.path(), &[])?;
+    fs::write(
+        profiles.path().join("p.hoard"),
+        format!("a {} 100:d\na {} 50\n", a.path("home").display(), a.path("home/link/target").display()),
+    )?;
+    let walk = ok(a.hoard(&["walk"]));
+    assert!(walk.contains("0 missing"), "{walk}");
+    a.venus_ok(&["disconnect"]);
+    assert_eq!(fs::read(a.path("home/sub/in-another-volume"))?, b"mounted sub-volume");
+    assert_eq!(fs::read(a.path("home/link/target"))?, b"reached through a symlink");
+    Ok(())
+}

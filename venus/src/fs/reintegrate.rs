@@ -28,6 +28,8 @@ impl Venus {
             let forced = lock(&self.forced).contains(&(cell, None));
             if conn.is_down() && !forced && conn.probe().await {
                 tracing::info!(cell = %conn.name(), "servers answer again");
+                // Refresh the hoard: things may have changed while we were away.
+                self.hoarding.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if !lock(&self.pending).is_empty() {
