@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""The project's benchmark: venus (over a real vice on loopback) against the local disk, in one run.
+
+Every measure runs on the venus mount and on a local directory of the same machine, and the
+report gives both and their ratio. Counters (RPCs, bytes, records) come from `venus status
+--json`. Timings are wall clock, median of --repeat runs. Run it through bench/run.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+class Cell:
+    """A vice server and one venus mount, started here and stopped at the end."""
+
+    def __init__(self, bins, root, cache_size="8G"):
+        self.bins, self.root = bins, root
+        self.data = os.path.join(root, "vice")
+        self.mnt = os.path.join(root, "afs")
+        self.cache = os.path.join(root, "cache")
+        os.makedirs(self.mnt)
+        port = 7400 + random.randint(0, 500)
+        subprocess.run([f"{bins}/vice", "init", "--cell", "bench.local", "--data", self.data,
+                        "--listen", f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+        self.vice = subprocess.Popen([f"{bins}/vice", "serve", "--data", self.data],
+                                     stderr=open(os.path.join(root, "vice.log"), "w"))
+        self.env = dict(os.environ, AFS_CELL_FILE=f"{self.data}/cell.toml",
+                        AFS_ADMIN_CRED=f"{self.data}/admin.cred", VENUS_CACHE=self.cache)
+        self.wait(lambda: subprocess.run([f"{bins}/vos", "listvldb"], env=self.env,
+                                         capture_output=True).returncode == 0)
+        self.cache_size = cache_size
+        self.venus = None
+        self.mount()
+
+    def wait(self, ok, what="ready", limit=60):
+        end = time.time() + limit
+        while time.time() < end:
+            if ok():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"not {what} in {limit} s")
+
+    def mount(self):
+        self.venus = subprocess.Popen(
+            [f"{self.bins}/venus", "mount", "--cell-file", f"{self.data}/cell.toml", "--cache", self.cache,
+             "--cache-size", self.cache_size, "--hoard-dir", os.path.join(self.root, "hoard"), self.mnt],
+            stderr=open(os.path.join(self.root, "venus.log"), "a"))
+        self.wait(lambda: self.run_venus("status").returncode == 0, "mounted")
+
+    def unmount(self):
+        self.venus.send_signal(signal.SIGTERM)
+        self.venus.wait(timeout=60)
+
+    def run_venus(self, *args):
+        return subprocess.run([f"{self.bins}/venus", *args], env=self.env, capture_output=True, text=True)
+
+    def status(self):
+        return json.loads(self.run_venus("status", "--json").stdout)
+
+    def counters(self):
+        st = self.status()
+        c = dict(st["counters"])
+        c["rpcs_total"] = sum(st["counters"]["rpcs"].values())
+        c["pending_records"] = st["pending_records"]
+        return c
+
+    def path(self, rel=""):
+        return os.path.join(self.mnt, "bench.local", rel)
+
+    def stop(self):
+        try:
+            self.unmount()
+        except Exception:
+            pass
+        self.vice.send_signal(signal.SIGTERM)
+        self.vice.wait(timeout=60)
+
+
+def drop_caches():
+    try:
+        sh("sync; echo 3 > /proc/sys/vm/drop_caches", stderr=subprocess.DEVNULL)
+    except subprocess.CalledProcessError:
+        pass
+
+
+def make_tree(dst, dirs, files, seed=7):
+    """A source tree of small C files with a Makefile, generated from a fixed seed."""
+    rng = random.Random(seed)
+    os.makedirs(dst)
+    objs = []
+    for d in range(dirs):
+        os.makedirs(f"{dst}/d{d:03}")
+    for f in range(files):
+        d = f % dirs
+        name = f"d{d:03}/f{f:04}.c"
+        body = "".join(f"int v{f}_{i} = {rng.randint(0, 1 << 20)};\n" for i in range(rng.randint(5, 40)))
+        body += f"int fn{f}(int x) {{ return x * {rng.randint(1, 99)} + v{f}_0; }}\n"
+        with open(f"{dst}/{name}", "w") as fh:
+            fh.write(body)
+        objs.append(name[:-2] + ".o")
+    with open(f"{dst}/Makefile", "w") as fh:
+        fh.write("OBJS = " + " ".join(objs) + "\nall: $(OBJS)\n%.o: %.c\n\t@gcc -O0 -c $< -o $@\n")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def andrew(src, target):
+    """The Andrew-style phases on `target` (which must not exist); seconds per phase."""
+    out = {}
+    out["MakeDir"] = timed(lambda: [os.makedirs(os.path.join(target, os.path.relpath(d, src)), exist_ok=True)
+                                    for d, _, _ in os.walk(src)])
+    out["Copy"] = timed(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
+                                 for d, _, fs in os.walk(src) for f in fs])
+    out["ScanDir"] = timed(lambda: [os.stat(os.path.join(d, f)) for d, _, fs in os.walk(target) for f in fs])
+    out["ReadAll"] = timed(lambda: [open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(target) for f in fs])
+    out["Make"] = timed(lambda: sh(f"make -s -j2 -C {target}"))
+    out["Remove"] = timed(lambda: shutil.rmtree(target))
+    return out
+
+
+def median_of(repeat, fn):
+    runs = [fn() for _ in range(repeat)]
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def big_file(cell, local_dir, size_mib):
+    res = {}
+    for name, base in [("local", local_dir), ("venus", cell.path())]:
+        f = os.path.join(base, "big")
+        w = timed(lambda: sh(f"dd if=/dev/zero of={f} bs=1M count={size_mib} conv=fsync status=none"))
+        if name == "venus":
+            cell.run_venus("flush", f)
+        drop_caches()
+        cold = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
+        warm = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
+        os.remove(f)
+        res[name] = {"write+close MB/s": size_mib * 1.048576 / w, "cold read MB/s": size_mib * 1.048576 / cold,
+                     "warm read MB/s": size_mib * 1.048576 / warm}
+    return res
+
+
+def delta(cell, size_mib):
+    f = cell.path("delta")
+    sh(f"dd if=/dev/urandom of={f} bs=1M count={size_mib} status=none")
+    before = cell.counters()["bytes_stored"]
+    sh(f"printf x | dd of={f} bs=1 seek={size_mib * 1024 * 512} conv=notrunc status=none")
+    after = cell.counters()["bytes_stored"]
+    os.remove(f)
+    return after - before
+
+
+def postmark(work_dir, files, transactions):
+    if not shutil.which("postmark"):
+        return None
+    cfg = f"set location {work_dir}\nset number {files}\nset transactions {transactions}\nset size 500 10000\nrun\nquit\n"
+    return timed(lambda: subprocess.run(["postmark"], input=cfg, text=True, capture_output=True, check=True))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="target/release")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=None, help="also write the report (markdown) here")
+    a = ap.parse_args()
+    dirs, files, big, dmib, repeat = (100, 2000, 512, 1024, a.repeat)
+    pm = (2000, 20000)
+    if a.quick:
+        dirs, files, big, dmib, repeat, pm = (10, 100, 64, 64, 1, (200, 500))
+    root = tempfile.mkdtemp(prefix="afs-bench-")
+    report = []
+    cell = Cell(a.bin, root)
+    try:
+        src = os.path.join(root, "src")
+        make_tree(src, dirs, files)
+        local = os.path.join(root, "local")
+        os.makedirs(local)
+
+        rows = []
+        loc = median_of(repeat, lambda: andrew(src, os.path.join(local, "t")))
+        warm = median_of(repeat, lambda: andrew(src, cell.path("t")))
+        for k in loc:
+            rows.append(("connected, warm", k, loc[k], warm[k]))
+        # Cold: the tree is on the server, the cache is empty (a fresh venus).
+        sh(f"cp -r {src} {cell.path('cold')}")
+        cell.unmount()
+        shutil.rmtree(cell.cache)
+        cell.mount()
+        t0 = cell.counters()
+        scan = timed(lambda: [os.stat(os.path.join(d, f)) for d, _, fs in os.walk(cell.path("cold")) for f in fs])
+        read = timed(lambda: [open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(cell.path("cold")) for f in fs])
+        cold_rpcs = cell.counters()["rpcs_total"] - t0["rpcs_total"]
+        rows.append(("connected, cold", "ScanDir", loc["ScanDir"], scan))
+        rows.append(("connected, cold", "ReadAll", loc["ReadAll"], read))
+        # Disconnected: every phase from the cache, logged; then reintegration.
+        cell.run_venus("disconnect")
+        off = andrew(src, cell.path("off"))
+        for k in loc:
+            rows.append(("disconnected", k, loc[k], off[k]))
+        # The log of an offline Copy, replayed.
+        sh(f"mkdir {cell.path('offcopy')}")
+        sh(f"cp -r {src}/. {cell.path('offcopy')}")
+        records = cell.counters()["pending_records"]
+        c0 = cell.counters()
+        t0 = time.perf_counter()
+        cell.run_venus("reconnect")
+        cell.run_venus("sync")
+        reint = time.perf_counter() - t0
+        c1 = cell.counters()
+
+        report.append(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores)\n")
+        report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
+        report.append("| setup | phase | local disk | venus | ratio |\n|---|---|---:|---:|---:|")
+        for setup, k, l, v in rows:
+            report.append(f"| {setup} | {k} | {l:.3f} | {v:.3f} | {v / l if l else 0:.2f} × |")
+        report.append(f"\nCold ScanDir+ReadAll made {cold_rpcs} RPCs.\n")
+        report.append(f"Reintegration of the offline Copy: {records} records, "
+                      f"{c1['bytes_stored'] - c0['bytes_stored']} bytes stored, {reint:.2f} s, "
+                      f"{c1['rpcs']['Reintegrate'] - c0['rpcs']['Reintegrate']} Reintegrate RPCs.\n")
+
+        bf = big_file(cell, local, big)
+        report.append(f"## {big} MiB file\n\n| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")
+        for k in bf["local"]:
+            report.append(f"| {k} | {bf['local'][k]:.0f} | {bf['venus'][k]:.0f} | {bf['venus'][k] / bf['local'][k]:.2f} × |")
+        sent = delta(cell, dmib)
+        report.append(f"\nOne-byte edit in the middle of a {dmib} MiB file: {sent} bytes sent to the server.\n")
+        pl = postmark(os.path.join(local), *pm)
+        pv = postmark(cell.path(), *pm)
+        if pl is not None:
+            report.append(f"PostMark ({pm[0]} files, {pm[1]} transactions): local {pl:.1f} s, venus {pv:.1f} s, "
+                          f"ratio {pv / pl:.2f} ×.\n")
+        else:
+            report.append("PostMark: not installed (apt-get install postmark).\n")
+    finally:
+        cell.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    text = "\n".join(report)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
