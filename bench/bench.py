@@ -180,13 +180,26 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
+    ap.add_argument("--postmark", action="store_true", help="also run PostMark (slow: minutes)")
     a = ap.parse_args()
     dirs, files, big, dmib, repeat = (100, 2000, 512, 1024, a.repeat)
     pm = (2000, 20000)
     if a.quick:
         dirs, files, big, dmib, repeat, pm = (10, 100, 64, 64, 1, (200, 500))
     root = tempfile.mkdtemp(prefix="afs-bench-")
-    report = []
+    out = open(a.out, "w") if a.out else None
+
+    class Report(list):
+        """Lines printed (and written) as they come, so an interrupted run keeps what it measured."""
+
+        def append(self, line):
+            super().append(line)
+            print(line, flush=True)
+            if out:
+                out.write(line + "\n")
+                out.flush()
+
+    report = Report()
     cell = Cell(a.bin, root)
     try:
         src = os.path.join(root, "src")
@@ -194,6 +207,9 @@ def main():
         local = os.path.join(root, "local")
         os.makedirs(local)
 
+        report.append(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores)\n")
+        report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
+        report.append("| setup | phase | local disk | venus | ratio |\n|---|---|---:|---:|---:|")
         rows = []
         loc = median_of(repeat, lambda: andrew(src, os.path.join(local, "t")))
         warm = median_of(repeat, lambda: andrew(src, cell.path("t")))
@@ -226,9 +242,6 @@ def main():
         reint = time.perf_counter() - t0
         c1 = cell.counters()
 
-        report.append(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores)\n")
-        report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
-        report.append("| setup | phase | local disk | venus | ratio |\n|---|---|---:|---:|---:|")
         for setup, k, l, v in rows:
             report.append(f"| {setup} | {k} | {l:.3f} | {v:.3f} | {v / l if l else 0:.2f} × |")
         report.append(f"\nCold ScanDir+ReadAll made {cold_rpcs} RPCs.\n")
@@ -242,21 +255,18 @@ def main():
             report.append(f"| {k} | {bf['local'][k]:.0f} | {bf['venus'][k]:.0f} | {bf['venus'][k] / bf['local'][k]:.2f} × |")
         sent = delta(cell, dmib)
         report.append(f"\nOne-byte edit in the middle of a {dmib} MiB file: {sent} bytes sent to the server.\n")
-        pl = postmark(os.path.join(local), *pm)
-        pv = postmark(cell.path(), *pm)
-        if pl is not None:
+        pl = postmark(os.path.join(local), *pm) if a.postmark else None
+        pv = postmark(cell.path(), *pm) if a.postmark else None
+        if pl is not None and pv is not None:
             report.append(f"PostMark ({pm[0]} files, {pm[1]} transactions): local {pl:.1f} s, venus {pv:.1f} s, "
                           f"ratio {pv / pl:.2f} ×.\n")
         else:
-            report.append("PostMark: not installed (apt-get install postmark).\n")
+            report.append("PostMark: not run (--postmark; needs the Debian package postmark).\n")
     finally:
         cell.stop()
         shutil.rmtree(root, ignore_errors=True)
-    text = "\n".join(report)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(text + "\n")
+    if out:
+        out.close()
 
 
 if __name__ == "__main__":
