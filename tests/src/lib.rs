@@ -479,6 +479,23 @@ impl VenusMount {
         self.status()["pending_records"].as_u64().unwrap_or(0)
     }
 
+    /// Waits (bounded) until venus considers every volume connected again (it probes servers
+    /// it found unreachable every two seconds).
+    pub fn wait_connected(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            let vols = st["volumes"].as_array().cloned().unwrap_or_default();
+            if vols.iter().all(|v| v["state"] == "connected") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("still not connected after 30 s: {}", st["volumes"]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits (bounded) until the log is empty: reintegration finished.
     pub fn wait_reintegrated(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);

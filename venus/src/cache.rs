@@ -365,11 +365,13 @@ impl Cache {
         }
     }
 
-    /// Drops a clean container (`venus flush`); dirty data is kept.
+    /// Drops a clean container (`venus flush`); dirty data is kept. A handle still open keeps
+    /// its own descriptor on the old container (the kernel releases files asynchronously after
+    /// `close`), so only the next open fetches again.
     pub fn flush(&self, g: &GFid) -> Result<bool> {
         let mut s = self.lock();
         let Some(c) = s.objects.get_mut(g) else { return Ok(false) };
-        if c.dirty || c.open > 0 {
+        if c.dirty {
             return Ok(false);
         }
         let size = std::mem::take(&mut c.data_size);
