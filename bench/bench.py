@@ -59,6 +59,8 @@ class Cell:
              "--cache-size", self.cache_size, "--hoard-dir", os.path.join(self.root, "hoard"), self.mnt],
             stderr=open(os.path.join(self.root, "venus.log"), "a"))
         self.wait(lambda: self.run_venus("status").returncode == 0, "mounted")
+        # root.cell is writable by administrators only; the token survives remounts.
+        self.run_venus("login", "admin", "--password-file", f"{self.data}/admin.password")
 
     def unmount(self):
         self.venus.send_signal(signal.SIGTERM)

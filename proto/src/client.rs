@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::attr::Attr;
+use crate::auth::{Access, Token};
 use crate::cell::CellServer;
 use crate::chunk::{ChunkHash, ChunkRef, MAX_CHUNK};
 use crate::error::ProtoError;
@@ -121,12 +122,17 @@ impl Session {
         }
     }
 
-    /// One request, one response. Errors the server reports come back as `Ok(Response::Error)`;
-    /// use [`Session::call_ok`] to turn them into `Err`.
+    /// One anonymous request, one response. Errors the server reports come back as
+    /// `Ok(Response::Error)`; use [`Session::call_ok`] to turn them into `Err`.
     pub async fn call(&self, req: &Request) -> Result<Response, ProtoError> {
+        self.call_as(None, req).await
+    }
+
+    /// One request made as the holder of `token`.
+    pub async fn call_as(&self, token: Option<&Token>, req: &Request) -> Result<Response, ProtoError> {
         self.timed(async {
             let (mut send, mut recv) = self.conn.open_bi().await?;
-            write_frame(&mut send, req).await?;
+            write_call(&mut send, token, req).await?;
             let _ = send.finish();
             read_frame(&mut recv).await
         })
@@ -144,14 +150,15 @@ impl Session {
     /// only one chunk is in memory at a time.
     pub async fn fetch_data(
         &self,
+        token: Option<&Token>,
         fid: Fid,
         mut sink: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>,
-    ) -> Result<(Attr, Vec<ChunkRef>, Promise), ProtoError> {
+    ) -> Result<FetchedData, ProtoError> {
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_frame(&mut send, &Request::FetchData { fid })).await?;
+        self.timed(write_call(&mut send, token, &Request::FetchData { fid })).await?;
         let _ = send.finish();
-        let (attr, chunks, promise) = match self.timed(read_frame(&mut recv)).await? {
-            Response::Data { attr, chunks, promise } => (attr, chunks, promise),
+        let (attr, chunks, promise, access) = match self.timed(read_frame(&mut recv)).await? {
+            Response::Data { attr, chunks, promise, access } => (attr, chunks, promise, access),
             other => return Err(unexpected("FetchData", other)),
         };
         let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
@@ -167,12 +174,17 @@ impl Session {
             }
             sink(chunk, &buf)?;
         }
-        Ok((attr, chunks, promise))
+        Ok(FetchedData { attr, chunks, promise, access })
     }
 
     /// Which of `hashes` the server lacks, by index.
-    pub async fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Result<Vec<u32>, ProtoError> {
-        match self.call(&Request::MissingChunks { volume, hashes }).await? {
+    pub async fn missing_chunks(
+        &self,
+        token: Option<&Token>,
+        volume: VolumeId,
+        hashes: Vec<ChunkHash>,
+    ) -> Result<Vec<u32>, ProtoError> {
+        match self.call_as(token, &Request::MissingChunks { volume, hashes }).await? {
             Response::Missing { indices } => Ok(indices),
             other => Err(unexpected("MissingChunks", other)),
         }
@@ -182,13 +194,14 @@ impl Session {
     /// time as the stream drains, so a large upload never sits in memory.
     pub async fn put_chunks(
         &self,
+        token: Option<&Token>,
         volume: VolumeId,
         chunks: Vec<ChunkRef>,
         mut read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
     ) -> Result<u32, ProtoError> {
         let count = chunks.len();
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_frame(&mut send, &Request::PutChunks { volume, chunks })).await?;
+        self.timed(write_call(&mut send, token, &Request::PutChunks { volume, chunks })).await?;
         for i in 0..count {
             let data = read_chunk(i)?;
             self.timed(async {
@@ -230,6 +243,31 @@ impl Session {
     }
 }
 
+/// A whole file as `FetchData` delivered it (the bytes went to the sink).
+#[derive(Debug, Clone)]
+pub struct FetchedData {
+    pub attr: Attr,
+    pub chunks: Vec<ChunkRef>,
+    pub promise: Promise,
+    pub access: Access,
+}
+
+async fn write_call<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    token: Option<&Token>,
+    request: &Request,
+) -> Result<(), ProtoError> {
+    write_frame(w, &CallRef { token, request }).await
+}
+
+/// A [`crate::msg::Call`] built from borrowed parts (a request can be a large batch of records);
+/// it encodes to the same bytes.
+#[derive(serde::Serialize)]
+struct CallRef<'a> {
+    token: Option<&'a Token>,
+    request: &'a Request,
+}
+
 /// Server side: sends one push on a new stream and waits for the ack.
 pub async fn send_push(conn: &quinn::Connection, push: &Push, timeout: Duration) -> Result<(), ProtoError> {
     let fut = async {
@@ -242,5 +280,29 @@ pub async fn send_push(conn: &quinn::Connection, push: &Push, timeout: Duration)
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(ProtoError::Timeout(timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{PtsId, TokenBody, TokenKey};
+    use crate::msg::Call;
+
+    #[test]
+    fn borrowed_call_encodes_like_call() {
+        let token = TokenKey::generate().issue(TokenBody {
+            cell: "c".into(),
+            user: PtsId(3),
+            name: "u".into(),
+            issued: 1,
+            expires: 2,
+        });
+        let request = Request::ListServers;
+        for token in [None, Some(token)] {
+            let owned = postcard::to_stdvec(&Call { token: token.clone(), request: request.clone() }).unwrap();
+            let borrowed = postcard::to_stdvec(&CallRef { token: token.as_ref(), request: &request }).unwrap();
+            assert_eq!(owned, borrowed);
+        }
     }
 }

@@ -20,6 +20,8 @@ fn golden_bytes() {
     assert_eq!(enc(&Request::FetchStatus { fid }), "010203");
     assert_eq!(enc(&Request::FetchData { fid }), "020203");
     assert_eq!(enc(&Request::ListVolumes), "10");
+    assert_eq!(enc(&Call { token: None, request: Request::FetchStatus { fid } }), "00010203");
+    assert_eq!(enc(&Request::PtsListEntries), "1a");
     assert_eq!(enc(&Response::Error(RemoteError::NotFound)), "0000");
     assert_eq!(enc(&Response::Done), "0a");
     let rec = Record {

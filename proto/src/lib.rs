@@ -3,6 +3,7 @@
 //! cell file. Nothing else in the workspace defines bytes that cross the network.
 
 pub mod attr;
+pub mod auth;
 pub mod cell;
 pub mod chunk;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod units;
 pub mod version;
 
 pub use attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};
+pub use auth::{Access, Acl, PtsId, Rights, Token};
 pub use chunk::{ChunkHash, ChunkRef};
 pub use error::ProtoError;
 pub use ids::{ClientId, Fid, ObjectId, OpId, ServerId, VolumeId};

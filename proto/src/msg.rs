@@ -6,13 +6,34 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attr::{Attr, DirEntry};
+use crate::auth::{Access, Acl, PtsId, Rights, Token};
 use crate::chunk::{ChunkHash, ChunkRef};
 use crate::ids::{ClientId, Fid, ServerId, VolumeId};
 use crate::record::{ConflictKind, Record, RecordResult};
 use crate::version::VolumeStamp;
 
 /// Bumped when a change is not backward compatible; sent in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: every request travels in a [`Call`] with the caller's token; replies that carry attributes
+/// also carry the caller's access rights.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The frame a client sends to open every RPC: who is asking, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// `None`: the anonymous user (`system:anyuser` only).
+    pub token: Option<Token>,
+    pub request: Request,
+}
+
+/// An entry of the protection database (`pts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtsEntry {
+    pub id: PtsId,
+    pub name: String,
+    /// For a group: its members; for a user: the groups it belongs to.
+    pub members: Vec<String>,
+}
 
 /// How long a callback promise holds, relative to when the reply was sent (no clock sync needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +171,53 @@ pub enum Request {
         name: String,
     },
     ListVolumes,
+    /// Trades a password for a token (`venus login`). The connection is TLS to a pinned server.
+    Login {
+        user: String,
+        password: String,
+        /// Seconds the token should last; 0 asks for the server's default. The server caps it.
+        lifetime: u32,
+    },
+    FetchAcl {
+        fid: Fid,
+    },
+    /// Sets one entry of a directory's ACL (`venus setacl`); no rights removes the entry. The
+    /// server reads, changes and writes the ACL in one transaction, so concurrent edits of
+    /// different entries never undo each other.
+    SetAclEntry {
+        fid: Fid,
+        who: String,
+        rights: Rights,
+        negative: bool,
+    },
+    // The protection database. Changes need an administrator; anyone may look.
+    PtsCreateUser {
+        name: String,
+        password: String,
+    },
+    PtsCreateGroup {
+        name: String,
+    },
+    PtsAddUser {
+        user: String,
+        group: String,
+    },
+    PtsRemoveUser {
+        user: String,
+        group: String,
+    },
+    PtsDelete {
+        name: String,
+    },
+    PtsMembership {
+        name: String,
+    },
+    PtsListEntries,
+    /// An administrator may set anyone's password; a user only their own.
+    PtsSetPassword {
+        user: String,
+        password: String,
+    },
 }
 
 /// Append-only (see module docs).
@@ -163,17 +231,20 @@ pub enum Response {
     Status {
         attr: Attr,
         promise: Promise,
+        access: Access,
     },
     /// The file's chunk list; `total_len(chunks)` raw bytes follow on the stream.
     Data {
         attr: Attr,
         chunks: Vec<ChunkRef>,
         promise: Promise,
+        access: Access,
     },
     Dir {
         attr: Attr,
         entries: Vec<DirEntry>,
         promise: Promise,
+        access: Access,
     },
     Missing {
         indices: Vec<u32>,
@@ -211,6 +282,21 @@ pub enum Response {
     },
     Volumes {
         volumes: Vec<VolumeInfo>,
+    },
+    Token {
+        token: Token,
+    },
+    /// A directory's ACL, with the names of the ids in it.
+    Acl {
+        acl: Acl,
+        names: Vec<(PtsId, String)>,
+        access: Access,
+    },
+    PtsEntry {
+        entry: PtsEntry,
+    },
+    PtsEntries {
+        entries: Vec<PtsEntry>,
     },
 }
 
@@ -273,6 +359,12 @@ pub enum RemoteError {
     DuplicateObject,
     #[error("the volume's directory tree would loop")]
     WouldLoop,
+    #[error("token refused: {0}")]
+    BadToken(String),
+    #[error("unknown user or wrong password")]
+    BadLogin,
+    #[error("hard links must stay in one directory")]
+    CrossDirectoryLink,
 }
 
 /// What a request does, for retry policy, counters and routing.
@@ -310,6 +402,17 @@ impl Request {
             Request::ListVldb => m("ListVldb", false, true, true, None),
             Request::ExamineVolume { .. } => m("ExamineVolume", false, true, true, None),
             Request::ListVolumes => m("ListVolumes", false, true, true, None),
+            Request::Login { .. } => m("Login", false, true, false, None),
+            Request::FetchAcl { fid } => m("FetchAcl", false, true, false, Some(fid.volume)),
+            Request::SetAclEntry { fid, .. } => m("SetAclEntry", true, true, false, Some(fid.volume)),
+            Request::PtsCreateUser { .. } => m("PtsCreateUser", true, false, true, None),
+            Request::PtsCreateGroup { .. } => m("PtsCreateGroup", true, false, true, None),
+            Request::PtsAddUser { .. } => m("PtsAddUser", true, true, true, None),
+            Request::PtsRemoveUser { .. } => m("PtsRemoveUser", true, true, true, None),
+            Request::PtsDelete { .. } => m("PtsDelete", true, false, true, None),
+            Request::PtsMembership { .. } => m("PtsMembership", false, true, false, None),
+            Request::PtsListEntries => m("PtsListEntries", false, true, false, None),
+            Request::PtsSetPassword { .. } => m("PtsSetPassword", true, true, false, None),
         }
     }
 }
@@ -342,6 +445,17 @@ pub const REQUEST_NAMES: &[&str] = &[
     "ListVldb",
     "ExamineVolume",
     "ListVolumes",
+    "Login",
+    "FetchAcl",
+    "SetAclEntry",
+    "PtsCreateUser",
+    "PtsCreateGroup",
+    "PtsAddUser",
+    "PtsRemoveUser",
+    "PtsDelete",
+    "PtsMembership",
+    "PtsListEntries",
+    "PtsSetPassword",
 ];
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and

@@ -115,6 +115,37 @@ impl Vice {
         self.data().join("admin.cred")
     }
 
+    /// The admin credential `vos` and `pts` use (an administrator of the cell).
+    pub fn admin_identity(&self) -> Option<Identity> {
+        Some(Identity::load(&self.admin_cred_path()).expect("admin credential"))
+    }
+
+    /// The password of the cell's first administrator, `admin`.
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.data().join("admin.password")).expect("admin.password").trim().to_string()
+    }
+
+    /// Runs `pts` with the admin credential.
+    pub fn pts(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("pts"))
+            .args(args)
+            .env("AFS_CELL_FILE", self.cell_file_path())
+            .env("AFS_ADMIN_CRED", self.admin_cred_path())
+            .output()
+            .expect("run pts")
+    }
+
+    /// Creates a user with a password (`pts createuser`).
+    pub fn create_user(&self, name: &str, password: &str) -> Result<()> {
+        let file = self.dir.path().join(format!("{name}.password"));
+        std::fs::write(&file, password)?;
+        let out = self.pts(&["createuser", name, "--password-file", &file.display().to_string()]);
+        if !out.status.success() {
+            bail!("pts createuser {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     pub fn cell_file(&self) -> CellFile {
         CellFile::load(&self.cell_file_path()).expect("cell file")
     }
@@ -206,10 +237,37 @@ pub struct TestClient {
     pub id: ClientId,
     pub session: Session,
     pub breaks: Arc<Mutex<Vec<Push>>>,
+    /// Sent with every request (see `login`); `None`: anonymous, or the admin credential.
+    pub token: Option<Token>,
     _connector: Connector,
 }
 
 impl TestClient {
+    /// A client presenting the cell's admin credential (rights of system:administrators).
+    pub async fn admin(vice: &Vice) -> Result<TestClient> {
+        Self::connect_as(&vice.cell_file(), vice.admin_identity()).await
+    }
+
+    /// Logs in: every later request carries the token.
+    pub async fn login(&mut self, user: &str, password: &str, lifetime: u32) -> Result<Token> {
+        let req = Request::Login { user: user.into(), password: password.into(), lifetime };
+        match self.session.call_ok(&req).await? {
+            Response::Token { token } => {
+                self.token = Some(token.clone());
+                Ok(token)
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+
+    /// One request with this client's token; the server's refusal is the error.
+    pub async fn call_ok(&self, req: &Request) -> Result<Response> {
+        match self.session.call_as(self.token.as_ref(), req).await? {
+            Response::Error(e) => Err(ProtoError::Remote(e).into()),
+            other => Ok(other),
+        }
+    }
+
     pub async fn connect(cell: &CellFile) -> Result<TestClient> {
         Self::connect_as(cell, None).await
     }
@@ -225,7 +283,7 @@ impl TestClient {
         let breaks = Arc::new(Mutex::new(Vec::new()));
         let sink = breaks.clone();
         session.spawn_push_handler(Arc::new(move |p| sink.lock().unwrap().push(p)));
-        Ok(TestClient { id, session, breaks, _connector: connector })
+        Ok(TestClient { id, session, breaks, token: None, _connector: connector })
     }
 
     pub fn broken(&self, fid: Fid) -> bool {
@@ -235,14 +293,14 @@ impl TestClient {
     }
 
     pub async fn root_of(&self, volume: &str) -> Result<Fid> {
-        match self.session.call_ok(&Request::GetVolumeLocation { volume: msg::VolumeRef::Name(volume.into()) }).await? {
+        match self.call_ok(&Request::GetVolumeLocation { volume: msg::VolumeRef::Name(volume.into()) }).await? {
             Response::Location { entry, .. } => Ok(Fid::root(entry.rw)),
             other => bail!("unexpected {other:?}"),
         }
     }
 
     pub async fn mutate(&self, record: Record) -> Result<Applied> {
-        match self.session.call_ok(&Request::Mutate { record }).await? {
+        match self.call_ok(&Request::Mutate { record }).await? {
             Response::Applied { result, .. } => Ok(result?),
             other => bail!("unexpected {other:?}"),
         }
@@ -268,7 +326,7 @@ impl TestClient {
     }
 
     pub async fn status(&self, fid: Fid) -> Result<Attr> {
-        match self.session.call_ok(&Request::FetchStatus { fid }).await? {
+        match self.call_ok(&Request::FetchStatus { fid }).await? {
             Response::Status { attr, .. } => Ok(attr),
             other => bail!("unexpected {other:?}"),
         }
@@ -278,13 +336,14 @@ impl TestClient {
     pub async fn upload(&self, volume: VolumeId, data: &[u8]) -> Result<(Vec<ChunkRef>, u32)> {
         let pieces = proto::chunk::chunk_bytes(data);
         let refs: Vec<ChunkRef> = pieces.iter().map(|(r, _)| *r).collect();
-        let missing = self.session.missing_chunks(volume, refs.iter().map(|r| r.hash).collect()).await?;
+        let missing =
+            self.session.missing_chunks(self.token.as_ref(), volume, refs.iter().map(|r| r.hash).collect()).await?;
         let to_send: Vec<ChunkRef> = missing.iter().map(|&i| refs[i as usize]).collect();
         let bytes: Vec<Vec<u8>> = missing.iter().map(|&i| pieces[i as usize].1.to_vec()).collect();
         let stored = if to_send.is_empty() {
             0
         } else {
-            self.session.put_chunks(volume, to_send, |i| Ok(bytes[i].clone())).await?
+            self.session.put_chunks(self.token.as_ref(), volume, to_send, |i| Ok(bytes[i].clone())).await?
         };
         Ok((refs, stored))
     }
@@ -310,14 +369,14 @@ impl TestClient {
 
     pub async fn fetch(&self, fid: Fid) -> Result<(Attr, Vec<u8>)> {
         let mut out = Vec::new();
-        let (attr, _, _) = self
+        let fetched = self
             .session
-            .fetch_data(fid, |_, bytes| {
+            .fetch_data(self.token.as_ref(), fid, |_, bytes| {
                 out.extend_from_slice(bytes);
                 Ok(())
             })
             .await?;
-        Ok((attr, out))
+        Ok((fetched.attr, out))
     }
 }
 
@@ -408,7 +467,43 @@ impl VenusMount {
             log,
         };
         m.spawn()?;
+        // Tests act as the cell's administrator unless they log in as someone else; the token
+        // is kept in the cache directory, so it survives restarts of this venus.
+        let password = cell_file.parent().map(|d| d.join("admin.password")).filter(|p| p.exists());
+        if let Some(password) = password {
+            m.login(0, "admin", &std::fs::read_to_string(password)?)?;
+        }
         Ok(m)
+    }
+
+    /// `venus login USER` as local user `uid`.
+    pub fn login(&self, uid: u32, user: &str, password: &str) -> Result<()> {
+        self.login_for(uid, user, password, 0)
+    }
+
+    /// As `login`, asking for a token that lasts `lifetime` seconds.
+    pub fn login_for(&self, uid: u32, user: &str, password: &str, lifetime: u32) -> Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .as_uid(uid, &["login", user, "--lifetime", &lifetime.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(format!("{}\n", password.trim()).as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("venus login {user} as uid {uid}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// A `venus` command run as local user `uid` (for tests with several users on one mount).
+    pub fn as_uid(&self, uid: u32, args: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin("venus"));
+        cmd.args(args).env("VENUS_CACHE", self.cache()).uid(uid).gid(uid);
+        cmd
     }
 
     pub fn cache(&self) -> PathBuf {
@@ -688,6 +783,7 @@ impl UdpProxy {
         cell.servers[0].address = self.addr.clone();
         let path = dir.join("proxied-cell.toml");
         std::fs::write(&path, cell.to_toml())?;
+        std::fs::copy(vice.data().join("admin.password"), dir.join("admin.password"))?;
         Ok(path)
     }
 }

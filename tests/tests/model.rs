@@ -68,7 +68,28 @@ fn gen_op(rng: &mut Rng) -> Op {
     }
 }
 
+/// AFS keeps every name of a file in one directory (one ACL governs it): a hard link into
+/// another directory, or moving a file that has several names to another directory, is EXDEV.
+fn afs_refuses(root: &Path, op: &Op) -> bool {
+    let dir = |s: &str| root.join(s).parent().and_then(|d| fs::canonicalize(d).ok());
+    match op {
+        Op::Link { from, to } => {
+            fs::symlink_metadata(root.join(from)).is_ok_and(|m| m.is_file()) && dir(from) != dir(to)
+        }
+        Op::Rename { from, to } => {
+            use std::os::unix::fs::MetadataExt;
+            fs::symlink_metadata(root.join(from)).is_ok_and(|m| m.is_file() && m.nlink() > 1)
+                && dir(to).is_some()
+                && dir(from) != dir(to)
+        }
+        _ => false,
+    }
+}
+
 fn apply(root: &Path, op: &Op) -> Result<(), i32> {
+    if afs_refuses(root, op) {
+        return Err(libc::EXDEV);
+    }
     let p = |s: &str| root.join(s);
     let r = match op {
         Op::Write { path, seed, len } => fs::write(p(path), Noise::bytes(*seed, *len)),

@@ -17,9 +17,8 @@ type R = anyhow::Result<()>;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_breaks_other_clients_callbacks_before_it_returns() -> R {
     let vice = Vice::start("callbacks.test")?;
-    let cell = vice.cell_file();
-    let a = TestClient::connect(&cell).await?;
-    let b = TestClient::connect(&cell).await?;
+    let a = TestClient::admin(&vice).await?;
+    let b = TestClient::admin(&vice).await?;
     let root = a.root_of("root.cell").await?;
     let f = a.create(root, "shared.txt").await?;
     let f = a.store(&f, b"version one").await?;
@@ -44,20 +43,20 @@ async fn a_store_breaks_other_clients_callbacks_before_it_returns() -> R {
 async fn a_client_that_cannot_be_told_loses_its_promises_and_hears_so() -> R {
     let vice = Vice::start("lost.test")?;
     let cell = vice.cell_file();
-    let a = TestClient::connect(&cell).await?;
+    let a = TestClient::admin(&vice).await?;
     let root = a.root_of("root.cell").await?;
     let f = a.create(root, "f").await?;
     let f = a.store(&f, b"one").await?;
 
     let id = ClientId::random();
-    let c = TestClient::connect_with(&cell, None, id).await?;
+    let c = TestClient::connect_with(&cell, vice.admin_identity(), id).await?;
     c.fetch(f.fid).await?;
     c.session.close();
     drop(c);
     // C is gone: the break cannot be delivered, so the server declares it lost.
     a.store(&f, b"two").await?;
 
-    let c = TestClient::connect_with(&cell, None, id).await?;
+    let c = TestClient::connect_with(&cell, vice.admin_identity(), id).await?;
     let err = c.status(f.fid).await.unwrap_err();
     assert_eq!(err.downcast_ref::<ProtoError>().and_then(|e| e.remote()), Some(&RemoteError::CallbacksLost));
     // Told once; then it revalidates and carries on.
@@ -68,7 +67,7 @@ async fn a_client_that_cannot_be_told_loses_its_promises_and_hears_so() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_store_with_the_same_op_id_is_applied_once() -> R {
     let vice = Vice::start("retry.test")?;
-    let c = TestClient::connect(&vice.cell_file()).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let f = c.create(root, "f").await?;
     let (chunks, _) = c.upload(f.fid.volume, b"only once").await?;
@@ -93,7 +92,7 @@ async fn a_retried_store_with_the_same_op_id_is_applied_once() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_content_stored_twice_sends_and_keeps_its_chunks_once() -> R {
     let vice = Vice::start("dedupe.test")?;
-    let c = TestClient::connect(&vice.cell_file()).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let content = Noise::bytes(5, 3 * 1024 * 1024);
     let a = c.create(root, "a").await?;
@@ -123,7 +122,7 @@ async fn the_same_content_stored_twice_sends_and_keeps_its_chunks_once() -> R {
 async fn a_one_gib_file_round_trips_with_equal_blake3() -> R {
     const SIZE: u64 = 1 << 30;
     let vice = Vice::start("big.test")?;
-    let c = TestClient::connect(&vice.cell_file()).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let f = c.create(root, "big").await?;
 
@@ -153,14 +152,14 @@ async fn a_one_gib_file_round_trips_with_equal_blake3() -> R {
     })?;
     assert_eq!(at, SIZE);
     let file = Arc::new(std::fs::File::open(&src_path)?);
-    let missing = c.session.missing_chunks(f.fid.volume, refs.iter().map(|r| r.hash).collect()).await?;
+    let missing = c.session.missing_chunks(None, f.fid.volume, refs.iter().map(|r| r.hash).collect()).await?;
     for batch in missing.chunks(256) {
         let chunks: Vec<ChunkRef> = batch.iter().map(|&i| refs[i as usize]).collect();
         let offs: Vec<u64> = batch.iter().map(|&i| offsets[i as usize]).collect();
         let lens: Vec<u32> = chunks.iter().map(|r| r.len).collect();
         let file = file.clone();
         c.session
-            .put_chunks(f.fid.volume, chunks, move |i| {
+            .put_chunks(None, f.fid.volume, chunks, move |i| {
                 let mut buf = vec![0u8; lens[i] as usize];
                 file.read_exact_at(&mut buf, offs[i])?;
                 Ok(buf)
@@ -170,17 +169,18 @@ async fn a_one_gib_file_round_trips_with_equal_blake3() -> R {
     c.mutate(c.store_record(&f, refs)).await?;
 
     // A second client fetches it, hashing the stream.
-    let other = TestClient::connect(&vice.cell_file()).await?;
+    let other = TestClient::admin(&vice).await?;
     let mut hasher = blake3::Hasher::new();
     let mut len = 0u64;
-    let (attr, _, _) = other
+    let attr = other
         .session
-        .fetch_data(f.fid, |_, bytes| {
+        .fetch_data(None, f.fid, |_, bytes| {
             hasher.update(bytes);
             len += bytes.len() as u64;
             Ok(())
         })
-        .await?;
+        .await?
+        .attr;
     assert_eq!(attr.size, SIZE);
     assert_eq!(len, SIZE);
     assert_eq!(hasher.finalize(), expected);
@@ -196,8 +196,7 @@ fn version_content(file: usize, version: u64) -> Vec<u8> {
 async fn sigkill_during_a_stream_of_stores_leaves_acknowledged_versions() -> R {
     const FILES: usize = 4;
     let mut vice = Vice::start("crash.test")?;
-    let cell = vice.cell_file();
-    let c = TestClient::connect(&cell).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let mut attrs = Vec::new();
     for i in 0..FILES {
@@ -238,7 +237,7 @@ async fn sigkill_during_a_stream_of_stores_leaves_acknowledged_versions() -> R {
     let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
 
     vice.restart()?;
-    let c = TestClient::connect(&cell).await?;
+    let c = TestClient::admin(&vice).await?;
     for (i, fid) in fids.iter().enumerate() {
         let (_, data) = c.fetch(*fid).await?;
         let ok = data == version_content(i, acked[i]) || data == version_content(i, acked[i] + 1);
@@ -273,8 +272,7 @@ async fn a_wrong_fingerprint_in_the_cell_file_fails_with_a_clear_error() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_an_error_and_the_server_keeps_serving() -> R {
     let vice = Vice::start("fuzz.test")?;
-    let cell = vice.cell_file();
-    let c = TestClient::connect(&cell).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let conn = c.session.connection().clone();
 
@@ -324,7 +322,7 @@ async fn malformed_frames_get_an_error_and_the_server_keeps_serving() -> R {
             },
         },
     };
-    let encoded = postcard::to_stdvec(&good)?;
+    let encoded = postcard::to_stdvec(&proto::msg::Call { token: None, request: good })?;
     let needle = b"placeholder";
     let pos = encoded.windows(needle.len()).position(|w| w == needle).expect("name in encoding");
     let mut evil = encoded.clone();
@@ -336,21 +334,23 @@ async fn malformed_frames_get_an_error_and_the_server_keeps_serving() -> R {
     // A chunk upload whose bytes do not match their hash.
     let err = c
         .session
-        .put_chunks(root.volume, vec![ChunkRef { hash: ChunkHash::of(b"right"), len: 5 }], |_| Ok(b"wrong".to_vec()))
+        .put_chunks(None, root.volume, vec![ChunkRef { hash: ChunkHash::of(b"right"), len: 5 }], |_| {
+            Ok(b"wrong".to_vec())
+        })
         .await
         .unwrap_err();
     assert!(matches!(err.remote(), Some(RemoteError::Invalid(_))), "{err}");
     // A chunk larger than the limit is refused from its header.
     let err = c
         .session
-        .put_chunks(root.volume, vec![ChunkRef { hash: ChunkHash::of(b""), len: u32::MAX }], |_| Ok(vec![]))
+        .put_chunks(None, root.volume, vec![ChunkRef { hash: ChunkHash::of(b""), len: u32::MAX }], |_| Ok(vec![]))
         .await
         .unwrap_err();
     assert!(matches!(err.remote(), Some(RemoteError::Invalid(_))), "{err}");
 
     // The same connection and a fresh client are both still served.
     c.status(root).await?;
-    let other = TestClient::connect(&cell).await?;
+    let other = TestClient::admin(&vice).await?;
     other.create(root, "still-works").await?;
     Ok(())
 }
@@ -376,7 +376,7 @@ async fn vos_manages_volumes_and_requires_the_admin_credential() -> R {
     assert!(String::from_utf8_lossy(&dup.stderr).contains("creating volume proj"));
 
     // A client can find the new volume through the location service.
-    let c = TestClient::connect(&vice.cell_file()).await?;
+    let c = TestClient::admin(&vice).await?;
     let proj = c.root_of("proj").await?;
     c.create(proj, "in-proj").await?;
 
@@ -410,14 +410,13 @@ async fn vos_manages_volumes_and_requires_the_admin_credential() -> R {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_vice_cleanly_and_data_survives_restart() -> R {
     let mut vice = Vice::start("restart.test")?;
-    let cell = vice.cell_file();
-    let c = TestClient::connect(&cell).await?;
+    let c = TestClient::admin(&vice).await?;
     let root = c.root_of("root.cell").await?;
     let f = c.create(root, "keep").await?;
     c.store(&f, b"kept across restarts").await?;
     assert!(vice.stop()?, "vice exits 0 on SIGTERM:\n{}", vice.log_text());
     vice.restart()?;
-    let c = TestClient::connect(&cell).await?;
+    let c = TestClient::admin(&vice).await?;
     assert_eq!(c.fetch(f.fid).await?.1, b"kept across restarts");
     let mut log = String::new();
     std::fs::File::open(vice.dir.path().join("vice.log"))?.read_to_string(&mut log)?;

@@ -314,6 +314,13 @@ fn background_mount_and_the_unmount_command() -> R {
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("venus mounted"));
+    // root.cell is writable by its administrators: log in as the first one.
+    let out = std::process::Command::new(bin("venus"))
+        .args(["login", "admin", "--password-file"])
+        .arg(vice.data().join("admin.password"))
+        .env("VENUS_CACHE", dir.path().join("cache"))
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     fs::write(mp.join("bg.test/x"), b"in the background")?;
     assert_eq!(fs::read(mp.join("bg.test/x"))?, b"in the background");
     let out = std::process::Command::new(bin("venus")).arg("unmount").arg(&mp).output()?;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use proto::auth::{Access, PtsId, Rights};
 use proto::{Attr, DirEntry, Fid, ObjectId, ObjectKind, VolumeId, VolumeStamp};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,16 @@ pub struct VolState {
     /// behind it was restored from an older dump.
     #[serde(default)]
     pub seen: Option<VolumeStamp>,
+    /// Whose changes the volume's log holds: they are reintegrated with that user's token.
+    #[serde(default)]
+    pub log_owner: Option<LogOwner>,
+}
+
+/// The local user whose changes a volume's log holds, and who they were to the cell then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOwner {
+    pub uid: u32,
+    pub user: PtsId,
 }
 
 struct State {
@@ -55,6 +66,10 @@ struct State {
     objects: HashMap<GFid, Cached>,
     dirs: HashMap<GFid, Vec<DirEntry>>,
     volumes: HashMap<(CellId, VolumeId), VolState>,
+    /// Rights per (directory, user), with `PtsId::ANYUSER` for the anonymous user's, and whether
+    /// they are fresh: a break of the directory's promise makes them stale (asked again while
+    /// connected, still used offline, where they are the best there is).
+    access: HashMap<(GFid, PtsId), (Rights, bool)>,
     used: u64,
     clock: u64,
 }
@@ -85,6 +100,11 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (cell, volume, object)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conflicts (id INTEGER PRIMARY KEY AUTOINCREMENT, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS access (
+    cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL, user INTEGER NOT NULL,
+    rights INTEGER NOT NULL,
+    PRIMARY KEY (cell, volume, object, user)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirs (
     cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL, entries BLOB NOT NULL,
     PRIMARY KEY (cell, volume, object)
@@ -102,8 +122,15 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 impl Cache {
     /// Opens the cache in `dir` (created if missing) with a limit of `limit` bytes of containers.
     pub fn open(dir: &Path, limit: u64) -> Result<Cache> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
+        // Other local users reach the control socket in here, and nothing else: containers,
+        // listings and rights are venus's alone (it serves them through the ACL checks).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        for private in ["data", "tmp"] {
+            std::fs::set_permissions(dir.join(private), std::fs::Permissions::from_mode(0o700))?;
+        }
         for e in std::fs::read_dir(dir.join("tmp"))? {
             let _ = std::fs::remove_file(e?.path());
         }
@@ -111,8 +138,16 @@ impl Cache {
         let _: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         db.execute_batch("PRAGMA synchronous=NORMAL;")?;
         db.execute_batch(SCHEMA)?;
-        let mut state =
-            State { db, objects: HashMap::new(), dirs: HashMap::new(), volumes: HashMap::new(), used: 0, clock: 0 };
+        std::fs::set_permissions(dir.join("cache.sqlite"), std::fs::Permissions::from_mode(0o600))?;
+        let mut state = State {
+            db,
+            objects: HashMap::new(),
+            dirs: HashMap::new(),
+            volumes: HashMap::new(),
+            access: HashMap::new(),
+            used: 0,
+            clock: 0,
+        };
         load(&mut state, dir)?;
         Ok(Cache { dir: dir.to_path_buf(), limit, state: Mutex::new(state) })
     }
@@ -212,6 +247,56 @@ impl Cache {
         s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
         let _ = std::fs::remove_file(self.container(g));
         Ok(())
+    }
+
+    /// What the server said `user` (and the anonymous user) may do in directory `dir`.
+    pub fn put_access(&self, dir: GFid, user: PtsId, access: Access) -> Result<()> {
+        self.put_rights(dir, PtsId::ANYUSER, access.anyuser)?;
+        self.put_rights(dir, user, access.caller)
+    }
+
+    pub fn put_rights(&self, dir: GFid, user: PtsId, rights: Rights) -> Result<()> {
+        let user = if user == PtsId::ANONYMOUS { PtsId::ANYUSER } else { user };
+        let mut s = self.lock();
+        if s.access.insert((dir, user), (rights, true)).map(|(r, _)| r) != Some(rights) {
+            let (c, v, o) = key(&dir);
+            s.db.prepare_cached(
+                "INSERT OR REPLACE INTO access (cell, volume, object, user, rights) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![c, v, &o[..], user.0, rights.bits()])?;
+        }
+        Ok(())
+    }
+
+    /// `user`'s cached rights in `dir` (`PtsId::ANYUSER`: the anonymous user's), and whether
+    /// they are fresh.
+    pub fn rights(&self, dir: &GFid, user: PtsId) -> Option<(Rights, bool)> {
+        let s = self.lock();
+        let user = if user == PtsId::ANONYMOUS { PtsId::ANYUSER } else { user };
+        s.access.get(&(*dir, user)).copied()
+    }
+
+    /// A new directory starts with its parent's ACL (on the server, too): the rights known for
+    /// the parent hold for it.
+    pub fn inherit_access(&self, parent: &GFid, child: GFid) -> Result<()> {
+        let known: Vec<(PtsId, (Rights, bool))> = {
+            let s = self.lock();
+            s.access.iter().filter(|((g, _), _)| g == parent).map(|((_, u), r)| (*u, *r)).collect()
+        };
+        for (user, (rights, _)) in known {
+            self.put_rights(child, user, rights)?;
+        }
+        Ok(())
+    }
+
+    /// Marks rights stale: in one directory, one volume, or (with neither) a whole cell.
+    pub fn stale_access(&self, cell: CellId, volume: Option<VolumeId>, dir: Option<&GFid>) {
+        let mut s = self.lock();
+        for ((g, _), (_, fresh)) in s.access.iter_mut() {
+            if g.cell == cell && volume.is_none_or(|v| v == g.fid.volume) && dir.is_none_or(|d| d == g) {
+                *fresh = false;
+            }
+        }
     }
 
     pub fn listing(&self, g: &GFid) -> Option<Vec<DirEntry>> {
@@ -511,6 +596,19 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
             let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
             let Ok(entries) = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?) else { continue };
             s.dirs.insert(GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object)))), entries);
+        }
+    }
+    {
+        let mut stmt = s.db.prepare("SELECT cell, volume, object, user, rights FROM access")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let cell = CellId(r.get::<_, i64>(0)? as u16);
+            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
+            let object: Vec<u8> = r.get(2)?;
+            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
+            let g = GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object))));
+            // Fresh as of the volume stamp the cache holds; a changed stamp makes them stale.
+            s.access.insert((g, PtsId(r.get(3)?)), (Rights::from_bits(r.get(4)?), true));
         }
     }
     {

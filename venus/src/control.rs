@@ -1,7 +1,11 @@
 //! The control socket: how the `venus` and `hoard` commands talk to a running venus.
 //!
-//! A Unix socket in the cache directory, readable by its owner only. One JSON request per
-//! connection, one JSON answer. Paths are absolute paths inside the mount.
+//! A Unix socket in the cache directory that every local user may connect to: the kernel tells
+//! venus who connected (SO_PEERCRED), and each request runs as that user, so `venus login`
+//! gets a token for the right uid and `listacl` shows what that user may see. Commands that
+//! change venus itself (unmount, disconnect, reconnect) are for root and the user venus runs
+//! as. One JSON request per connection, one JSON answer. Paths are absolute paths inside the
+//! mount.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +69,33 @@ pub enum ControlRequest {
     HoardWalk,
     HoardProgress,
     HoardVerify,
+    Login {
+        cell: Option<String>,
+        user: String,
+        password: String,
+        /// Seconds; 0 for the cell's default.
+        lifetime: u32,
+    },
+    Tokens,
+    Logout {
+        cell: Option<String>,
+    },
+    ListAcl {
+        path: PathBuf,
+    },
+    SetAcl {
+        path: PathBuf,
+        who: String,
+        rights: String,
+        negative: bool,
+    },
+}
+
+impl ControlRequest {
+    /// Whether the request changes venus for everyone rather than act for its user.
+    fn privileged(&self) -> bool {
+        matches!(self, ControlRequest::Unmount | ControlRequest::Disconnect { .. } | ControlRequest::Reconnect)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,7 +228,8 @@ async fn answer(
         ControlRequest::HoardWalk => {
             let walker = core.clone();
             let request = core.hoarding.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            tokio::spawn(async move {
+            let uid = crate::fs::user::current_uid();
+            tokio::spawn(crate::fs::user::as_user(uid, async move {
                 if let Err(e) = walker.hoard_walk().await {
                     tracing::warn!(error = %e, "hoard walk failed");
                     if let Ok(mut p) = walker.hoarding.progress.lock() {
@@ -205,7 +237,7 @@ async fn answer(
                         p.completed = p.completed.max(request);
                     }
                 }
-            });
+            }));
             ControlResponse::Ok(serde_json::json!({ "request": request }))
         }
         ControlRequest::HoardProgress => {
@@ -213,6 +245,33 @@ async fn answer(
             json(serde_json::to_value(p).map_err(|e| e.to_string()))
         }
         ControlRequest::HoardVerify => json(serde_json::to_value(core.hoard_verify().await).map_err(|e| e.to_string())),
+        ControlRequest::Login { cell, user, password, lifetime } => {
+            let result = core.login(cell.as_deref(), &user, &password, lifetime).await;
+            if result.is_ok() {
+                // Changes waiting for this user's token can go now.
+                let core = core.clone();
+                tokio::spawn(async move { core.tick().await });
+            }
+            json(result.map_err(err).and_then(|t| serde_json::to_value(t).map_err(|e| e.to_string())))
+        }
+        ControlRequest::Tokens => json(serde_json::to_value(core.list_tokens()).map_err(|e| e.to_string())),
+        ControlRequest::Logout { cell } => {
+            json(core.logout(cell.as_deref()).map(|n| serde_json::json!({ "removed": n })).map_err(err))
+        }
+        ControlRequest::ListAcl { path } => json(
+            async {
+                let acl = core.listacl(&comps(&path)?).await.map_err(err)?;
+                serde_json::to_value(acl).map_err(|e| e.to_string())
+            }
+            .await,
+        ),
+        ControlRequest::SetAcl { path, who, rights, negative } => json(
+            async {
+                let acl = core.setacl(&comps(&path)?, &who, &rights, negative).await.map_err(err)?;
+                serde_json::to_value(acl).map_err(|e| e.to_string())
+            }
+            .await,
+        ),
     }
 }
 
@@ -222,16 +281,22 @@ pub async fn serve(core: Arc<Venus>, mountpoint: PathBuf, stop: Arc<tokio::sync:
     let path = core.cache.dir().join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    // SAFETY: getuid has no preconditions.
+    let owner = unsafe { libc::getuid() };
     loop {
         let (stream, _) = listener.accept().await?;
+        let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { continue };
         let (core, mountpoint, stop) = (core.clone(), mountpoint.clone(), stop.clone());
-        tokio::spawn(async move {
+        tokio::spawn(crate::fs::user::as_user(uid, async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
             let response = match reader.read_line(&mut line).await {
                 Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
+                    Ok(req) if req.privileged() && uid != 0 && uid != owner => {
+                        ControlResponse::Err("only root or the user venus runs as may do that".into())
+                    }
                     Ok(req) => answer(&core, &mountpoint, req, &stop).await,
                     Err(e) => ControlResponse::Err(format!("bad request: {e}")),
                 },
@@ -241,7 +306,7 @@ pub async fn serve(core: Arc<Venus>, mountpoint: PathBuf, stop: Arc<tokio::sync:
                 text.push('\n');
                 let _ = write.write_all(text.as_bytes()).await;
             }
-        });
+        }));
     }
 }
 

@@ -42,6 +42,9 @@ pub enum VenusError {
     /// Disconnected, and the object is not in the cache.
     #[error("not cached, and the servers cannot be reached")]
     NotCached,
+    /// The log of a volume holds another user's changes, or needs its owner's token.
+    #[error("{0}")]
+    LogOwner(String),
 }
 
 pub type Result<T, E = VenusError> = std::result::Result<T, E>;
@@ -82,6 +85,7 @@ impl VenusError {
             VenusError::ReadOnly(_) => libc::EROFS,
             VenusError::ChangedDuringStore => libc::EAGAIN,
             VenusError::NotCached => libc::EIO,
+            VenusError::LogOwner(_) => libc::EACCES,
         }
     }
 
@@ -128,6 +132,8 @@ fn remote_errno(r: &RemoteError) -> i32 {
         RemoteError::Protocol(_) => libc::EPROTO,
         RemoteError::Internal(_) => libc::EIO,
         RemoteError::ReadOnly => libc::EROFS,
+        RemoteError::BadToken(_) | RemoteError::BadLogin => libc::EACCES,
+        RemoteError::CrossDirectoryLink => libc::EXDEV,
         RemoteError::DuplicateObject => libc::EEXIST,
         RemoteError::WouldLoop => libc::EINVAL,
     }

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use proto::{ObjectKind, Timestamp};
 
@@ -90,8 +90,9 @@ impl VenusFs {
         VenusFs { core, rt, pt: Arc::new(Passthrough::default()) }
     }
 
-    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        self.rt.spawn(f);
+    /// Runs a request's work as the local user who made it (see `fs::user`).
+    fn spawn(&self, req: &Request, f: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(crate::fs::user::as_user(req.uid(), f));
     }
 }
 
@@ -110,6 +111,12 @@ fn file_type(kind: ObjectKind) -> FileType {
         ObjectKind::Directory | ObjectKind::MountPoint => FileType::Directory,
         ObjectKind::Symlink => FileType::Symlink,
     }
+}
+
+/// How long the kernel may keep what it learned. Its caches do not know who is asking, so only
+/// what anyone may look up is cached; the rest is asked again each time, with the asker's rights.
+fn ttl(st: &Stat) -> Duration {
+    if st.public { TTL } else { Duration::ZERO }
 }
 
 fn file_attr(st: &Stat) -> FileAttr {
@@ -152,25 +159,25 @@ impl Filesystem for VenusFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.lookup(parent.0, &name).await {
-                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.getattr(ino.0).await {
-                Ok(st) => reply.attr(&TTL, &file_attr(&st)),
+                Ok(st) => reply.attr(&ttl(&st), &file_attr(&st)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -178,7 +185,7 @@ impl Filesystem for VenusFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -195,18 +202,18 @@ impl Filesystem for VenusFs {
         reply: ReplyAttr,
     ) {
         let core = self.core.clone();
-        let req = SetAttrRequest { mode: mode.map(|m| m & 0o7777), uid, gid, size, mtime: mtime.map(time) };
-        self.spawn(async move {
-            match core.setattr(ino.0, req).await {
-                Ok(st) => reply.attr(&TTL, &file_attr(&st)),
+        let set = SetAttrRequest { mode: mode.map(|m| m & 0o7777), uid, gid, size, mtime: mtime.map(time) };
+        self.spawn(req, async move {
+            match core.setattr(ino.0, set).await {
+                Ok(st) => reply.attr(&ttl(&st), &file_attr(&st)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.readlink(ino.0).await {
                 Ok(t) => reply.data(t.as_bytes()),
                 Err(e) => reply.error(errno(&e)),
@@ -220,21 +227,21 @@ impl Filesystem for VenusFs {
             Err(e) => return reply.error(e),
         };
         let (core, uid, gid) = (self.core.clone(), req.uid(), req.gid());
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.mkdir(parent.0, &name, mode & !umask & 0o7777, uid, gid).await {
-                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -242,13 +249,13 @@ impl Filesystem for VenusFs {
         });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -262,9 +269,9 @@ impl Filesystem for VenusFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let (core, uid, gid) = (self.core.clone(), req.uid(), req.gid());
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.symlink(parent.0, &name, &target, uid, gid).await {
-                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -272,7 +279,7 @@ impl Filesystem for VenusFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -289,7 +296,7 @@ impl Filesystem for VenusFs {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.rename(parent.0, &name, newparent.0, &newname, no_replace).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -297,23 +304,23 @@ impl Filesystem for VenusFs {
         });
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let name = match name_str(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.link(ino.0, newparent.0, &name).await {
-                Ok(st) => reply.entry(&TTL, &file_attr(&st), Generation(0)),
+                Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (core, pt) = (self.core.clone(), self.pt.clone());
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.open(ino.0, flags.0).await {
                 Ok((fh, h)) => match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
                     Some(b) => {
@@ -362,9 +369,9 @@ impl Filesystem for VenusFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.flush(fh.0).await {
                 // Someone is still writing through another descriptor: their close stores it.
                 Ok(()) | Err(VenusError::ChangedDuringStore) => reply.ok(),
@@ -375,7 +382,7 @@ impl Filesystem for VenusFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -386,12 +393,12 @@ impl Filesystem for VenusFs {
         self.pt.release(fh.0);
         reply.ok();
         let core = self.core.clone();
-        self.spawn(async move { core.release(fh.0).await });
+        self.spawn(req, async move { core.release(fh.0).await });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -399,9 +406,9 @@ impl Filesystem for VenusFs {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let core = self.core.clone();
-        self.spawn(async move {
+        self.spawn(req, async move {
             let entries = match core.readdir(ino.0).await {
                 Ok(e) => e,
                 Err(e) => return reply.error(errno(&e)),
@@ -439,6 +446,16 @@ impl Filesystem for VenusFs {
         xattr_reply(reply, size, &names);
     }
 
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(req, async move {
+            match core.access(ino.0, mask.bits()).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn create(
         &self,
         req: &Request,
@@ -454,14 +471,14 @@ impl Filesystem for VenusFs {
             Err(e) => return reply.error(e),
         };
         let (core, pt, uid, gid) = (self.core.clone(), self.pt.clone(), req.uid(), req.gid());
-        self.spawn(async move {
+        self.spawn(req, async move {
             match core.create(parent.0, &name, mode & !umask & 0o7777, uid, gid, flags).await {
                 Ok((st, fh, h)) => {
                     let attr = file_attr(&st);
                     match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
                         Some(b) => {
                             reply.created_passthrough(
-                                &TTL,
+                                &ttl(&st),
                                 &attr,
                                 Generation(0),
                                 FileHandle(fh),
@@ -470,7 +487,7 @@ impl Filesystem for VenusFs {
                             );
                             pt.hold(fh, b);
                         }
-                        None => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                        None => reply.created(&ttl(&st), &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
                     }
                 }
                 Err(e) => reply.error(errno(&e)),

@@ -33,6 +33,10 @@ pub fn run(opts: MountOptions) -> Result<()> {
     if !std::path::Path::new("/dev/fuse").exists() {
         anyhow::bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available");
     }
+    // Everything venus writes (containers, its databases) is its own: served only through the
+    // ACL checks, never read directly by other local users.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut opts = opts;
     opts.config.mountpoint = mountpoint.clone();
@@ -45,7 +49,6 @@ pub fn run(opts: MountOptions) -> Result<()> {
     cfg.mount_options = vec![
         MountOption::FSName(format!("venus:{}", cache_dir.display())),
         MountOption::Subtype("venus".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoAtime,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -53,7 +56,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
-        // Everyone may use a system-wide mount; permissions are checked against the mode bits.
+        // Everyone may use a system-wide mount. Venus checks every request against the ACLs with
+        // the rights of the user who made it (no default_permissions: mode bits are not ACLs).
         cfg.acl = SessionACL::All;
         if have_fusermount3() {
             // The mount goes away by itself if venus is killed.

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::cell::{CellFile, CellServer};
-use proto::client::{Connector, Session};
+use proto::client::{Connector, FetchedData, Session};
 use proto::msg::{Push, SiteRole, VolumeRef};
 use proto::tls::TransportTuning;
 use proto::{ChunkHash, ChunkRef, ClientId, ProtoError, RemoteError, Request, Response, ServerId, VolumeId};
 
 use crate::counters::Counters;
 use crate::error::{Result, VenusError};
+use crate::fs::user::Tokens;
 use crate::ids::CellId;
 
 /// What a connection reports back to the cache manager.
@@ -39,6 +40,8 @@ pub struct CellConn {
     events: Arc<dyn Events>,
     /// Set when a server of the cell stopped answering; cleared when one answers again.
     down: std::sync::atomic::AtomicBool,
+    /// Each request carries the token of the user it is made for.
+    tokens: Arc<Tokens>,
 }
 
 impl CellConn {
@@ -49,6 +52,7 @@ impl CellConn {
         timeout: Duration,
         counters: Arc<Counters>,
         events: Arc<dyn Events>,
+        tokens: Arc<Tokens>,
     ) -> Result<Self> {
         // Frequent keep-alives: a restarted server answers one with a reset, so venus learns
         // within a couple of seconds that the promises it holds were forgotten.
@@ -70,7 +74,31 @@ impl CellConn {
             counters,
             events,
             down: std::sync::atomic::AtomicBool::new(false),
+            tokens,
         })
+    }
+
+    /// A token refused by the server is dropped: its holder is anonymous from now on, and is
+    /// told so by the error.
+    fn token_refused(&self, e: &RemoteError) {
+        if let RemoteError::BadToken(reason) = e {
+            let uid = crate::fs::user::current_uid();
+            tracing::info!(cell = %self.name(), uid, reason, "token refused; dropping it");
+            self.tokens.remove(Some(self.id), uid);
+        }
+    }
+
+    /// Trades a password for a token (`venus login`).
+    pub async fn login(&self, user: &str, password: &str, lifetime: u32) -> Result<proto::Token> {
+        let req = Request::Login { user: user.into(), password: password.into(), lifetime };
+        let (session, _) = self.session(self.any_server()).await?;
+        self.counters.rpc("Login");
+        match session.call(&req).await {
+            Ok(Response::Token { token }) => Ok(token),
+            Ok(Response::Error(e)) => Err(VenusError::Remote(e)),
+            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(self.failed(self.any_server(), e).await),
+        }
     }
 
     /// Whether the cell's servers are believed unreachable (requests would only time out).
@@ -203,11 +231,15 @@ impl CellConn {
         for attempt in 0..2 {
             let (session, fresh) = self.session(server).await?;
             self.counters.rpc(meta.name);
-            match session.call(req).await {
+            let token = self.tokens.current(self.id);
+            match session.call_as(token.as_ref(), req).await {
                 Ok(Response::Error(RemoteError::CallbacksLost)) if attempt == 0 => {
                     self.events.callbacks_lost(self.id);
                 }
-                Ok(Response::Error(e)) => return Err(VenusError::Remote(e)),
+                Ok(Response::Error(e)) => {
+                    self.token_refused(&e);
+                    return Err(VenusError::Remote(e));
+                }
                 Ok(r) => return Ok(r),
                 Err(e) if attempt == 0 && !fresh && meta.idempotent && e.is_unreachable() => {
                     tracing::info!(cell = %self.name(), error = %e, "connection lost; reconnecting");
@@ -256,14 +288,15 @@ impl CellConn {
         &self,
         fid: proto::Fid,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<(proto::Attr, Vec<ChunkRef>, proto::msg::Promise)> {
+    ) -> Result<FetchedData> {
         let server = self.server_for(Some(fid.volume)).await?;
         for attempt in 0..2 {
             let (session, fresh) = self.session(server).await?;
             self.counters.rpc("FetchData");
             let mut delivered = false;
+            let token = self.tokens.current(self.id);
             match session
-                .fetch_data(fid, |_, bytes| {
+                .fetch_data(token.as_ref(), fid, |_, bytes| {
                     delivered = true;
                     sink(bytes)
                 })
@@ -272,6 +305,10 @@ impl CellConn {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Remote(RemoteError::CallbacksLost)) if attempt == 0 => {
                     self.events.callbacks_lost(self.id);
+                }
+                Err(ProtoError::Remote(e)) => {
+                    self.token_refused(&e);
+                    return Err(VenusError::Remote(e));
                 }
                 // Only retry if the sink has seen nothing: it cannot take the bytes twice.
                 Err(e) if attempt == 0 && !fresh && !delivered && e.is_unreachable() => {
@@ -299,7 +336,8 @@ impl CellConn {
         let server = self.server_for(Some(volume)).await?;
         let (session, _) = self.session(server).await?;
         self.counters.rpc("PutChunks");
-        match session.put_chunks(volume, chunks, read).await {
+        let token = self.tokens.current(self.id);
+        match session.put_chunks(token.as_ref(), volume, chunks, read).await {
             Ok(n) => Ok(n),
             Err(e) => Err(self.failed(server, e).await),
         }

@@ -5,6 +5,9 @@
 //! DIR/server.pem     the server's certificate and private key (owner-only)
 //! DIR/cell.toml      the cell file to give to clients and admins
 //! DIR/admin.cred     the first admin credential (owner-only; copy it to admins' machines)
+//! DIR/admin.password the password of the first administrator user (owner-only)
+//! DIR/cell.key       the cell's token key (owner-only; the same on every server of the cell)
+//! DIR/pts.sqlite     the protection database: users, groups, password hashes
 //! DIR/vldb.sqlite    the embedded volume location database
 //! DIR/store/         the volume store: volumes.sqlite and chunks/
 //! ```
@@ -21,6 +24,13 @@ pub struct ServerConfig {
     pub listen: String,
     /// Fingerprints of client certificates allowed to administer the cell.
     pub admins: Vec<String>,
+    /// How long a token lasts when the client does not ask for less (AFS's default: 25 hours).
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u32,
+}
+
+fn default_token_lifetime() -> u32 {
+    25 * 3600
 }
 
 pub struct DataDir {
@@ -42,6 +52,15 @@ impl DataDir {
     }
     pub fn admin_cred(&self) -> PathBuf {
         self.root.join("admin.cred")
+    }
+    pub fn admin_password(&self) -> PathBuf {
+        self.root.join("admin.password")
+    }
+    pub fn token_key(&self) -> PathBuf {
+        self.root.join("cell.key")
+    }
+    pub fn pts(&self) -> PathBuf {
+        self.root.join("pts.sqlite")
     }
     pub fn vldb(&self) -> PathBuf {
         self.root.join("vldb.sqlite")

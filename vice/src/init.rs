@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use proto::auth::{Acl, PtsId, Rights, TokenKey};
 use proto::cell::{CellFile, CellServer, validate_cell_name};
 use proto::msg::{ServerInfo, Site, SiteRole, VldbEntry, VolumeKind};
 use proto::tls::Identity;
-use volumes::{SqliteVldb, Store, Vldb};
+use volumes::{Ptdb, SqliteVldb, Store, Vldb};
 
 use crate::config::{DataDir, ServerConfig, write_private};
 
@@ -14,9 +15,18 @@ use crate::config::{DataDir, ServerConfig, write_private};
 pub struct Initialized {
     pub cell_file: std::path::PathBuf,
     pub admin_cred: std::path::PathBuf,
+    pub admin_user: String,
+    pub admin_password: std::path::PathBuf,
 }
 
-pub fn init_cell(cell: &str, data: &Path, listen: &str) -> Result<Initialized> {
+/// A password of 24 letters and digits (~142 bits).
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..24).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}
+
+pub fn init_cell(cell: &str, data: &Path, listen: &str, admin_user: &str) -> Result<Initialized> {
+    proto::auth::validate_pts_name(admin_user).map_err(anyhow::Error::msg)?;
     validate_cell_name(cell).map_err(anyhow::Error::msg)?;
     listen.parse::<std::net::SocketAddr>().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?;
     let dir = DataDir::new(data);
@@ -30,6 +40,13 @@ pub fn init_cell(cell: &str, data: &Path, listen: &str) -> Result<Initialized> {
     let admin = Identity::generate("admin")?;
     write_private(&dir.admin_cred(), admin.to_pem().as_bytes())?;
 
+    write_private(&dir.token_key(), TokenKey::generate().to_hex().as_bytes())?;
+    let password = random_password();
+    let pts = Ptdb::open(&dir.pts())?;
+    pts.create_user(admin_user, &password).context("creating the first administrator")?;
+    pts.add_member(admin_user, "system:administrators")?;
+    write_private(&dir.admin_password(), format!("{password}\n").as_bytes())?;
+
     let vldb = SqliteVldb::open(&dir.vldb())?;
     let server_id = vldb.allocate_server_id()?;
     vldb.register_server(&ServerInfo {
@@ -40,7 +57,7 @@ pub fn init_cell(cell: &str, data: &Path, listen: &str) -> Result<Initialized> {
     let store = Store::open(&dir.store(), server_id)?;
     for name in ["root.afs", "root.cell"] {
         let id = vldb.allocate_volume_id()?;
-        store.create_volume(id, name, VolumeKind::ReadWrite, 0)?;
+        store.create_volume(id, name, VolumeKind::ReadWrite, 0, &top_level_acl())?;
         vldb.create(&VldbEntry {
             name: name.to_string(),
             rw: id,
@@ -62,7 +79,21 @@ pub fn init_cell(cell: &str, data: &Path, listen: &str) -> Result<Initialized> {
         server_id: server_id.0,
         listen: listen.to_string(),
         admins: vec![admin.fingerprint()],
+        token_lifetime_secs: 25 * 3600,
     }
     .save(&dir)?;
-    Ok(Initialized { cell_file: dir.cell_file(), admin_cred: dir.admin_cred() })
+    Ok(Initialized {
+        cell_file: dir.cell_file(),
+        admin_cred: dir.admin_cred(),
+        admin_user: admin_user.to_string(),
+        admin_password: dir.admin_password(),
+    })
+}
+
+/// `root.afs` and `root.cell` are readable by everyone and writable by the cell's
+/// administrators, as in AFS.
+fn top_level_acl() -> Acl {
+    let mut acl = Acl::volume_default();
+    let _ = acl.set(PtsId::ANYUSER, Rights::READ | Rights::LOOKUP, false);
+    acl
 }

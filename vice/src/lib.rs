@@ -5,5 +5,6 @@
 pub mod callbacks;
 pub mod config;
 mod handlers;
+pub mod identity;
 pub mod init;
 pub mod server;

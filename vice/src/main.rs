@@ -28,6 +28,10 @@ enum Command {
         /// Address to serve on, written into the cell file.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: String,
+        /// The first administrator: a user in system:administrators whose password is written
+        /// to DIR/admin.password.
+        #[arg(long, default_value = "admin")]
+        admin_user: String,
     },
     /// Serve the data directory in the foreground until SIGTERM or SIGINT.
     Serve {
@@ -56,11 +60,17 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { cell, data, listen } => {
-            let done = vice::init::init_cell(&cell, &data, &listen)?;
+        Command::Init { cell, data, listen, admin_user } => {
+            let done = vice::init::init_cell(&cell, &data, &listen, &admin_user)?;
             println!("Created cell {cell} in {}", data.display());
             println!("  cell file for clients: {}", done.cell_file.display());
             println!("  admin credential:      {} (keep it private)", done.admin_cred.display());
+            println!(
+                "  administrator:         {} (password in {}; `venus login {}`)",
+                done.admin_user,
+                done.admin_password.display(),
+                done.admin_user
+            );
             println!("Start the server with: vice serve --data {}", data.display());
             Ok(())
         }

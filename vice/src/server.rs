@@ -10,16 +10,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use proto::msg::{Request, Response};
+use proto::auth::TokenKey;
+use proto::msg::{Call, Response};
 use proto::tls::{Identity, TransportTuning, endpoint_config, peer_fingerprint, server_config};
 use proto::{ClientId, RemoteError, ServerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use volumes::{SqliteVldb, Store, Vldb};
+use volumes::{Ptdb, SqliteVldb, Store, Vldb};
 
 use crate::callbacks::Callbacks;
 use crate::config::{DataDir, ServerConfig};
 use crate::handlers;
+use crate::identity::Identities;
 
 const MAX_CONNECTIONS: usize = 4096;
 /// How long a writer waits for other clients to ack a callback break before declaring them lost.
@@ -35,6 +37,9 @@ pub struct Shared {
     pub callbacks: Callbacks,
     pub config: ServerConfig,
     pub server_id: ServerId,
+    pub pts: Arc<Ptdb>,
+    pub token_key: TokenKey,
+    pub identities: Identities,
 }
 
 /// One client connection.
@@ -56,6 +61,12 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     let vldb: Arc<dyn Vldb> = Arc::new(SqliteVldb::open(&dir.vldb()).context("opening the VLDB")?);
     let server_id = ServerId(config.server_id);
     let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
+    let pts = Arc::new(Ptdb::open(&dir.pts()).context("opening the protection database")?);
+    let key_text = std::fs::read_to_string(dir.token_key())
+        .with_context(|| format!("reading the cell's token key {}", dir.token_key().display()))?;
+    let token_key = TokenKey::from_hex(&key_text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("in {}", dir.token_key().display()))?;
     let addr: SocketAddr = config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?;
     let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
     let endpoint = quinn::Endpoint::new(
@@ -67,7 +78,16 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     .with_context(|| format!("starting QUIC on {addr}"))?;
     tracing::info!(cell = %config.cell, server = %server_id, %addr, fingerprint = %identity.fingerprint(), "vice serving");
 
-    let shared = Arc::new(Shared { store, vldb, callbacks: Callbacks::new(BREAK_TIMEOUT), config, server_id });
+    let shared = Arc::new(Shared {
+        store,
+        vldb,
+        callbacks: Callbacks::new(BREAK_TIMEOUT),
+        config,
+        server_id,
+        pts,
+        token_key,
+        identities: Identities::default(),
+    });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
 
@@ -152,8 +172,8 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
 }
 
 async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let req: Request = match proto::frame::read_frame(&mut recv).await {
-        Ok(r) => r,
+    let call: Call = match proto::frame::read_frame(&mut recv).await {
+        Ok(c) => c,
         Err(e) => {
             tracing::info!(remote = %peer.remote, error = %e, "bad request frame");
             let _ = proto::frame::write_frame(&mut send, &Response::Error(RemoteError::Protocol(e.to_string()))).await;
@@ -161,11 +181,7 @@ async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::Send
             return;
         }
     };
-    let name = req.meta().name;
-    let span = tracing::debug_span!("rpc", name, remote = %peer.remote);
-    let _guard = span.enter();
-    drop(_guard);
-    handlers::serve(&shared, &peer, req, &mut send, &mut recv).await;
+    handlers::serve(&shared, &peer, call, &mut send, &mut recv).await;
     let _ = send.finish();
     // Let the reply drain before the stream is dropped.
     let _ = send.stopped().await;

@@ -20,6 +20,10 @@ use proto::{Applied, Attr, ChunkRef, ClientId, ConflictKind, Fid, Mutation, Name
 use proto::{Record, RecordResult, RemoteError, Timestamp, VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use proto::SetAttrs;
+use proto::auth::Rights;
+
+use crate::access::{self, Caller};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
 use crate::store::{Store, file_chunks};
@@ -64,7 +68,14 @@ impl Effect {
 impl Store {
     /// Applies records in order. `volume`, if given, is the only volume the batch may touch
     /// (`Reintegrate`). Records whose OpId was applied before are answered from memory.
-    pub fn apply(&self, client: ClientId, volume: Option<VolumeId>, records: &[Record]) -> Result<BatchOutcome> {
+    /// Each record is authorised for `caller` against the ACLs as they stand when it applies.
+    pub fn apply(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        volume: Option<VolumeId>,
+        records: &[Record],
+    ) -> Result<BatchOutcome> {
         let mut conn = self.lock_writer();
         let mut tx = conn.transaction()?;
         let mut out = BatchOutcome::default();
@@ -75,7 +86,7 @@ impl Store {
                 continue;
             }
             let sp = tx.savepoint()?;
-            let result = apply_one(&sp, self.server, volume, record, now);
+            let result = apply_one(&sp, self.server, caller, volume, record, now);
             match result {
                 Ok(effect) => {
                     let applied = finish(&sp, record, effect, &mut out)?;
@@ -144,6 +155,7 @@ fn finish(c: &Connection, record: &Record, effect: Effect, out: &mut BatchOutcom
 fn apply_one(
     c: &Connection,
     server: proto::ServerId,
+    caller: &Caller,
     only: Option<VolumeId>,
     record: &Record,
     now: Timestamp,
@@ -156,7 +168,7 @@ fn apply_one(
     if info.kind != VolumeKind::ReadWrite {
         return refuse(RemoteError::ReadOnly);
     }
-    let ctx = Ctx { c, server, op: record.op, now, volume };
+    let ctx = Ctx { c, server, caller, op: record.op, now, volume };
     let mut fx = Effect::default();
     match &record.mutation {
         Mutation::Store { fid, base, chunks, mtime } => {
@@ -168,6 +180,7 @@ fn apply_one(
                     RemoteError::Invalid("not a regular file".into())
                 });
             }
+            access::require(c, caller, &obj, Rights::WRITE)?;
             if !obj.matches(base) {
                 return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
             }
@@ -186,6 +199,7 @@ fn apply_one(
         }
         Mutation::SetAttr { fid, base, set } => {
             let mut obj = ctx.load(*fid)?;
+            ctx.may_set_attrs(&obj, set)?;
             if !obj.matches(base) {
                 return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
             }
@@ -205,36 +219,43 @@ fn apply_one(
             rows::put_object(c, &obj)?;
             fx.touch(&obj);
         }
-        Mutation::Create { parent, name, object, mode, owner, group, mtime } => {
-            let obj = ctx.new_object(*object, ObjectKind::File, *mode, *owner, *group, *mtime, None)?;
+        Mutation::Create { parent, name, object, mode, owner: _, group, mtime } => {
+            let obj = ctx.new_object(*object, *parent, ObjectKind::File, *mode, *group, *mtime, None)?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
             fx.delta.files += 1;
         }
-        Mutation::MakeDir { parent, name, object, mode, owner, group, mtime } => {
-            let mut obj = ctx.new_object(*object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None)?;
+        Mutation::MakeDir { parent, name, object, mode, owner: _, group, mtime } => {
+            let mut obj = ctx.new_object(*object, *parent, ObjectKind::Directory, *mode, *group, *mtime, None)?;
             obj.attr.nlink = 2;
-            obj.attr.parent = Some(parent.object);
+            // A new directory starts with its parent's ACL, as in AFS.
+            obj.acl = Some(ctx.load_dir(*parent)?.acl.unwrap_or_default());
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
             fx.delta.dirs += 1;
         }
-        Mutation::Symlink { parent, name, object, target, owner, group, mtime } => {
+        Mutation::Symlink { parent, name, object, target, owner: _, group, mtime } => {
             if target.is_empty() || target.len() > MAX_LINK_LEN || target.contains('\0') {
                 return refuse(RemoteError::Invalid("symlink target must be 1-4096 bytes without NUL".into()));
             }
             let obj =
-                ctx.new_object(*object, ObjectKind::Symlink, 0o777, *owner, *group, *mtime, Some(target.clone()))?;
+                ctx.new_object(*object, *parent, ObjectKind::Symlink, 0o777, *group, *mtime, Some(target.clone()))?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
         }
-        Mutation::MakeMountPoint { parent, name, object, target, owner, mtime } => {
+        Mutation::MakeMountPoint { parent, name, object, target, owner: _, mtime } => {
             validate_mount_target(target)?;
+            // Mounting a volume changes what the directory means: it takes `a` as well as `i`.
+            access::require_on_dir(caller, &ctx.load_dir(*parent)?, Rights::ADMINISTER)?;
             let obj =
-                ctx.new_object(*object, ObjectKind::MountPoint, 0o755, *owner, 0, *mtime, Some(target.clone()))?;
+                ctx.new_object(*object, *parent, ObjectKind::MountPoint, 0o755, 0, *mtime, Some(target.clone()))?;
             ctx.add_entry(*parent, name, &obj, &mut fx)?;
         }
         Mutation::Link { parent, name, target } => {
             let mut obj = ctx.load(Fid::new(volume, *target))?;
             if obj.kind() != ObjectKind::File {
                 return refuse(RemoteError::Invalid("only files can have several names".into()));
+            }
+            // One directory's ACL governs a file: all its names live in that directory.
+            if obj.attr.parent != Some(parent.object) {
+                return refuse(RemoteError::CrossDirectoryLink);
             }
             obj.attr.nlink += 1;
             obj.attr.ctime = now;
@@ -243,6 +264,7 @@ fn apply_one(
         }
         Mutation::Remove { parent, name, seen } => {
             let mut dir = ctx.load_dir(*parent)?;
+            access::require_on_dir(caller, &dir, Rights::DELETE)?;
             let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != seen.object {
                 return conflict(ConflictKind::NameChanged);
@@ -261,6 +283,7 @@ fn apply_one(
         }
         Mutation::RemoveDir { parent, name, object } => {
             let mut dir = ctx.load_dir(*parent)?;
+            access::require_on_dir(caller, &dir, Rights::DELETE)?;
             let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != *object {
                 return conflict(ConflictKind::NameChanged);
@@ -281,6 +304,9 @@ fn apply_one(
             }
             let mut src = ctx.load_dir(*from)?;
             let mut dst = if to == from { None } else { Some(ctx.load_dir(*to)?) };
+            access::require_on_dir(caller, &src, Rights::DELETE)?;
+            let need = if replaced.is_some() { Rights::INSERT | Rights::DELETE } else { Rights::INSERT };
+            access::require_on_dir(caller, dst.as_ref().unwrap_or(&src), need)?;
             let (child, kind) = ctx.entry(*from, from_name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
             if child != *object {
                 return conflict(ConflictKind::NameChanged);
@@ -325,12 +351,16 @@ fn apply_one(
                 ctx.insert_entry(target_dir, to_name, &moved)?;
             }
             moved.attr.ctime = now;
-            if kind == ObjectKind::Directory
-                && let Some(d) = dst.as_mut()
-            {
+            if let Some(d) = dst.as_mut() {
+                if moved.attr.nlink > 1 && kind == ObjectKind::File {
+                    // Its other names stay behind: one directory must govern all of them.
+                    return refuse(RemoteError::CrossDirectoryLink);
+                }
                 moved.attr.parent = Some(d.id());
-                d.attr.nlink += 1;
-                src.attr.nlink = src.attr.nlink.saturating_sub(1);
+                if kind == ObjectKind::Directory {
+                    d.attr.nlink += 1;
+                    src.attr.nlink = src.attr.nlink.saturating_sub(1);
+                }
             }
             rows::put_object(c, &moved)?;
             fx.touch(&moved);
@@ -371,6 +401,7 @@ pub fn validate_mount_target(target: &str) -> Result<()> {
 struct Ctx<'a> {
     c: &'a Connection,
     server: proto::ServerId,
+    caller: &'a Caller,
     op: OpId,
     now: Timestamp,
     volume: VolumeId,
@@ -396,6 +427,23 @@ impl Ctx<'_> {
         Ok(dir)
     }
 
+    /// chmod and utimes need `w` (or ownership); chown and chgrp are for administrators.
+    fn may_set_attrs(&self, obj: &Object, set: &SetAttrs) -> Result<()> {
+        let changes_owner = set.owner.is_some_and(|o| o != obj.attr.owner);
+        let changes_group = set.group.is_some_and(|g| g != obj.attr.group);
+        if (changes_owner || changes_group) && !self.caller.is_admin() {
+            return refuse(RemoteError::PermissionDenied);
+        }
+        let dir_rights = access::access(self.c, self.caller, obj)?.caller;
+        if set.mode.is_some() || set.mtime.is_some() {
+            let owner_may = self.caller.owns(obj) && dir_rights.contains(Rights::INSERT);
+            if !dir_rights.contains(Rights::WRITE) && !owner_may {
+                return refuse(RemoteError::PermissionDenied);
+            }
+        }
+        Ok(())
+    }
+
     fn entry(&self, dir: Fid, name: &Name) -> Result<Option<(ObjectId, ObjectKind)>> {
         rows::lookup_entry(self.c, dir, name.as_str())
     }
@@ -407,17 +455,21 @@ impl Ctx<'_> {
         obj.last_op = Some(self.op);
     }
 
+    /// A new object in `parent`, owned by the caller (never by whom the client names: the
+    /// owner matters for the file rules), after checking `i` on the directory.
     #[allow(clippy::too_many_arguments)]
     fn new_object(
         &self,
         id: ObjectId,
+        parent: Fid,
         kind: ObjectKind,
         mode: u32,
-        owner: u32,
         group: u32,
         mtime: Timestamp,
         link: Option<String>,
     ) -> Result<Object> {
+        access::require_on_dir(self.caller, &self.load_dir(parent)?, Rights::INSERT)?;
+        let owner = self.caller.user.as_owner();
         if id.0 <= 0xffff {
             return refuse(RemoteError::Invalid("object ids up to 0xffff are reserved".into()));
         }
@@ -437,10 +489,11 @@ impl Ctx<'_> {
                 mtime,
                 ctime: self.now,
                 version: VersionVector::first(self.server),
-                parent: None,
+                parent: Some(parent.object),
                 link,
             },
             last_op: Some(self.op),
+            acl: None,
         };
         Ok(obj)
     }

@@ -6,19 +6,25 @@
 //! SQLite transaction (WAL, `synchronous=FULL`) that references recorded chunks only. A crash at
 //! any moment therefore leaves every object at its old or its new version.
 
+pub mod access;
 pub mod apply;
 pub mod chunks;
 pub mod error;
 pub mod gc;
+pub mod pts;
 mod rows;
 mod schema;
 pub mod store;
 pub mod vldb;
 
+pub use access::Caller;
 pub use apply::BatchOutcome;
 pub use error::{Result, StoreError};
+pub use pts::Ptdb;
 pub use store::{ChunkUpload, Store};
 pub use vldb::{SqliteVldb, Vldb};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_acl;

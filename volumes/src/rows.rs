@@ -1,5 +1,6 @@
 //! Conversions between database rows and protocol types.
 
+use proto::Acl;
 use proto::attr::MODE_MASK;
 use proto::msg::{VolumeInfo, VolumeKind};
 use proto::{Attr, Base, Fid, ObjectId, ObjectKind, OpId, Timestamp, VersionVector, VolumeId, VolumeStamp};
@@ -70,6 +71,8 @@ pub fn vv_from(blob: &[u8]) -> Result<VersionVector> {
 pub struct Object {
     pub attr: Attr,
     pub last_op: Option<OpId>,
+    /// Directories only: who may do what in it.
+    pub acl: Option<Acl>,
 }
 
 impl Object {
@@ -91,7 +94,15 @@ impl Object {
 }
 
 pub const OBJECT_COLUMNS: &str =
-    "id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link";
+    "id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link, acl";
+
+pub fn acl_blob(acl: &Acl) -> Vec<u8> {
+    postcard::to_stdvec(acl).unwrap_or_default()
+}
+
+pub fn acl_from(blob: &[u8]) -> Result<Acl> {
+    postcard::from_bytes(blob).map_err(|e| StoreError::Corrupt(format!("acl: {e}")))
+}
 
 fn object_from_row(volume: VolumeId, row: &Row<'_>) -> Result<Object> {
     let id = oid_from(&row.get::<_, Vec<u8>>(0)?)?;
@@ -119,6 +130,7 @@ fn object_from_row(volume: VolumeId, row: &Row<'_>) -> Result<Object> {
             link: row.get(12)?,
         },
         last_op,
+        acl: row.get::<_, Option<Vec<u8>>>(13)?.map(|b| acl_from(&b)).transpose()?,
     })
 }
 
@@ -137,8 +149,8 @@ pub fn load_object(conn: &Connection, fid: Fid) -> Result<Option<Object>> {
 pub fn put_object(conn: &Connection, o: &Object) -> Result<()> {
     let a = &o.attr;
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO objects (volume, id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT OR REPLACE INTO objects (volume, id, kind, mode, owner, grp, size, nlink, mtime, ctime, version, last_op, parent, link, acl)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         a.fid.volume.0 as i64,
@@ -155,6 +167,7 @@ pub fn put_object(conn: &Connection, o: &Object) -> Result<()> {
         o.last_op.map(op_blob),
         a.parent.map(oid),
         a.link,
+        o.acl.as_ref().map(acl_blob),
     ])?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE volumes (
@@ -36,8 +36,11 @@ CREATE TABLE objects (
     ctime   INTEGER NOT NULL,
     version BLOB NOT NULL,
     last_op BLOB,
+    -- The directory an object is entered in (files may have several names, all in one directory).
     parent  BLOB,
     link    TEXT,
+    -- Directories: their ACL (postcard).
+    acl     BLOB,
     PRIMARY KEY (volume, id)
 ) WITHOUT ROWID;
 CREATE TABLE dirents (
@@ -92,6 +95,24 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         0 => {
             let tx = conn.transaction()?;
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
+            tx.commit()?;
+            Ok(())
+        }
+        1 => {
+            // Version 2: ACLs on directories, and every object knows its directory.
+            let tx = conn.transaction()?;
+            tx.execute_batch(
+                "ALTER TABLE objects ADD COLUMN acl BLOB;
+                 UPDATE objects SET parent = (SELECT d.dir FROM dirents d
+                     WHERE d.volume = objects.volume AND d.child = objects.id LIMIT 1)
+                 WHERE parent IS NULL;",
+            )?;
+            let acl = crate::rows::acl_blob(&proto::Acl::volume_default());
+            tx.execute(
+                "UPDATE objects SET acl = ?1 WHERE kind = ?2",
+                rusqlite::params![acl, crate::rows::kind_code(proto::ObjectKind::Directory)],
+            )?;
             tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
             tx.commit()?;
             Ok(())

@@ -14,6 +14,9 @@ use proto::{Attr, ChunkHash, ChunkRef, DirEntry, Fid, Name, ObjectId, ObjectKind
 use proto::{VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use proto::auth::{Access, Acl, PtsId, Rights};
+
+use crate::access::{self, Caller};
 use crate::chunks::ChunkStore;
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
@@ -83,8 +86,18 @@ impl Store {
 
     // ----- volumes -----
 
-    /// Creates a volume with an empty root directory.
-    pub fn create_volume(&self, id: VolumeId, name: &str, kind: VolumeKind, quota: u64) -> Result<VolumeInfo> {
+    /// Creates a volume with an empty root directory governed by `root_acl`.
+    pub fn create_volume(
+        &self,
+        id: VolumeId,
+        name: &str,
+        kind: VolumeKind,
+        quota: u64,
+        root_acl: &Acl,
+    ) -> Result<VolumeInfo> {
+        if let Err(e) = root_acl.validate() {
+            return refuse(RemoteError::Invalid(e));
+        }
         let mut conn = self.lock_writer();
         let tx = conn.transaction()?;
         let exists: Option<i64> = tx
@@ -116,6 +129,7 @@ impl Store {
                 link: None,
             },
             last_op: None,
+            acl: Some(root_acl.clone()),
         };
         rows::put_object(&tx, &root)?;
         let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("new volume vanished".into()))?;
@@ -183,15 +197,28 @@ impl Store {
 
     // ----- reads -----
 
-    pub fn fetch_status(&self, fid: Fid) -> Result<Attr> {
-        self.read(|c| load_existing(c, fid)).map(|o| o.attr)
+    /// An object's attributes; needs `l` on its directory.
+    pub fn fetch_status(&self, caller: &Caller, fid: Fid) -> Result<(Attr, Access)> {
+        self.read(|c| {
+            let obj = load_existing(c, fid)?;
+            let access = access::access(c, caller, &obj)?;
+            if !access.caller.contains(Rights::LOOKUP) {
+                return refuse(RemoteError::PermissionDenied);
+            }
+            Ok((obj.attr, access))
+        })
     }
 
-    pub fn fetch_dir(&self, fid: Fid) -> Result<(Attr, Vec<DirEntry>)> {
+    /// A directory's entries; needs `l` on it.
+    pub fn fetch_dir(&self, caller: &Caller, fid: Fid) -> Result<(Attr, Vec<DirEntry>, Access)> {
         self.read(|c| {
             let dir = load_existing(c, fid)?;
             if dir.kind() != ObjectKind::Directory {
                 return refuse(RemoteError::NotDirectory);
+            }
+            let access = access::access(c, caller, &dir)?;
+            if !access.caller.contains(Rights::LOOKUP) {
+                return refuse(RemoteError::PermissionDenied);
             }
             let mut stmt =
                 c.prepare_cached("SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name")?;
@@ -205,12 +232,13 @@ impl Store {
                     kind: rows::kind_from(row.get(2)?)?,
                 });
             }
-            Ok((dir.attr, entries))
+            Ok((dir.attr, entries, access))
         })
     }
 
-    /// A file's attributes and chunk list; read the bytes with [`Store::read_chunk`].
-    pub fn fetch_data(&self, fid: Fid) -> Result<(Attr, Vec<ChunkRef>)> {
+    /// A file's attributes and chunk list (read the bytes with [`Store::read_chunk`]); needs
+    /// `r` on its directory, subject to the file rules of [`proto::auth::file_rights`].
+    pub fn fetch_data(&self, caller: &Caller, fid: Fid) -> Result<(Attr, Vec<ChunkRef>, Access)> {
         self.read(|c| {
             let obj = load_existing(c, fid)?;
             match obj.kind() {
@@ -220,8 +248,58 @@ impl Store {
                     return refuse(RemoteError::Invalid("not a regular file".into()));
                 }
             }
-            Ok((obj.attr, file_chunks(c, fid)?))
+            let access = access::access(c, caller, &obj)?;
+            access::require(c, caller, &obj, Rights::READ)?;
+            Ok((obj.attr, file_chunks(c, fid)?, access))
         })
+    }
+
+    /// A directory's ACL; needs `l` on it.
+    pub fn fetch_acl(&self, caller: &Caller, fid: Fid) -> Result<(Acl, Access)> {
+        self.read(|c| {
+            let dir = load_existing(c, fid)?;
+            if dir.kind() != ObjectKind::Directory {
+                return refuse(RemoteError::NotDirectory);
+            }
+            let access = access::access(c, caller, &dir)?;
+            if !access.caller.contains(Rights::LOOKUP) {
+                return refuse(RemoteError::PermissionDenied);
+            }
+            Ok((dir.acl.unwrap_or_default(), access))
+        })
+    }
+
+    /// Sets one ACL entry of a directory (`a` needed). The directory gets a new version and the
+    /// volume a new stamp, so every cached right derived from the old ACL is revalidated.
+    pub fn set_acl_entry(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        who: PtsId,
+        rights: Rights,
+        negative: bool,
+    ) -> Result<(Attr, Access)> {
+        let mut conn = self.lock_writer();
+        let tx = conn.transaction()?;
+        let mut dir = load_existing(&tx, fid)?;
+        if dir.kind() != ObjectKind::Directory {
+            return refuse(RemoteError::NotDirectory);
+        }
+        let info = rows::load_volume(&tx, fid.volume)?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))?;
+        if info.kind != VolumeKind::ReadWrite {
+            return refuse(RemoteError::ReadOnly);
+        }
+        access::require_on_dir(caller, &dir, Rights::ADMINISTER)?;
+        let mut acl = dir.acl.clone().unwrap_or_default();
+        acl.set(who, rights, negative).map_err(RemoteError::Invalid)?;
+        dir.acl = Some(acl);
+        dir.attr.version.bump(self.server);
+        dir.attr.ctime = Timestamp::now();
+        rows::put_object(&tx, &dir)?;
+        tx.execute("UPDATE volumes SET counter = counter + 1 WHERE id = ?1", params![fid.volume.0 as i64])?;
+        let access = access::access(&tx, caller, &dir)?;
+        tx.commit()?;
+        Ok((dir.attr, access))
     }
 
     pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {

@@ -10,11 +10,12 @@ use crate::store::Store;
 
 const CLIENT: ClientId = ClientId(7);
 const VOL: VolumeId = VolumeId(10);
+static ADMIN: std::sync::LazyLock<crate::Caller> = std::sync::LazyLock::new(crate::Caller::administrator);
 
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), ServerId(1)).unwrap();
-    store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0).unwrap();
+    store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0, &proto::Acl::volume_default()).unwrap();
     (dir, store)
 }
 
@@ -31,7 +32,7 @@ fn rec(m: Mutation) -> Record {
 }
 
 fn apply1(store: &Store, m: Mutation) -> RecordResult {
-    store.apply(CLIENT, None, &[rec(m)]).unwrap().results.remove(0)
+    store.apply(&ADMIN, CLIENT, None, &[rec(m)]).unwrap().results.remove(0)
 }
 
 fn create(store: &Store, parent: Fid, n: &str) -> Attr {
@@ -70,7 +71,7 @@ fn store_data(store: &Store, attr: &Attr, data: &[u8]) -> RecordResult {
 }
 
 fn read_all(store: &Store, fid: Fid) -> Vec<u8> {
-    let (_, chunks) = store.fetch_data(fid).unwrap();
+    let (_, chunks, _) = store.fetch_data(&ADMIN, fid).unwrap();
     chunks.iter().flat_map(|c| store.read_chunk(c).unwrap()).collect()
 }
 
@@ -138,7 +139,7 @@ fn after_op_base_certifies_offline_chains() {
             mtime: Timestamp::now(),
         }),
     ];
-    let out = store.apply(CLIENT, Some(VOL), &batch).unwrap();
+    let out = store.apply(&ADMIN, CLIENT, Some(VOL), &batch).unwrap();
     assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
     assert_eq!(read_all(&store, Fid::new(VOL, object)), b"offline");
     // The same chain based on an op that is not the object's last fails to certify.
@@ -161,9 +162,9 @@ fn replayed_op_is_applied_once() {
     let chunks = upload(&store, b"once");
     let r =
         rec(Mutation::Store { fid: f.fid, base: Base::Version(f.version.clone()), chunks, mtime: Timestamp::now() });
-    let first = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
+    let first = store.apply(&ADMIN, CLIENT, None, std::slice::from_ref(&r)).unwrap();
     let stamp = store.stamp(VOL).unwrap();
-    let second = store.apply(CLIENT, None, std::slice::from_ref(&r)).unwrap();
+    let second = store.apply(&ADMIN, CLIENT, None, std::slice::from_ref(&r)).unwrap();
     assert_eq!(first.results, second.results);
     assert_eq!(store.stamp(VOL).unwrap(), stamp, "the replay changed nothing");
     assert!(second.changed.is_empty());
@@ -186,7 +187,7 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     assert_eq!(bytes1, content.len() as u64);
 
     // Removing one copy keeps the chunks; removing both lets the sweep reclaim them.
-    let b_attr = store.fetch_status(b.fid).unwrap();
+    let b_attr = store.fetch_status(&ADMIN, b.fid).unwrap().0;
     apply1(
         &store,
         Mutation::Remove {
@@ -197,7 +198,7 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     )
     .unwrap();
     assert_eq!(store.sweep(Duration::ZERO).unwrap().chunks_removed, 0);
-    let a_attr = store.fetch_status(a.fid).unwrap();
+    let a_attr = store.fetch_status(&ADMIN, a.fid).unwrap().0;
     apply1(
         &store,
         Mutation::Remove {
@@ -255,7 +256,7 @@ fn store_with_missing_chunks_is_refused() {
 fn a_failed_record_leaves_no_trace_but_the_batch_goes_on() {
     let (_d, store) = setup();
     let f = create(&store, root(), "a");
-    let before = store.fetch_dir(root()).unwrap();
+    let before = store.fetch_dir(&ADMIN, root()).unwrap();
     let batch = vec![
         // Conflicts: the name exists.
         rec(Mutation::Create {
@@ -273,14 +274,14 @@ fn a_failed_record_leaves_no_trace_but_the_batch_goes_on() {
             set: SetAttrs { mode: Some(0o600), ..Default::default() },
         }),
     ];
-    let out = store.apply(CLIENT, Some(VOL), &batch).unwrap();
+    let out = store.apply(&ADMIN, CLIENT, Some(VOL), &batch).unwrap();
     assert!(
         matches!(out.results[0], Err(RemoteError::Conflict(ConflictKind::NameTaken { existing })) if existing == f.fid.object)
     );
     assert!(out.results[1].is_ok());
-    let after = store.fetch_dir(root()).unwrap();
+    let after = store.fetch_dir(&ADMIN, root()).unwrap();
     assert_eq!(before.1, after.1);
-    assert_eq!(store.fetch_status(f.fid).unwrap().mode, 0o600);
+    assert_eq!(store.fetch_status(&ADMIN, f.fid).unwrap().0.mode, 0o600);
 }
 
 #[test]
@@ -289,7 +290,7 @@ fn directories_rename_and_rmdir_follow_posix() {
     let d1 = mkdir(&store, root(), "d1");
     let d2 = mkdir(&store, root(), "d2");
     let f = create(&store, d1.fid, "f");
-    assert_eq!(store.fetch_status(root()).unwrap().nlink, 4);
+    assert_eq!(store.fetch_status(&ADMIN, root()).unwrap().0.nlink, 4);
 
     // rmdir of a non-empty directory.
     let err =
@@ -309,10 +310,10 @@ fn directories_rename_and_rmdir_follow_posix() {
         },
     )
     .unwrap();
-    assert!(store.fetch_dir(d1.fid).unwrap().1.is_empty());
-    assert_eq!(store.fetch_dir(d2.fid).unwrap().1[0].name.as_str(), "g");
+    assert!(store.fetch_dir(&ADMIN, d1.fid).unwrap().1.is_empty());
+    assert_eq!(store.fetch_dir(&ADMIN, d2.fid).unwrap().1[0].name.as_str(), "g");
     // The file's version is untouched by a rename: an edit elsewhere does not conflict.
-    assert_eq!(store.fetch_status(f.fid).unwrap().version, f.version);
+    assert_eq!(store.fetch_status(&ADMIN, f.fid).unwrap().0.version, f.version);
 
     // A directory cannot move below itself.
     let sub = mkdir(&store, d1.fid, "sub");
@@ -343,9 +344,9 @@ fn directories_rename_and_rmdir_follow_posix() {
         },
     )
     .unwrap();
-    assert_eq!(store.fetch_status(sub.fid).unwrap().parent, Some(d2.fid.object));
-    assert_eq!(store.fetch_status(d1.fid).unwrap().nlink, 2);
-    assert_eq!(store.fetch_status(d2.fid).unwrap().nlink, 3);
+    assert_eq!(store.fetch_status(&ADMIN, sub.fid).unwrap().0.parent, Some(d2.fid.object));
+    assert_eq!(store.fetch_status(&ADMIN, d1.fid).unwrap().0.nlink, 2);
+    assert_eq!(store.fetch_status(&ADMIN, d2.fid).unwrap().0.nlink, 3);
 
     // Replacing a target requires having seen it.
     let h = create(&store, d2.fid, "h");
@@ -375,7 +376,7 @@ fn directories_rename_and_rmdir_follow_posix() {
     )
     .unwrap();
     assert_eq!(applied.removed, vec![h.fid.object]);
-    assert!(matches!(store.fetch_status(h.fid), Err(crate::StoreError::Refused(RemoteError::NotFound))));
+    assert!(matches!(store.fetch_status(&ADMIN, h.fid), Err(crate::StoreError::Refused(RemoteError::NotFound))));
 
     // Now d1 is empty and can go.
     apply1(&store, Mutation::RemoveDir { parent: root(), name: name("d1"), object: d1.fid.object }).unwrap();
@@ -388,8 +389,8 @@ fn hard_links_share_contents_until_the_last_name_goes() {
     let f = create(&store, root(), "a");
     store_data(&store, &f, b"shared").unwrap();
     apply1(&store, Mutation::Link { parent: root(), name: name("b"), target: f.fid.object }).unwrap();
-    assert_eq!(store.fetch_status(f.fid).unwrap().nlink, 2);
-    let v = store.fetch_status(f.fid).unwrap().version;
+    assert_eq!(store.fetch_status(&ADMIN, f.fid).unwrap().0.nlink, 2);
+    let v = store.fetch_status(&ADMIN, f.fid).unwrap().0.version;
     let out = apply1(
         &store,
         Mutation::Remove {
@@ -420,7 +421,7 @@ fn quota_refuses_growth_beyond_it() {
     let f = create(&store, root(), "a");
     let err = store_data(&store, &f, &vec![1u8; 1001]).unwrap_err();
     assert_eq!(err, RemoteError::QuotaExceeded);
-    assert_eq!(store.fetch_status(f.fid).unwrap().size, 0, "nothing partial is visible");
+    assert_eq!(store.fetch_status(&ADMIN, f.fid).unwrap().0.size, 0, "nothing partial is visible");
     store_data(&store, &f, &[1u8; 1000]).unwrap();
 }
 
@@ -517,7 +518,7 @@ fn store_survives_reopen() {
     let content = data(600_000, 9);
     let fid = {
         let store = Store::open(dir.path(), ServerId(1)).unwrap();
-        store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0).unwrap();
+        store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0, &proto::Acl::volume_default()).unwrap();
         let f = create(&store, root(), "a");
         store_data(&store, &f, &content).unwrap();
         f.fid

@@ -43,8 +43,10 @@ impl Venus {
         }
     }
 
-    fn break_object(&self, g: GFid) {
+    pub(crate) fn break_object(&self, g: GFid) {
         self.unpromise(&g);
+        // Its ACL may have changed: rights in it are asked again before they are trusted.
+        self.cache.stale_access(g.cell, Some(g.fid.volume), Some(&g));
         let ino = g.ino();
         // A directory's cached entries may name things that are gone or changed: the kernel
         // forgets them; venus keeps the listing (no longer promised, so it is fetched again
@@ -61,6 +63,7 @@ impl Venus {
     /// revalidated.
     pub(crate) fn on_callbacks_lost(&self, cell: CellId) {
         tracing::info!(cell = cell.0, "callback promises lost; revalidating");
+        self.cache.stale_access(cell, None, None);
         let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
         for g in lost {
             self.break_object(g);

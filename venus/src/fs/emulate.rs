@@ -21,6 +21,7 @@ impl Venus {
         self.rebase(cell, &mut mutation)?;
         self.check_local(cell, &mutation)?;
         let volume = mutation.volume();
+        self.claim_log(cell, volume)?;
         let last_name = match &mutation {
             Mutation::Remove { parent, seen, .. } => {
                 self.cache.attr(&GFid::new(cell, Fid::new(parent.volume, seen.object))).is_none_or(|a| a.nlink <= 1)
@@ -148,7 +149,7 @@ impl Venus {
         let mut attrs: Vec<Attr> = Vec::new();
         let mut removed: Vec<ObjectId> = Vec::new();
         let volume = m.volume();
-        let fresh = |object: ObjectId, kind, mode: u32, owner, group, mtime, link: Option<String>| Attr {
+        let fresh = |parent: Fid, object: ObjectId, kind, mode: u32, owner, group, mtime, link: Option<String>| Attr {
             fid: Fid::new(volume, object),
             kind,
             mode: mode & MODE_MASK,
@@ -159,7 +160,7 @@ impl Venus {
             mtime,
             ctime: now,
             version: VersionVector::new(),
-            parent: None,
+            parent: Some(parent.object),
             link,
         };
         match m {
@@ -190,21 +191,37 @@ impl Venus {
                 }
             }
             Mutation::Create { parent, object, mode, owner, group, mtime, .. } => {
-                attrs.push(fresh(*object, ObjectKind::File, *mode, *owner, *group, *mtime, None));
+                attrs.push(fresh(*parent, *object, ObjectKind::File, *mode, *owner, *group, *mtime, None));
                 self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
             }
             Mutation::MakeDir { parent, object, mode, owner, group, mtime, .. } => {
-                let mut a = fresh(*object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None);
-                a.parent = Some(parent.object);
-                attrs.push(a);
+                attrs.push(fresh(*parent, *object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None));
                 self.touch_dir(cell, *parent, 1, 1, now, &mut attrs);
             }
             Mutation::Symlink { parent, object, target, owner, group, mtime, .. } => {
-                attrs.push(fresh(*object, ObjectKind::Symlink, 0o777, *owner, *group, *mtime, Some(target.clone())));
+                attrs.push(fresh(
+                    *parent,
+                    *object,
+                    ObjectKind::Symlink,
+                    0o777,
+                    *owner,
+                    *group,
+                    *mtime,
+                    Some(target.clone()),
+                ));
                 self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
             }
             Mutation::MakeMountPoint { parent, object, target, owner, mtime, .. } => {
-                attrs.push(fresh(*object, ObjectKind::MountPoint, 0o755, *owner, 0, *mtime, Some(target.clone())));
+                attrs.push(fresh(
+                    *parent,
+                    *object,
+                    ObjectKind::MountPoint,
+                    0o755,
+                    *owner,
+                    0,
+                    *mtime,
+                    Some(target.clone()),
+                ));
                 self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
             }
             Mutation::Link { parent, target, .. } => {
@@ -242,9 +259,7 @@ impl Venus {
                 self.touch_dir(cell, *to, 1, links, now, &mut attrs);
                 if let Some(mut a) = self.cache.attr(&moved) {
                     a.ctime = now;
-                    if is_dir {
-                        a.parent = Some(to.object);
-                    }
+                    a.parent = Some(to.object);
                     attrs.push(a);
                 }
             }

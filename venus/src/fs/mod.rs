@@ -7,6 +7,8 @@
 //! call waits (`write.rs`); a dirty file is stored on close (`store.rs`); promise breaks from the
 //! servers drop cached state and invalidate the kernel's caches (`breaks.rs`).
 
+mod access;
+pub mod acl;
 mod breaks;
 pub mod conflicts;
 mod emulate;
@@ -17,6 +19,7 @@ mod read;
 mod reintegrate;
 pub mod status;
 mod store;
+pub mod user;
 mod volumes;
 mod write;
 
@@ -67,6 +70,8 @@ pub struct Stat {
     pub gid: u32,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
+    /// Anyone may look this up: the kernel may cache it for everyone.
+    pub public: bool,
 }
 
 /// A node of the namespace: the mount root (listing cells) or an object.
@@ -112,6 +117,7 @@ pub struct Venus {
     pub started: Timestamp,
     pub mountpoint: PathBuf,
     pub hoarding: hoard::Hoarding,
+    pub tokens: Arc<user::Tokens>,
 }
 
 struct EventSink(std::sync::Weak<Venus>);
@@ -158,6 +164,11 @@ impl Venus {
     pub fn new(config: Config) -> Result<Arc<Venus>> {
         let cache = Cache::open(&config.cache_dir, config.cache_size)?;
         let cml = cml::Cml::open(&config.cache_dir.join("cml.sqlite"))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(config.cache_dir.join("cml.sqlite"), std::fs::Permissions::from_mode(0o600))?;
+        }
+        let tokens = Arc::new(user::Tokens::load(config.cache_dir.join("tokens")));
         let client = client_id(&config.cache_dir)?;
         let counters = Arc::new(Counters::default());
         let mut ids = Vec::new();
@@ -178,7 +189,16 @@ impl Venus {
             let mut cells = HashMap::new();
             let mut cell_names = Vec::new();
             for (file, id) in config.cells.iter().zip(ids) {
-                match CellConn::new(id, file.clone(), client, config.rpc_timeout, counters.clone(), events.clone()) {
+                let conn = CellConn::new(
+                    id,
+                    file.clone(),
+                    client,
+                    config.rpc_timeout,
+                    counters.clone(),
+                    events.clone(),
+                    tokens.clone(),
+                );
+                match conn {
                     Ok(conn) => {
                         cell_names.push((file.cell.clone(), id));
                         cells.insert(id, Arc::new(conn));
@@ -205,6 +225,7 @@ impl Venus {
                 started: Timestamp::now(),
                 mountpoint: config.mountpoint.clone(),
                 hoarding: hoard::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
+                tokens,
             }
         }))
     }
@@ -321,6 +342,7 @@ impl Venus {
             gid: attr.group,
             mtime: attr.mtime,
             ctime: attr.ctime,
+            public: self.public(g, attr),
         };
         if attr.kind == ObjectKind::File
             && let Some(c) = self.cache.get(&g)
@@ -347,6 +369,7 @@ impl Venus {
             gid: 0,
             mtime: self.started,
             ctime: self.started,
+            public: true,
         }
     }
 

@@ -122,7 +122,7 @@ impl Venus {
         self.node(ino)
     }
 
-    async fn resolve_object(&self, components: &[String]) -> Result<GFid> {
+    pub(crate) async fn resolve_object(&self, components: &[String]) -> Result<GFid> {
         match self.resolve(components).await? {
             Node::Object(g) => Ok(g),
             Node::Root => Err(VenusError::Unsupported("the mount root is not an object")),

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
+use proto::auth::Rights;
 use proto::msg::Response;
 use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError, Request};
 
@@ -27,12 +28,20 @@ impl Venus {
         if !self.reachable(g.cell, g.fid.volume) {
             return Err(self.miss(g));
         }
-        let conn = self.cell(g.cell)?;
-        match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
+        match self.fetch_status(g).await {
             // The server just went away: what we have is what we serve.
             Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
-            Ok(Response::Status { attr, promise }) => {
+            other => other,
+        }
+    }
+
+    /// Asks the server for an object's attributes (and the current user's rights).
+    pub(crate) async fn fetch_status(&self, g: GFid) -> Result<Attr> {
+        let conn = self.cell(g.cell)?;
+        match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
+            Ok(Response::Status { attr, promise, access }) => {
                 self.cache.put_attr(g.cell, attr.clone())?;
+                self.note_access(g, &attr, access)?;
                 self.promised(g, promise);
                 Ok(attr)
             }
@@ -61,7 +70,8 @@ impl Venus {
         let conn = self.cell(g.cell)?;
         match conn.call(Some(g.fid.volume), &Request::FetchDir { fid: g.fid }).await {
             Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
-            Ok(Response::Dir { attr, entries, promise }) => {
+            Ok(Response::Dir { attr, entries, promise, access }) => {
+                self.note_access(g, &attr, access)?;
                 self.cache.put_attr(g.cell, attr)?;
                 self.cache.put_listing(g, entries.clone())?;
                 self.promised(g, promise);
@@ -110,7 +120,7 @@ impl Venus {
                 file.write_all(bytes)
             })
             .await;
-        let (attr, _, promise) = match result {
+        let fetched_data = match result {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -120,6 +130,8 @@ impl Venus {
                 });
             }
         };
+        let (attr, promise) = (fetched_data.attr, fetched_data.promise);
+        self.note_access(g, &attr, fetched_data.access)?;
         file.flush()?;
         drop(file);
         self.counters.add(counters::BYTES_FETCHED, fetched);
@@ -159,6 +171,7 @@ impl Venus {
             }
             Node::Object(p) => {
                 let entries = self.listing(p).await?;
+                self.require_in(p, Rights::LOOKUP).await?;
                 let entry = entries.iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
                 let child = GFid::new(p.cell, Fid::new(p.fid.volume, entry.object));
                 if entry.kind == ObjectKind::MountPoint {
@@ -178,6 +191,7 @@ impl Venus {
             Node::Root => Ok(self.root_stat()),
             Node::Object(g) => {
                 let attr = self.status(g).await?;
+                self.require(g, &attr, Rights::LOOKUP).await?;
                 Ok(self.stat_of(g, &attr))
             }
         }
@@ -200,6 +214,7 @@ impl Venus {
             }
             Node::Object(g) => {
                 let entries = self.listing(g).await?;
+                self.require_in(g, Rights::LOOKUP).await?;
                 Ok(entries
                     .into_iter()
                     .map(|e| {
@@ -215,6 +230,7 @@ impl Venus {
     pub async fn readlink(&self, ino: u64) -> Result<String> {
         let g = self.object(ino)?;
         let attr = self.status(g).await?;
+        self.require(g, &attr, Rights::LOOKUP).await?;
         match (attr.kind, attr.link) {
             (ObjectKind::Symlink, Some(target)) => Ok(target),
             _ => Err(VenusError::Remote(RemoteError::Invalid("not a symbolic link".into()))),
@@ -224,8 +240,18 @@ impl Venus {
     /// Opens a file: fetches it whole if needed, then opens its container.
     pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, std::sync::Arc<Handle>)> {
         let g = self.object(ino)?;
-        self.data(g).await?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let readable = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let attr = self.status(g).await?;
+        if attr.kind == ObjectKind::File {
+            let need = match (readable, writable) {
+                (true, true) => Rights::READ | Rights::WRITE,
+                (false, true) => Rights::WRITE,
+                _ => Rights::READ,
+            };
+            self.require(g, &attr, need).await?;
+        }
+        self.data(g).await?;
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(self.cache.container(&g))?;
         let written = AtomicBool::new(false);
         if writable && flags & libc::O_TRUNC != 0 {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use proto::msg::Response;
 use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
 
-use super::{Venus, lock};
+use super::{Venus, lock, user};
+use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
@@ -51,7 +52,46 @@ impl Venus {
         }
     }
 
+    /// Claims a volume's log for the running operation's user before a record goes in. As in
+    /// Coda, a log holds one user's changes: they are replayed with that user's token, so
+    /// another user's offline change to the volume waits until the log is drained.
+    pub(crate) fn claim_log(&self, cell: CellId, volume: VolumeId) -> Result<()> {
+        let me = LogOwner { uid: user::current_uid(), user: self.tokens.principal(cell) };
+        let mut state = self.cache.volume(cell, volume);
+        if self.has_pending(cell, volume)
+            && let Some(owner) = state.log_owner
+            && owner != me
+        {
+            return Err(VenusError::LogOwner(format!(
+                "volume {volume} holds offline changes of uid {} still to reintegrate",
+                owner.uid
+            )));
+        }
+        if state.log_owner != Some(me) {
+            state.log_owner = Some(me);
+            self.cache.set_volume(cell, volume, state)?;
+        }
+        Ok(())
+    }
+
+    /// Replays a volume's log as the user who made the changes; waits (returns an error) while
+    /// that user has no token for the identity they wrote under.
     pub async fn reintegrate_volume(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
+        let Some(owner) = self.cache.volume(cell, volume).log_owner else {
+            return self.reintegrate_as_owner(cell, volume).await;
+        };
+        if owner.user != proto::PtsId::ANONYMOUS
+            && self.tokens.get(cell, owner.uid).map(|t| t.body.user) != Some(owner.user)
+        {
+            return Err(VenusError::LogOwner(format!(
+                "waiting for uid {} to log in (venus login) to reintegrate volume {volume}",
+                owner.uid
+            )));
+        }
+        user::as_user(owner.uid, self.reintegrate_as_owner(cell, volume)).await
+    }
+
+    async fn reintegrate_as_owner(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
         // One reintegration per volume at a time.
         let lock = self.fetch_lock(GFid::new(cell, Fid::root(volume)).reintegration_key());
         let _one_at_a_time = lock.lock().await;

@@ -141,6 +141,7 @@ impl Venus {
                 }
                 (_, _, Some(current)) => {
                     self.drop_volume(cell, answer.volume);
+                    self.cache.stale_access(cell, Some(answer.volume), None);
                     if let Err(e) = self.establish(cell, answer.volume, current).await {
                         tracing::info!(volume = %answer.volume, error = %e, "volume not revalidated");
                     }

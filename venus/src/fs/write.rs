@@ -10,6 +10,8 @@ use proto::msg::Response;
 use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, Request};
 use proto::{RemoteError, Seen, SetAttrs, Timestamp};
 
+use proto::auth::Rights;
+
 use super::{Stat, Venus};
 use crate::error::{Result, VenusError};
 use crate::ids::GFid;
@@ -45,6 +47,9 @@ impl Venus {
             // The server went away with the record in flight. It stays in the log and is
             // replayed at reintegration (if it did reach the server, its op id makes the replay
             // harmless); meanwhile the cache shows it done.
+            if !self.has_pending(cell, volume) {
+                self.claim_log(cell, volume)?;
+            }
             self.mark_pending(cell, volume, true);
             return Ok((self.apply_local(cell, &record.mutation)?, true));
         }
@@ -93,7 +98,21 @@ impl Venus {
     ) -> Result<(GFid, Attr)> {
         let p = self.dir_of(parent)?;
         let object = ObjectId::random();
-        let m = mutation(p.fid, object);
+        let mut m = mutation(p.fid, object);
+        let need = match &m {
+            Mutation::MakeMountPoint { .. } => Rights::INSERT | Rights::ADMINISTER,
+            _ => Rights::INSERT,
+        };
+        self.require_in(p, need).await?;
+        // The server makes the caller the owner; say the same offline.
+        let me = self.principal(p).as_owner();
+        match &mut m {
+            Mutation::Create { owner, .. }
+            | Mutation::MakeDir { owner, .. }
+            | Mutation::Symlink { owner, .. }
+            | Mutation::MakeMountPoint { owner, .. } => *owner = me,
+            _ => {}
+        }
         let kind = match &m {
             Mutation::MakeDir { .. } => ObjectKind::Directory,
             Mutation::Symlink { .. } => ObjectKind::Symlink,
@@ -102,6 +121,9 @@ impl Venus {
         };
         let applied = self.commit(p.cell, m).await?;
         let attr = Self::new_attr(&applied, object)?;
+        if kind == ObjectKind::Directory {
+            self.cache.inherit_access(&p, GFid::new(p.cell, attr.fid))?;
+        }
         let entry = DirEntry { name: name.clone(), object, kind };
         self.cache.edit_listing(&p, |entries| entries.push(entry))?;
         Ok((GFid::new(p.cell, attr.fid), attr))
@@ -191,6 +213,10 @@ impl Venus {
             return Err(VenusError::Remote(RemoteError::CrossVolume));
         }
         let name = Name::new(new_name)?;
+        self.require_in(p, Rights::INSERT).await?;
+        if self.status(g).await?.parent != Some(p.fid.object) {
+            return Err(VenusError::Remote(RemoteError::CrossDirectoryLink));
+        }
         let applied =
             self.commit(p.cell, Mutation::Link { parent: p.fid, name: name.clone(), target: g.fid.object }).await?;
         let attr = Self::new_attr(&applied, g.fid.object)?;
@@ -214,6 +240,7 @@ impl Venus {
         if e.kind == ObjectKind::Directory {
             return Err(VenusError::IsDirectory);
         }
+        self.require_in(p, Rights::DELETE).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         self.commit(p.cell, Mutation::Remove { parent: p.fid, name: e.name.clone(), seen }).await?;
         self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
@@ -227,6 +254,7 @@ impl Venus {
         if e.kind != ObjectKind::Directory {
             return Err(VenusError::NotDirectory);
         }
+        self.require_in(p, Rights::DELETE).await?;
         self.commit(p.cell, Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object }).await?;
         self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
         Ok(())
@@ -248,6 +276,13 @@ impl Venus {
         }
         let src =
             self.listing(from).await?.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        if from != to && src.kind == ObjectKind::File {
+            let g = GFid::new(from.cell, Fid::new(from.fid.volume, src.object));
+            if self.status(g).await?.nlink > 1 {
+                // Its other names stay behind, and one directory's ACL governs all of them.
+                return Err(VenusError::Remote(RemoteError::CrossDirectoryLink));
+            }
+        }
         let new_name = Name::new(new_name)?;
         let existing = self.listing(to).await?.into_iter().find(|e| e.name == new_name);
         // POSIX no-ops (same name, or two names of one file) change nothing and are not logged.
@@ -263,6 +298,9 @@ impl Venus {
             }
             None => None,
         };
+        self.require_in(from, Rights::DELETE).await?;
+        let need = if replaced.is_some() { Rights::INSERT | Rights::DELETE } else { Rights::INSERT };
+        self.require_in(to, need).await?;
         self.commit(
             from.cell,
             Mutation::Rename {
@@ -286,6 +324,23 @@ impl Venus {
 
     pub async fn setattr(&self, ino: u64, req: SetAttrRequest) -> Result<Stat> {
         let g = self.object(ino)?;
+        let attr = self.status(g).await?;
+        if req.size.is_some() {
+            self.require(g, &attr, Rights::WRITE).await?;
+        }
+        if req.mode.is_some() || req.mtime.is_some() {
+            let dir = self.dir_rights(super::access::governing(g, &attr)).await?;
+            let owner = attr.owner == self.principal(g).as_owner() && self.principal(g) != proto::PtsId::ANONYMOUS;
+            let may = dir.contains(Rights::WRITE) || (owner && dir.contains(Rights::INSERT));
+            if !may {
+                return Err(super::access::denied());
+            }
+        }
+        let changes_owner = req.uid.is_some_and(|u| u != attr.owner) || req.gid.is_some_and(|g| g != attr.group);
+        if changes_owner && self.emulating(g.cell, g.fid.volume) {
+            // Only administrators may, and that cannot be known offline.
+            return Err(VenusError::Remote(RemoteError::NotAdmin));
+        }
         if let Some(size) = req.size {
             // Truncation is a change of contents: done to the container, then stored.
             self.data(g).await?;

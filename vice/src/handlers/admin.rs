@@ -22,7 +22,11 @@ pub async fn create(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
         Err(e) => return error(e.to_remote()),
     };
     let vname = name.clone();
-    let info = match blocking(&shared.store, move |s| s.create_volume(id, &vname, VolumeKind::ReadWrite, quota)).await {
+    let info = match blocking(&shared.store, move |s| {
+        s.create_volume(id, &vname, VolumeKind::ReadWrite, quota, &proto::Acl::volume_default())
+    })
+    .await
+    {
         Ok(info) => info,
         Err(e) => return error(e),
     };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use proto::msg::Response;
 use proto::{ChunkRef, ClientId, Fid, ProtoError};
 use tokio::io::AsyncWriteExt;
+use volumes::Caller;
 
 use super::{Reply, blocking, error};
 use crate::server::Shared;
@@ -12,27 +13,29 @@ use crate::server::Shared;
 /// Chunks read ahead of the network while a file streams out.
 const READ_AHEAD: usize = 4;
 
-pub async fn status(shared: &Arc<Shared>, client: ClientId, fid: Fid) -> Reply {
-    match blocking(&shared.store, move |s| s.fetch_status(fid)).await {
-        Ok(attr) => Response::Status { attr, promise: shared.callbacks.grant(client, fid) }.into(),
+pub async fn status(shared: &Arc<Shared>, caller: Caller, client: ClientId, fid: Fid) -> Reply {
+    match blocking(&shared.store, move |s| s.fetch_status(&caller, fid)).await {
+        Ok((attr, access)) => Response::Status { attr, promise: shared.callbacks.grant(client, fid), access }.into(),
         Err(e) => error(e),
     }
 }
 
-pub async fn dir(shared: &Arc<Shared>, client: ClientId, fid: Fid) -> Reply {
-    match blocking(&shared.store, move |s| s.fetch_dir(fid)).await {
-        Ok((attr, entries)) => Response::Dir { attr, entries, promise: shared.callbacks.grant(client, fid) }.into(),
+pub async fn dir(shared: &Arc<Shared>, caller: Caller, client: ClientId, fid: Fid) -> Reply {
+    match blocking(&shared.store, move |s| s.fetch_dir(&caller, fid)).await {
+        Ok((attr, entries, access)) => {
+            Response::Dir { attr, entries, promise: shared.callbacks.grant(client, fid), access }.into()
+        }
         Err(e) => error(e),
     }
 }
 
-pub async fn data(shared: &Arc<Shared>, client: ClientId, fid: Fid) -> Reply {
-    match blocking(&shared.store, move |s| s.fetch_data(fid)).await {
-        Ok((attr, chunks)) => {
+pub async fn data(shared: &Arc<Shared>, caller: Caller, client: ClientId, fid: Fid) -> Reply {
+    match blocking(&shared.store, move |s| s.fetch_data(&caller, fid)).await {
+        Ok((attr, chunks, access)) => {
             // The promise is granted before the bytes leave: a change committed after this point
             // breaks it, so the client never keeps contents older than its promise says.
             let promise = shared.callbacks.grant(client, fid);
-            Reply::Data { response: Response::Data { attr, chunks: chunks.clone(), promise }, chunks }
+            Reply::Data { response: Response::Data { attr, chunks: chunks.clone(), promise, access }, chunks }
         }
         Err(e) => error(e),
     }

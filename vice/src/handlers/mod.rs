@@ -1,15 +1,17 @@
 //! Request handlers, one module per service: decode (done), authorise, apply, encode.
 
+mod acl;
 mod admin;
 mod fetch;
 mod location;
 mod mutate;
+mod pts;
 
 use std::sync::Arc;
 
-use proto::msg::{PROTOCOL_VERSION, Request, Response};
+use proto::msg::{Call, PROTOCOL_VERSION, Request, Response};
 use proto::{ChunkRef, RemoteError};
-use volumes::{Store, StoreError};
+use volumes::{Caller, Store, StoreError};
 
 use crate::server::{Peer, Shared};
 
@@ -53,11 +55,14 @@ async fn blocking<T: Send + 'static>(
 pub async fn serve(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
-    req: Request,
+    call: Call,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) {
-    let reply = dispatch(shared, peer, req, recv).await;
+    let reply = match crate::identity::identify(shared, peer, call.token.as_ref()).await {
+        Ok(caller) => dispatch(shared, peer, caller, call.request, recv).await,
+        Err(e) => error(e),
+    };
     let result = match reply {
         Reply::Message(r) => proto::frame::write_frame(send, &r).await,
         Reply::Data { response, chunks } => fetch::stream_data(shared, send, response, chunks).await,
@@ -67,9 +72,15 @@ pub async fn serve(
     }
 }
 
-async fn dispatch(shared: &Arc<Shared>, peer: &Arc<Peer>, req: Request, recv: &mut quinn::RecvStream) -> Reply {
+async fn dispatch(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    caller: Caller,
+    req: Request,
+    recv: &mut quinn::RecvStream,
+) -> Reply {
     let meta = req.meta();
-    if meta.admin && !peer.admin {
+    if meta.admin && !peer.admin && !caller.is_admin() {
         return error(RemoteError::NotAdmin);
     }
     let client = match (&req, peer.client.get()) {
@@ -94,13 +105,13 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Arc<Peer>, req: Request, recv: &m
     }
     match req {
         Request::Hello { .. } => error(RemoteError::Protocol("duplicate Hello".into())),
-        Request::FetchStatus { fid } => fetch::status(shared, client, fid).await,
-        Request::FetchData { fid } => fetch::data(shared, client, fid).await,
-        Request::FetchDir { fid } => fetch::dir(shared, client, fid).await,
+        Request::FetchStatus { fid } => fetch::status(shared, caller, client, fid).await,
+        Request::FetchData { fid } => fetch::data(shared, caller, client, fid).await,
+        Request::FetchDir { fid } => fetch::dir(shared, caller, client, fid).await,
         Request::MissingChunks { volume: _, hashes } => mutate::missing(shared, hashes).await,
         Request::PutChunks { volume: _, chunks } => mutate::put_chunks(shared, chunks, recv).await,
-        Request::Mutate { record } => mutate::mutate(shared, client, record).await,
-        Request::Reintegrate { volume, records } => mutate::reintegrate(shared, client, volume, records).await,
+        Request::Mutate { record } => mutate::mutate(shared, caller, client, record).await,
+        Request::Reintegrate { volume, records } => mutate::reintegrate(shared, caller, client, volume, records).await,
         Request::ValidateVolumes { volumes } => location::validate(shared, client, volumes).await,
         Request::GiveUpCallBacks { fids } => {
             shared.callbacks.give_up(client, &fids);
@@ -113,5 +124,24 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Arc<Peer>, req: Request, recv: &m
         Request::ListVldb => admin::list_vldb(shared).await,
         Request::ExamineVolume { name } => admin::examine(shared, name).await,
         Request::ListVolumes => admin::list_volumes(shared).await,
+        Request::Login { user, password, lifetime } => pts::login(shared, user, password, lifetime).await,
+        Request::FetchAcl { fid } => acl::fetch(shared, caller, client, fid).await,
+        Request::SetAclEntry { fid, who, rights, negative } => {
+            acl::set_entry(shared, caller, client, fid, who, rights, negative).await
+        }
+        Request::PtsCreateUser { name, password } => {
+            pts::change(shared, move |db| db.create_user(&name, &password)).await
+        }
+        Request::PtsCreateGroup { name } => pts::change(shared, move |db| db.create_group(&name)).await,
+        Request::PtsAddUser { user, group } => {
+            pts::change(shared, move |db| db.add_member(&user, &group).and_then(|()| db.membership(&group))).await
+        }
+        Request::PtsRemoveUser { user, group } => {
+            pts::change(shared, move |db| db.remove_member(&user, &group).and_then(|()| db.membership(&group))).await
+        }
+        Request::PtsDelete { name } => pts::delete(shared, name).await,
+        Request::PtsMembership { name } => pts::look(shared, move |db| db.membership(&name)).await,
+        Request::PtsListEntries => pts::list(shared).await,
+        Request::PtsSetPassword { user, password } => pts::set_password(shared, peer, caller, user, password).await,
     }
 }

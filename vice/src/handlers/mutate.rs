@@ -10,7 +10,7 @@ use proto::chunk::MAX_CHUNK;
 use proto::msg::{Promise, Response};
 use proto::{ChunkHash, ChunkRef, ClientId, Record, RemoteError, VolumeId};
 use tokio::io::AsyncReadExt;
-use volumes::BatchOutcome;
+use volumes::{BatchOutcome, Caller};
 
 use super::{Reply, blocking, error};
 use crate::server::Shared;
@@ -72,12 +72,13 @@ pub async fn put_chunks(shared: &Arc<Shared>, chunks: Vec<ChunkRef>, recv: &mut 
 
 async fn apply(
     shared: &Arc<Shared>,
+    caller: Caller,
     client: ClientId,
     volume: Option<VolumeId>,
     records: Vec<Record>,
 ) -> Result<(BatchOutcome, Promise), RemoteError> {
     let summary: Vec<(String, &'static str)> = records.iter().map(|r| (r.op.to_string(), r.mutation.verb())).collect();
-    let outcome = blocking(&shared.store, move |s| s.apply(client, volume, &records)).await?;
+    let outcome = blocking(&shared.store, move |s| s.apply(&caller, client, volume, &records)).await?;
     for ((op, verb), result) in summary.iter().zip(&outcome.results) {
         match result {
             Ok(a) => {
@@ -108,8 +109,8 @@ async fn apply(
     Ok((outcome, promise))
 }
 
-pub async fn mutate(shared: &Arc<Shared>, client: ClientId, record: Record) -> Reply {
-    match apply(shared, client, None, vec![record]).await {
+pub async fn mutate(shared: &Arc<Shared>, caller: Caller, client: ClientId, record: Record) -> Reply {
+    match apply(shared, caller, client, None, vec![record]).await {
         Ok((mut outcome, promise)) => match outcome.results.pop() {
             Some(result) => Response::Applied { result, promise }.into(),
             None => error(RemoteError::Internal("no result".into())),
@@ -118,11 +119,17 @@ pub async fn mutate(shared: &Arc<Shared>, client: ClientId, record: Record) -> R
     }
 }
 
-pub async fn reintegrate(shared: &Arc<Shared>, client: ClientId, volume: VolumeId, records: Vec<Record>) -> Reply {
+pub async fn reintegrate(
+    shared: &Arc<Shared>,
+    caller: Caller,
+    client: ClientId,
+    volume: VolumeId,
+    records: Vec<Record>,
+) -> Reply {
     if records.len() > MAX_BATCH {
         return error(RemoteError::TooLarge);
     }
-    match apply(shared, client, Some(volume), records).await {
+    match apply(shared, caller, client, Some(volume), records).await {
         Ok((outcome, promise)) => Response::Reintegrated { results: outcome.results, promise }.into(),
         Err(e) => error(e),
     }

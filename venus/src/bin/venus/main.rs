@@ -96,6 +96,44 @@ enum Command {
         #[arg(long, value_parser = ["local", "server", "both"])]
         keep: String,
     },
+    /// Get a token for USER (default: your login name) from a cell; the password is read from
+    /// --password-file, from the terminal, or from standard input.
+    Login {
+        user: Option<String>,
+        /// The cell (default: the first cell venus knows).
+        #[arg(long)]
+        cell: Option<String>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Seconds the token should last (default: the cell's, 25 hours).
+        #[arg(long, default_value_t = 0)]
+        lifetime: u32,
+    },
+    /// Your tokens.
+    Tokens {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget your tokens (all cells, or one).
+    Logout {
+        #[arg(long)]
+        cell: Option<String>,
+    },
+    /// Set WHO's rights in the directory PATH: letters of "rlidwka", or all, read, write, none.
+    Setacl {
+        path: PathBuf,
+        who: String,
+        rights: String,
+        /// A negative entry: takes the rights away, whatever else grants them.
+        #[arg(long)]
+        negative: bool,
+    },
+    /// The ACL of the directory PATH (of its directory, for a file).
+    Listacl {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -146,14 +184,58 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
-/// The venus to talk to for PATH: the mount holding it, else --cache.
+/// The venus to talk to for PATH: the mount holding it, else --cache, else the only venus
+/// mounted on this machine, else the default cache directory.
 fn cache_for(cli_cache: &Option<PathBuf>, path: Option<&Path>) -> PathBuf {
     if let Some(p) = path
         && let Some(m) = venus::mounts::mount_of(p)
     {
         return m.cache;
     }
-    cli_cache.clone().unwrap_or_else(default_cache)
+    if let Some(c) = cli_cache {
+        return c.clone();
+    }
+    match venus::mounts::venus_mounts().as_slice() {
+        [only] => only.cache.clone(),
+        _ => default_cache(),
+    }
+}
+
+/// The login name of the user running this command.
+fn login_name() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(|| std::env::var("LOGNAME").ok())
+}
+
+/// A password from a file (first line), the terminal (not echoed), or standard input.
+fn read_password(file: Option<&Path>, user: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        return Ok(text.lines().next().unwrap_or("").to_string());
+    }
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        eprint!("Password for {user}: ");
+        std::io::stderr().flush()?;
+        // SAFETY: termios calls on standard input with a zeroed struct filled in by tcgetattr.
+        let mut term: libc::termios = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::tcgetattr(0, &mut term) } == 0;
+        if got {
+            let mut quiet = term;
+            quiet.c_lflag &= !libc::ECHO;
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+        }
+        let read = stdin.lock().read_line(&mut line);
+        if got {
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
+        }
+        eprintln!();
+        read?;
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 fn ask(cache: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
@@ -311,7 +393,87 @@ fn run(cli: Cli) -> Result<()> {
             println!("repaired {} (kept {keep})", path.display());
             Ok(())
         }
+        Command::Login { user, cell, password_file, lifetime } => {
+            let user = user.or_else(login_name).ok_or_else(|| anyhow!("name the user: venus login USER"))?;
+            let password = read_password(password_file.as_deref(), &user)?;
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Login { cell, user, password, lifetime })?;
+            println!(
+                "logged in to {} as {} (id {}), token expires {}",
+                v["cell"].as_str().unwrap_or("?"),
+                v["user"].as_str().unwrap_or("?"),
+                v["id"],
+                show_time(v["expires"].as_i64().unwrap_or(0))
+            );
+            Ok(())
+        }
+        Command::Tokens { json } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Tokens)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            for t in &list {
+                println!(
+                    "{}: {} (id {}), expires {}",
+                    t["cell"].as_str().unwrap_or("?"),
+                    t["user"].as_str().unwrap_or("?"),
+                    t["id"],
+                    show_time(t["expires"].as_i64().unwrap_or(0))
+                );
+            }
+            if list.is_empty() {
+                println!("no tokens: you are anonymous (system:anyuser)");
+            }
+            Ok(())
+        }
+        Command::Logout { cell } => {
+            let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
+            let v = ask(&cache, &ControlRequest::Logout { cell })?;
+            println!("{} tokens discarded", v["removed"]);
+            Ok(())
+        }
+        Command::Setacl { path, who, rights, negative } => {
+            let path = absolute(&path)?;
+            let req = ControlRequest::SetAcl { path: path.clone(), who, rights, negative };
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &req)?;
+            print_acl(&path, &v);
+            Ok(())
+        }
+        Command::Listacl { path, json } => {
+            let path = absolute(&path)?;
+            let v = ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::ListAcl { path: path.clone() })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_acl(&path, &v);
+            }
+            Ok(())
+        }
     }
+}
+
+/// An ACL in the layout of AFS's `fs listacl`.
+fn print_acl(path: &Path, v: &serde_json::Value) {
+    println!("Access list for {} is", path.display());
+    for (title, key) in [("Normal rights:", "positive"), ("Negative rights:", "negative")] {
+        let entries = v[key].as_array().cloned().unwrap_or_default();
+        if entries.is_empty() && key == "negative" {
+            continue;
+        }
+        println!("{title}");
+        for e in entries {
+            println!("  {} {}", e["who"].as_str().unwrap_or("?"), e["rights"].as_str().unwrap_or(""));
+        }
+    }
+    println!("Your rights: {}", v["yours"].as_str().filter(|s| !s.is_empty()).unwrap_or("none"));
+}
+
+/// Seconds since the epoch as a UTC date and time.
+fn show_time(secs: i64) -> String {
+    venus::fs::conflicts::compact_utc(proto::Timestamp { secs, nanos: 0 })
 }
 
 /// `--background`: start a detached copy of this command and wait until its mount answers.

@@ -1,0 +1,119 @@
+//! Access checks in the cache manager: the same ACL rules the servers apply, against rights
+//! the servers reported for each (directory, user), so cached data is served only to those who
+//! may see it, and offline changes are made only where the user could make them connected.
+
+use proto::auth::{Access, PtsId, Rights, file_rights};
+use proto::{Attr, Fid, ObjectId, ObjectKind, RemoteError};
+
+use super::Venus;
+use crate::error::{Result, VenusError};
+use crate::ids::GFid;
+
+/// The directory whose ACL governs an object: a directory's own, anything else's parent's.
+pub(crate) fn governing(g: GFid, attr: &Attr) -> GFid {
+    if attr.kind == ObjectKind::Directory {
+        g
+    } else {
+        GFid::new(g.cell, Fid::new(g.fid.volume, attr.parent.unwrap_or(ObjectId::ROOT)))
+    }
+}
+
+pub(crate) fn denied() -> VenusError {
+    VenusError::Remote(RemoteError::PermissionDenied)
+}
+
+impl Venus {
+    /// Who the running operation is in `g`'s cell.
+    pub(crate) fn principal(&self, g: GFid) -> PtsId {
+        self.tokens.principal(g.cell)
+    }
+
+    /// Remembers the rights a reply reported for the current user.
+    pub(crate) fn note_access(&self, g: GFid, attr: &Attr, access: Access) -> Result<()> {
+        self.cache.put_access(governing(g, attr), self.principal(g), access)
+    }
+
+    /// The current user's rights in directory `dir`: cached, asked of the server, or (offline,
+    /// never asked) what the anonymous user may do.
+    pub(crate) async fn dir_rights(&self, dir: GFid) -> Result<Rights> {
+        let user = self.principal(dir);
+        let reachable = self.reachable(dir.cell, dir.fid.volume);
+        match self.cache.rights(&dir, user) {
+            Some((r, fresh)) if fresh || !reachable => return Ok(r),
+            _ => {}
+        }
+        if reachable {
+            match self.fetch_status(dir).await {
+                Ok(_) => {}
+                Err(VenusError::Remote(RemoteError::PermissionDenied)) => {
+                    self.cache.put_rights(dir, user, Rights::NONE)?;
+                }
+                Err(VenusError::Unreachable(_)) | Err(VenusError::NotCached) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some((r, _)) = self.cache.rights(&dir, user) {
+                return Ok(r);
+            }
+        }
+        Ok(self.cache.rights(&dir, PtsId::ANYUSER).map_or(Rights::NONE, |(r, _)| r))
+    }
+
+    /// The current user's rights on the object itself (file rules applied to files).
+    pub(crate) async fn rights_on(&self, g: GFid, attr: &Attr) -> Result<Rights> {
+        let dir = self.dir_rights(governing(g, attr)).await?;
+        if attr.kind != ObjectKind::File {
+            return Ok(dir);
+        }
+        let user = self.principal(g);
+        let owner = user != PtsId::ANONYMOUS && attr.owner == user.as_owner();
+        Ok(file_rights(dir, attr.mode, owner))
+    }
+
+    /// Fails with `EACCES` unless the current user holds every right in `need` on `g`.
+    pub(crate) async fn require(&self, g: GFid, attr: &Attr, need: Rights) -> Result<()> {
+        if self.rights_on(g, attr).await?.contains(need) { Ok(()) } else { Err(denied()) }
+    }
+
+    /// As [`Venus::require`], for rights in a directory known by its id.
+    pub(crate) async fn require_in(&self, dir: GFid, need: Rights) -> Result<()> {
+        if self.dir_rights(dir).await?.contains(need) { Ok(()) } else { Err(denied()) }
+    }
+
+    /// `access(2)`: the rights AFS would check for reading, writing or executing `ino`.
+    pub async fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        let super::Node::Object(g) = self.node(ino)? else { return Ok(()) };
+        let attr = self.status(g).await?;
+        let mut need = Rights::NONE;
+        let dir = attr.kind != ObjectKind::File;
+        if mask & libc::R_OK != 0 {
+            need = need | if dir { Rights::LOOKUP } else { Rights::READ };
+        }
+        if mask & libc::W_OK != 0 {
+            need = need | if dir { Rights::INSERT | Rights::DELETE } else { Rights::WRITE };
+        }
+        if mask & libc::X_OK != 0 {
+            if !dir && attr.mode & 0o111 == 0 {
+                return Err(denied());
+            }
+            need = need | if dir { Rights::LOOKUP } else { Rights::READ };
+        }
+        let have = self.rights_on(g, &attr).await?;
+        let dir_write_ok =
+            dir && mask & libc::W_OK != 0 && have.contains(Rights::INSERT) | have.contains(Rights::DELETE);
+        let need = if dir_write_ok { need.without(Rights::INSERT | Rights::DELETE) } else { need };
+        if have.contains(need) { Ok(()) } else { Err(denied()) }
+    }
+
+    /// Whether the kernel may cache what it learns of `g` for everyone: only if the anonymous
+    /// user may look it up (the kernel's caches do not know who is asking).
+    pub(crate) fn public(&self, g: GFid, attr: &Attr) -> bool {
+        let may_look =
+            |dir: GFid| self.cache.rights(&dir, PtsId::ANYUSER).is_some_and(|(r, _)| r.contains(Rights::LOOKUP));
+        let dir = governing(g, attr);
+        let parent = match (attr.kind, attr.parent) {
+            (ObjectKind::Directory, Some(p)) => GFid::new(g.cell, Fid::new(g.fid.volume, p)),
+            _ => dir,
+        };
+        may_look(dir) && may_look(parent)
+    }
+}

@@ -1,0 +1,123 @@
+//! Login and the protection database (`pts`): users, groups and passwords.
+
+use std::sync::Arc;
+
+use proto::RemoteError;
+use proto::auth::{TokenBody, unix_now};
+use proto::msg::{PtsEntry, Response};
+use volumes::{Caller, Ptdb, StoreError};
+
+use super::{Reply, error};
+use crate::server::{Peer, Shared};
+
+async fn on_db<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&Ptdb) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, RemoteError> {
+    let db = shared.pts.clone();
+    match tokio::task::spawn_blocking(move || f(&db)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if !matches!(e, StoreError::Refused(_)) {
+                tracing::error!(error = %e, "protection database failure");
+            }
+            Err(e.to_remote())
+        }
+        Err(_) => Err(RemoteError::Internal("protection database task failed".into())),
+    }
+}
+
+/// Trades a password for a token of the asked lifetime, capped by the server's.
+pub async fn login(shared: &Arc<Shared>, user: String, password: String, lifetime: u32) -> Reply {
+    let name = user.clone();
+    let id = match on_db(shared, move |db| db.login(&user, &password)).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(user = %name, error = %e, "login refused");
+            return error(e);
+        }
+    };
+    let max = shared.config.token_lifetime_secs;
+    let lifetime = if lifetime == 0 { max } else { lifetime.min(max) };
+    let now = unix_now();
+    let token = shared.token_key.issue(TokenBody {
+        cell: shared.config.cell.clone(),
+        user: id,
+        name: name.clone(),
+        issued: now,
+        expires: now + i64::from(lifetime),
+    });
+    tracing::info!(user = %name, id = %id, lifetime, "token issued");
+    Response::Token { token }.into()
+}
+
+/// A change to users or groups; cached identities are dropped so it takes effect at once.
+pub async fn change(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Ptdb) -> Result<PtsEntry, StoreError> + Send + 'static,
+) -> Reply {
+    let result = on_db(shared, f).await;
+    shared.identities.forget_all();
+    match result {
+        Ok(entry) => Response::PtsEntry { entry }.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn delete(shared: &Arc<Shared>, name: String) -> Reply {
+    let result = on_db(shared, move |db| db.delete(&name)).await;
+    shared.identities.forget_all();
+    match result {
+        Ok(()) => Response::Done.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn look(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Ptdb) -> Result<PtsEntry, StoreError> + Send + 'static,
+) -> Reply {
+    match on_db(shared, f).await {
+        Ok(entry) => Response::PtsEntry { entry }.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn list(shared: &Arc<Shared>) -> Reply {
+    match on_db(shared, |db| db.list()).await {
+        Ok(entries) => Response::PtsEntries { entries }.into(),
+        Err(e) => error(e),
+    }
+}
+
+/// Administrators set anyone's password; users their own.
+pub async fn set_password(shared: &Arc<Shared>, peer: &Peer, caller: Caller, user: String, password: String) -> Reply {
+    let admin = peer.admin || caller.is_admin();
+    let result = on_db(shared, move |db| {
+        if !admin && db.id_of(&user)? != Some(caller.user) {
+            return Err(StoreError::Refused(RemoteError::NotAdmin));
+        }
+        db.set_password(&user, &password)
+    })
+    .await;
+    match result {
+        Ok(()) => Response::Done.into(),
+        Err(e) => error(e),
+    }
+}
+
+/// Resolves an ACL entry's name: a user or group name, or a numeric id.
+pub async fn resolve(shared: &Shared, who: String) -> Result<proto::PtsId, RemoteError> {
+    if let Ok(n) = who.parse::<i32>() {
+        return Ok(proto::PtsId(n));
+    }
+    let name = who.clone();
+    on_db(shared, move |db| db.id_of(&name))
+        .await?
+        .ok_or_else(|| RemoteError::Invalid(format!("no such user or group: {who}")))
+}
+
+/// Names for the ids in an ACL (ids of deleted entries stay numeric).
+pub async fn names(shared: &Shared, ids: Vec<proto::PtsId>) -> Result<Vec<(proto::PtsId, String)>, RemoteError> {
+    on_db(shared, move |db| db.names(&ids)).await
+}
