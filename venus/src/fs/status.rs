@@ -41,6 +41,8 @@ pub struct VolumeStatus {
     pub pending_records: u64,
     pub pending_bytes: u64,
     pub oldest_pending: Option<proto::Timestamp>,
+    /// The local user whose token the pending changes wait for (`venus login`).
+    pub waiting_for_login: Option<u32>,
 }
 
 impl Venus {
@@ -74,6 +76,11 @@ impl Venus {
             .filter_map(|(cell, volume)| {
                 let name = self.cell(cell).ok()?.name().to_string();
                 let log = logs.iter().find(|l| l.cell == name && l.volume == volume);
+                let waiting_for_login = self.cache.volume(cell, volume).log_owner.filter(|o| {
+                    log.is_some()
+                        && o.user != proto::PtsId::ANONYMOUS
+                        && self.tokens.get(cell, o.uid).map(|t| t.body.user) != Some(o.user)
+                });
                 Some(VolumeStatus {
                     cell: name,
                     volume: volume.0,
@@ -82,6 +89,7 @@ impl Venus {
                     pending_records: log.map_or(0, |l| l.records),
                     pending_bytes: log.map_or(0, |l| l.bytes),
                     oldest_pending: log.and_then(|l| l.oldest),
+                    waiting_for_login: waiting_for_login.map(|o| o.uid),
                 })
             })
             .collect();

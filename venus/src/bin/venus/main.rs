@@ -552,4 +552,12 @@ fn print_status(v: &serde_json::Value) {
         .collect();
     println!("rpcs: {}", if rpcs.is_empty() { "none".to_string() } else { rpcs.join(", ") });
     println!("pending changes: {} records", v["pending_records"]);
+    for vol in v["volumes"].as_array().into_iter().flatten() {
+        if let Some(uid) = vol["waiting_for_login"].as_u64() {
+            println!(
+                "  volume {} waits for uid {uid} to `venus login`: its changes are reintegrated with that token",
+                vol["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
 }
