@@ -13,6 +13,7 @@ pub mod ids;
 pub mod msg;
 pub mod name;
 pub mod record;
+pub mod samples;
 pub mod tls;
 pub mod units;
 pub mod version;
@@ -27,5 +28,7 @@ pub use name::Name;
 pub use record::{Applied, Base, ConflictKind, Mutation, Record, RecordResult, Seen};
 pub use version::{VersionVector, VolumeStamp, VvOrder};
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod golden;

@@ -209,7 +209,8 @@ async fn tokens_are_checked_and_fids_give_nothing_the_acl_does_not() -> R {
         applied.attrs.into_iter().find(|a| a.fid.object == object).expect("dir").fid
     };
     for (who, rights) in [("alice", "all"), ("system:anyuser", "none")] {
-        let req = Request::SetAclEntry { fid: dir, who: who.into(), rights: Rights::parse(rights).unwrap(), negative: false };
+        let req =
+            Request::SetAclEntry { fid: dir, who: who.into(), rights: Rights::parse(rights).unwrap(), negative: false };
         admin.call_ok(&req).await?;
     }
     let secret = alice.create(dir, "secret").await?;

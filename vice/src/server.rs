@@ -29,6 +29,9 @@ const BREAK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unreferenced chunks are kept this long before the sweep reclaims them.
 const CHUNK_GRACE: Duration = Duration::from_secs(3600);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
+/// A request frame must arrive within this long once its stream is open: a peer that opens
+/// streams and sends nothing holds no server task for longer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the handlers share.
 pub struct Shared {
@@ -172,7 +175,9 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
 }
 
 async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let call: Call = match proto::frame::read_frame(&mut recv).await {
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, proto::frame::read_frame(&mut recv)).await;
+    let read = read.unwrap_or_else(|_| Err(proto::ProtoError::Timeout(REQUEST_TIMEOUT)));
+    let call: Call = match read {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(remote = %peer.remote, error = %e, "bad request frame");
