@@ -61,6 +61,12 @@ fn a_private_directory_keeps_others_out_until_its_acl_lets_them_in() -> R {
     assert!(ok(venus_as(&b, BOB, &["tokens"])).contains("bob"));
     assert!(ok(venus_as(&b, NOBODY, &["tokens"])).contains("anonymous"));
 
+    // A fresh cell's root.cell: everyone reads, administrators write.
+    let root_acl = ok(venus_as(&a, NOBODY, &["listacl", &a.path("").display().to_string()]));
+    assert!(root_acl.contains("system:administrators rlidwka") && root_acl.contains("system:anyuser rl"), "{root_acl}");
+    assert!(root_acl.contains("Your rights: rl"), "{root_acl}");
+    denied(sh(NOBODY, &format!("touch {}/anonymous-was-here", a.path("").display())));
+
     // The administrator (uid 0 on both mounts) makes alice a home only she may use.
     let home = a.path("alice");
     fs::create_dir(&home)?;
@@ -86,6 +92,8 @@ fn a_private_directory_keeps_others_out_until_its_acl_lets_them_in() -> R {
     assert!(fs::read(b.path("alice/secret")).is_err());
     assert!(fs::read_dir(b.path("alice")).is_ok());
 
+    // access(2) agrees.
+    assert!(!sh(BOB, &format!("test -r {hb}/secret")).status.success());
     // alice lets bob read: the other client sees the change at once (its rights were dropped
     // with the callback), and bob still cannot write.
     ok(venus_as(&a, ALICE, &["setacl", &h, "bob", "rl"]));
@@ -94,6 +102,8 @@ fn a_private_directory_keeps_others_out_until_its_acl_lets_them_in() -> R {
     denied(sh(BOB, &format!("echo more >> {hb}/secret")));
     denied(sh(BOB, &format!("touch {hb}/intruder")));
     denied(sh(NOBODY, &format!("cat {hb}/secret")));
+    assert!(sh(BOB, &format!("test -r {hb}/secret")).status.success());
+    assert!(!sh(BOB, &format!("test -w {hb}/secret")).status.success());
     // A directory takes its parent's ACL when it is made (AFS): sub/ predates bob's entry,
     // later/ has it.
     denied(sh(BOB, &format!("cat {hb}/sub/f")));
@@ -158,6 +168,45 @@ fn offline_changes_wait_for_their_owners_token_and_other_users_wait_for_the_log(
     let owner = Command::new("stat").args(["-c", "%u"]).arg(a.path("shared/by-alice")).output()?;
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "2", "owned by alice's id in the cell");
     ok(sh(BOB, &format!("echo bob > {s}/by-bob")));
+    Ok(())
+}
+
+#[test]
+fn an_offline_store_refused_because_rights_were_revoked_is_kept_for_its_author() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("revoke.test")?;
+    vice.create_user("alice", "alice password")?;
+    let a = shared_mount(&vice, "revoke.test")?;
+    let b = VenusMount::start(&vice, "revoke.test")?;
+    a.login(ALICE, "alice", "alice password")?;
+    let shared = a.path("shared");
+    fs::create_dir(&shared)?;
+    a.venus_ok(&["setacl", &shared.display().to_string(), "system:authuser", "rlidwk"]);
+    let s = shared.display().to_string();
+    ok(sh(ALICE, &format!("echo v1 > {s}/notes")));
+
+    a.venus_ok(&["disconnect"]);
+    ok(sh(ALICE, &format!("echo v2 >> {s}/notes")));
+    // Meanwhile an administrator takes alice's write and insert rights away (an owner with `i`
+    // may write her own files, as in AFS).
+    b.venus_ok(&["setacl", &b.path("shared").display().to_string(), "alice", "iw", "--negative"]);
+    a.venus_ok(&["reconnect"]);
+    a.wait_reintegrated()?;
+
+    let conflicts: serde_json::Value = serde_json::from_str(&a.venus_ok(&["conflicts", "--json"]))?;
+    let c = &conflicts[0];
+    assert_eq!(c["kind"], "store refused", "{conflicts}");
+    assert!(c["detail"].as_str().unwrap_or("").contains("permission denied"), "{conflicts}");
+    let kept = c["local_copy"].as_str().expect("a local copy");
+    assert_eq!(ok(sh(ALICE, &format!("cat {kept}"))), "v1\nv2\n", "alice's offline version is kept for her");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(kept)?.uid(), ALICE);
+    denied(sh(BOB, &format!("cat {kept}")));
+    // The server keeps what it had; the cache shows it again.
+    assert_eq!(fs::read(b.path("shared/notes"))?, b"v1\n");
+    assert_eq!(ok(sh(ALICE, &format!("cat {s}/notes"))), "v1\n");
     Ok(())
 }
 

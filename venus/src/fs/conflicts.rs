@@ -39,6 +39,11 @@ pub struct ConflictInfo {
     pub copy: Option<Fid>,
     pub local_size: Option<u64>,
     pub at: Timestamp,
+    /// A local file holding the local version, when the server refused to keep it anywhere
+    /// (no right to write there any more, quota, read-only): in the cache directory, owned by
+    /// the user who made the change.
+    #[serde(default)]
+    pub local_copy: Option<String>,
 }
 
 /// Fids as text (`volume.object`, as `venus fid` prints them): 128-bit ids do not fit JSON
@@ -121,6 +126,18 @@ impl Venus {
     ) -> Result<()> {
         let (dir, name) = target_of(&record.mutation);
         self.counters.add(crate::counters::CONFLICTS, 1);
+        // A store's data must survive even this: keep it on this machine.
+        let mut local_copy = None;
+        if let Mutation::Store { fid, .. } = &record.mutation {
+            let g = GFid::new(cell, *fid);
+            if self.cache.container(&g).exists() {
+                local_copy = Some(self.keep_locally(&g, name.as_str(), record.op)?.display().to_string());
+                if let Some(c) = self.cache.get(&g) {
+                    self.cache.set_local(&g, c.data_size, false)?;
+                    self.cache.flush(&g)?;
+                }
+            }
+        }
         self.cache.add_conflict(ConflictInfo {
             id: 0,
             cell: self.cell(cell)?.name().to_string(),
@@ -134,6 +151,7 @@ impl Venus {
             copy: None,
             local_size: None,
             at: Timestamp::now(),
+            local_copy,
         })?;
         Ok(())
     }
@@ -206,6 +224,7 @@ impl Venus {
             copy: None,
             local_size: None,
             at: Timestamp::now(),
+            local_copy: None,
         };
         match (&record.mutation, &refusal) {
             // Removed on both sides: nothing to settle.
@@ -296,6 +315,25 @@ impl Venus {
                 info.copy_name = Some(cname.to_string());
                 info.copy = object_of(&record.mutation).map(|o| Fid::new(volume, o));
             }
+            (Mutation::Store { fid, chunks, .. }, _) => {
+                // Refused outright (rights revoked meanwhile, quota, read-only): the server will
+                // not take the data anywhere, so it is kept on this machine for its author.
+                info.kind = "store refused".into();
+                let (dir, name) = match self.locate(cell, *fid) {
+                    Some((d, n)) => (Some(d), n),
+                    None => (None, format!("{}", fid.object)),
+                };
+                info.dir = dir;
+                info.name = Some(name.clone());
+                info.local_size = Some(proto::chunk::total_len(chunks));
+                let g = GFid::new(cell, *fid);
+                let kept = self.keep_locally(&g, &name, record.op)?;
+                info.local_copy = Some(kept.display().to_string());
+                if let Some(c) = self.cache.get(&g) {
+                    self.cache.set_local(&g, c.data_size, false)?;
+                    self.cache.flush(&g)?;
+                }
+            }
             (m, _) => {
                 info.kind = match m {
                     Mutation::Remove { .. } => "remove/update",
@@ -315,6 +353,20 @@ impl Venus {
         tracing::debug!(record = ?record, "refused record");
         self.cache.add_conflict(info)?;
         Ok(())
+    }
+
+    /// Copies a file's local version to `CACHE/kept/`, readable by the user whose change it was.
+    fn keep_locally(&self, g: &GFid, name: &str, op: OpId) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.cache.dir().join("kept");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let dest = dir.join(format!("{}.{}", self.conflict_name(name, op)?, op));
+        std::fs::copy(self.cache.container(g), &dest)?;
+        let uid = super::user::current_uid();
+        std::os::unix::fs::chown(&dest, Some(uid), None)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+        Ok(dest)
     }
 
     pub fn conflicts(&self) -> Result<Vec<ConflictInfo>> {

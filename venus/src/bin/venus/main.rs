@@ -378,7 +378,11 @@ fn run(cli: Cli) -> Result<()> {
                     c["volume"],
                     c["kind"].as_str().unwrap_or("?"),
                     c["detail"].as_str().unwrap_or(""),
-                    c["copy_name"].as_str().map(|n| format!("; local version kept as {n}")).unwrap_or_default()
+                    c["copy_name"]
+                        .as_str()
+                        .map(|n| format!("; local version kept as {n}"))
+                        .or_else(|| c["local_copy"].as_str().map(|p| format!("; local version kept in {p}")))
+                        .unwrap_or_default()
                 );
             }
             println!("{} conflicts", list.len());
