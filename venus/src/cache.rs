@@ -550,17 +550,24 @@ fn persist(s: &State, g: &GFid) -> Result<()> {
     Ok(())
 }
 
+/// The object a row names in its first three columns (cell, volume, object id), if well-formed.
+fn gfid_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<GFid>> {
+    let cell = CellId(r.get::<_, i64>(0)? as u16);
+    let volume = VolumeId(r.get::<_, i64>(1)? as u64);
+    let object: Vec<u8> = r.get(2)?;
+    Ok(<[u8; 16]>::try_from(object.as_slice())
+        .ok()
+        .map(|o| GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(o))))))
+}
+
 fn load(s: &mut State, dir: &Path) -> Result<()> {
     {
         let mut stmt = s.db.prepare("SELECT cell, volume, object, attr, has_data, dirty, data_size FROM objects")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let cell = CellId(r.get::<_, i64>(0)? as u16);
-            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
-            let object: Vec<u8> = r.get(2)?;
-            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
+            let Some(g) = gfid_of(r)? else { continue };
             let Ok(attr) = postcard::from_bytes::<Attr>(&r.get::<_, Vec<u8>>(3)?) else { continue };
-            let g = GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object))));
+            let (cell, volume) = (g.cell, g.fid.volume);
             let mut has_data: bool = r.get(4)?;
             let data_size = r.get::<_, i64>(6)? as u64;
             // Trust a container only if it is there with the recorded size.
@@ -590,23 +597,16 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
         let mut stmt = s.db.prepare("SELECT cell, volume, object, entries FROM dirs")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let cell = CellId(r.get::<_, i64>(0)? as u16);
-            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
-            let object: Vec<u8> = r.get(2)?;
-            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
+            let Some(g) = gfid_of(r)? else { continue };
             let Ok(entries) = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?) else { continue };
-            s.dirs.insert(GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object)))), entries);
+            s.dirs.insert(g, entries);
         }
     }
     {
         let mut stmt = s.db.prepare("SELECT cell, volume, object, user, rights FROM access")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let cell = CellId(r.get::<_, i64>(0)? as u16);
-            let volume = VolumeId(r.get::<_, i64>(1)? as u64);
-            let object: Vec<u8> = r.get(2)?;
-            let Ok(object) = <[u8; 16]>::try_from(object.as_slice()) else { continue };
-            let g = GFid::new(cell, Fid::new(volume, ObjectId(u128::from_be_bytes(object))));
+            let Some(g) = gfid_of(r)? else { continue };
             // Fresh as of the volume stamp the cache holds; a changed stamp makes them stale.
             s.access.insert((g, PtsId(r.get(3)?)), (Rights::from_bits(r.get(4)?), true));
         }

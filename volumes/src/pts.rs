@@ -68,10 +68,7 @@ fn password_matches(stored: &str, password: &str) -> bool {
 
 impl Ptdb {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        let conn = crate::schema::open(path)?;
         conn.execute_batch(SCHEMA)?;
         for (id, name) in BUILTIN {
             conn.execute("INSERT OR IGNORE INTO entries (id, name) VALUES (?1, ?2)", params![id.0, name])?;

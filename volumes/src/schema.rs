@@ -79,7 +79,7 @@ CREATE INDEX op_results_at ON op_results(at);
 "#;
 
 /// Opens a connection with the pragmas the durability promises need: WAL, and `FULL` sync so a
-/// committed transaction survives a machine crash.
+/// committed transaction survives a machine crash. Every database of a server opens this way.
 pub fn open(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -212,14 +212,7 @@ impl Store {
     /// A directory's entries; needs `l` on it.
     pub fn fetch_dir(&self, caller: &Caller, fid: Fid) -> Result<(Attr, Vec<DirEntry>, Access)> {
         self.read(|c| {
-            let dir = load_existing(c, fid)?;
-            if dir.kind() != ObjectKind::Directory {
-                return refuse(RemoteError::NotDirectory);
-            }
-            let access = access::access(c, caller, &dir)?;
-            if !access.caller.contains(Rights::LOOKUP) {
-                return refuse(RemoteError::PermissionDenied);
-            }
+            let (dir, access) = looked_up_dir(c, caller, fid)?;
             let mut stmt =
                 c.prepare_cached("SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name")?;
             let mut rs = stmt.query(params![fid.volume.0 as i64, rows::oid(fid.object)])?;
@@ -257,14 +250,7 @@ impl Store {
     /// A directory's ACL; needs `l` on it.
     pub fn fetch_acl(&self, caller: &Caller, fid: Fid) -> Result<(Acl, Access)> {
         self.read(|c| {
-            let dir = load_existing(c, fid)?;
-            if dir.kind() != ObjectKind::Directory {
-                return refuse(RemoteError::NotDirectory);
-            }
-            let access = access::access(c, caller, &dir)?;
-            if !access.caller.contains(Rights::LOOKUP) {
-                return refuse(RemoteError::PermissionDenied);
-            }
+            let (dir, access) = looked_up_dir(c, caller, fid)?;
             Ok((dir.acl.unwrap_or_default(), access))
         })
     }
@@ -373,6 +359,19 @@ impl ChunkUpload<'_> {
         tx.commit()?;
         Ok(self.pending.len() as u32)
     }
+}
+
+/// A directory the caller may look into (`l`), with their access.
+fn looked_up_dir(c: &Connection, caller: &Caller, fid: Fid) -> Result<(Object, Access)> {
+    let dir = load_existing(c, fid)?;
+    if dir.kind() != ObjectKind::Directory {
+        return refuse(RemoteError::NotDirectory);
+    }
+    let access = access::access(c, caller, &dir)?;
+    if !access.caller.contains(Rights::LOOKUP) {
+        return refuse(RemoteError::PermissionDenied);
+    }
+    Ok((dir, access))
 }
 
 pub(crate) fn load_existing(c: &Connection, fid: Fid) -> Result<Object> {

@@ -45,10 +45,7 @@ INSERT OR IGNORE INTO counters VALUES ('volume', 1), ('server', 1);
 
 impl SqliteVldb {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        let conn = crate::schema::open(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteVldb { conn: Mutex::new(conn) })
     }

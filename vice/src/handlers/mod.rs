@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use proto::msg::{Call, PROTOCOL_VERSION, Request, Response};
 use proto::{ChunkRef, RemoteError};
-use volumes::{Caller, Store, StoreError};
+use volumes::{Caller, StoreError};
 
 use crate::server::{Peer, Shared};
 
@@ -31,23 +31,24 @@ fn error(e: RemoteError) -> Reply {
     Reply::Message(Response::Error(e))
 }
 
-/// Runs a blocking store operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+/// Runs a blocking database operation (the volume store's, the protection database's) off the
+/// async threads.
+async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
+    db: &Arc<S>,
+    f: impl FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, RemoteError> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || f(&db)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             if !matches!(e, StoreError::Refused(_)) {
-                tracing::error!(error = %e, "store failure");
+                tracing::error!(error = %e, "database failure");
             }
             Err(e.to_remote())
         }
         Err(e) => {
-            tracing::error!(error = %e, "store task panicked");
-            Err(RemoteError::Internal("store task failed".into()))
+            tracing::error!(error = %e, "database task panicked");
+            Err(RemoteError::Internal("database task failed".into()))
         }
     }
 }

@@ -14,17 +14,7 @@ async fn on_db<T: Send + 'static>(
     shared: &Shared,
     f: impl FnOnce(&Ptdb) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, RemoteError> {
-    let db = shared.pts.clone();
-    match tokio::task::spawn_blocking(move || f(&db)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            if !matches!(e, StoreError::Refused(_)) {
-                tracing::error!(error = %e, "protection database failure");
-            }
-            Err(e.to_remote())
-        }
-        Err(_) => Err(RemoteError::Internal("protection database task failed".into())),
-    }
+    super::blocking(&shared.pts, f).await
 }
 
 /// Trades a password for a token of the asked lifetime, capped by the server's.

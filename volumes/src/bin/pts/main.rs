@@ -14,12 +14,8 @@ use proto::msg::{PtsEntry, Request, Response};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// The cell file (from `vice init`).
-    #[arg(long, env = "AFS_CELL_FILE", global = true)]
-    cell_file: Option<PathBuf>,
-    /// The admin credential (from `vice init`).
-    #[arg(long, env = "AFS_ADMIN_CRED", global = true)]
-    admin_cred: Option<PathBuf>,
+    #[command(flatten)]
+    cell: session::CellArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,23 +56,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pts: cannot start: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pts: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    session::main_of("pts", run(Cli::parse()))
 }
 
 fn password(file: Option<&Path>) -> Result<String> {
@@ -107,7 +87,7 @@ fn show(e: &PtsEntry) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = session::Context::load(cli.cell_file, cli.admin_cred)?;
+    let ctx = session::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
     match cli.command {
         Command::Createuser { name, password_file } => {
             let password = password(password_file.as_deref())?;

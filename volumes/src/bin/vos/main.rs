@@ -8,8 +8,6 @@ mod listvol;
 mod remove;
 mod session;
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -17,12 +15,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// The cell file (from `vice init`).
-    #[arg(long, env = "AFS_CELL_FILE", global = true)]
-    cell_file: Option<PathBuf>,
-    /// The admin credential (from `vice init`).
-    #[arg(long, env = "AFS_ADMIN_CRED", global = true)]
-    admin_cred: Option<PathBuf>,
+    #[command(flatten)]
+    cell: session::CellArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,28 +36,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Like other Unix tools: writing into a closed pipe (`| head`) ends the program quietly.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vos: cannot start: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vos: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    session::main_of("vos", run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = session::Context::load(cli.cell_file, cli.admin_cred)?;
+    let ctx = session::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
     match cli.command {
         Command::Create(a) => create::run(&ctx, a).await,
         Command::Remove(a) => remove::run(&ctx, a).await,

@@ -11,6 +11,17 @@ use proto::{ClientId, Request, Response};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the cell and its admin credential are, for every admin command.
+#[derive(clap::Args)]
+pub struct CellArgs {
+    /// The cell file (from `vice init`).
+    #[arg(long, env = "AFS_CELL_FILE", global = true)]
+    pub cell_file: Option<PathBuf>,
+    /// The admin credential (from `vice init`).
+    #[arg(long, env = "AFS_ADMIN_CRED", global = true)]
+    pub admin_cred: Option<PathBuf>,
+}
+
 pub struct Context {
     pub cell: CellFile,
     connector: Connector,
@@ -62,4 +73,25 @@ impl Context {
 
 pub fn unexpected(r: Response) -> anyhow::Error {
     anyhow!("unexpected answer from the server: {r:?}")
+}
+
+/// The `main` of an admin command: a small runtime, one line on stderr and a non-zero exit on
+/// failure, and a quiet end when writing into a closed pipe (`| head`).
+pub fn main_of<F: Future<Output = Result<()>>>(name: &str, run: F) -> std::process::ExitCode {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
