@@ -54,6 +54,14 @@ fn a_private_directory_keeps_others_out_until_its_acl_lets_them_in() -> R {
     vice.create_user("bob", "bob password")?;
     ok(vice.pts(&["creategroup", "alice:friends"]));
     ok(vice.pts(&["adduser", "bob", "alice:friends"]));
+    assert!(ok(vice.pts(&["membership", "alice:friends"])).contains("bob"));
+    assert!(ok(vice.pts(&["membership", "bob"])).contains("alice:friends"));
+    let entries: serde_json::Value = serde_json::from_str(&ok(vice.pts(&["listentries", "--json"])))?;
+    let names: Vec<&str> = entries.as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+    for n in ["admin", "alice", "bob", "alice:friends", "system:administrators", "system:anyuser"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert!(!vice.pts(&["createuser", "Bad Name", "--password-file", "/dev/null"]).status.success());
     let a = shared_mount(&vice, "acl.test")?;
     let b = shared_mount(&vice, "acl.test")?;
     a.login(ALICE, "alice", "alice password")?;
