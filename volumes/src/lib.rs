@@ -9,6 +9,8 @@
 pub mod access;
 pub mod apply;
 pub mod chunks;
+mod clone;
+pub mod dump;
 pub mod error;
 pub mod gc;
 pub mod pts;
@@ -28,3 +30,5 @@ pub use vldb::{SqliteVldb, Vldb};
 mod tests;
 #[cfg(test)]
 mod tests_acl;
+#[cfg(test)]
+mod tests_dump;
