@@ -217,6 +217,60 @@ impl Session {
         }
     }
 
+    /// A request whose reply is followed by raw bytes until the stream ends (a volume dump):
+    /// `sink` gets them as they arrive. Each read must arrive within the timeout.
+    pub async fn download(
+        &self,
+        req: &Request,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Response, ProtoError> {
+        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
+        self.timed(write_call(&mut send, None, req)).await?;
+        let _ = send.finish();
+        let response: Response = self.timed(read_frame(&mut recv)).await?;
+        if let Response::Error(e) = response {
+            return Err(ProtoError::Remote(e));
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = self.timed(async { Ok(AsyncReadExt::read(&mut recv, &mut buf).await?) }).await?;
+            if n == 0 {
+                return Ok(response);
+            }
+            sink(&buf[..n])?;
+        }
+    }
+
+    /// A request followed by raw bytes from `source` (which returns 0 at its end); then the
+    /// reply. A server may take long to answer once it has everything (it checks, then
+    /// applies), so the reply may take up to ten timeouts.
+    pub async fn upload(
+        &self,
+        req: &Request,
+        mut source: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<Response, ProtoError> {
+        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
+        self.timed(write_call(&mut send, None, req)).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = source(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            self.timed(async {
+                send.write_all(&buf[..n]).await.map_err(std::io::Error::from)?;
+                Ok(())
+            })
+            .await?;
+        }
+        let _ = send.finish();
+        match tokio::time::timeout(self.timeout * 10, read_frame(&mut recv)).await {
+            Ok(Ok(Response::Error(e))) => Err(ProtoError::Remote(e)),
+            Ok(r) => r,
+            Err(_) => Err(ProtoError::Timeout(self.timeout * 10)),
+        }
+    }
+
     /// Serves callback breaks: every stream the server opens carries one [`Push`]; `handler`
     /// runs before the ack is sent, so the server knows the promise is gone when it hears back.
     /// Ends when the connection closes.

@@ -218,6 +218,30 @@ pub enum Request {
         user: String,
         password: String,
     },
+    /// Reply `Dumping`, then the dump's bytes until the stream ends (see `volumes::dump`).
+    DumpVolume {
+        name: String,
+        /// Only what changed at or after this time (an incremental dump).
+        since: Option<crate::attr::Timestamp>,
+    },
+    /// Followed by a dump's bytes until the client ends the stream; reply `Restored`. A full
+    /// dump replaces an existing volume only with `overwrite`.
+    RestoreVolume {
+        name: String,
+        overwrite: bool,
+    },
+    /// Makes (or remakes) `NAME.backup`, a read-only clone sharing the volume's chunks.
+    BackupVolume {
+        name: String,
+    },
+    SetQuota {
+        name: String,
+        quota: u64,
+    },
+    RenameVolume {
+        name: String,
+        new_name: String,
+    },
 }
 
 /// Append-only (see module docs).
@@ -297,6 +321,16 @@ pub enum Response {
     },
     PtsEntries {
         entries: Vec<PtsEntry>,
+    },
+    /// A dump follows as raw bytes until the stream ends.
+    Dumping {
+        stamp: VolumeStamp,
+    },
+    Restored {
+        info: VolumeInfo,
+        objects: u64,
+        chunks: u64,
+        bytes: u64,
     },
 }
 
@@ -413,6 +447,11 @@ impl Request {
             Request::PtsMembership { .. } => m("PtsMembership", false, true, false, None),
             Request::PtsListEntries => m("PtsListEntries", false, true, false, None),
             Request::PtsSetPassword { .. } => m("PtsSetPassword", true, true, false, None),
+            Request::DumpVolume { .. } => m("DumpVolume", false, true, true, None),
+            Request::RestoreVolume { .. } => m("RestoreVolume", true, false, true, None),
+            Request::BackupVolume { .. } => m("BackupVolume", true, true, true, None),
+            Request::SetQuota { .. } => m("SetQuota", true, true, true, None),
+            Request::RenameVolume { .. } => m("RenameVolume", true, false, true, None),
         }
     }
 }
@@ -456,6 +495,11 @@ pub const REQUEST_NAMES: &[&str] = &[
     "PtsMembership",
     "PtsListEntries",
     "PtsSetPassword",
+    "DumpVolume",
+    "RestoreVolume",
+    "BackupVolume",
+    "SetQuota",
+    "RenameVolume",
 ];
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and

@@ -137,6 +137,11 @@ pub fn calls() -> Vec<Call> {
         Request::PtsMembership { name: "carol".into() },
         Request::PtsListEntries,
         Request::PtsSetPassword { user: "carol".into(), password: "another one".into() },
+        Request::DumpVolume { name: "vol".into(), since: Some(Timestamp { secs: 9, nanos: 0 }) },
+        Request::RestoreVolume { name: "vol".into(), overwrite: true },
+        Request::BackupVolume { name: "vol".into() },
+        Request::SetQuota { name: "vol".into(), quota: 1 << 20 },
+        Request::RenameVolume { name: "vol".into(), new_name: "vol2".into() },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
@@ -208,10 +213,12 @@ pub fn responses() -> Vec<Response> {
         Response::Servers { servers: vec![server] },
         Response::Vldb { entries: vec![entry.clone()] },
         Response::Volume { info: info.clone(), entry: Some(entry) },
-        Response::Volumes { volumes: vec![info] },
+        Response::Volumes { volumes: vec![info.clone()] },
         Response::Acl { acl, names: vec![(PtsId(3), "bob".into())], access },
         Response::PtsEntry { entry: pts.clone() },
         Response::PtsEntries { entries: vec![pts] },
+        Response::Dumping { stamp: VolumeStamp { incarnation: 3, counter: 4 } },
+        Response::Restored { info: info.clone(), objects: 1, chunks: 2, bytes: 3 },
     ]
 }
 

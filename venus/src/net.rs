@@ -275,7 +275,13 @@ impl CellConn {
         let Response::Location { entry, .. } = resp else {
             return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
         };
-        let id = if name.ends_with(".readonly") { entry.ro.unwrap_or(entry.rw) } else { entry.rw };
+        let id = if name.ends_with(".readonly") {
+            entry.ro.unwrap_or(entry.rw)
+        } else if name.ends_with(".backup") {
+            entry.backup.ok_or(VenusError::Remote(RemoteError::NoSuchVolume))?
+        } else {
+            entry.rw
+        };
         if let Some(site) = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite) {
             self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.rw, site.server);
         }

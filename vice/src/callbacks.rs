@@ -152,6 +152,13 @@ impl Callbacks {
         t.total = total;
     }
 
+    /// Breaks every promise on anything in `volume` (its contents were replaced: a restore, a
+    /// new backup, a removal).
+    pub async fn break_volume(&self, volume: VolumeId) -> BreakReport {
+        let fids: Vec<Fid> = self.lock().by_fid.keys().filter(|f| f.volume == volume).copied().collect();
+        self.break_promises(None, &fids, &[volume]).await
+    }
+
     /// Breaks every promise on `fids` and `volumes` held by clients other than `writer`, and
     /// waits until each has acked or been declared lost.
     pub async fn break_promises(&self, writer: Option<ClientId>, fids: &[Fid], volumes: &[VolumeId]) -> BreakReport {

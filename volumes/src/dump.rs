@@ -50,8 +50,14 @@ pub enum DumpRecord {
         chunks: Vec<ChunkRef>,
     },
     /// Incremental dumps: every object the volume has at dump time.
-    Present { objects: Vec<ObjectId> },
-    End { objects: u64, chunks: u64, digest: [u8; 32] },
+    Present {
+        objects: Vec<ObjectId>,
+    },
+    End {
+        objects: u64,
+        chunks: u64,
+        digest: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,8 +110,14 @@ impl Store {
     /// consistent snapshot of the database.
     pub fn dump(&self, id: VolumeId, since: Option<Timestamp>, out: &mut dyn Write) -> Result<DumpSummary> {
         self.read(|c| {
+            // The snapshot starts while no change is being applied, and `dumped_at` is read
+            // then: every change in the snapshot is older, every change after it newer, so an
+            // incremental dump `--since dumped_at` misses nothing and repeats nothing.
+            let writer = self.lock_writer();
+            let dumped_at = Timestamp::now();
             let tx = c.unchecked_transaction()?; // a read snapshot: later commits are not seen
             let info = rows::load_volume(&tx, id)?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))?;
+            drop(writer);
             let mut w = Writer { out, hasher: blake3::Hasher::new(), bytes: 0 };
             w.raw(MAGIC)?;
             w.record(&DumpRecord::Header(DumpHeader {
@@ -117,7 +129,7 @@ impl Store {
                 quota: info.quota,
                 created: info.created,
                 since,
-                dumped_at: Timestamp::now(),
+                dumped_at,
             }))?;
             let ids = object_ids(&tx, id)?;
             let mut sent: HashSet<ChunkHash> = HashSet::new();
@@ -151,12 +163,24 @@ impl Store {
     }
 
     /// Reads a whole dump, checks it, and only then applies it: a full dump becomes volume `id`
-    /// named `name` (replacing its contents if `exists`), an incremental one is applied to the
-    /// existing volume `id`. The volume keeps the dumped version stamp, so clients that cached
-    /// it see exactly the history the dump carries.
-    pub fn restore(&self, input: &mut dyn Read, id: VolumeId, name: &str, exists: bool) -> Result<(VolumeInfo, DumpSummary)> {
+    /// named `name` (replacing its contents if it `exists`, which needs `overwrite`), an
+    /// incremental one is applied to the existing volume `id`. The volume keeps the dumped
+    /// version stamp, so clients that cached it see exactly the history the dump carries.
+    pub fn restore(
+        &self,
+        input: &mut dyn Read,
+        id: VolumeId,
+        name: &str,
+        exists: bool,
+        overwrite: bool,
+    ) -> Result<(VolumeInfo, DumpSummary)> {
         let parsed = read_dump(input, self)?;
         let header = &parsed.header;
+        if header.since.is_none() && exists && !overwrite {
+            return refuse(RemoteError::Invalid(format!(
+                "volume {name} exists: restoring a full dump over it needs --overwrite"
+            )));
+        }
         if header.since.is_some() && !exists {
             return refuse(RemoteError::Invalid(format!(
                 "this is an incremental dump: restore a full dump of {} first",
@@ -188,7 +212,13 @@ impl Store {
                 tx.execute(
                     "INSERT INTO volumes (id, name, kind, incarnation, counter, quota, used, files, dirs, created)
                      VALUES (?1, ?2, ?3, 0, 0, ?4, 0, 0, 0, ?5)",
-                    params![v, name, rows::volume_kind_code(VolumeKind::ReadWrite), header.quota as i64, header.created.as_nanos()],
+                    params![
+                        v,
+                        name,
+                        rows::volume_kind_code(VolumeKind::ReadWrite),
+                        header.quota as i64,
+                        header.created.as_nanos()
+                    ],
                 )?;
             }
         }
@@ -256,7 +286,21 @@ fn next_record(input: &mut dyn Read, hasher: &mut blake3::Hasher) -> Result<Dump
     Ok(record)
 }
 
+/// Checks a whole dump (format, every record, every chunk's hash, the counts and the checksum)
+/// without restoring it; returns its header.
+pub fn verify(input: &mut dyn Read) -> Result<DumpHeader> {
+    Ok(parse(input, &mut |_, _| Ok(()))?.header)
+}
+
 fn read_dump(input: &mut dyn Read, store: &Store) -> Result<ParsedDump> {
+    let mut upload = store.upload();
+    let parsed = parse(input, &mut |chunk, data| upload.add(chunk, data))?;
+    upload.commit()?;
+    Ok(parsed)
+}
+
+/// Reads and checks a dump, handing each chunk (already checked against its hash) to `chunk`.
+fn parse(input: &mut dyn Read, chunk: &mut dyn FnMut(ChunkRef, &[u8]) -> Result<()>) -> Result<ParsedDump> {
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(|_| bad("too short"))?;
     if &magic != MAGIC {
@@ -269,7 +313,6 @@ fn read_dump(input: &mut dyn Read, store: &Store) -> Result<ParsedDump> {
         DumpRecord::Header(h) => return Err(bad(format!("format {} is newer than {FORMAT}", h.format))),
         _ => return Err(bad("it does not start with a header")),
     };
-    let mut upload = store.upload();
     let mut objects = Vec::new();
     let mut present = None;
     let mut chunks = 0u64;
@@ -279,9 +322,12 @@ fn read_dump(input: &mut dyn Read, store: &Store) -> Result<ParsedDump> {
         match record {
             DumpRecord::Header(_) => return Err(bad("a second header")),
             DumpRecord::Chunk { hash, data } => {
-                // Verified against its hash on the way in; recorded only if the whole dump is.
-                let chunk = ChunkRef { hash, len: data.len() as u32 };
-                upload.add(chunk, &data).map_err(|e| bad(format!("chunk {hash}: {e}")))?;
+                // Checked against its hash here; recorded only if the whole dump is good.
+                if ChunkHash::of(&data) != hash || data.len() > proto::chunk::MAX_CHUNK as usize {
+                    return Err(bad(format!("chunk {hash} does not match its hash")));
+                }
+                let c = ChunkRef { hash, len: data.len() as u32 };
+                chunk(c, &data)?;
                 chunks += 1;
                 bytes += data.len() as u64;
             }
@@ -312,19 +358,20 @@ fn read_dump(input: &mut dyn Read, store: &Store) -> Result<ParsedDump> {
     if header.since.is_some() != present.is_some() {
         return Err(bad("an incremental dump must list the objects present (and only it)"));
     }
-    upload.commit()?;
     let summary = DumpSummary { objects: objects.len() as u64, chunks, bytes, stamp: header.stamp };
     Ok(ParsedDump { header, objects, present, summary })
 }
 
 fn object_ids(c: &Connection, id: VolumeId) -> Result<Vec<ObjectId>> {
     let mut stmt = c.prepare_cached("SELECT id FROM objects WHERE volume = ?1 ORDER BY id")?;
-    let ids = stmt.query_map(params![id.0 as i64], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let ids =
+        stmt.query_map(params![id.0 as i64], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
     ids.iter().map(|b| rows::oid_from(b)).collect()
 }
 
 fn entries_of(c: &Connection, dir: Fid) -> Result<Vec<(Name, ObjectId, ObjectKind)>> {
-    let mut stmt = c.prepare_cached("SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name")?;
+    let mut stmt =
+        c.prepare_cached("SELECT name, child, kind FROM dirents WHERE volume = ?1 AND dir = ?2 ORDER BY name")?;
     let mut rs = stmt.query(params![dir.volume.0 as i64, rows::oid(dir.object)])?;
     let mut out = Vec::new();
     while let Some(r) = rs.next()? {
@@ -351,7 +398,8 @@ fn put_dumped(c: &Connection, id: VolumeId, o: &DumpedObject) -> Result<()> {
     let (v, me) = (id.0 as i64, rows::oid(obj.id()));
     if obj.kind() == ObjectKind::Directory {
         c.execute("DELETE FROM dirents WHERE volume = ?1 AND dir = ?2", params![v, me])?;
-        let mut ins = c.prepare_cached("INSERT INTO dirents (volume, dir, name, child, kind) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        let mut ins =
+            c.prepare_cached("INSERT INTO dirents (volume, dir, name, child, kind) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for (name, child, kind) in &o.entries {
             ins.execute(params![v, me, name.as_str(), rows::oid(*child), rows::kind_code(*kind)])?;
         }

@@ -25,7 +25,12 @@ fn setup() -> (tempfile::TempDir, Store) {
 }
 
 fn apply(store: &Store, m: Mutation) -> Applied {
-    store.apply(&admin(), CLIENT, None, &[Record { op: OpId::random(), mutation: m }]).unwrap().results.remove(0).unwrap()
+    store
+        .apply(&admin(), CLIENT, None, &[Record { op: OpId::random(), mutation: m }])
+        .unwrap()
+        .results
+        .remove(0)
+        .unwrap()
 }
 
 fn make(store: &Store, parent: Fid, name: &str, dir: bool) -> Attr {
@@ -112,7 +117,7 @@ fn a_full_dump_restores_to_an_equal_tree_and_an_incremental_one_catches_up() {
     let (_d, store) = setup();
     let (a, b) = populate(&store);
     let full = dump(&store, None);
-    let (info, summary) = store.restore(&mut full.as_slice(), COPY, "copy", false).unwrap();
+    let (info, summary) = store.restore(&mut full.as_slice(), COPY, "copy", false, false).unwrap();
     assert_eq!(tree(&store, COPY), tree(&store, SRC));
     let unique: std::collections::HashSet<_> = chunk_bytes(&[7u8; 300_000]).into_iter().map(|(r, _)| r.hash).collect();
     assert_eq!(summary.chunks, unique.len() as u64, "chunks shared by two files travel once");
@@ -123,18 +128,19 @@ fn a_full_dump_restores_to_an_equal_tree_and_an_incremental_one_catches_up() {
     let since = Timestamp::now();
     std::thread::sleep(std::time::Duration::from_millis(5));
     write(&store, &a, b"changed");
-    let seen = Seen { object: b.fid.object, base: Base::Version(store.fetch_status(&admin(), b.fid).unwrap().0.version) };
+    let seen =
+        Seen { object: b.fid.object, base: Base::Version(store.fetch_status(&admin(), b.fid).unwrap().0.version) };
     apply(&store, Mutation::Remove { parent: Fid::root(SRC), name: Name::new("b.bin").unwrap(), seen });
     let docs = store.fetch_dir(&admin(), Fid::root(SRC)).unwrap().1.into_iter().find(|e| e.name.as_str() == "docs");
     make(&store, Fid::new(SRC, docs.unwrap().object), "new.txt", false);
     let inc = dump(&store, Some(since));
     assert!(inc.len() < full.len() / 10, "the incremental dump carries the changes only");
-    store.restore(&mut inc.as_slice(), COPY, "copy", true).unwrap();
+    store.restore(&mut inc.as_slice(), COPY, "copy", true, false).unwrap();
     assert_eq!(tree(&store, COPY), tree(&store, SRC));
     assert_eq!(store.volume(COPY).unwrap().files, 2);
 
     // An incremental dump cannot make a volume from nothing.
-    assert!(store.restore(&mut inc.as_slice(), VolumeId(30), "other", false).is_err());
+    assert!(store.restore(&mut inc.as_slice(), VolumeId(30), "other", false, false).is_err());
 }
 
 #[test]
@@ -145,45 +151,52 @@ fn a_damaged_or_cut_dump_is_refused_and_restores_nothing() {
     let mut flipped = full.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x01;
-    let err = store.restore(&mut flipped.as_slice(), COPY, "copy", false).unwrap_err();
+    let err = store.restore(&mut flipped.as_slice(), COPY, "copy", false, false).unwrap_err();
     assert!(err.to_string().contains("not a valid dump"), "{err}");
     for cut in [3, 20, full.len() / 3, full.len() - 1] {
-        let err = store.restore(&mut &full[..cut], COPY, "copy", false).unwrap_err();
+        let err = store.restore(&mut &full[..cut], COPY, "copy", false, false).unwrap_err();
         assert!(err.to_string().contains("not a valid dump"), "{cut}: {err}");
     }
     let mut trailing = full.clone();
     trailing.push(0);
-    assert!(store.restore(&mut trailing.as_slice(), COPY, "copy", false).is_err());
+    assert!(store.restore(&mut trailing.as_slice(), COPY, "copy", false, false).is_err());
     assert!(store.volume(COPY).is_err(), "nothing was restored");
-    assert!(store.restore(&mut full.as_slice(), COPY, "copy", false).is_ok());
+    assert!(store.restore(&mut full.as_slice(), COPY, "copy", false, false).is_ok());
 }
 
 #[test]
 fn a_clone_shares_chunks_and_keeps_the_old_contents() {
     let (_d, store) = setup();
     let (a, _) = populate(&store);
-    let chunks_before = store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get::<_, i64>(0))?)).unwrap();
+    let chunks_before =
+        store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get::<_, i64>(0))?)).unwrap();
     let before = tree(&store, SRC);
     let info = store.clone_volume(SRC, COPY, "src.backup", VolumeKind::Backup).unwrap();
     assert_eq!(info.kind, VolumeKind::Backup);
-    let chunks_after = store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get::<_, i64>(0))?)).unwrap();
+    let chunks_after =
+        store.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get::<_, i64>(0))?)).unwrap();
     assert_eq!(chunks_before, chunks_after, "a clone adds no chunks");
     write(&store, &a, b"after the backup");
     assert_eq!(tree(&store, COPY), before, "the clone keeps the old contents");
     assert_ne!(tree(&store, SRC), before);
     // Read-only: records are refused.
-    let r = store.apply(&admin(), CLIENT, None, &[Record {
-        op: OpId::random(),
-        mutation: Mutation::Create {
-            parent: Fid::root(COPY),
-            name: Name::new("x").unwrap(),
-            object: ObjectId::random(),
-            mode: 0o644,
-            owner: 0,
-            group: 0,
-            mtime: Timestamp::now(),
-        },
-    }]);
+    let r = store.apply(
+        &admin(),
+        CLIENT,
+        None,
+        &[Record {
+            op: OpId::random(),
+            mutation: Mutation::Create {
+                parent: Fid::root(COPY),
+                name: Name::new("x").unwrap(),
+                object: ObjectId::random(),
+                mode: 0o644,
+                owner: 0,
+                group: 0,
+                mtime: Timestamp::now(),
+            },
+        }],
+    );
     assert_eq!(r.unwrap().results[0], Err(RemoteError::ReadOnly));
     // A second backup replaces the first, with a new incarnation (clients revalidate).
     let again = store.clone_volume(SRC, COPY, "src.backup", VolumeKind::Backup).unwrap();

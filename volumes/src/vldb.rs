@@ -21,6 +21,8 @@ pub trait Vldb: Send + Sync {
     fn list(&self) -> Result<Vec<VldbEntry>>;
     fn remove(&self, name: &str) -> Result<()>;
     fn update(&self, entry: &VldbEntry) -> Result<()>;
+    /// Renames an entry; refuses a name that exists.
+    fn rename(&self, name: &str, new_name: &str) -> Result<()>;
     fn allocate_server_id(&self) -> Result<ServerId>;
     fn register_server(&self, server: &ServerInfo) -> Result<()>;
     fn servers(&self) -> Result<Vec<ServerInfo>>;
@@ -169,6 +171,20 @@ impl Vldb for SqliteVldb {
                 sites_blob(&e.sites)
             ],
         )?;
+        if n == 0 {
+            return Err(StoreError::Refused(proto::RemoteError::NoSuchVolume));
+        }
+        Ok(())
+    }
+
+    fn rename(&self, name: &str, new_name: &str) -> Result<()> {
+        let conn = self.conn();
+        let taken =
+            conn.query_row("SELECT 1 FROM entries WHERE name = ?1", params![new_name], |_| Ok(())).optional()?;
+        if taken.is_some() {
+            return Err(StoreError::Refused(proto::RemoteError::Exists));
+        }
+        let n = conn.execute("UPDATE entries SET name = ?2 WHERE name = ?1", params![name, new_name])?;
         if n == 0 {
             return Err(StoreError::Refused(proto::RemoteError::NoSuchVolume));
         }

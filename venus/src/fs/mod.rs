@@ -400,6 +400,20 @@ impl Venus {
         }
         self.cache.volume_named(cell, name).ok_or(VenusError::NotCached)
     }
+
+    /// Whether a volume is a read-only replica or a backup (known from the name it was
+    /// reached by): changes to it fail at once with `EROFS`, before anything is written
+    /// locally.
+    pub(crate) fn read_only(&self, cell: CellId, volume: proto::VolumeId) -> bool {
+        self.cache.volume(cell, volume).name.is_some_and(|n| n.ends_with(".backup") || n.ends_with(".readonly"))
+    }
+
+    pub(crate) fn writable(&self, g: GFid) -> Result<()> {
+        if self.read_only(g.cell, g.fid.volume) {
+            return Err(VenusError::Remote(proto::RemoteError::ReadOnly));
+        }
+        Ok(())
+    }
 }
 
 fn container_times(file: &std::fs::File) -> (u64, i64) {

@@ -242,6 +242,9 @@ impl Venus {
         let g = self.object(ino)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let readable = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        if writable {
+            self.writable(g)?;
+        }
         let attr = self.status(g).await?;
         if attr.kind == ObjectKind::File {
             let need = match (readable, writable) {

@@ -36,6 +36,7 @@ impl Venus {
     /// waits for reintegration.
     pub(crate) async fn commit_ex(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<(Applied, bool)> {
         let volume = mutation.volume();
+        self.writable(GFid::new(cell, Fid::root(volume)))?;
         if self.emulating(cell, volume) {
             return Ok((self.log_offline(cell, mutation)?, true));
         }
@@ -324,6 +325,7 @@ impl Venus {
 
     pub async fn setattr(&self, ino: u64, req: SetAttrRequest) -> Result<Stat> {
         let g = self.object(ino)?;
+        self.writable(g)?;
         let attr = self.status(g).await?;
         if req.size.is_some() {
             self.require(g, &attr, Rights::WRITE).await?;

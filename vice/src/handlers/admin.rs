@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use proto::RemoteError;
 use proto::msg::{Response, Site, SiteRole, VldbEntry, VolumeKind, VolumeRef, validate_volume_name};
-use proto::{Fid, RemoteError};
 
 use super::{Reply, blocking, error};
 use crate::server::Shared;
@@ -61,7 +61,7 @@ pub async fn remove(shared: &Arc<Shared>, name: String) -> Reply {
         return error(e.to_remote());
     }
     // Anyone holding anything from the volume must forget it.
-    shared.callbacks.break_promises(None, &[Fid::root(id)], &[id]).await;
+    shared.callbacks.break_volume(id).await;
     tracing::info!(volume = %name, "volume removed");
     Response::Done.into()
 }

@@ -6,6 +6,7 @@ mod fetch;
 mod location;
 mod mutate;
 mod pts;
+mod volume_ops;
 
 use std::sync::Arc;
 
@@ -18,7 +19,15 @@ use crate::server::{Peer, Shared};
 /// What a handler answers: a message, or a message followed by a file's bytes.
 pub enum Reply {
     Message(Response),
-    Data { response: Response, chunks: Vec<ChunkRef> },
+    Data {
+        response: Response,
+        chunks: Vec<ChunkRef>,
+    },
+    /// A message followed by bytes produced as they come (a volume dump).
+    Stream {
+        response: Response,
+        body: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    },
 }
 
 impl From<Response> for Reply {
@@ -67,6 +76,13 @@ pub async fn serve(
     let result = match reply {
         Reply::Message(r) => proto::frame::write_frame(send, &r).await,
         Reply::Data { response, chunks } => fetch::stream_data(shared, send, response, chunks).await,
+        Reply::Stream { response, mut body } => {
+            let mut result = proto::frame::write_frame(send, &response).await;
+            while let (Ok(()), Some(piece)) = (&result, body.recv().await) {
+                result = tokio::io::AsyncWriteExt::write_all(send, &piece).await.map_err(Into::into);
+            }
+            result
+        }
     };
     if let Err(e) = result {
         tracing::debug!(remote = %peer.remote, error = %e, "reply not delivered");
@@ -144,5 +160,10 @@ async fn dispatch(
         Request::PtsMembership { name } => pts::look(shared, move |db| db.membership(&name)).await,
         Request::PtsListEntries => pts::list(shared).await,
         Request::PtsSetPassword { user, password } => pts::set_password(shared, peer, caller, user, password).await,
+        Request::DumpVolume { name, since } => volume_ops::dump(shared, name, since).await,
+        Request::RestoreVolume { name, overwrite } => volume_ops::restore(shared, name, overwrite, recv).await,
+        Request::BackupVolume { name } => volume_ops::backup(shared, name).await,
+        Request::SetQuota { name, quota } => volume_ops::set_quota(shared, name, quota).await,
+        Request::RenameVolume { name, new_name } => volume_ops::rename(shared, name, new_name).await,
     }
 }

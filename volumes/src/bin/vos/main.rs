@@ -1,11 +1,16 @@
 //! `vos`: volume administration for a cell. Thin: parse arguments, make one or two RPCs with the
 //! admin credential, print the answer.
 
+mod backup;
 mod create;
+mod dump;
 mod examine;
 mod listvldb;
 mod listvol;
+mod quota;
 mod remove;
+mod rename;
+mod restore;
 mod session;
 
 use anyhow::Result;
@@ -33,6 +38,18 @@ enum Command {
     Listvldb(listvldb::Args),
     /// List the volumes one server holds.
     Listvol(listvol::Args),
+    /// Write a volume (or what changed since a time) to a file.
+    Dump(dump::Args),
+    /// Make or replace a volume from a dump file.
+    Restore(restore::Args),
+    /// Make NAME.backup, a read-only snapshot sharing the volume's chunks.
+    Backup(backup::Args),
+    /// Set a volume's quota.
+    Setquota(quota::SetArgs),
+    /// A volume's quota and use.
+    Listquota(quota::ListArgs),
+    /// Rename a volume.
+    Rename(rename::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,5 +64,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Examine(a) => examine::run(&ctx, a).await,
         Command::Listvldb(a) => listvldb::run(&ctx, a).await,
         Command::Listvol(a) => listvol::run(&ctx, a).await,
+        Command::Dump(a) => dump::run(&ctx, a).await,
+        Command::Restore(a) => restore::run(&ctx, a).await,
+        Command::Backup(a) => backup::run(&ctx, a).await,
+        Command::Setquota(a) => quota::set(&ctx, a).await,
+        Command::Listquota(a) => quota::list(&ctx, a).await,
+        Command::Rename(a) => rename::run(&ctx, a).await,
     }
 }

@@ -1,0 +1,231 @@
+//! Whole-volume operations for `vos`: dump, restore, backup, quota, rename. Admin only.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use proto::msg::{Response, VldbEntry, VolumeKind, VolumeRef, validate_volume_name};
+use proto::{RemoteError, Timestamp, VolumeId};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::{Reply, blocking, error};
+use crate::server::Shared;
+
+/// Bytes handed between the blocking store and the network at a time.
+const PIECE: usize = 256 * 1024;
+
+/// The read-write entry named exactly `name` (not a `.backup` or `.readonly` name).
+fn entry_of(shared: &Shared, name: &str) -> Result<VldbEntry, RemoteError> {
+    match shared.vldb.lookup(&VolumeRef::Name(name.to_string())) {
+        Ok(Some(e)) if e.name == name => Ok(e),
+        Ok(_) => Err(RemoteError::NoSuchVolume),
+        Err(e) => Err(e.to_remote()),
+    }
+}
+
+/// The volume a name means on this server: `NAME` or `NAME.backup`.
+fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
+    if let Some(base) = name.strip_suffix(".backup") {
+        return entry_of(shared, base)?.backup.ok_or(RemoteError::NoSuchVolume);
+    }
+    Ok(entry_of(shared, name)?.rw)
+}
+
+/// A `Write` that hands bytes to the async side in pieces.
+struct ToNetwork {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ToNetwork {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE));
+            self.tx.blocking_send(piece).map_err(|_| std::io::Error::other("the client went away"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A `Read` fed by the async side; ends when the client ends its stream.
+struct FromNetwork {
+    rx: mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl Read for FromNetwork {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.blocking_recv() {
+                Some(p) => (self.piece, self.at) = (p, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.piece.len() - self.at);
+        out[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+pub async fn dump(shared: &Arc<Shared>, name: String, since: Option<Timestamp>) -> Reply {
+    let id = match volume_named(shared, &name) {
+        Ok(id) => id,
+        Err(e) => return error(e),
+    };
+    let stamp = match blocking(&shared.store, move |s| s.volume(id)).await {
+        Ok(info) => info.stamp,
+        Err(e) => return error(e),
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ToNetwork { tx, buf: Vec::with_capacity(PIECE) };
+        match store.dump(id, since, &mut out).and_then(|s| out.flush().map(|()| s).map_err(Into::into)) {
+            Ok(s) => tracing::info!(volume = %name, objects = s.objects, chunks = s.chunks, bytes = s.bytes, "dumped"),
+            // The stream ends early; the reader sees a dump without its end and refuses it.
+            Err(e) => tracing::warn!(volume = %name, error = %e, "dump failed"),
+        }
+    });
+    Reply::Stream { response: Response::Dumping { stamp }, body: rx }
+}
+
+pub async fn restore(shared: &Arc<Shared>, name: String, overwrite: bool, recv: &mut quinn::RecvStream) -> Reply {
+    if let Err(e) = validate_volume_name(&name) {
+        return error(e);
+    }
+    let (id, exists) = match entry_of(shared, &name) {
+        Ok(e) => (e.rw, true),
+        Err(RemoteError::NoSuchVolume) => match shared.vldb.allocate_volume_id() {
+            Ok(id) => (id, false),
+            Err(e) => return error(e.to_remote()),
+        },
+        Err(e) => return error(e),
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let target = name.clone();
+    let restoring = tokio::task::spawn_blocking({
+        let store = shared.store.clone();
+        move || {
+            let mut input = FromNetwork { rx, piece: Vec::new(), at: 0 };
+            let result = store.restore(&mut input, id, &target, exists, overwrite);
+            // Drain what the client still sends, so it hears the answer rather than a reset.
+            while input.read(&mut [0u8; 4096]).map(|n| n > 0).unwrap_or(false) {}
+            result
+        }
+    });
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        match AsyncReadExt::read(recv, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let (info, summary) = match restoring.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return error(e.to_remote()),
+        Err(_) => return error(RemoteError::Internal("restore task failed".into())),
+    };
+    if !exists {
+        let entry = VldbEntry {
+            name: name.clone(),
+            rw: id,
+            ro: None,
+            backup: None,
+            sites: vec![proto::msg::Site { server: shared.server_id, role: proto::msg::SiteRole::ReadWrite }],
+        };
+        if let Err(e) = shared.vldb.create(&entry) {
+            let _ = blocking(&shared.store, move |s| s.remove_volume(id)).await;
+            return error(e.to_remote());
+        }
+    }
+    // Whatever clients cached of the volume may be gone or different now.
+    shared.callbacks.break_volume(id).await;
+    tracing::info!(volume = %name, objects = summary.objects, chunks = summary.chunks, "restored");
+    Response::Restored { info, objects: summary.objects, chunks: summary.chunks, bytes: summary.bytes }.into()
+}
+
+pub async fn backup(shared: &Arc<Shared>, name: String) -> Reply {
+    let mut entry = match entry_of(shared, &name) {
+        Ok(e) => e,
+        Err(e) => return error(e),
+    };
+    let bid = match entry.backup {
+        Some(b) => b,
+        None => match shared.vldb.allocate_volume_id() {
+            Ok(b) => b,
+            Err(e) => return error(e.to_remote()),
+        },
+    };
+    let (rw, bname) = (entry.rw, format!("{name}.backup"));
+    let info = match blocking(&shared.store, move |s| s.clone_volume(rw, bid, &bname, VolumeKind::Backup)).await {
+        Ok(info) => info,
+        Err(e) => return error(e),
+    };
+    if entry.backup != Some(bid) {
+        entry.backup = Some(bid);
+        if let Err(e) = shared.vldb.update(&entry) {
+            return error(e.to_remote());
+        }
+    }
+    // Clients that cached the previous backup must look again.
+    shared.callbacks.break_volume(bid).await;
+    Response::Volume { info, entry: Some(entry) }.into()
+}
+
+pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
+    let entry = match entry_of(shared, &name) {
+        Ok(e) => e,
+        Err(e) => return error(e),
+    };
+    let id = entry.rw;
+    match blocking(&shared.store, move |s| s.set_quota(id, quota).and_then(|()| s.volume(id))).await {
+        Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
+        Err(e) => error(e),
+    }
+}
+
+pub async fn rename(shared: &Arc<Shared>, name: String, new_name: String) -> Reply {
+    if let Err(e) = validate_volume_name(&new_name) {
+        return error(e);
+    }
+    let entry = match entry_of(shared, &name) {
+        Ok(e) => e,
+        Err(e) => return error(e),
+    };
+    if let Err(e) = shared.vldb.rename(&name, &new_name) {
+        return error(e.to_remote());
+    }
+    let (id, to) = (entry.rw, new_name.clone());
+    if let Err(e) = blocking(&shared.store, move |s| s.rename_volume(id, &to)).await {
+        let _ = shared.vldb.rename(&new_name, &name);
+        return error(e);
+    }
+    if let Some(b) = entry.backup {
+        let bname = format!("{new_name}.backup");
+        let _ = blocking(&shared.store, move |s| s.rename_volume(b, &bname)).await;
+    }
+    tracing::info!(from = %name, to = %new_name, "volume renamed");
+    match shared.vldb.lookup(&VolumeRef::Name(new_name)) {
+        Ok(Some(entry)) => match blocking(&shared.store, move |s| s.volume(id)).await {
+            Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
+            Err(e) => error(e),
+        },
+        Ok(None) => error(RemoteError::NoSuchVolume),
+        Err(e) => error(e.to_remote()),
+    }
+}

@@ -1,0 +1,71 @@
+//! `vos dump NAME [--since TIME] --file F`
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result, bail};
+use proto::{Request, Response};
+use volumes::dump::DumpRecord;
+
+use crate::session::{Context, unexpected};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The volume (`NAME` or `NAME.backup`).
+    name: String,
+    /// Only what changed since TIME (seconds since 1970, or a UTC time like
+    /// 2026-11-22T07:30:00Z, such as a previous dump printed): an incremental dump.
+    #[arg(long, value_parser = proto::units::parse_time)]
+    since: Option<proto::Timestamp>,
+    /// Where to write the dump (written to F.partial, renamed when complete).
+    #[arg(long)]
+    file: std::path::PathBuf,
+}
+
+pub async fn run(ctx: &Context, a: Args) -> Result<()> {
+    let partial = a.file.with_extension("partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
+    bar.set_message(a.name.clone());
+    let mut head = Vec::new();
+    let session = ctx.connect(None).await?;
+    let req = Request::DumpVolume { name: a.name.clone(), since: a.since };
+    let resp = session
+        .download(&req, |bytes| {
+            if head.len() < 4096 {
+                head.extend_from_slice(&bytes[..bytes.len().min(4096 - head.len())]);
+            }
+            bar.inc(bytes.len() as u64);
+            out.write_all(bytes)
+        })
+        .await
+        .with_context(|| format!("dumping {}", a.name))?;
+    session.close();
+    bar.finish_and_clear();
+    let Response::Dumping { stamp } = resp else { return Err(unexpected(resp)) };
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    drop(out);
+    // The dump must be whole: its header says when it was taken (by the server's clock).
+    let header = match head.get(8..12).map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize) {
+        Some(n) if head.len() >= 12 + n => proto::frame::decode::<DumpRecord>(&head[12..12 + n]).ok(),
+        _ => None,
+    };
+    let Some(DumpRecord::Header(h)) = header else { bail!("the server sent no dump header") };
+    let len = std::fs::metadata(&partial)?.len();
+    let mut check = std::fs::File::open(&partial)?;
+    volumes::dump::verify(&mut check).with_context(|| format!("the dump of {} arrived damaged or cut", a.name))?;
+    std::fs::rename(&partial, &a.file)?;
+    println!(
+        "Dumped {} ({}, stamp {stamp}) to {}: {}",
+        a.name,
+        if h.since.is_some() { "incremental" } else { "full" },
+        a.file.display(),
+        proto::units::show(len)
+    );
+    let at = format!("{}.{:09}", h.dumped_at.secs, h.dumped_at.nanos);
+    println!("Taken at {at}: pass --since {at} for the next incremental dump");
+    Ok(())
+}
