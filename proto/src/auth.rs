@@ -248,6 +248,9 @@ pub struct TokenBody {
     /// Seconds since the Unix epoch.
     pub issued: i64,
     pub expires: i64,
+    /// The groups the user belonged to when the token was issued: servers that do not hold
+    /// the protection database go by these (the database server asks the database).
+    pub groups: Vec<PtsId>,
 }
 
 /// A sealed [`TokenBody`]: proof, to any server of the cell, of who the bearer is.
@@ -373,7 +376,7 @@ mod tests {
     #[test]
     fn tokens_are_sealed_bound_to_the_cell_and_expire() {
         let key = TokenKey::generate();
-        let body = TokenBody { cell: "a.test".into(), user: PtsId(7), name: "bob".into(), issued: 100, expires: 200 };
+        let body = TokenBody { cell: "a.test".into(), user: PtsId(7), name: "bob".into(), issued: 100, expires: 200, groups: vec![] };
         let token = key.issue(body);
         assert_eq!(key.verify(&token, "a.test", 150).unwrap().user, PtsId(7));
         assert_eq!(key.verify(&token, "a.test", 200), Err(TokenError::Expired));

@@ -351,6 +351,7 @@ mod tests {
             name: "u".into(),
             issued: 1,
             expires: 2,
+            groups: vec![],
         });
         let request = Request::ListServers;
         for token in [None, Some(token)] {

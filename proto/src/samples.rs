@@ -145,7 +145,7 @@ pub fn calls() -> Vec<Call> {
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
-        k.issue(TokenBody { cell: "example.org".into(), user: PtsId(2), name: "alice".into(), issued: 1, expires: 2 })
+        k.issue(TokenBody { cell: "example.org".into(), user: PtsId(2), name: "alice".into(), issued: 1, expires: 2, groups: vec![PtsId(-205)] })
     });
     let mut out = Vec::new();
     for request in requests {

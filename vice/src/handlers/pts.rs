@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use proto::RemoteError;
-use proto::auth::{TokenBody, unix_now};
+use proto::auth::{PtsId, TokenBody, unix_now};
 use proto::msg::{PtsEntry, Response};
 use volumes::{Caller, Ptdb, StoreError};
 
@@ -20,8 +20,14 @@ async fn on_db<T: Send + 'static>(
 /// Trades a password for a token of the asked lifetime, capped by the server's.
 pub async fn login(shared: &Arc<Shared>, user: String, password: String, lifetime: u32) -> Reply {
     let name = user.clone();
-    let id = match on_db(shared, move |db| db.login(&user, &password)).await {
-        Ok(id) => id,
+    let found = on_db(shared, move |db| {
+        let id = db.login(&user, &password)?;
+        let groups = db.caller(id)?.map(|c| c.cps).unwrap_or_default();
+        Ok((id, groups))
+    })
+    .await;
+    let (id, groups) = match found {
+        Ok(found) => found,
         Err(e) => {
             tracing::info!(user = %name, error = %e, "login refused");
             return error(e);
@@ -36,6 +42,7 @@ pub async fn login(shared: &Arc<Shared>, user: String, password: String, lifetim
         name: name.clone(),
         issued: now,
         expires: now + i64::from(lifetime),
+        groups: groups.into_iter().filter(|g| g.is_group() && !matches!(*g, PtsId::ANYUSER | PtsId::AUTHUSER)).collect(),
     });
     tracing::info!(user = %name, id = %id, lifetime, "token issued");
     Response::Token { token }.into()
