@@ -376,7 +376,14 @@ mod tests {
     #[test]
     fn tokens_are_sealed_bound_to_the_cell_and_expire() {
         let key = TokenKey::generate();
-        let body = TokenBody { cell: "a.test".into(), user: PtsId(7), name: "bob".into(), issued: 100, expires: 200, groups: vec![] };
+        let body = TokenBody {
+            cell: "a.test".into(),
+            user: PtsId(7),
+            name: "bob".into(),
+            issued: 100,
+            expires: 200,
+            groups: vec![],
+        };
         let token = key.issue(body);
         assert_eq!(key.verify(&token, "a.test", 150).unwrap().user, PtsId(7));
         assert_eq!(key.verify(&token, "a.test", 200), Err(TokenError::Expired));

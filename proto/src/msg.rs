@@ -242,6 +242,29 @@ pub enum Request {
         name: String,
         new_name: String,
     },
+    /// Revalidates many cached objects of one volume at once (after a volume's stamp moved):
+    /// for each, whether the version the client holds is still current. Grants promises on
+    /// every object still there.
+    ValidateAttrs {
+        volume: VolumeId,
+        objects: Vec<(crate::ids::ObjectId, crate::version::VersionVector)>,
+    },
+}
+
+/// What `ValidateAttrs` says of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrCheck {
+    /// The client's version is current.
+    Same {
+        access: Access,
+    },
+    Changed {
+        attr: Attr,
+        access: Access,
+    },
+    Gone,
+    /// The caller may not look it up any more.
+    Denied,
 }
 
 /// Append-only (see module docs).
@@ -331,6 +354,11 @@ pub enum Response {
         objects: u64,
         chunks: u64,
         bytes: u64,
+    },
+    /// One result per object asked about, in order; `promise` covers every one still there.
+    AttrsValidated {
+        results: Vec<AttrCheck>,
+        promise: Promise,
     },
 }
 
@@ -452,6 +480,7 @@ impl Request {
             Request::BackupVolume { .. } => m("BackupVolume", true, true, true, None),
             Request::SetQuota { .. } => m("SetQuota", true, true, true, None),
             Request::RenameVolume { .. } => m("RenameVolume", true, false, true, None),
+            Request::ValidateAttrs { volume, .. } => m("ValidateAttrs", false, true, false, Some(*volume)),
         }
     }
 }
@@ -500,6 +529,7 @@ pub const REQUEST_NAMES: &[&str] = &[
     "BackupVolume",
     "SetQuota",
     "RenameVolume",
+    "ValidateAttrs",
 ];
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and

@@ -142,10 +142,18 @@ pub fn calls() -> Vec<Call> {
         Request::BackupVolume { name: "vol".into() },
         Request::SetQuota { name: "vol".into(), quota: 1 << 20 },
         Request::RenameVolume { name: "vol".into(), new_name: "vol2".into() },
+        Request::ValidateAttrs { volume: VolumeId(7), objects: vec![(ObjectId(5), VersionVector::first(ServerId(1)))] },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
-        k.issue(TokenBody { cell: "example.org".into(), user: PtsId(2), name: "alice".into(), issued: 1, expires: 2, groups: vec![PtsId(-205)] })
+        k.issue(TokenBody {
+            cell: "example.org".into(),
+            user: PtsId(2),
+            name: "alice".into(),
+            issued: 1,
+            expires: 2,
+            groups: vec![PtsId(-205)],
+        })
     });
     let mut out = Vec::new();
     for request in requests {
@@ -219,6 +227,15 @@ pub fn responses() -> Vec<Response> {
         Response::PtsEntries { entries: vec![pts] },
         Response::Dumping { stamp: VolumeStamp { incarnation: 3, counter: 4 } },
         Response::Restored { info: info.clone(), objects: 1, chunks: 2, bytes: 3 },
+        Response::AttrsValidated {
+            results: vec![
+                AttrCheck::Same { access },
+                AttrCheck::Changed { attr: attr(), access },
+                AttrCheck::Gone,
+                AttrCheck::Denied,
+            ],
+            promise,
+        },
     ]
 }
 

@@ -360,3 +360,29 @@ fn the_cache_limit_evicts_old_files_and_refuses_files_larger_than_the_cache() ->
     assert_eq!(fs::read(b.path("f0"))?, Noise::bytes(0, 300_000));
     Ok(())
 }
+
+#[test]
+fn cached_objects_of_a_changed_volume_are_revalidated_in_batches_not_one_by_one() -> R {
+    let Some(mut t) = two("batch.test")? else { return Ok(()) };
+    fs::create_dir(t.a.path("many"))?;
+    for i in 0..400 {
+        fs::write(t.a.path(&format!("many/f{i}")), format!("file {i}"))?;
+    }
+    for i in 0..400 {
+        fs::read(t.b.path(&format!("many/f{i}")))?;
+    }
+    // b goes away and misses a change: its stamp for the volume no longer holds.
+    t.b.stop()?;
+    fs::write(t.a.path("many/f7"), b"changed while b was away")?;
+    t.b.restart_stopped()?;
+    t.b.wait_counter("volumes_validated", 1)?;
+    assert_eq!(t.b.rpcs("ValidateAttrs"), 1, "401 objects, one request");
+    assert_eq!(t.b.rpcs("FetchStatus"), 0, "no per-object revalidation");
+    for i in 0..400 {
+        let want = if i == 7 { "changed while b was away".to_string() } else { format!("file {i}") };
+        assert_eq!(fs::read_to_string(t.b.path(&format!("many/f{i}")))?, want);
+    }
+    assert_eq!(t.b.rpcs("FetchData"), 1, "only the changed file is fetched again");
+    assert_eq!(t.b.rpcs("FetchStatus"), 0);
+    Ok(())
+}

@@ -120,6 +120,9 @@ pub fn run(opts: MountOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(cache_dir.join(control::SOCKET));
+    // Say goodbye to the servers, so they stop holding promises for us at once instead of
+    // waiting for the connection to time out (a writer would wait for our ack meanwhile).
+    rt.block_on(core.close_connections());
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
 }

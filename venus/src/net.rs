@@ -188,6 +188,13 @@ impl CellConn {
         }
     }
 
+    /// Closes every connection (venus is exiting).
+    pub async fn close_all(&self) {
+        for s in self.sessions.lock().await.values() {
+            s.close();
+        }
+    }
+
     /// Servers currently connected.
     pub async fn connected(&self) -> Vec<ServerId> {
         self.sessions.lock().await.iter().filter(|(_, s)| !s.is_closed()).map(|(id, _)| *id).collect()

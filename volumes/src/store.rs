@@ -15,6 +15,7 @@ use proto::{VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use proto::auth::{Access, Acl, PtsId, Rights};
+use proto::msg::AttrCheck;
 
 use crate::access::{self, Caller};
 use crate::chunks::ChunkStore;
@@ -244,6 +245,49 @@ impl Store {
             let access = access::access(c, caller, &obj)?;
             access::require(c, caller, &obj, Rights::READ)?;
             Ok((obj.attr, file_chunks(c, fid)?, access))
+        })
+    }
+
+    /// For each object the client holds at a version: still current, changed (its attributes
+    /// now), gone, or no longer visible to the caller. One read snapshot; rights are computed
+    /// once per governing directory.
+    pub fn validate_attrs(
+        &self,
+        caller: &Caller,
+        volume: VolumeId,
+        objects: &[(ObjectId, VersionVector)],
+    ) -> Result<Vec<AttrCheck>> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut rights: std::collections::HashMap<ObjectId, Access> = std::collections::HashMap::new();
+            let mut out = Vec::with_capacity(objects.len());
+            for (object, version) in objects {
+                let Some(obj) = rows::load_object(&tx, Fid::new(volume, *object))? else {
+                    out.push(AttrCheck::Gone);
+                    continue;
+                };
+                let dir = if obj.kind() == ObjectKind::Directory {
+                    obj.id()
+                } else {
+                    obj.attr.parent.unwrap_or(ObjectId::ROOT)
+                };
+                let access = match rights.get(&dir) {
+                    Some(a) => *a,
+                    None => {
+                        let a = access::access(&tx, caller, &obj)?;
+                        rights.insert(dir, a);
+                        a
+                    }
+                };
+                out.push(if !access.caller.contains(Rights::LOOKUP) {
+                    AttrCheck::Denied
+                } else if obj.attr.version.same_as(version) {
+                    AttrCheck::Same { access }
+                } else {
+                    AttrCheck::Changed { attr: obj.attr, access }
+                });
+            }
+            Ok(out)
         })
     }
 

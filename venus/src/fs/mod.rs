@@ -118,6 +118,9 @@ pub struct Venus {
     pub mountpoint: PathBuf,
     pub hoarding: hoard::Hoarding,
     pub tokens: Arc<user::Tokens>,
+    /// One revalidation at a time: a second request (say, promises lost while one runs) waits
+    /// and then finds the stamps it established.
+    revalidating: tokio::sync::Mutex<()>,
 }
 
 struct EventSink(std::sync::Weak<Venus>);
@@ -226,6 +229,7 @@ impl Venus {
                 mountpoint: config.mountpoint.clone(),
                 hoarding: hoard::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
                 tokens,
+                revalidating: tokio::sync::Mutex::new(()),
             }
         }))
     }
@@ -399,6 +403,15 @@ impl Venus {
             }
         }
         self.cache.volume_named(cell, name).ok_or(VenusError::NotCached)
+    }
+
+    /// Closes the connections to every cell (venus is exiting).
+    pub async fn close_connections(&self) {
+        for (_, conn) in self.cells() {
+            conn.close_all().await;
+        }
+        // Let the close frames go out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     /// Whether a volume is a read-only replica or a backup (known from the name it was

@@ -148,7 +148,14 @@ mod tests {
     use proto::auth::{TokenBody, TokenKey};
 
     fn token(expires: i64) -> Token {
-        TokenKey::generate().issue(TokenBody { cell: "c".into(), user: PtsId(4), name: "u".into(), issued: 0, expires, groups: vec![] })
+        TokenKey::generate().issue(TokenBody {
+            cell: "c".into(),
+            user: PtsId(4),
+            name: "u".into(),
+            issued: 0,
+            expires,
+            groups: vec![],
+        })
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::msg::{Promise, Response, VolumeValidation};
+use proto::msg::{AttrCheck, Promise, Response, VolumeValidation};
 use proto::{Request, VolumeId, VolumeStamp};
 
 use super::{Venus, lock};
@@ -22,7 +22,8 @@ use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
 /// Objects revalidated at once while a stamp is established.
-const PARALLEL_REVALIDATIONS: usize = 16;
+/// Objects per `ValidateAttrs` request.
+const VALIDATE_BATCH: usize = 5000;
 
 impl Venus {
     pub(crate) fn volume_valid(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -113,6 +114,7 @@ impl Venus {
     }
 
     pub async fn revalidate_cell(self: &Arc<Self>, cell: CellId) -> Result<()> {
+        let _one_at_a_time = self.revalidating.lock().await;
         let volumes: Vec<(VolumeId, VolumeStamp)> = self
             .cache
             .cached_volumes()
@@ -155,33 +157,59 @@ impl Venus {
     /// Establishes that the cache is current as of `current`: revalidates what has no promise,
     /// then confirms nothing changed meanwhile.
     async fn establish(self: &Arc<Self>, cell: CellId, volume: VolumeId, current: VolumeStamp) -> Result<bool> {
-        let stale: Vec<GFid> = self.cache.objects_in(cell, volume).into_iter().filter(|g| !self.valid(g)).collect();
-        let mut tasks = tokio::task::JoinSet::new();
-        for g in stale {
-            while tasks.len() >= PARALLEL_REVALIDATIONS {
-                tasks.join_next().await;
-            }
-            let me = self.clone();
-            tasks.spawn(async move {
-                // A directory whose listing we hold gets its listing refreshed, not dropped:
-                // the cache stays useful for the next disconnection.
-                let r = if me.cache.listing(&g).is_some() {
-                    me.listing(g).await.map(|_| ())
-                } else {
-                    me.status(g).await.map(|_| ())
-                };
-                match r {
-                    Ok(()) | Err(VenusError::NotFound) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            });
-        }
-        let mut ok = true;
-        while let Some(r) = tasks.join_next().await {
-            ok &= matches!(r, Ok(Ok(())));
-        }
-        if !ok {
+        if self.emulating(cell, volume) {
+            // The cache shows our logged changes on top of the server's state: it is
+            // revalidated once they are reintegrated, not before.
             return Ok(false);
+        }
+        let stale: Vec<GFid> = self.cache.objects_in(cell, volume).into_iter().filter(|g| !self.valid(g)).collect();
+        // One request per few thousand objects: is the version I hold still current?
+        let mut relist = Vec::new();
+        for batch in stale.chunks(VALIDATE_BATCH) {
+            let held: Vec<(GFid, proto::Attr)> =
+                batch.iter().filter_map(|g| self.cache.attr(g).map(|a| (*g, a))).collect();
+            let objects = held.iter().map(|(g, a)| (g.fid.object, a.version.clone())).collect();
+            let conn = self.cell(cell)?;
+            let Response::AttrsValidated { results, promise } =
+                conn.call(Some(volume), &Request::ValidateAttrs { volume, objects }).await?
+            else {
+                return Err(crate::error::VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
+            };
+            if results.len() != held.len() {
+                return Err(crate::error::VenusError::Protocol("ValidateAttrs answered a different count".into()));
+            }
+            for ((g, attr), result) in held.into_iter().zip(results) {
+                match result {
+                    AttrCheck::Same { access } => {
+                        self.note_access(g, &attr, access)?;
+                        self.promised(g, promise);
+                    }
+                    AttrCheck::Changed { attr: now, access } => {
+                        // A changed directory whose listing we hold gets it refreshed below:
+                        // the cache stays useful for the next disconnection.
+                        if self.cache.listing(&g).is_some() {
+                            relist.push(g);
+                        }
+                        self.note_access(g, &now, access)?;
+                        self.cache.put_attr(cell, now)?;
+                        self.promised(g, promise);
+                    }
+                    AttrCheck::Gone => {
+                        self.unpromise(&g);
+                        // Local changes are never dropped, whatever the server says.
+                        if !self.cache.get(&g).is_some_and(|c| c.dirty) {
+                            self.cache.remove(&g)?;
+                        }
+                    }
+                    AttrCheck::Denied => self.unpromise(&g),
+                }
+            }
+        }
+        for g in relist {
+            match self.listing(g).await {
+                Ok(_) | Err(VenusError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
         let answer = self.validate(cell, vec![(volume, current)]).await?;
         let Some(a) = answer.into_iter().next() else { return Ok(false) };

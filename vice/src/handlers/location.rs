@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use proto::msg::{Response, VolumeRef, VolumeValidation};
+use proto::msg::{AttrCheck, Promise, Response, VolumeRef, VolumeValidation};
 use proto::{ClientId, RemoteError, VolumeId, VolumeStamp};
 
 use super::{Reply, blocking, error};
@@ -35,6 +35,38 @@ pub async fn validate(shared: &Arc<Shared>, client: ClientId, volumes: Vec<(Volu
         })
         .collect();
     Response::Validated { volumes: answers }.into()
+}
+
+/// Objects per `ValidateAttrs`.
+const MAX_VALIDATE_ATTRS: usize = 10_000;
+
+/// Revalidates a batch of cached objects of one volume; promises on every one still there.
+pub async fn validate_attrs(
+    shared: &Arc<Shared>,
+    caller: volumes::Caller,
+    client: ClientId,
+    volume: VolumeId,
+    objects: Vec<(proto::ObjectId, proto::VersionVector)>,
+) -> Reply {
+    if objects.len() > MAX_VALIDATE_ATTRS {
+        return error(RemoteError::TooLarge);
+    }
+    let ids: Vec<proto::ObjectId> = objects.iter().map(|(o, _)| *o).collect();
+    let results = match blocking(&shared.store, move |s| s.validate_attrs(&caller, volume, &objects)).await {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    let mut promise = Promise { secs: u32::MAX };
+    for (object, r) in ids.iter().zip(&results) {
+        if matches!(r, AttrCheck::Same { .. } | AttrCheck::Changed { .. }) {
+            let p = shared.callbacks.grant(client, proto::Fid::new(volume, *object));
+            promise.secs = promise.secs.min(p.secs);
+        }
+    }
+    if promise.secs == u32::MAX {
+        promise.secs = 0;
+    }
+    Response::AttrsValidated { results, promise }.into()
 }
 
 pub async fn lookup(shared: &Arc<Shared>, volume: VolumeRef) -> Reply {

@@ -42,7 +42,10 @@ pub async fn login(shared: &Arc<Shared>, user: String, password: String, lifetim
         name: name.clone(),
         issued: now,
         expires: now + i64::from(lifetime),
-        groups: groups.into_iter().filter(|g| g.is_group() && !matches!(*g, PtsId::ANYUSER | PtsId::AUTHUSER)).collect(),
+        groups: groups
+            .into_iter()
+            .filter(|g| g.is_group() && !matches!(*g, PtsId::ANYUSER | PtsId::AUTHUSER))
+            .collect(),
     });
     tracing::info!(user = %name, id = %id, lifetime, "token issued");
     Response::Token { token }.into()
