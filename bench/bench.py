@@ -176,6 +176,40 @@ def postmark(work_dir, files, transactions):
     return timed(lambda: subprocess.run(["postmark"], input=cfg, text=True, capture_output=True, check=True))
 
 
+def revalidation(cell, volumes, per_volume):
+    """Files cached from several volumes, one file per volume changed by another client while
+    this venus is away; then this venus restarts: the RPCs it needs to trust its cache again."""
+    for v in range(volumes):
+        name = f"rv{v}"
+        subprocess.run([f"{cell.bins}/vos", "create", name], env=cell.env, check=True, stdout=subprocess.DEVNULL)
+        cell.run_venus("mkmount", cell.path(name), name)
+        for i in range(per_volume):
+            with open(os.path.join(cell.path(name), f"f{i}"), "w") as f:
+                f.write(f"file {i}\n")
+    cell.unmount()
+    # Another client changes one file per volume meanwhile.
+    other_mnt, other_cache = os.path.join(cell.root, "other-afs"), os.path.join(cell.root, "other-cache")
+    os.makedirs(other_mnt, exist_ok=True)
+    env = dict(cell.env, VENUS_CACHE=other_cache)
+    other = subprocess.Popen([f"{cell.bins}/venus", "mount", "--cell-file", f"{cell.data}/cell.toml", "--cache",
+                              other_cache, other_mnt], stderr=subprocess.DEVNULL)
+    cell.wait(lambda: subprocess.run([f"{cell.bins}/venus", "status"], env=env,
+                                     capture_output=True).returncode == 0, "mounted")
+    subprocess.run([f"{cell.bins}/venus", "login", "admin", "--password-file", f"{cell.data}/admin.password"],
+                   env=env, check=True, capture_output=True)
+    for v in range(volumes):
+        with open(os.path.join(other_mnt, "bench.local", f"rv{v}", "f0"), "w") as f:
+            f.write("changed elsewhere\n")
+    other.send_signal(signal.SIGTERM)
+    other.wait(timeout=60)
+    t0 = time.perf_counter()
+    cell.mount()
+    cell.wait(lambda: cell.counters().get("volumes_validated", 0) >= volumes, "revalidated", limit=120)
+    took = time.perf_counter() - t0
+    rpcs = cell.status()["counters"]["rpcs"]
+    return took, {k: v for k, v in rpcs.items() if v}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release")
@@ -257,6 +291,12 @@ def main():
             report.append(f"| {k} | {bf['local'][k]:.0f} | {bf['venus'][k]:.0f} | {bf['venus'][k] / bf['local'][k]:.2f} × |")
         sent = delta(cell, dmib)
         report.append(f"\nOne-byte edit in the middle of a {dmib} MiB file: {sent} bytes sent to the server.\n")
+        rv_vols, rv_files = (2, 50) if a.quick else (10, 1000)
+        took, rpcs = revalidation(cell, rv_vols, rv_files)
+        report.append(f"Revalidation after a restart, {rv_vols * rv_files} cached files in {rv_vols} volumes, one file "
+                      f"per volume changed elsewhere meanwhile: {sum(rpcs.values())} RPCs "
+                      f"({', '.join(f'{k} {v}' for k, v in sorted(rpcs.items()))}), {took:.2f} s to mount and "
+                      f"revalidate.\n")
         pl = postmark(os.path.join(local), *pm) if a.postmark else None
         pv = postmark(cell.path(), *pm) if a.postmark else None
         if pl is not None and pv is not None:

@@ -386,3 +386,19 @@ fn cached_objects_of_a_changed_volume_are_revalidated_in_batches_not_one_by_one(
     assert_eq!(t.b.rpcs("FetchStatus"), 0);
     Ok(())
 }
+
+#[test]
+fn a_small_new_file_costs_three_requests_create_put_chunks_store() -> R {
+    let Some(t) = two("small.test")? else { return Ok(()) };
+    let before = |name: &str| t.a.rpcs(name);
+    let (c0, m0, p0, s0) = (before("Create"), before("MissingChunks"), before("PutChunks"), before("Store"));
+    for i in 0..20 {
+        fs::write(t.a.path(&format!("s{i}.c")), format!("int main{i}() {{ return {i}; }}\n"))?;
+    }
+    assert_eq!(t.a.rpcs("Create") - c0, 20);
+    assert_eq!(t.a.rpcs("MissingChunks") - m0, 0, "small files are sent without asking first");
+    assert_eq!(t.a.rpcs("PutChunks") - p0, 20);
+    assert_eq!(t.a.rpcs("Store") - s0, 20);
+    assert_eq!(fs::read_to_string(t.b.path("s7.c"))?, "int main7() { return 7; }\n");
+    Ok(())
+}
