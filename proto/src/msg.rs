@@ -242,12 +242,11 @@ pub enum Request {
         name: String,
         new_name: String,
     },
-    /// Revalidates many cached objects of one volume at once (after a volume's stamp moved):
-    /// for each, whether the version the client holds is still current. Grants promises on
-    /// every object still there.
+    /// Revalidates many cached objects at once (after their volumes' stamps moved): for each,
+    /// whether the version the client holds is still current. Grants promises on every object
+    /// still there.
     ValidateAttrs {
-        volume: VolumeId,
-        objects: Vec<(crate::ids::ObjectId, crate::version::VersionVector)>,
+        objects: Vec<(Fid, crate::version::VersionVector)>,
     },
 }
 
@@ -480,7 +479,7 @@ impl Request {
             Request::BackupVolume { .. } => m("BackupVolume", true, true, true, None),
             Request::SetQuota { .. } => m("SetQuota", true, true, true, None),
             Request::RenameVolume { .. } => m("RenameVolume", true, false, true, None),
-            Request::ValidateAttrs { volume, .. } => m("ValidateAttrs", false, true, false, Some(*volume)),
+            Request::ValidateAttrs { .. } => m("ValidateAttrs", false, true, false, None),
         }
     }
 }

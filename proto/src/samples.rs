@@ -142,7 +142,7 @@ pub fn calls() -> Vec<Call> {
         Request::BackupVolume { name: "vol".into() },
         Request::SetQuota { name: "vol".into(), quota: 1 << 20 },
         Request::RenameVolume { name: "vol".into(), new_name: "vol2".into() },
-        Request::ValidateAttrs { volume: VolumeId(7), objects: vec![(ObjectId(5), VersionVector::first(ServerId(1)))] },
+        Request::ValidateAttrs { objects: vec![(fid(), VersionVector::first(ServerId(1)))] },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {

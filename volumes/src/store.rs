@@ -251,25 +251,20 @@ impl Store {
     /// For each object the client holds at a version: still current, changed (its attributes
     /// now), gone, or no longer visible to the caller. One read snapshot; rights are computed
     /// once per governing directory.
-    pub fn validate_attrs(
-        &self,
-        caller: &Caller,
-        volume: VolumeId,
-        objects: &[(ObjectId, VersionVector)],
-    ) -> Result<Vec<AttrCheck>> {
+    pub fn validate_attrs(&self, caller: &Caller, objects: &[(Fid, VersionVector)]) -> Result<Vec<AttrCheck>> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            let mut rights: std::collections::HashMap<ObjectId, Access> = std::collections::HashMap::new();
+            let mut rights: std::collections::HashMap<Fid, Access> = std::collections::HashMap::new();
             let mut out = Vec::with_capacity(objects.len());
-            for (object, version) in objects {
-                let Some(obj) = rows::load_object(&tx, Fid::new(volume, *object))? else {
+            for (fid, version) in objects {
+                let Some(obj) = rows::load_object(&tx, *fid)? else {
                     out.push(AttrCheck::Gone);
                     continue;
                 };
                 let dir = if obj.kind() == ObjectKind::Directory {
-                    obj.id()
+                    *fid
                 } else {
-                    obj.attr.parent.unwrap_or(ObjectId::ROOT)
+                    Fid::new(fid.volume, obj.attr.parent.unwrap_or(ObjectId::ROOT))
                 };
                 let access = match rights.get(&dir) {
                     Some(a) => *a,

@@ -126,6 +126,7 @@ impl Venus {
             return Ok(());
         }
         let answers = self.validate(cell, volumes).await?;
+        let mut changed = Vec::new();
         for answer in answers {
             if let Some(s) = answer.stamp
                 && self.note_stamp(cell, answer.volume, s)
@@ -144,34 +145,37 @@ impl Venus {
                 (_, _, Some(current)) => {
                     self.drop_volume(cell, answer.volume);
                     self.cache.stale_access(cell, Some(answer.volume), None);
-                    if let Err(e) = self.establish(cell, answer.volume, current).await {
-                        tracing::info!(volume = %answer.volume, error = %e, "volume not revalidated");
+                    // With our logged changes on top, the cache is revalidated once they are
+                    // reintegrated, not before.
+                    if !self.emulating(cell, answer.volume) {
+                        changed.push((answer.volume, current));
                     }
                 }
                 (_, _, None) => tracing::info!(volume = %answer.volume, "volume no longer exists on its server"),
             }
         }
+        if !changed.is_empty()
+            && let Err(e) = self.establish(cell, changed).await
+        {
+            tracing::info!(cell = cell.0, error = %e, "volumes not revalidated");
+        }
         Ok(())
     }
 
-    /// Establishes that the cache is current as of `current`: revalidates what has no promise,
-    /// then confirms nothing changed meanwhile.
-    async fn establish(self: &Arc<Self>, cell: CellId, volume: VolumeId, current: VolumeStamp) -> Result<bool> {
-        if self.emulating(cell, volume) {
-            // The cache shows our logged changes on top of the server's state: it is
-            // revalidated once they are reintegrated, not before.
-            return Ok(false);
-        }
-        let stale: Vec<GFid> = self.cache.objects_in(cell, volume).into_iter().filter(|g| !self.valid(g)).collect();
-        // One request per few thousand objects: is the version I hold still current?
+    /// Establishes that the cache is current as of each volume's `current` stamp: revalidates
+    /// what has no promise (a few thousand objects per request, whatever their volume), then
+    /// confirms, in one request, that nothing changed meanwhile.
+    async fn establish(self: &Arc<Self>, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<()> {
+        let stale: Vec<GFid> =
+            volumes.iter().flat_map(|(v, _)| self.cache.objects_in(cell, *v)).filter(|g| !self.valid(g)).collect();
         let mut relist = Vec::new();
         for batch in stale.chunks(VALIDATE_BATCH) {
             let held: Vec<(GFid, proto::Attr)> =
                 batch.iter().filter_map(|g| self.cache.attr(g).map(|a| (*g, a))).collect();
-            let objects = held.iter().map(|(g, a)| (g.fid.object, a.version.clone())).collect();
+            let objects = held.iter().map(|(g, a)| (g.fid, a.version.clone())).collect();
             let conn = self.cell(cell)?;
             let Response::AttrsValidated { results, promise } =
-                conn.call(Some(volume), &Request::ValidateAttrs { volume, objects }).await?
+                conn.call(None, &Request::ValidateAttrs { objects }).await?
             else {
                 return Err(crate::error::VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
             };
@@ -211,18 +215,16 @@ impl Venus {
                 Err(e) => return Err(e),
             }
         }
-        let answer = self.validate(cell, vec![(volume, current)]).await?;
-        let Some(a) = answer.into_iter().next() else { return Ok(false) };
-        match (a.valid, a.promise) {
-            (true, Some(p)) => {
-                let mut state = self.cache.volume(cell, volume);
+        for a in self.validate(cell, volumes.clone()).await? {
+            let Some(&(_, current)) = volumes.iter().find(|(v, _)| *v == a.volume) else { continue };
+            if let (true, Some(p)) = (a.valid, a.promise) {
+                let mut state = self.cache.volume(cell, a.volume);
                 state.stamp = Some(current);
-                self.cache.set_volume(cell, volume, state)?;
-                self.volume_promised(cell, volume, p);
+                self.cache.set_volume(cell, a.volume, state)?;
+                self.volume_promised(cell, a.volume, p);
                 self.counters.add(crate::counters::VOLUMES_VALIDATED, 1);
-                Ok(true)
             }
-            _ => Ok(false),
         }
+        Ok(())
     }
 }

@@ -40,26 +40,25 @@ pub async fn validate(shared: &Arc<Shared>, client: ClientId, volumes: Vec<(Volu
 /// Objects per `ValidateAttrs`.
 const MAX_VALIDATE_ATTRS: usize = 10_000;
 
-/// Revalidates a batch of cached objects of one volume; promises on every one still there.
+/// Revalidates a batch of cached objects; promises on every one still there.
 pub async fn validate_attrs(
     shared: &Arc<Shared>,
     caller: volumes::Caller,
     client: ClientId,
-    volume: VolumeId,
-    objects: Vec<(proto::ObjectId, proto::VersionVector)>,
+    objects: Vec<(proto::Fid, proto::VersionVector)>,
 ) -> Reply {
     if objects.len() > MAX_VALIDATE_ATTRS {
         return error(RemoteError::TooLarge);
     }
-    let ids: Vec<proto::ObjectId> = objects.iter().map(|(o, _)| *o).collect();
-    let results = match blocking(&shared.store, move |s| s.validate_attrs(&caller, volume, &objects)).await {
+    let ids: Vec<proto::Fid> = objects.iter().map(|(f, _)| *f).collect();
+    let results = match blocking(&shared.store, move |s| s.validate_attrs(&caller, &objects)).await {
         Ok(r) => r,
         Err(e) => return error(e),
     };
     let mut promise = Promise { secs: u32::MAX };
-    for (object, r) in ids.iter().zip(&results) {
+    for (fid, r) in ids.iter().zip(&results) {
         if matches!(r, AttrCheck::Same { .. } | AttrCheck::Changed { .. }) {
-            let p = shared.callbacks.grant(client, proto::Fid::new(volume, *object));
+            let p = shared.callbacks.grant(client, *fid);
             promise.secs = promise.secs.min(p.secs);
         }
     }

@@ -165,8 +165,6 @@ async fn dispatch(
         Request::BackupVolume { name } => volume_ops::backup(shared, name).await,
         Request::SetQuota { name, quota } => volume_ops::set_quota(shared, name, quota).await,
         Request::RenameVolume { name, new_name } => volume_ops::rename(shared, name, new_name).await,
-        Request::ValidateAttrs { volume, objects } => {
-            location::validate_attrs(shared, caller, client, volume, objects).await
-        }
+        Request::ValidateAttrs { objects } => location::validate_attrs(shared, caller, client, objects).await,
     }
 }
