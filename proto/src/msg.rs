@@ -248,6 +248,27 @@ pub enum Request {
     ValidateAttrs {
         objects: Vec<(Fid, crate::version::VersionVector)>,
     },
+    // The database server: adding servers and keeping the location database; volume servers:
+    // volumes in their own store. `vos` drives both, as AFS's vos drives the vlserver and the
+    // volservers.
+    /// Registers a new server of the cell; the reply carries what it needs to serve the cell.
+    JoinCell {
+        address: String,
+        fingerprint: String,
+    },
+    AllocateVolumeId,
+    VldbCreate {
+        entry: VldbEntry,
+    },
+    VldbUpdate {
+        entry: VldbEntry,
+    },
+    /// Makes an empty volume in this server's store with an id the location database gave.
+    CreateVolumeHere {
+        id: VolumeId,
+        name: String,
+        quota: u64,
+    },
 }
 
 /// What `ValidateAttrs` says of one object.
@@ -358,6 +379,18 @@ pub enum Response {
     AttrsValidated {
         results: Vec<AttrCheck>,
         promise: Promise,
+    },
+    /// For a server joining the cell.
+    Joined {
+        server: ServerId,
+        cell: String,
+        /// The cell's token key, hex: the new server verifies tokens with it.
+        token_key: String,
+        admins: Vec<String>,
+        servers: Vec<ServerInfo>,
+    },
+    VolumeIdAllocated {
+        id: VolumeId,
     },
 }
 
@@ -480,6 +513,11 @@ impl Request {
             Request::SetQuota { .. } => m("SetQuota", true, true, true, None),
             Request::RenameVolume { .. } => m("RenameVolume", true, false, true, None),
             Request::ValidateAttrs { .. } => m("ValidateAttrs", false, true, false, None),
+            Request::JoinCell { .. } => m("JoinCell", true, false, true, None),
+            Request::AllocateVolumeId => m("AllocateVolumeId", true, false, true, None),
+            Request::VldbCreate { .. } => m("VldbCreate", true, false, true, None),
+            Request::VldbUpdate { .. } => m("VldbUpdate", true, true, true, None),
+            Request::CreateVolumeHere { .. } => m("CreateVolumeHere", true, false, true, None),
         }
     }
 }
@@ -529,6 +567,11 @@ pub const REQUEST_NAMES: &[&str] = &[
     "SetQuota",
     "RenameVolume",
     "ValidateAttrs",
+    "JoinCell",
+    "AllocateVolumeId",
+    "VldbCreate",
+    "VldbUpdate",
+    "CreateVolumeHere",
 ];
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and

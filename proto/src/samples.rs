@@ -143,6 +143,9 @@ pub fn calls() -> Vec<Call> {
         Request::SetQuota { name: "vol".into(), quota: 1 << 20 },
         Request::RenameVolume { name: "vol".into(), new_name: "vol2".into() },
         Request::ValidateAttrs { objects: vec![(fid(), VersionVector::first(ServerId(1)))] },
+        Request::JoinCell { address: "127.0.0.1:7001".into(), fingerprint: "b3:00".into() },
+        Request::AllocateVolumeId,
+        Request::CreateVolumeHere { id: VolumeId(9), name: "vol".into(), quota: 0 },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
@@ -218,7 +221,7 @@ pub fn responses() -> Vec<Response> {
         },
         Response::Done,
         Response::Location { entry: entry.clone(), servers: vec![server.clone()] },
-        Response::Servers { servers: vec![server] },
+        Response::Servers { servers: vec![server.clone()] },
         Response::Vldb { entries: vec![entry.clone()] },
         Response::Volume { info: info.clone(), entry: Some(entry) },
         Response::Volumes { volumes: vec![info.clone()] },
@@ -227,6 +230,14 @@ pub fn responses() -> Vec<Response> {
         Response::PtsEntries { entries: vec![pts] },
         Response::Dumping { stamp: VolumeStamp { incarnation: 3, counter: 4 } },
         Response::Restored { info: info.clone(), objects: 1, chunks: 2, bytes: 3 },
+        Response::Joined {
+            server: ServerId(2),
+            cell: "example.org".into(),
+            token_key: "00".repeat(32),
+            admins: vec!["b3:11".into()],
+            servers: vec![server.clone()],
+        },
+        Response::VolumeIdAllocated { id: VolumeId(10) },
         Response::AttrsValidated {
             results: vec![
                 AttrCheck::Same { access },

@@ -103,6 +103,32 @@ impl Vice {
         Ok(v)
     }
 
+    /// Another server for `db`'s cell: `vice init --join`, then serving. Its data directory
+    /// gets a copy of the cell admin's credential and password, for the tests' `vos`.
+    pub fn join(db: &Vice) -> Result<Vice> {
+        let dir = tempfile::tempdir()?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join("data");
+        let out = Command::new(bin("vice"))
+            .args(["init", "--join"])
+            .arg(db.cell_file_path())
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", &addr])
+            .arg("--admin-cred")
+            .arg(db.admin_cred_path())
+            .output()?;
+        if !out.status.success() {
+            bail!("vice init --join failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::copy(db.admin_cred_path(), data.join("admin.cred"))?;
+        std::fs::copy(db.data().join("admin.password"), data.join("admin.password"))?;
+        let log = dir.path().join("vice.log");
+        let mut v = Vice { dir, addr, child: None, log };
+        v.spawn()?;
+        Ok(v)
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -166,7 +192,9 @@ impl Vice {
     /// Polls until the server answers a Hello.
     pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let cell = self.cell_file();
+        // Probe this server (a joined server's cell file lists the database server first).
+        let mut cell = self.cell_file();
+        cell.servers.retain(|s| s.address == self.addr);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?

@@ -25,6 +25,17 @@ pub trait Events: Send + Sync {
     fn callbacks_lost(&self, cell: CellId);
 }
 
+/// What every cell's connections share.
+#[derive(Clone)]
+pub struct Context {
+    pub client: ClientId,
+    /// How long a request may take before the server counts as unreachable.
+    pub timeout: Duration,
+    pub counters: Arc<Counters>,
+    pub events: Arc<dyn Events>,
+    pub tokens: Arc<Tokens>,
+}
+
 pub struct CellConn {
     pub id: CellId,
     pub file: CellFile,
@@ -42,40 +53,90 @@ pub struct CellConn {
     down: std::sync::atomic::AtomicBool,
     /// Each request carries the token of the user it is made for.
     tokens: Arc<Tokens>,
+    /// Servers and volume locations learned from the location service (servers that joined
+    /// after the cell file was written), kept in `known_path` for an offline start.
+    learned: Mutex<Learned>,
+    known_path: Option<std::path::PathBuf>,
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Learned {
+    servers: Vec<CellServer>,
+    locations: Vec<(VolumeId, ServerId)>,
 }
 
 impl CellConn {
-    pub fn new(
-        id: CellId,
-        file: CellFile,
-        client: ClientId,
-        timeout: Duration,
-        counters: Arc<Counters>,
-        events: Arc<dyn Events>,
-        tokens: Arc<Tokens>,
-    ) -> Result<Self> {
+    pub fn new(id: CellId, file: CellFile, with: Context, known_path: Option<std::path::PathBuf>) -> Result<Self> {
         // Frequent keep-alives: a restarted server answers one with a reset, so venus learns
         // within a couple of seconds that the promises it holds were forgotten.
         let tuning = TransportTuning {
-            idle_timeout: timeout.max(Duration::from_secs(3)),
+            idle_timeout: with.timeout.max(Duration::from_secs(3)),
             keep_alive: Duration::from_secs(2),
             ..TransportTuning::default()
         };
         let connector = Connector::new(None, tuning).map_err(VenusError::from)?;
+        let saved: Learned = known_path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default();
         Ok(CellConn {
             id,
             file,
-            client,
+            client: with.client,
             connector,
-            timeout,
+            timeout: with.timeout,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
-            locations: Mutex::new(HashMap::new()),
+            locations: Mutex::new(saved.locations.iter().copied().collect()),
             names: Mutex::new(HashMap::new()),
-            counters,
-            events,
+            counters: with.counters,
+            events: with.events,
             down: std::sync::atomic::AtomicBool::new(false),
-            tokens,
+            tokens: with.tokens,
+            learned: Mutex::new(saved),
+            known_path,
         })
+    }
+
+    /// Remembers what a location reply said: the servers of the cell (those the cell file
+    /// lacks are trusted as the pinned server vouches for them) and where the volume lives.
+    fn learn(&self, entry: &proto::msg::VldbEntry, servers: &[proto::msg::ServerInfo]) {
+        let site = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).or(entry.sites.first()).map(|s| s.server);
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for s in servers {
+            if self.file.server(s.id).is_none() && !learned.servers.iter().any(|k| k.id == s.id.0) {
+                learned.servers.push(CellServer {
+                    id: s.id.0,
+                    address: s.address.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                });
+                changed = true;
+            }
+        }
+        if let Some(site) = site {
+            let mut locations = self.locations.lock().unwrap_or_else(|p| p.into_inner());
+            for v in [Some(entry.rw), entry.backup].into_iter().flatten() {
+                if locations.insert(v, site) != Some(site) {
+                    learned.locations.retain(|(x, _)| *x != v);
+                    learned.locations.push((v, site));
+                    changed = true;
+                }
+            }
+        }
+        if changed && let Some(path) = &self.known_path {
+            let _ = postcard::to_stdvec(&*learned).map(|b| std::fs::write(path, b));
+        }
+    }
+
+    /// The server holding `volume`'s read-write site.
+    pub async fn server_of(&self, volume: VolumeId) -> Result<ServerId> {
+        self.server_for(Some(volume)).await
+    }
+
+    /// One request to one server.
+    pub async fn call_on(&self, server: ServerId, req: &Request) -> Result<Response> {
+        self.raw(server, req).await
     }
 
     /// A token refused by the server is dropped: its holder is anonymous from now on, and is
@@ -131,8 +192,10 @@ impl CellConn {
     }
 
     fn server_entry(&self, id: ServerId) -> Result<CellServer> {
+        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
         self.file
             .server(id)
+            .or_else(|| learned.servers.iter().find(|s| s.id == id.0))
             .cloned()
             .ok_or_else(|| VenusError::Protocol(format!("server {id} is not in the cell file of {}", self.name())))
     }
@@ -210,14 +273,15 @@ impl CellConn {
         if let Some(s) = self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
             return Ok(*s);
         }
-        if self.file.servers.len() == 1 {
+        if self.file.servers.len() == 1 && self.learned.lock().unwrap_or_else(|p| p.into_inner()).servers.is_empty() {
             return Ok(self.any_server());
         }
-        let entry =
+        let (entry, servers) =
             match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
-                Response::Location { entry, .. } => entry,
+                Response::Location { entry, servers } => (entry, servers),
                 other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             };
+        self.learn(&entry, &servers);
         let server = entry
             .sites
             .iter()
@@ -279,9 +343,10 @@ impl CellConn {
         }
         let resp =
             self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(name.into()) }).await?;
-        let Response::Location { entry, .. } = resp else {
+        let Response::Location { entry, servers } = resp else {
             return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
         };
+        self.learn(&entry, &servers);
         let id = if name.ends_with(".readonly") {
             entry.ro.unwrap_or(entry.rw)
         } else if name.ends_with(".backup") {
@@ -289,9 +354,6 @@ impl CellConn {
         } else {
             entry.rw
         };
-        if let Some(site) = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite) {
-            self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.rw, site.server);
-        }
         self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), id);
         Ok(id)
     }

@@ -27,6 +27,14 @@ pub struct ServerConfig {
     /// How long a token lasts when the client does not ask for less (AFS's default: 25 hours).
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime_secs: u32,
+    /// Whether this server holds the cell's databases (the location and protection databases):
+    /// the server `vice init` made. Servers that joined hold volumes only.
+    #[serde(default = "yes")]
+    pub database: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_token_lifetime() -> u32 {

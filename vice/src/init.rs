@@ -80,6 +80,7 @@ pub fn init_cell(cell: &str, data: &Path, listen: &str, admin_user: &str) -> Res
         listen: listen.to_string(),
         admins: vec![admin.fingerprint()],
         token_lifetime_secs: 25 * 3600,
+        database: true,
     }
     .save(&dir)?;
     Ok(Initialized {
@@ -96,4 +97,60 @@ fn top_level_acl() -> Acl {
     let mut acl = Acl::volume_default();
     let _ = acl.set(PtsId::ANYUSER, Rights::READ | Rights::LOOKUP, false);
     acl
+}
+
+/// `vice init --join`: makes this directory a server of an existing cell. The cell's database
+/// server registers it and hands over what serving the cell takes (the token key, the admin
+/// fingerprints); the new server holds volumes only.
+pub async fn join_cell(cell_file: &Path, data: &Path, listen: &str, admin_cred: &Path) -> Result<Initialized> {
+    listen.parse::<std::net::SocketAddr>().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?;
+    let dir = DataDir::new(data);
+    if dir.config().exists() {
+        bail!("{} already holds a server (server.toml exists); refusing to overwrite it", data.display());
+    }
+    let cell = CellFile::load(cell_file)?;
+    let db = cell.servers.first().context("the cell file lists no servers")?.clone();
+    let admin = Identity::load(admin_cred)?;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let identity = Identity::generate(proto::tls::SERVER_NAME)?;
+    let connector = proto::client::Connector::new(Some(admin), proto::tls::TransportTuning::default())?;
+    let session = connector
+        .connect(&db, proto::ClientId::random(), std::time::Duration::from_secs(30))
+        .await
+        .with_context(|| format!("reaching the cell's database server at {}", db.address))?;
+    let req = proto::Request::JoinCell { address: listen.to_string(), fingerprint: identity.fingerprint() };
+    let (server, cell_name, token_key, admins, servers) = match session.call_ok(&req).await? {
+        proto::Response::Joined { server, cell, token_key, admins, servers } => {
+            (server, cell, token_key, admins, servers)
+        }
+        other => bail!("unexpected answer to JoinCell: {other:?}"),
+    };
+    session.close();
+    write_private(&dir.identity(), identity.to_pem().as_bytes())?;
+    write_private(&dir.token_key(), token_key.as_bytes())?;
+    Store::open(&dir.store(), server)?;
+    let cell_file = CellFile {
+        cell: cell_name.clone(),
+        servers: servers
+            .iter()
+            .map(|s| CellServer { id: s.id.0, address: s.address.clone(), fingerprint: s.fingerprint.clone() })
+            .collect(),
+    };
+    std::fs::write(dir.cell_file(), cell_file.to_toml())
+        .with_context(|| format!("writing {}", dir.cell_file().display()))?;
+    ServerConfig {
+        cell: cell_name,
+        server_id: server.0,
+        listen: listen.to_string(),
+        admins,
+        token_lifetime_secs: 25 * 3600,
+        database: false,
+    }
+    .save(&dir)?;
+    Ok(Initialized {
+        cell_file: dir.cell_file(),
+        admin_cred: admin_cred.to_path_buf(),
+        admin_user: String::new(),
+        admin_password: std::path::PathBuf::new(),
+    })
 }

@@ -20,8 +20,14 @@ enum Command {
     /// DIR/cell.toml for clients and DIR/admin.cred for `vos`.
     Init {
         /// The cell's name, like a DNS domain (example.org).
+        #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+        cell: Option<String>,
+        /// Join the existing cell of this cell file instead (needs the admin credential).
         #[arg(long)]
-        cell: String,
+        join: Option<PathBuf>,
+        /// The admin credential, for --join.
+        #[arg(long, env = "AFS_ADMIN_CRED")]
+        admin_cred: Option<PathBuf>,
         /// Directory for the server's data (created if missing).
         #[arg(long)]
         data: PathBuf,
@@ -60,7 +66,17 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { cell, data, listen, admin_user } => {
+        Command::Init { cell: None, join: Some(cell_file), admin_cred, data, listen, .. } => {
+            let cred = admin_cred.ok_or_else(|| anyhow::anyhow!("--join needs --admin-cred (or AFS_ADMIN_CRED)"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let done = rt.block_on(vice::init::join_cell(&cell_file, &data, &listen, &cred))?;
+            println!("Joined the cell of {} as a new server in {}", cell_file.display(), data.display());
+            println!("  cell file with every server: {}", done.cell_file.display());
+            println!("Start the server with: vice serve --data {}", data.display());
+            Ok(())
+        }
+        Command::Init { cell, data, listen, admin_user, .. } => {
+            let cell = cell.ok_or_else(|| anyhow::anyhow!("give --cell NAME for a new cell, or --join CELLFILE"))?;
             let done = vice::init::init_cell(&cell, &data, &listen, &admin_user)?;
             println!("Created cell {cell} in {}", data.display());
             println!("  cell file for clients: {}", done.cell_file.display());

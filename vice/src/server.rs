@@ -16,7 +16,7 @@ use proto::tls::{Identity, TransportTuning, endpoint_config, peer_fingerprint, s
 use proto::{ClientId, RemoteError, ServerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use volumes::{Ptdb, SqliteVldb, Store, Vldb};
+use volumes::{NoVldb, Ptdb, SqliteVldb, Store, Vldb};
 
 use crate::callbacks::Callbacks;
 use crate::config::{DataDir, ServerConfig};
@@ -40,7 +40,8 @@ pub struct Shared {
     pub callbacks: Callbacks,
     pub config: ServerConfig,
     pub server_id: ServerId,
-    pub pts: Arc<Ptdb>,
+    /// `None` on servers that joined a cell: the database server holds it.
+    pub pts: Option<Arc<Ptdb>>,
     pub token_key: TokenKey,
     pub identities: Identities,
 }
@@ -61,10 +62,17 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
         config.listen = l;
     }
     let identity = Identity::load(&dir.identity())?;
-    let vldb: Arc<dyn Vldb> = Arc::new(SqliteVldb::open(&dir.vldb()).context("opening the VLDB")?);
+    let vldb: Arc<dyn Vldb> = if config.database {
+        Arc::new(SqliteVldb::open(&dir.vldb()).context("opening the VLDB")?)
+    } else {
+        Arc::new(NoVldb)
+    };
     let server_id = ServerId(config.server_id);
     let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
-    let pts = Arc::new(Ptdb::open(&dir.pts()).context("opening the protection database")?);
+    let pts = match config.database {
+        true => Some(Arc::new(Ptdb::open(&dir.pts()).context("opening the protection database")?)),
+        false => None,
+    };
     let key_text = std::fs::read_to_string(dir.token_key())
         .with_context(|| format!("reading the cell's token key {}", dir.token_key().display()))?;
     let token_key = TokenKey::from_hex(&key_text)

@@ -24,7 +24,7 @@ pub use apply::BatchOutcome;
 pub use error::{Result, StoreError};
 pub use pts::Ptdb;
 pub use store::{ChunkUpload, Store};
-pub use vldb::{SqliteVldb, Vldb};
+pub use vldb::{NoVldb, SqliteVldb, Vldb};
 
 #[cfg(test)]
 mod tests;

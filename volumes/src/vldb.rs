@@ -214,6 +214,49 @@ impl Vldb for SqliteVldb {
     }
 }
 
+/// The location database of a server that does not hold it (it joined a cell): every call says
+/// where to go instead.
+pub struct NoVldb;
+
+fn elsewhere<T>() -> Result<T> {
+    Err(StoreError::Refused(proto::RemoteError::Invalid(
+        "this server holds volumes only; ask the cell's database server (the first in the cell file)".into(),
+    )))
+}
+
+impl Vldb for NoVldb {
+    fn allocate_volume_id(&self) -> Result<VolumeId> {
+        elsewhere()
+    }
+    fn create(&self, _: &VldbEntry) -> Result<()> {
+        elsewhere()
+    }
+    fn lookup(&self, _: &VolumeRef) -> Result<Option<VldbEntry>> {
+        elsewhere()
+    }
+    fn list(&self) -> Result<Vec<VldbEntry>> {
+        elsewhere()
+    }
+    fn remove(&self, _: &str) -> Result<()> {
+        elsewhere()
+    }
+    fn update(&self, _: &VldbEntry) -> Result<()> {
+        elsewhere()
+    }
+    fn rename(&self, _: &str, _: &str) -> Result<()> {
+        elsewhere()
+    }
+    fn allocate_server_id(&self) -> Result<ServerId> {
+        elsewhere()
+    }
+    fn register_server(&self, _: &ServerInfo) -> Result<()> {
+        elsewhere()
+    }
+    fn servers(&self) -> Result<Vec<ServerInfo>> {
+        elsewhere()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

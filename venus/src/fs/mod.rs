@@ -192,14 +192,18 @@ impl Venus {
             let mut cells = HashMap::new();
             let mut cell_names = Vec::new();
             for (file, id) in config.cells.iter().zip(ids) {
+                let with = crate::net::Context {
+                    client,
+                    timeout: config.rpc_timeout,
+                    counters: counters.clone(),
+                    events: events.clone(),
+                    tokens: tokens.clone(),
+                };
                 let conn = CellConn::new(
                     id,
                     file.clone(),
-                    client,
-                    config.rpc_timeout,
-                    counters.clone(),
-                    events.clone(),
-                    tokens.clone(),
+                    with,
+                    Some(config.cache_dir.join(format!("servers-{}", file.cell))),
                 );
                 match conn {
                     Ok(conn) => {

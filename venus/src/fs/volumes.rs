@@ -95,11 +95,22 @@ impl Venus {
         }
     }
 
+    /// Compares volume stamps: one request per server holding some of the volumes.
     async fn validate(&self, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<Vec<VolumeValidation>> {
-        match self.cell(cell)?.call(None, &Request::ValidateVolumes { volumes }).await? {
-            Response::Validated { volumes } => Ok(volumes),
-            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        let conn = self.cell(cell)?;
+        let mut by_server: std::collections::BTreeMap<proto::ServerId, Vec<(VolumeId, VolumeStamp)>> =
+            std::collections::BTreeMap::new();
+        for (v, stamp) in volumes {
+            by_server.entry(conn.server_of(v).await?).or_default().push((v, stamp));
         }
+        let mut out = Vec::new();
+        for (server, volumes) in by_server {
+            match conn.call_on(server, &Request::ValidateVolumes { volumes }).await? {
+                Response::Validated { volumes } => out.extend(volumes),
+                other => return Err(crate::error::VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        Ok(out)
     }
 
     /// Revalidates every volume venus has cached objects of, in every cell: one request per cell
@@ -163,19 +174,27 @@ impl Venus {
     }
 
     /// Establishes that the cache is current as of each volume's `current` stamp: revalidates
-    /// what has no promise (a few thousand objects per request, whatever their volume), then
-    /// confirms, in one request, that nothing changed meanwhile.
+    /// what has no promise, then confirms (one request per server) that nothing changed
+    /// meanwhile.
     async fn establish(self: &Arc<Self>, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<()> {
-        let stale: Vec<GFid> =
-            volumes.iter().flat_map(|(v, _)| self.cache.objects_in(cell, *v)).filter(|g| !self.valid(g)).collect();
+        // Grouped by the server holding each volume; a few thousand objects per request.
+        let conn = self.cell(cell)?.clone();
+        let mut by_server: std::collections::BTreeMap<proto::ServerId, Vec<GFid>> = std::collections::BTreeMap::new();
+        for (v, _) in &volumes {
+            let stale = self.cache.objects_in(cell, *v).into_iter().filter(|g| !self.valid(g));
+            by_server.entry(conn.server_of(*v).await?).or_default().extend(stale);
+        }
         let mut relist = Vec::new();
-        for batch in stale.chunks(VALIDATE_BATCH) {
+        let mut batches: Vec<(proto::ServerId, Vec<GFid>)> = Vec::new();
+        for (server, stale) in by_server {
+            batches.extend(stale.chunks(VALIDATE_BATCH).map(|b| (server, b.to_vec())));
+        }
+        for (server, batch) in batches {
             let held: Vec<(GFid, proto::Attr)> =
                 batch.iter().filter_map(|g| self.cache.attr(g).map(|a| (*g, a))).collect();
             let objects = held.iter().map(|(g, a)| (g.fid, a.version.clone())).collect();
-            let conn = self.cell(cell)?;
             let Response::AttrsValidated { results, promise } =
-                conn.call(None, &Request::ValidateAttrs { objects }).await?
+                conn.call_on(server, &Request::ValidateAttrs { objects }).await?
             else {
                 return Err(crate::error::VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
             };

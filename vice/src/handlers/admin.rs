@@ -92,3 +92,51 @@ pub async fn list_volumes(shared: &Arc<Shared>) -> Reply {
         Err(e) => error(e),
     }
 }
+
+/// Registers a server joining the cell (database server only).
+pub async fn join(shared: &Arc<Shared>, address: String, fingerprint: String) -> Reply {
+    if address.parse::<std::net::SocketAddr>().is_err() || !fingerprint.starts_with("b3:") {
+        return error(RemoteError::Invalid("JoinCell needs an IP:PORT and a b3: fingerprint".into()));
+    }
+    let registered = shared.vldb.servers().and_then(|servers| {
+        if let Some(s) = servers.iter().find(|s| s.address == address || s.fingerprint == fingerprint) {
+            return Err(volumes::StoreError::Refused(RemoteError::Invalid(format!(
+                "server {} at {} is already in the cell",
+                s.id, s.address
+            ))));
+        }
+        let id = shared.vldb.allocate_server_id()?;
+        shared.vldb.register_server(&proto::msg::ServerInfo { id, address: address.clone(), fingerprint })?;
+        Ok((id, shared.vldb.servers()?))
+    });
+    match registered {
+        Ok((server, servers)) => {
+            tracing::info!(server = %server, %address, "server joined the cell");
+            Response::Joined {
+                server,
+                cell: shared.config.cell.clone(),
+                token_key: shared.token_key.to_hex(),
+                admins: shared.config.admins.clone(),
+                servers,
+            }
+            .into()
+        }
+        Err(e) => error(e.to_remote()),
+    }
+}
+
+/// Makes an empty volume in this server's store, with an id the location database allocated
+/// (`vos create --server` on a server that does not hold the databases).
+pub async fn create_here(shared: &Arc<Shared>, id: proto::VolumeId, name: String, quota: u64) -> Reply {
+    if let Err(e) = validate_volume_name(&name) {
+        return error(e);
+    }
+    let acl = proto::Acl::volume_default();
+    match blocking(&shared.store, move |s| s.create_volume(id, &name, VolumeKind::ReadWrite, quota, &acl)).await {
+        Ok(info) => {
+            tracing::info!(volume = %info.name, id = %info.id, "volume created");
+            Response::Volume { info, entry: None }.into()
+        }
+        Err(e) => error(e),
+    }
+}

@@ -166,5 +166,19 @@ async fn dispatch(
         Request::SetQuota { name, quota } => volume_ops::set_quota(shared, name, quota).await,
         Request::RenameVolume { name, new_name } => volume_ops::rename(shared, name, new_name).await,
         Request::ValidateAttrs { objects } => location::validate_attrs(shared, caller, client, objects).await,
+        Request::JoinCell { address, fingerprint } => admin::join(shared, address, fingerprint).await,
+        Request::AllocateVolumeId => match shared.vldb.allocate_volume_id() {
+            Ok(id) => Response::VolumeIdAllocated { id }.into(),
+            Err(e) => error(e.to_remote()),
+        },
+        Request::VldbCreate { entry } => match shared.vldb.create(&entry) {
+            Ok(()) => Response::Done.into(),
+            Err(e) => error(e.to_remote()),
+        },
+        Request::VldbUpdate { entry } => match shared.vldb.update(&entry) {
+            Ok(()) => Response::Done.into(),
+            Err(e) => error(e.to_remote()),
+        },
+        Request::CreateVolumeHere { id, name, quota } => admin::create_here(shared, id, name, quota).await,
     }
 }

@@ -14,7 +14,12 @@ async fn on_db<T: Send + 'static>(
     shared: &Shared,
     f: impl FnOnce(&Ptdb) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, RemoteError> {
-    super::blocking(&shared.pts, f).await
+    match &shared.pts {
+        Some(db) => super::blocking(db, f).await,
+        None => Err(RemoteError::Invalid(
+            "this server does not hold the protection database; ask the cell's database server".into(),
+        )),
+    }
 }
 
 /// Trades a password for a token of the asked lifetime, capped by the server's.

@@ -2,6 +2,7 @@
 //! admin credential, print the answer.
 
 mod backup;
+mod cellfile;
 mod create;
 mod dump;
 mod examine;
@@ -50,6 +51,8 @@ enum Command {
     Listquota(quota::ListArgs),
     /// Rename a volume.
     Rename(rename::Args),
+    /// Print the cell file with every server of the cell (for clients and admins).
+    Cellfile(cellfile::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,5 +73,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Setquota(a) => quota::set(&ctx, a).await,
         Command::Listquota(a) => quota::list(&ctx, a).await,
         Command::Rename(a) => rename::run(&ctx, a).await,
+        Command::Cellfile(a) => cellfile::run(&ctx, a).await,
     }
 }
