@@ -269,6 +269,27 @@ pub enum Request {
         name: String,
         quota: u64,
     },
+    /// As `RestoreVolume`, into volume `id` of this server's store, without the location
+    /// database (a move's target).
+    RestoreVolumeHere {
+        id: VolumeId,
+        name: String,
+        overwrite: bool,
+    },
+    /// While frozen, changes to the volume are answered `VolumeBusy` (clients retry).
+    FreezeVolume {
+        id: VolumeId,
+        frozen: bool,
+    },
+    /// The volume now lives elsewhere: drop it from this server's store and answer
+    /// `VolumeMoved` to requests about it, so clients look it up again.
+    VolumeMovedAway {
+        id: VolumeId,
+    },
+    /// Drops a volume from this server's store only (cleaning up a failed move).
+    RemoveVolumeHere {
+        id: VolumeId,
+    },
 }
 
 /// What `ValidateAttrs` says of one object.
@@ -518,6 +539,10 @@ impl Request {
             Request::VldbCreate { .. } => m("VldbCreate", true, false, true, None),
             Request::VldbUpdate { .. } => m("VldbUpdate", true, true, true, None),
             Request::CreateVolumeHere { .. } => m("CreateVolumeHere", true, false, true, None),
+            Request::RestoreVolumeHere { .. } => m("RestoreVolumeHere", true, false, true, None),
+            Request::FreezeVolume { .. } => m("FreezeVolume", true, true, true, None),
+            Request::VolumeMovedAway { .. } => m("VolumeMovedAway", true, true, true, None),
+            Request::RemoveVolumeHere { .. } => m("RemoveVolumeHere", true, true, true, None),
         }
     }
 }
@@ -572,6 +597,10 @@ pub const REQUEST_NAMES: &[&str] = &[
     "VldbCreate",
     "VldbUpdate",
     "CreateVolumeHere",
+    "RestoreVolumeHere",
+    "FreezeVolume",
+    "VolumeMovedAway",
+    "RemoveVolumeHere",
 ];
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and

@@ -146,6 +146,10 @@ pub fn calls() -> Vec<Call> {
         Request::JoinCell { address: "127.0.0.1:7001".into(), fingerprint: "b3:00".into() },
         Request::AllocateVolumeId,
         Request::CreateVolumeHere { id: VolumeId(9), name: "vol".into(), quota: 0 },
+        Request::RestoreVolumeHere { id: VolumeId(9), name: "vol".into(), overwrite: true },
+        Request::FreezeVolume { id: VolumeId(9), frozen: true },
+        Request::VolumeMovedAway { id: VolumeId(9) },
+        Request::RemoveVolumeHere { id: VolumeId(9) },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {

@@ -16,6 +16,9 @@ use crate::error::{Result, VenusError};
 use crate::fs::user::Tokens;
 use crate::ids::CellId;
 
+/// How long changes to a volume being moved wait before they fail with `EBUSY`.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
+
 /// What a connection reports back to the cache manager.
 pub trait Events: Send + Sync {
     /// A server broke callback promises.
@@ -276,6 +279,11 @@ impl CellConn {
         if self.file.servers.len() == 1 && self.learned.lock().unwrap_or_else(|p| p.into_inner()).servers.is_empty() {
             return Ok(self.any_server());
         }
+        self.locate(volume).await
+    }
+
+    /// Asks the location service where `volume` lives now.
+    pub async fn locate(&self, volume: VolumeId) -> Result<ServerId> {
         let (entry, servers) =
             match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
                 Response::Location { entry, servers } => (entry, servers),
@@ -331,9 +339,27 @@ impl CellConn {
     }
 
     /// A request about `volume` (or any server's business when `None`).
+    ///
+    /// A volume being moved answers changes with `VolumeBusy` for a moment: they are retried
+    /// (for up to a minute). A volume that moved answers `VolumeMoved`: it is looked up again
+    /// and the request goes to its new server. Either way the caller sees no error.
     pub async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
-        let server = self.server_for(volume).await?;
-        self.raw(server, req).await
+        let busy_until = std::time::Instant::now() + BUSY_WAIT;
+        let mut relocated = false;
+        loop {
+            let server = self.server_for(volume).await?;
+            match (self.raw(server, req).await, volume) {
+                (Err(VenusError::Remote(RemoteError::VolumeBusy)), _) if std::time::Instant::now() < busy_until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (Err(VenusError::Remote(RemoteError::VolumeMoved)), Some(v)) if !relocated => {
+                    relocated = true;
+                    tracing::info!(cell = %self.name(), volume = %v, "volume moved; looking it up again");
+                    self.locate(v).await?;
+                }
+                (result, _) => return result,
+            }
+        }
     }
 
     /// The read-write volume id for a volume name.
@@ -364,8 +390,8 @@ impl CellConn {
         fid: proto::Fid,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<FetchedData> {
-        let server = self.server_for(Some(fid.volume)).await?;
         for attempt in 0..2 {
+            let server = self.server_for(Some(fid.volume)).await?;
             let (session, fresh) = self.session(server).await?;
             self.counters.rpc("FetchData");
             let mut delivered = false;
@@ -380,6 +406,9 @@ impl CellConn {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Remote(RemoteError::CallbacksLost)) if attempt == 0 => {
                     self.events.callbacks_lost(self.id);
+                }
+                Err(ProtoError::Remote(RemoteError::VolumeMoved)) if attempt == 0 && !delivered => {
+                    self.locate(fid.volume).await?;
                 }
                 Err(ProtoError::Remote(e)) => {
                     self.token_refused(&e);
@@ -408,13 +437,23 @@ impl CellConn {
         chunks: Vec<ChunkRef>,
         read: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
     ) -> Result<u32> {
-        let server = self.server_for(Some(volume)).await?;
-        let (session, _) = self.session(server).await?;
-        self.counters.rpc("PutChunks");
-        let token = self.tokens.current(self.id);
-        match session.put_chunks(token.as_ref(), volume, chunks, read).await {
-            Ok(n) => Ok(n),
-            Err(e) => Err(self.failed(server, e).await),
+        let busy_until = std::time::Instant::now() + BUSY_WAIT;
+        let mut read = read;
+        loop {
+            let server = self.server_for(Some(volume)).await?;
+            let (session, _) = self.session(server).await?;
+            self.counters.rpc("PutChunks");
+            let token = self.tokens.current(self.id);
+            match session.put_chunks(token.as_ref(), volume, chunks.clone(), &mut read).await {
+                Ok(n) => return Ok(n),
+                Err(ProtoError::Remote(RemoteError::VolumeBusy)) if std::time::Instant::now() < busy_until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(ProtoError::Remote(RemoteError::VolumeMoved)) => {
+                    self.locate(volume).await?;
+                }
+                Err(e) => return Err(self.failed(server, e).await),
+            }
         }
     }
 }

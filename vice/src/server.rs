@@ -44,6 +44,10 @@ pub struct Shared {
     pub pts: Option<Arc<Ptdb>>,
     pub token_key: TokenKey,
     pub identities: Identities,
+    /// Volumes being moved away whose changes wait (`VolumeBusy`), and volumes that moved
+    /// (`VolumeMoved`): see `handlers::volume_ops`.
+    pub frozen: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
+    pub moved: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
 }
 
 /// One client connection.
@@ -98,6 +102,8 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
         pts,
         token_key,
         identities: Identities::default(),
+        frozen: Default::default(),
+        moved: Default::default(),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));

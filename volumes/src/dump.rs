@@ -286,6 +286,18 @@ fn next_record(input: &mut dyn Read, hasher: &mut blake3::Hasher) -> Result<Dump
     Ok(record)
 }
 
+/// The header of a dump, from its first bytes (a few KiB are enough), if they hold one.
+pub fn header_of(head: &[u8]) -> Option<DumpHeader> {
+    if head.get(..8) != Some(&MAGIC[..]) {
+        return None;
+    }
+    let n = u32::from_le_bytes(head.get(8..12)?.try_into().ok()?) as usize;
+    match proto::frame::decode::<DumpRecord>(head.get(12..12 + n)?) {
+        Ok(DumpRecord::Header(h)) => Some(h),
+        _ => None,
+    }
+}
+
 /// Checks a whole dump (format, every record, every chunk's hash, the counts and the checksum)
 /// without restoring it; returns its header.
 pub fn verify(input: &mut dyn Read) -> Result<DumpHeader> {

@@ -105,9 +105,29 @@ impl Venus {
         }
         let mut out = Vec::new();
         for (server, volumes) in by_server {
-            match conn.call_on(server, &Request::ValidateVolumes { volumes }).await? {
-                Response::Validated { volumes } => out.extend(volumes),
+            let stamps = volumes.clone();
+            let answers = match conn.call_on(server, &Request::ValidateVolumes { volumes }).await? {
+                Response::Validated { volumes } => volumes,
                 other => return Err(crate::error::VenusError::Protocol(format!("unexpected reply {other:?}"))),
+            };
+            for a in answers {
+                // Not there any more: it may have moved. Ask where it is, and ask there.
+                let moved_to = match a.stamp {
+                    None => conn.locate(a.volume).await.ok().filter(|s| *s != server),
+                    Some(_) => None,
+                };
+                match moved_to {
+                    Some(to) => {
+                        let known: Vec<_> = stamps.iter().filter(|(v, _)| *v == a.volume).copied().collect();
+                        match conn.call_on(to, &Request::ValidateVolumes { volumes: known }).await? {
+                            Response::Validated { volumes } => out.extend(volumes),
+                            other => {
+                                return Err(crate::error::VenusError::Protocol(format!("unexpected reply {other:?}")));
+                            }
+                        }
+                    }
+                    None => out.push(a),
+                }
             }
         }
         Ok(out)

@@ -120,6 +120,14 @@ async fn dispatch(
     if shared.callbacks.take_lost(client) {
         return error(RemoteError::CallbacksLost);
     }
+    if let Some(v) = meta.volume {
+        if shared.moved.lock().unwrap_or_else(|p| p.into_inner()).contains(&v) {
+            return error(RemoteError::VolumeMoved);
+        }
+        if meta.mutates && shared.frozen.lock().unwrap_or_else(|p| p.into_inner()).contains(&v) {
+            return error(RemoteError::VolumeBusy);
+        }
+    }
     match req {
         Request::Hello { .. } => error(RemoteError::Protocol("duplicate Hello".into())),
         Request::FetchStatus { fid } => fetch::status(shared, caller, client, fid).await,
@@ -180,5 +188,14 @@ async fn dispatch(
             Err(e) => error(e.to_remote()),
         },
         Request::CreateVolumeHere { id, name, quota } => admin::create_here(shared, id, name, quota).await,
+        Request::RestoreVolumeHere { id, name, overwrite } => {
+            volume_ops::restore_here(shared, id, name, overwrite, recv).await
+        }
+        Request::FreezeVolume { id, frozen } => volume_ops::freeze(shared, id, frozen),
+        Request::VolumeMovedAway { id } => volume_ops::moved_away(shared, id).await,
+        Request::RemoveVolumeHere { id } => match blocking(&shared.store, move |s| s.remove_volume(id)).await {
+            Ok(()) | Err(RemoteError::NoSuchVolume) => Response::Done.into(),
+            Err(e) => error(e),
+        },
     }
 }

@@ -23,8 +23,12 @@ fn entry_of(shared: &Shared, name: &str) -> Result<VldbEntry, RemoteError> {
     }
 }
 
-/// The volume a name means on this server: `NAME` or `NAME.backup`.
+/// The volume a name means on this server: `NAME` or `NAME.backup`, as this server's store
+/// names it (servers without the location database know their own volumes).
 fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
+    if let Ok(Some(info)) = shared.store.volume_by_name(name) {
+        return Ok(info.id);
+    }
     if let Some(base) = name.strip_suffix(".backup") {
         return entry_of(shared, base)?.backup.ok_or(RemoteError::NoSuchVolume);
     }
@@ -111,8 +115,46 @@ pub async fn restore(shared: &Arc<Shared>, name: String, overwrite: bool, recv: 
         },
         Err(e) => return error(e),
     };
+    let (info, summary) = match restore_into(shared, id, &name, exists, overwrite, recv).await {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    finish_restore(shared, id, name, exists, info, summary).await
+}
+
+/// A move's target: restores into volume `id` of this store, no location database involved.
+pub async fn restore_here(
+    shared: &Arc<Shared>,
+    id: VolumeId,
+    name: String,
+    overwrite: bool,
+    recv: &mut quinn::RecvStream,
+) -> Reply {
+    if let Err(e) = validate_volume_name(&name) {
+        return error(e);
+    }
+    let sid = id;
+    let exists = blocking(&shared.store, move |s| s.volume(sid)).await.is_ok();
+    match restore_into(shared, id, &name, exists, overwrite, recv).await {
+        Ok((info, summary)) => {
+            shared.callbacks.break_volume(id).await;
+            Response::Restored { info, objects: summary.objects, chunks: summary.chunks, bytes: summary.bytes }.into()
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// Streams the dump on `recv` into the store's restore (on a blocking thread).
+async fn restore_into(
+    shared: &Arc<Shared>,
+    id: VolumeId,
+    name: &str,
+    exists: bool,
+    overwrite: bool,
+    recv: &mut quinn::RecvStream,
+) -> Result<(proto::msg::VolumeInfo, volumes::dump::DumpSummary), RemoteError> {
     let (tx, rx) = mpsc::channel(4);
-    let target = name.clone();
+    let target = name.to_string();
     let restoring = tokio::task::spawn_blocking({
         let store = shared.store.clone();
         move || {
@@ -135,11 +177,21 @@ pub async fn restore(shared: &Arc<Shared>, name: String, overwrite: bool, recv: 
         }
     }
     drop(tx);
-    let (info, summary) = match restoring.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return error(e.to_remote()),
-        Err(_) => return error(RemoteError::Internal("restore task failed".into())),
-    };
+    match restoring.await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_remote()),
+        Err(_) => Err(RemoteError::Internal("restore task failed".into())),
+    }
+}
+
+async fn finish_restore(
+    shared: &Arc<Shared>,
+    id: VolumeId,
+    name: String,
+    exists: bool,
+    info: proto::msg::VolumeInfo,
+    summary: volumes::dump::DumpSummary,
+) -> Reply {
     if !exists {
         let entry = VldbEntry {
             name: name.clone(),
@@ -227,5 +279,30 @@ pub async fn rename(shared: &Arc<Shared>, name: String, new_name: String) -> Rep
         },
         Ok(None) => error(RemoteError::NoSuchVolume),
         Err(e) => error(e.to_remote()),
+    }
+}
+
+pub fn freeze(shared: &Arc<Shared>, id: VolumeId, frozen: bool) -> Reply {
+    let mut set = shared.frozen.lock().unwrap_or_else(|p| p.into_inner());
+    if frozen {
+        set.insert(id);
+    } else {
+        set.remove(&id);
+    }
+    tracing::info!(volume = %id, frozen, "volume freeze");
+    Response::Done.into()
+}
+
+/// The move is done: the volume leaves this store, and requests about it are told it moved.
+pub async fn moved_away(shared: &Arc<Shared>, id: VolumeId) -> Reply {
+    shared.moved.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    shared.frozen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    shared.callbacks.break_volume(id).await;
+    match blocking(&shared.store, move |s| s.remove_volume(id)).await {
+        Ok(()) | Err(RemoteError::NoSuchVolume) => {
+            tracing::info!(volume = %id, "volume moved away");
+            Response::Done.into()
+        }
+        Err(e) => error(e),
     }
 }

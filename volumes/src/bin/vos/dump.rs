@@ -4,7 +4,6 @@ use std::io::Write;
 
 use anyhow::{Context as _, Result, bail};
 use proto::{Request, Response};
-use volumes::dump::DumpRecord;
 
 use crate::session::{Context, unexpected};
 
@@ -49,11 +48,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     out.get_ref().sync_all()?;
     drop(out);
     // The dump must be whole: its header says when it was taken (by the server's clock).
-    let header = match head.get(8..12).map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize) {
-        Some(n) if head.len() >= 12 + n => proto::frame::decode::<DumpRecord>(&head[12..12 + n]).ok(),
-        _ => None,
-    };
-    let Some(DumpRecord::Header(h)) = header else { bail!("the server sent no dump header") };
+    let Some(h) = volumes::dump::header_of(&head) else { bail!("the server sent no dump header") };
     let len = std::fs::metadata(&partial)?.len();
     let mut check = std::fs::File::open(&partial)?;
     volumes::dump::verify(&mut check).with_context(|| format!("the dump of {} arrived damaged or cut", a.name))?;

@@ -8,6 +8,7 @@ mod dump;
 mod examine;
 mod listvldb;
 mod listvol;
+mod moving;
 mod quota;
 mod remove;
 mod rename;
@@ -51,6 +52,8 @@ enum Command {
     Listquota(quota::ListArgs),
     /// Rename a volume.
     Rename(rename::Args),
+    /// Move a volume to another server while it stays in use.
+    Move(moving::Args),
     /// Print the cell file with every server of the cell (for clients and admins).
     Cellfile(cellfile::Args),
 }
@@ -74,5 +77,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Listquota(a) => quota::list(&ctx, a).await,
         Command::Rename(a) => rename::run(&ctx, a).await,
         Command::Cellfile(a) => cellfile::run(&ctx, a).await,
+        Command::Move(a) => moving::run(&ctx, a).await,
     }
 }

@@ -34,7 +34,14 @@ impl Context {
         let admin_cred =
             admin_cred.ok_or_else(|| anyhow!("no admin credential: pass --admin-cred or set AFS_ADMIN_CRED"))?;
         let identity = Identity::load(&admin_cred)?;
-        let connector = Connector::new(Some(identity), TransportTuning::default())?;
+        // Keep-alives every 2 s and a 10 s idle timeout: a server that dies under a long
+        // operation (a move, a restore) is noticed in seconds, not minutes.
+        let tuning = TransportTuning {
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            ..TransportTuning::default()
+        };
+        let connector = Connector::new(Some(identity), tuning)?;
         Ok(Context { cell, connector })
     }
 
