@@ -31,6 +31,11 @@ fn a_joined_server_holds_volumes_clients_find_without_a_new_cell_file() -> R {
     assert!(vldb.contains("\"far\""), "{vldb}");
     assert!(ok(second.vos(&["listvol", &second.addr])).contains("far"));
     assert!(!ok(second.vos(&["listvol", &db.addr])).contains("far"));
+    // Volume commands go to the server holding it.
+    ok(second.vos(&["setquota", "far", "5M"]));
+    assert!(ok(second.vos(&["examine", "far"])).contains("5.0 MiB"));
+    let dumped = second.dir.path().join("far.dump");
+    ok(second.vos(&["dump", "far", "--file", &dumped.display().to_string()]));
 
     // Clients mount with the database server's one-server cell file.
     let a = VenusMount::start(&db, "multi.test")?;

@@ -73,15 +73,21 @@ pub async fn list_vldb(shared: &Arc<Shared>) -> Reply {
     }
 }
 
+/// A volume of this server's store (by its name here), with its location entry where this
+/// server holds the location database.
 pub async fn examine(shared: &Arc<Shared>, name: String) -> Reply {
-    let entry = match shared.vldb.lookup(&VolumeRef::Name(name)) {
-        Ok(Some(e)) => e,
-        Ok(None) => return error(RemoteError::NoSuchVolume),
-        Err(e) => return error(e.to_remote()),
+    let entry = shared.vldb.lookup(&VolumeRef::Name(name.clone())).ok().flatten();
+    let local = name.clone();
+    let id = match blocking(&shared.store, move |s| s.volume_by_name(&local)).await {
+        Ok(Some(info)) => info.id,
+        Ok(None) => match &entry {
+            Some(e) => e.rw,
+            None => return error(RemoteError::NoSuchVolume),
+        },
+        Err(e) => return error(e),
     };
-    let id = entry.rw;
     match blocking(&shared.store, move |s| s.volume(id)).await {
-        Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
+        Ok(info) => Response::Volume { info, entry }.into(),
         Err(e) => error(e),
     }
 }

@@ -240,13 +240,13 @@ pub async fn backup(shared: &Arc<Shared>, name: String) -> Reply {
 }
 
 pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
-    let entry = match entry_of(shared, &name) {
-        Ok(e) => e,
+    let id = match volume_named(shared, &name) {
+        Ok(id) => id,
         Err(e) => return error(e),
     };
-    let id = entry.rw;
+    let entry = shared.vldb.lookup(&VolumeRef::Name(name)).ok().flatten();
     match blocking(&shared.store, move |s| s.set_quota(id, quota).and_then(|()| s.volume(id))).await {
-        Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
+        Ok(info) => Response::Volume { info, entry }.into(),
         Err(e) => error(e),
     }
 }

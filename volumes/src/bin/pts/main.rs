@@ -2,6 +2,7 @@
 //! need the admin credential (or an administrator's connection); looking needs nothing.
 
 #[path = "../vos/session.rs"]
+#[allow(dead_code)] // shared with vos, which uses all of it
 mod session;
 
 use std::path::{Path, PathBuf};

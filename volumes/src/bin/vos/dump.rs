@@ -29,7 +29,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
     bar.set_message(a.name.clone());
     let mut head = Vec::new();
-    let session = ctx.connect(None).await?;
+    let session = ctx.connect(ctx.site_of(&a.name).await?.as_deref()).await?;
     let req = Request::DumpVolume { name: a.name.clone(), since: a.since };
     let resp = session
         .download(&req, |bytes| {

@@ -16,10 +16,11 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    let (info, entry) = match ctx.call(None, Request::ExamineVolume { name: a.name }).await? {
-        Response::Volume { info, entry } => (info, entry),
-        other => return Err(unexpected(other)),
-    };
+    let (info, entry) =
+        match ctx.call(ctx.site_of(&a.name).await?.as_deref(), Request::ExamineVolume { name: a.name }).await? {
+            Response::Volume { info, entry } => (info, entry),
+            other => return Err(unexpected(other)),
+        };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "volume": info, "vldb": entry }))?);
         return Ok(());

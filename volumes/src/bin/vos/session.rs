@@ -78,6 +78,22 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The address of the server holding `name`'s read-write site (asked of the location
+    /// database), or `None` to use the database server.
+    pub async fn site_of(&self, name: &str) -> Result<Option<String>> {
+        let base = name.trim_end_matches(".backup");
+        let req = Request::GetVolumeLocation { volume: proto::msg::VolumeRef::Name(base.to_string()) };
+        match self.call(None, req).await? {
+            Response::Location { entry, servers } => {
+                let site = entry.sites.iter().find(|s| s.role == proto::msg::SiteRole::ReadWrite).map(|s| s.server);
+                Ok(site.and_then(|id| servers.into_iter().find(|s| s.id == id)).map(|s| s.address))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
 pub fn unexpected(r: Response) -> anyhow::Error {
     anyhow!("unexpected answer from the server: {r:?}")
 }
