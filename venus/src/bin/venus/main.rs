@@ -477,7 +477,7 @@ fn print_acl(path: &Path, v: &serde_json::Value) {
 
 /// Seconds since the epoch as a UTC date and time.
 fn show_time(secs: i64) -> String {
-    venus::fs::conflicts::compact_utc(proto::Timestamp { secs, nanos: 0 })
+    format!("{}Z", venus::fs::conflicts::compact_utc(proto::Timestamp { secs, nanos: 0 }))
 }
 
 /// `--background`: start a detached copy of this command and wait until its mount answers.
