@@ -145,6 +145,15 @@ pub fn calls() -> Vec<Call> {
         Request::ValidateAttrs { objects: vec![(fid(), VersionVector::first(ServerId(1)))] },
         Request::JoinCell { address: "127.0.0.1:7001".into(), fingerprint: "b3:00".into() },
         Request::AllocateVolumeId,
+        Request::VldbCreate {
+            entry: VldbEntry {
+                name: "vol".into(),
+                rw: VolumeId(7),
+                ro: Some(VolumeId(8)),
+                backup: Some(VolumeId(9)),
+                sites: vec![Site { server: ServerId(2), role: SiteRole::ReadOnly }],
+            },
+        },
         Request::CreateVolumeHere { id: VolumeId(9), name: "vol".into(), quota: 0 },
         Request::RestoreVolumeHere { id: VolumeId(9), name: "vol".into(), overwrite: true },
         Request::FreezeVolume { id: VolumeId(9), frozen: true },

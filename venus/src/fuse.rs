@@ -27,7 +27,7 @@ use crate::ids::GFid;
 
 /// How long the kernel may trust attributes and names without asking. Breaks invalidate
 /// earlier; this bounds what a missed invalidation could cost.
-const TTL: Duration = Duration::from_secs(1);
+const TTL: Duration = Duration::from_secs(10);
 
 pub struct VenusFs {
     core: Arc<Venus>,

@@ -47,6 +47,12 @@ impl Venus {
         self.unpromise(&g);
         // Its ACL may have changed: rights in it are asked again before they are trusted.
         self.cache.stale_access(g.cell, Some(g.fid.volume), Some(&g));
+        self.forget_in_kernel(g);
+    }
+
+    /// Makes the kernel forget what it caches of an object (its attributes, and for a
+    /// directory the names in it), so the next use asks venus.
+    pub(crate) fn forget_in_kernel(&self, g: GFid) {
         let ino = g.ino();
         // A directory's cached entries may name things that are gone or changed: the kernel
         // forgets them; venus keeps the listing (no longer promised, so it is fetched again

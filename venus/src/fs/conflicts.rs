@@ -135,6 +135,7 @@ impl Venus {
                 if let Some(c) = self.cache.get(&g) {
                     self.cache.set_local(&g, c.data_size, false)?;
                     self.cache.flush(&g)?;
+                    self.forget_in_kernel(g);
                 }
             }
         }
@@ -289,6 +290,7 @@ impl Venus {
                 if let Some(c) = self.cache.get(&g) {
                     self.cache.set_local(&g, c.data_size, false)?;
                     self.cache.flush(&g)?;
+                    self.forget_in_kernel(g);
                 }
             }
             (
@@ -332,6 +334,7 @@ impl Venus {
                 if let Some(c) = self.cache.get(&g) {
                     self.cache.set_local(&g, c.data_size, false)?;
                     self.cache.flush(&g)?;
+                    self.forget_in_kernel(g);
                 }
             }
             (m, _) => {

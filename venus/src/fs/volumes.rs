@@ -234,11 +234,13 @@ impl Venus {
                             relist.push(g);
                         }
                         self.note_access(g, &now, access)?;
+                        self.forget_in_kernel(g);
                         self.cache.put_attr(cell, now)?;
                         self.promised(g, promise);
                     }
                     AttrCheck::Gone => {
                         self.unpromise(&g);
+                        self.forget_in_kernel(g);
                         // Local changes are never dropped, whatever the server says.
                         if !self.cache.get(&g).is_some_and(|c| c.dirty) {
                             self.cache.remove(&g)?;
