@@ -83,25 +83,19 @@ impl Venus {
     pub async fn access(&self, ino: u64, mask: i32) -> Result<()> {
         let super::Node::Object(g) = self.node(ino)? else { return Ok(()) };
         let attr = self.status(g).await?;
-        let mut need = Rights::NONE;
-        let dir = attr.kind != ObjectKind::File;
-        if mask & libc::R_OK != 0 {
-            need = need | if dir { Rights::LOOKUP } else { Rights::READ };
-        }
-        if mask & libc::W_OK != 0 {
-            need = need | if dir { Rights::INSERT | Rights::DELETE } else { Rights::WRITE };
-        }
-        if mask & libc::X_OK != 0 {
-            if !dir && attr.mode & 0o111 == 0 {
-                return Err(denied());
-            }
-            need = need | if dir { Rights::LOOKUP } else { Rights::READ };
-        }
         let have = self.rights_on(g, &attr).await?;
-        let dir_write_ok =
-            dir && mask & libc::W_OK != 0 && have.contains(Rights::INSERT) | have.contains(Rights::DELETE);
-        let need = if dir_write_ok { need.without(Rights::INSERT | Rights::DELETE) } else { need };
-        if have.contains(need) { Ok(()) } else { Err(denied()) }
+        let (file, asked) = (attr.kind == ObjectKind::File, |bit: i32| mask & bit != 0);
+        // Files: read, write, and execute (read plus an x bit). Directories: look up to read or
+        // search; insert or delete to write.
+        let ok = if file {
+            (!asked(libc::R_OK) || have.contains(Rights::READ))
+                && (!asked(libc::W_OK) || have.contains(Rights::WRITE))
+                && (!asked(libc::X_OK) || (have.contains(Rights::READ) && attr.mode & 0o111 != 0))
+        } else {
+            (!asked(libc::R_OK | libc::X_OK) || have.contains(Rights::LOOKUP))
+                && (!asked(libc::W_OK) || have.contains(Rights::INSERT) || have.contains(Rights::DELETE))
+        };
+        if ok { Ok(()) } else { Err(denied()) }
     }
 
     /// Whether the kernel may cache what it learns of `g` for everyone: only if the anonymous

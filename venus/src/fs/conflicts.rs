@@ -132,11 +132,7 @@ impl Venus {
             let g = GFid::new(cell, *fid);
             if self.cache.container(&g).exists() {
                 local_copy = Some(self.keep_locally(&g, name.as_str(), record.op)?.display().to_string());
-                if let Some(c) = self.cache.get(&g) {
-                    self.cache.set_local(&g, c.data_size, false)?;
-                    self.cache.flush(&g)?;
-                    self.forget_in_kernel(g);
-                }
+                self.show_server_version(g)?;
             }
         }
         self.cache.add_conflict(ConflictInfo {
@@ -287,11 +283,7 @@ impl Venus {
                 // The local version is safe on the server now; the original name shows the
                 // server's copy again.
                 let g = GFid::new(cell, *fid);
-                if let Some(c) = self.cache.get(&g) {
-                    self.cache.set_local(&g, c.data_size, false)?;
-                    self.cache.flush(&g)?;
-                    self.forget_in_kernel(g);
-                }
+                self.show_server_version(g)?;
             }
             (
                 Mutation::Create { .. }
@@ -331,11 +323,7 @@ impl Venus {
                 let g = GFid::new(cell, *fid);
                 let kept = self.keep_locally(&g, &name, record.op)?;
                 info.local_copy = Some(kept.display().to_string());
-                if let Some(c) = self.cache.get(&g) {
-                    self.cache.set_local(&g, c.data_size, false)?;
-                    self.cache.flush(&g)?;
-                    self.forget_in_kernel(g);
-                }
+                self.show_server_version(g)?;
             }
             (m, _) => {
                 info.kind = match m {
@@ -355,6 +343,16 @@ impl Venus {
         tracing::warn!(cell = %info.cell, kind = %info.kind, name = ?info.name, copy = ?info.copy_name, detail = %info.detail, "conflict");
         tracing::debug!(record = ?record, "refused record");
         self.cache.add_conflict(info)?;
+        Ok(())
+    }
+
+    /// The local version is kept elsewhere now: the file's own name shows the server's again.
+    fn show_server_version(&self, g: GFid) -> Result<()> {
+        if let Some(c) = self.cache.get(&g) {
+            self.cache.set_local(&g, c.data_size, false)?;
+            self.cache.flush(&g)?;
+            self.forget_in_kernel(g);
+        }
         Ok(())
     }
 

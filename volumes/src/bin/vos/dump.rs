@@ -20,35 +20,49 @@ pub struct Args {
     file: std::path::PathBuf,
 }
 
-pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    let partial = a.file.with_extension("partial");
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
-    );
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
-    bar.set_message(a.name.clone());
+/// Dumps `name` from `server` (the database server when `None`) into `path`, synced;
+/// `progress` hears every piece's size. Returns the dump's header and the volume stamp.
+pub async fn dump_to_file(
+    ctx: &Context,
+    server: Option<&str>,
+    name: &str,
+    since: Option<proto::Timestamp>,
+    path: &std::path::Path,
+    mut progress: impl FnMut(u64),
+) -> Result<(volumes::dump::DumpHeader, proto::VolumeStamp)> {
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
     let mut head = Vec::new();
-    let session = ctx.connect(ctx.site_of(&a.name).await?.as_deref()).await?;
-    let req = Request::DumpVolume { name: a.name.clone(), since: a.since };
+    let session = ctx.connect(server).await?;
+    let req = Request::DumpVolume { name: name.to_string(), since };
     let resp = session
         .download(&req, |bytes| {
             if head.len() < 4096 {
                 head.extend_from_slice(&bytes[..bytes.len().min(4096 - head.len())]);
             }
-            bar.inc(bytes.len() as u64);
+            progress(bytes.len() as u64);
             out.write_all(bytes)
         })
         .await
-        .with_context(|| format!("dumping {}", a.name))?;
+        .with_context(|| format!("dumping {name}"))?;
     session.close();
-    bar.finish_and_clear();
     let Response::Dumping { stamp } = resp else { return Err(unexpected(resp)) };
     out.flush()?;
     out.get_ref().sync_all()?;
-    drop(out);
-    // The dump must be whole: its header says when it was taken (by the server's clock).
-    let Some(h) = volumes::dump::header_of(&head) else { bail!("the server sent no dump header") };
+    // Its header says when it was taken (by the server's clock).
+    let Some(header) = volumes::dump::header_of(&head) else { bail!("the server sent no dump header") };
+    Ok((header, stamp))
+}
+
+pub async fn run(ctx: &Context, a: Args) -> Result<()> {
+    let partial = a.file.with_extension("partial");
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
+    bar.set_message(a.name.clone());
+    let site = ctx.site_of(&a.name).await?;
+    let (h, stamp) = dump_to_file(ctx, site.as_deref(), &a.name, a.since, &partial, |n| bar.inc(n)).await?;
+    bar.finish_and_clear();
+    // The dump must be whole before it takes the name.
     let len = std::fs::metadata(&partial)?.len();
     let mut check = std::fs::File::open(&partial)?;
     volumes::dump::verify(&mut check).with_context(|| format!("the dump of {} arrived damaged or cut", a.name))?;

@@ -8,9 +8,7 @@
 //! before the switch, the source is unfrozen and the target's copy removed: the volume stays
 //! whole where it was.
 
-use std::io::{Read, Write};
-
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use proto::msg::{Site, SiteRole, VolumeRef};
 use proto::{Request, Response, Timestamp, VolumeId};
 
@@ -34,33 +32,16 @@ async fn dump_to(
     since: Option<Timestamp>,
     path: &std::path::Path,
 ) -> Result<(Timestamp, u64)> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut head = Vec::new();
-    let session = ctx.connect(Some(server)).await?;
-    let req = Request::DumpVolume { name: name.to_string(), since };
-    session
-        .download(&req, |bytes| {
-            if head.len() < 4096 {
-                head.extend_from_slice(&bytes[..bytes.len().min(4096 - head.len())]);
-            }
-            out.write_all(bytes)
-        })
-        .await
-        .with_context(|| format!("dumping {name} from {server}"))?;
-    session.close();
-    out.flush()?;
-    drop(out);
-    let header = volumes::dump::header_of(&head).ok_or_else(|| anyhow!("the source sent no dump header"))?;
+    let (header, _) = crate::dump::dump_to_file(ctx, Some(server), name, since, path, |_| {}).await?;
     Ok((header.dumped_at, std::fs::metadata(path)?.len()))
 }
 
 async fn restore_to(ctx: &Context, server: &str, id: VolumeId, name: &str, path: &std::path::Path) -> Result<()> {
-    let mut file = std::fs::File::open(path)?;
-    let session = ctx.connect(Some(server)).await?;
     let req = Request::RestoreVolumeHere { id, name: name.to_string(), overwrite: true };
-    let resp =
-        session.upload(&req, |buf| file.read(buf)).await.with_context(|| format!("restoring {name} on {server}"))?;
-    session.close();
+    let mut file = std::fs::File::open(path)?;
+    let resp = crate::restore::upload_file(ctx, Some(server), &req, &mut file, |_| {})
+        .await
+        .with_context(|| format!("restoring {name} on {server}"))?;
     match resp {
         Response::Restored { .. } => Ok(()),
         other => Err(unexpected(other)),

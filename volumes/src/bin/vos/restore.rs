@@ -21,6 +21,26 @@ pub struct Args {
     overwrite: bool,
 }
 
+/// Sends `req` followed by the whole of `file` to `server`; the server's answer.
+pub async fn upload_file(
+    ctx: &Context,
+    server: Option<&str>,
+    req: &Request,
+    file: &mut std::fs::File,
+    mut progress: impl FnMut(u64),
+) -> Result<Response> {
+    let session = ctx.connect(server).await?;
+    let resp = session
+        .upload(req, |buf| {
+            let n = file.read(buf)?;
+            progress(n as u64);
+            Ok(n)
+        })
+        .await?;
+    session.close();
+    Ok(resp)
+}
+
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
     // Check the whole dump here first: a damaged file is refused before anything is sent.
@@ -31,17 +51,10 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
         "restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
     )?);
     bar.set_message(a.name.clone());
-    let session = ctx.connect(a.server.as_deref()).await?;
     let req = Request::RestoreVolume { name: a.name.clone(), overwrite: a.overwrite };
-    let resp = session
-        .upload(&req, |buf| {
-            let n = file.read(buf)?;
-            bar.inc(n as u64);
-            Ok(n)
-        })
+    let resp = upload_file(ctx, a.server.as_deref(), &req, &mut file, |n| bar.inc(n))
         .await
         .with_context(|| format!("restoring {}", a.name))?;
-    session.close();
     bar.finish_and_clear();
     match resp {
         Response::Restored { info, objects, chunks, .. } => {
