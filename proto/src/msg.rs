@@ -66,7 +66,11 @@ pub struct ServerInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SiteRole {
     ReadWrite,
+    /// A read-only replica holding the last release; clients may read from it.
     ReadOnly,
+    /// A read-only site added by `vos addsite` that has not received a release yet (or whose
+    /// last release failed): clients do not use it.
+    NewReadOnly,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +167,8 @@ pub enum Request {
         name: String,
         quota: u64,
     },
+    /// Removes a volume's location entry (and the read-write volume, if this server holds it).
+    /// `vos remove` first removes the volumes from the servers holding them.
     RemoveVolume {
         name: String,
     },
@@ -224,21 +230,21 @@ pub enum Request {
         /// Only what changed at or after this time (an incremental dump).
         since: Option<crate::attr::Timestamp>,
     },
-    /// Followed by a dump's bytes until the client ends the stream; reply `Restored`. A full
-    /// dump replaces an existing volume only with `overwrite`.
-    RestoreVolume {
+    /// Makes (or remakes) volume `id` named `name` of kind `kind` as a frozen copy of
+    /// `source`, sharing its chunks (`vos backup` makes `NAME.backup` this way).
+    CloneVolumeHere {
+        source: VolumeId,
+        id: VolumeId,
         name: String,
-        overwrite: bool,
-    },
-    /// Makes (or remakes) `NAME.backup`, a read-only clone sharing the volume's chunks.
-    BackupVolume {
-        name: String,
+        kind: VolumeKind,
     },
     SetQuota {
         name: String,
         quota: u64,
     },
-    RenameVolume {
+    /// Renames a location entry; refuses a name in use. The servers' copies are renamed with
+    /// `RenameVolumeHere`.
+    VldbRename {
         name: String,
         new_name: String,
     },
@@ -269,12 +275,15 @@ pub enum Request {
         name: String,
         quota: u64,
     },
-    /// As `RestoreVolume`, into volume `id` of this server's store, without the location
-    /// database (a move's target).
+    /// Followed by a dump's bytes until the client ends the stream; reply `Restored`. Restores
+    /// into volume `id` of this server's store (`vos restore`, a move's target, a release's
+    /// replica); a full dump replaces an existing volume only with `overwrite`. `name` carries
+    /// the suffix of its kind (`NAME.readonly` for a replica).
     RestoreVolumeHere {
         id: VolumeId,
         name: String,
         overwrite: bool,
+        kind: VolumeKind,
     },
     /// While frozen, changes to the volume are answered `VolumeBusy` (clients retry).
     FreezeVolume {
@@ -286,9 +295,15 @@ pub enum Request {
     VolumeMovedAway {
         id: VolumeId,
     },
-    /// Drops a volume from this server's store only (cleaning up a failed move).
+    /// Drops a volume from this server's store only (cleaning up a failed move, removing a
+    /// replica); promises on it are broken.
     RemoveVolumeHere {
         id: VolumeId,
+    },
+    /// Renames a volume in this server's store (the location entry is renamed by `VldbRename`).
+    RenameVolumeHere {
+        id: VolumeId,
+        name: String,
     },
 }
 
@@ -529,10 +544,9 @@ impl Request {
             Request::PtsListEntries => m("PtsListEntries", false, true, false, None),
             Request::PtsSetPassword { .. } => m("PtsSetPassword", true, true, false, None),
             Request::DumpVolume { .. } => m("DumpVolume", false, true, true, None),
-            Request::RestoreVolume { .. } => m("RestoreVolume", true, false, true, None),
-            Request::BackupVolume { .. } => m("BackupVolume", true, true, true, None),
+            Request::CloneVolumeHere { .. } => m("CloneVolumeHere", true, true, true, None),
             Request::SetQuota { .. } => m("SetQuota", true, true, true, None),
-            Request::RenameVolume { .. } => m("RenameVolume", true, false, true, None),
+            Request::VldbRename { .. } => m("VldbRename", true, false, true, None),
             Request::ValidateAttrs { .. } => m("ValidateAttrs", false, true, false, None),
             Request::JoinCell { .. } => m("JoinCell", true, false, true, None),
             Request::AllocateVolumeId => m("AllocateVolumeId", true, false, true, None),
@@ -543,6 +557,7 @@ impl Request {
             Request::FreezeVolume { .. } => m("FreezeVolume", true, true, true, None),
             Request::VolumeMovedAway { .. } => m("VolumeMovedAway", true, true, true, None),
             Request::RemoveVolumeHere { .. } => m("RemoveVolumeHere", true, true, true, None),
+            Request::RenameVolumeHere { .. } => m("RenameVolumeHere", true, true, true, None),
         }
     }
 }
@@ -587,10 +602,9 @@ pub const REQUEST_NAMES: &[&str] = &[
     "PtsListEntries",
     "PtsSetPassword",
     "DumpVolume",
-    "RestoreVolume",
-    "BackupVolume",
+    "CloneVolumeHere",
     "SetQuota",
-    "RenameVolume",
+    "VldbRename",
     "ValidateAttrs",
     "JoinCell",
     "AllocateVolumeId",
@@ -601,7 +615,22 @@ pub const REQUEST_NAMES: &[&str] = &[
     "FreezeVolume",
     "VolumeMovedAway",
     "RemoveVolumeHere",
+    "RenameVolumeHere",
 ];
+
+/// Checks the name a volume of `kind` has in a server's store: a valid base name with the
+/// kind's suffix (`.readonly`, `.backup`) or none for a read-write volume.
+pub fn validate_volume_name_of(kind: VolumeKind, name: &str) -> Result<(), RemoteError> {
+    let base = match kind {
+        VolumeKind::ReadWrite => Some(name),
+        VolumeKind::ReadOnly => name.strip_suffix(".readonly"),
+        VolumeKind::Backup => name.strip_suffix(".backup"),
+    };
+    match base {
+        Some(base) => validate_volume_name(base),
+        None => Err(RemoteError::Invalid(format!("volume name {name:?} does not end as a {kind:?} volume's must"))),
+    }
+}
 
 /// Checks an ASCII volume name: letters, digits, `.`, `_`, `-`; the suffixes `.readonly` and
 /// `.backup` are reserved for replicas and snapshots.

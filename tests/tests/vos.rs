@@ -109,7 +109,12 @@ fn dumps_restore_equal_trees_full_and_incremental_and_damaged_dumps_restore_noth
     let refused = tokio::runtime::Runtime::new()?.block_on(async {
         let c = TestClient::admin(&vice).await?;
         let mut at = 0;
-        let req = proto::Request::RestoreVolume { name: "copy".into(), overwrite: false };
+        let req = proto::Request::RestoreVolumeHere {
+            id: proto::VolumeId(999),
+            name: "copy".into(),
+            overwrite: false,
+            kind: proto::msg::VolumeKind::ReadWrite,
+        };
         let r = c.session.upload(&req, |buf| {
             let n = buf.len().min(damaged.len() - at);
             buf[..n].copy_from_slice(&damaged[at..at + n]);
@@ -121,6 +126,7 @@ fn dumps_restore_equal_trees_full_and_incremental_and_damaged_dumps_restore_noth
     let err = refused.expect_err("the server must refuse a cut dump");
     assert!(err.to_string().contains("not a valid dump"), "{err}");
     assert!(!vice.vos(&["examine", "copy"]).status.success(), "nothing was restored");
+    assert!(!ok(vice.vos(&["listvol", &vice.addr])).contains("copy"), "nothing was restored");
 
     // Full, then incremental: the copy equals the original, file by file.
     ok(vice.vos(&["restore", &full.display().to_string(), "copy"]));

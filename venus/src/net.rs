@@ -1,5 +1,11 @@
 //! Talking to the servers of one cell: connections made on demand and remade after a failure,
-//! which server holds which volume, RPC counters, and `CallbacksLost` handled in one place.
+//! which server holds which volume (and which servers hold its read-only replicas), which
+//! servers are not answering, RPC counters, and `CallbacksLost` handled in one place.
+//!
+//! Reachability is per server: a volume is unreachable when every server that could serve it
+//! is down. A read-only volume is served by any of its released replicas; a request that finds
+//! its server down goes to the next replica, so one server failing costs a timeout, not an
+//! error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +21,9 @@ use crate::counters::Counters;
 use crate::error::{Result, VenusError};
 use crate::fs::user::Tokens;
 use crate::ids::CellId;
+
+/// How long a volume's location entry is used before it is asked for again.
+const ENTRY_TTL: Duration = Duration::from_secs(60);
 
 /// How long changes to a volume being moved wait before they fail with `EBUSY`.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
@@ -46,14 +55,17 @@ pub struct CellConn {
     connector: Connector,
     timeout: Duration,
     sessions: tokio::sync::Mutex<HashMap<ServerId, Session>>,
-    /// Volume id → the server holding its read-write site.
+    /// Volume id → the server holding it (read-write volumes and their backups).
     locations: Mutex<HashMap<VolumeId, ServerId>>,
-    /// Volume name → id.
-    names: Mutex<HashMap<String, VolumeId>>,
+    /// Read-only volume id → the servers holding its released replicas, in the order tried.
+    replicas: Mutex<HashMap<VolumeId, Vec<ServerId>>>,
+    /// Read-write volume name → its location entry and when it was fetched (asked again after
+    /// `ENTRY_TTL`, so a release or a new replica is noticed).
+    entries: Mutex<HashMap<String, (proto::msg::VldbEntry, std::time::Instant)>>,
     counters: Arc<Counters>,
     events: Arc<dyn Events>,
-    /// Set when a server of the cell stopped answering; cleared when one answers again.
-    down: std::sync::atomic::AtomicBool,
+    /// Servers that stopped answering; each leaves the set when it answers again.
+    down: Mutex<std::collections::HashSet<ServerId>>,
     /// Each request carries the token of the user it is made for.
     tokens: Arc<Tokens>,
     /// Servers and volume locations learned from the location service (servers that joined
@@ -66,6 +78,7 @@ pub struct CellConn {
 struct Learned {
     servers: Vec<CellServer>,
     locations: Vec<(VolumeId, ServerId)>,
+    replicas: Vec<(VolumeId, Vec<ServerId>)>,
 }
 
 impl CellConn {
@@ -91,10 +104,11 @@ impl CellConn {
             timeout: with.timeout,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             locations: Mutex::new(saved.locations.iter().copied().collect()),
-            names: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(saved.replicas.iter().cloned().collect()),
+            entries: Mutex::new(HashMap::new()),
             counters: with.counters,
             events: with.events,
-            down: std::sync::atomic::AtomicBool::new(false),
+            down: Mutex::new(Default::default()),
             tokens: with.tokens,
             learned: Mutex::new(saved),
             known_path,
@@ -125,6 +139,22 @@ impl CellConn {
                     learned.locations.push((v, site));
                     changed = true;
                 }
+            }
+        }
+        if let Some(ro) = entry.ro {
+            // Only released sites serve the replica.
+            let sites: Vec<ServerId> =
+                entry.sites.iter().filter(|s| s.role == SiteRole::ReadOnly).map(|s| s.server).collect();
+            let mut replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+            if replicas.get(&ro) != Some(&sites) {
+                learned.replicas.retain(|(x, _)| *x != ro);
+                if sites.is_empty() {
+                    replicas.remove(&ro);
+                } else {
+                    replicas.insert(ro, sites.clone());
+                    learned.replicas.push((ro, sites));
+                }
+                changed = true;
             }
         }
         if changed && let Some(path) = &self.known_path {
@@ -165,29 +195,58 @@ impl CellConn {
         }
     }
 
-    /// Whether the cell's servers are believed unreachable (requests would only time out).
+    fn down_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ServerId>> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the cell's location server is believed unreachable (volume lookups would only
+    /// time out).
     pub fn is_down(&self) -> bool {
-        self.down.load(std::sync::atomic::Ordering::Relaxed)
+        self.down_set().contains(&self.any_server())
     }
 
-    pub fn set_down(&self, down: bool) {
-        let was = self.down.swap(down, std::sync::atomic::Ordering::Relaxed);
-        if was != down {
-            tracing::info!(cell = %self.name(), "servers {}", if down { "unreachable: working from the cache" } else { "reachable again" });
+    /// Whether some server of the cell is believed unreachable.
+    pub fn any_down(&self) -> bool {
+        !self.down_set().is_empty()
+    }
+
+    /// Whether no server that could serve `volume` is believed to answer.
+    pub fn volume_down(&self, volume: VolumeId) -> bool {
+        let candidates: Vec<ServerId> = match self.replicas.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
+            Some(sites) => sites.clone(),
+            None => vec![
+                self.locations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&volume)
+                    .copied()
+                    .unwrap_or(self.any_server()),
+            ],
+        };
+        let down = self.down_set();
+        candidates.iter().all(|s| down.contains(s))
+    }
+
+    fn mark(&self, server: ServerId, down: bool) {
+        let changed = if down { self.down_set().insert(server) } else { self.down_set().remove(&server) };
+        if changed {
+            let state = if down { "unreachable: working from the cache" } else { "reachable again" };
+            tracing::info!(cell = %self.name(), server = %server, "server {state}");
         }
     }
 
-    /// Checks whether the cell answers, with a fresh connection and a short timeout.
+    /// Checks whether the servers that stopped answering answer again, each with a fresh
+    /// connection and a short timeout; says whether any did.
     pub async fn probe(&self) -> bool {
-        let server = self.any_server();
-        self.forget_session(server).await;
-        match self.session(server).await {
-            Ok(_) => {
-                self.set_down(false);
-                true
+        let down: Vec<ServerId> = self.down_set().iter().copied().collect();
+        let mut any = false;
+        for server in down {
+            self.forget_session(server).await;
+            if self.session(server).await.is_ok() {
+                any = true;
             }
-            Err(_) => false,
         }
+        any
     }
 
     pub fn name(&self) -> &str {
@@ -216,12 +275,12 @@ impl CellConn {
             Ok(s) => s,
             Err(e) => {
                 if e.is_unreachable() {
-                    self.set_down(true);
+                    self.mark(server, true);
                 }
                 return Err(e.into());
             }
         };
-        self.set_down(false);
+        self.mark(server, false);
         if sessions.contains_key(&server) {
             // We were connected before: the server may have restarted (its promises live in
             // memory) or sent breaks we never heard. Trust nothing it promised until revalidated.
@@ -270,11 +329,29 @@ impl CellConn {
         self.file.servers.first().map_or(ServerId(0), |s| s.server_id())
     }
 
+    /// The server to ask about `volume` as far as known without asking: the first replica
+    /// not known to be down, or where the volume lives.
+    fn known_server(&self, volume: VolumeId) -> Option<ServerId> {
+        if let Some(sites) = self.replicas.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
+            let down = self.down_set();
+            return sites.iter().find(|s| !down.contains(s)).or(sites.first()).copied();
+        }
+        self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume).copied()
+    }
+
+    /// Whether `volume` has a replica other than `server` that is not known to be down.
+    fn other_replica(&self, volume: Option<VolumeId>, server: ServerId) -> bool {
+        let Some(volume) = volume else { return false };
+        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let down = self.down_set();
+        replicas.get(&volume).is_some_and(|sites| sites.iter().any(|s| *s != server && !down.contains(s)))
+    }
+
     /// Which server to ask about `volume`.
     async fn server_for(&self, volume: Option<VolumeId>) -> Result<ServerId> {
         let Some(volume) = volume else { return Ok(self.any_server()) };
-        if let Some(s) = self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
-            return Ok(*s);
+        if let Some(s) = self.known_server(volume) {
+            return Ok(s);
         }
         if self.file.servers.len() == 1 && self.learned.lock().unwrap_or_else(|p| p.into_inner()).servers.is_empty() {
             return Ok(self.any_server());
@@ -290,15 +367,7 @@ impl CellConn {
                 other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             };
         self.learn(&entry, &servers);
-        let server = entry
-            .sites
-            .iter()
-            .find(|s| s.role == SiteRole::ReadWrite)
-            .or(entry.sites.first())
-            .map(|s| s.server)
-            .ok_or(VenusError::Remote(RemoteError::NoSuchVolume))?;
-        self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(volume, server);
-        Ok(server)
+        self.known_server(volume).ok_or(VenusError::Remote(RemoteError::NoSuchVolume))
     }
 
     /// One RPC to one server, with counting and `CallbacksLost` handling.
@@ -333,7 +402,7 @@ impl CellConn {
     async fn failed(&self, server: ServerId, e: ProtoError) -> VenusError {
         if e.is_unreachable() {
             self.forget_session(server).await;
-            self.set_down(true);
+            self.mark(server, true);
         }
         e.into()
     }
@@ -341,8 +410,10 @@ impl CellConn {
     /// A request about `volume` (or any server's business when `None`).
     ///
     /// A volume being moved answers changes with `VolumeBusy` for a moment: they are retried
-    /// (for up to a minute). A volume that moved answers `VolumeMoved`: it is looked up again
-    /// and the request goes to its new server. Either way the caller sees no error.
+    /// (for up to a minute). A volume that moved answers `VolumeMoved` (or, from a server that
+    /// forgot it moved, `NoSuchVolume`): it is looked up again and the request goes to its new
+    /// server. A replica whose server does not answer is left for the next one. In each case
+    /// the caller sees no error.
     pub async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
         let busy_until = std::time::Instant::now() + BUSY_WAIT;
         let mut relocated = false;
@@ -352,36 +423,55 @@ impl CellConn {
                 (Err(VenusError::Remote(RemoteError::VolumeBusy)), _) if std::time::Instant::now() < busy_until => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                (Err(VenusError::Remote(RemoteError::VolumeMoved)), Some(v)) if !relocated => {
+                (Err(VenusError::Remote(e @ (RemoteError::VolumeMoved | RemoteError::NoSuchVolume))), Some(v))
+                    if !relocated =>
+                {
                     relocated = true;
-                    tracing::info!(cell = %self.name(), volume = %v, "volume moved; looking it up again");
-                    self.locate(v).await?;
+                    tracing::info!(cell = %self.name(), volume = %v, "volume not on server {server}; looking it up again");
+                    if self.locate(v).await? == server {
+                        return Err(VenusError::Remote(e));
+                    }
+                }
+                (Err(VenusError::Unreachable(_)), v) if self.other_replica(v, server) => {
+                    tracing::info!(cell = %self.name(), server = %server, "replica unreachable; trying another");
                 }
                 (result, _) => return result,
             }
         }
     }
 
-    /// The read-write volume id for a volume name.
-    pub async fn volume_id(&self, name: &str) -> Result<VolumeId> {
-        if let Some(v) = self.names.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return Ok(*v);
+    /// The location entry of read-write volume `base`.
+    async fn entry(&self, base: &str) -> Result<proto::msg::VldbEntry> {
+        if let Some((e, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(base)
+            && at.elapsed() < ENTRY_TTL
+        {
+            return Ok(e.clone());
         }
         let resp =
-            self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(name.into()) }).await?;
+            self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
         let Response::Location { entry, servers } = resp else {
             return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
         };
         self.learn(&entry, &servers);
-        let id = if name.ends_with(".readonly") {
-            entry.ro.unwrap_or(entry.rw)
-        } else if name.ends_with(".backup") {
-            entry.backup.ok_or(VenusError::Remote(RemoteError::NoSuchVolume))?
-        } else {
-            entry.rw
-        };
-        self.names.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), id);
-        Ok(id)
+        let now = std::time::Instant::now();
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(base.to_string(), (entry.clone(), now));
+        Ok(entry)
+    }
+
+    /// The volume a name means, and the name it goes by: `NAME`, `NAME.readonly` (its released
+    /// replica) or `NAME.backup`. With `prefer_ro`, a plain `NAME` means its released replica
+    /// when it has one (a mount point reached through a read-only volume, as in AFS).
+    pub async fn resolve_volume(&self, name: &str, prefer_ro: bool) -> Result<(VolumeId, String)> {
+        let (base, _) = split_volume_name(name);
+        match pick_volume(&self.entry(base).await?, name, prefer_ro) {
+            Some(found) => Ok(found),
+            None => {
+                // A remembered entry may predate the backup or release asked for.
+                self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(base);
+                let entry = self.entry(base).await?;
+                pick_volume(&entry, name, prefer_ro).ok_or(VenusError::Remote(RemoteError::NoSuchVolume))
+            }
+        }
     }
 
     /// Streams a whole file to `sink`, chunk by verified chunk.
@@ -390,9 +480,14 @@ impl CellConn {
         fid: proto::Fid,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<FetchedData> {
-        for attempt in 0..2 {
+        let mut attempt = 0;
+        loop {
             let server = self.server_for(Some(fid.volume)).await?;
-            let (session, fresh) = self.session(server).await?;
+            let (session, fresh) = match self.session(server).await {
+                Ok(s) => s,
+                Err(VenusError::Unreachable(_)) if self.other_replica(Some(fid.volume), server) => continue,
+                Err(e) => return Err(e),
+            };
             self.counters.rpc("FetchData");
             let mut delivered = false;
             let token = self.tokens.current(self.id);
@@ -410,6 +505,11 @@ impl CellConn {
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) if attempt == 0 && !delivered => {
                     self.locate(fid.volume).await?;
                 }
+                // Another replica has the same file; nothing reached the sink yet.
+                Err(e) if !delivered && e.is_unreachable() && self.other_replica(Some(fid.volume), server) => {
+                    let _ = self.failed(server, e).await;
+                    continue;
+                }
                 Err(ProtoError::Remote(e)) => {
                     self.token_refused(&e);
                     return Err(VenusError::Remote(e));
@@ -420,8 +520,11 @@ impl CellConn {
                 }
                 Err(e) => return Err(self.failed(server, e).await),
             }
+            attempt += 1;
+            if attempt == 2 {
+                return Err(VenusError::Remote(RemoteError::CallbacksLost));
+            }
         }
-        Err(VenusError::Remote(RemoteError::CallbacksLost))
     }
 
     pub async fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Result<Vec<u32>> {
@@ -455,5 +558,59 @@ impl CellConn {
                 Err(e) => return Err(self.failed(server, e).await),
             }
         }
+    }
+}
+
+/// Which volume of `entry` `name` means (see `CellConn::resolve_volume`), if it exists.
+fn pick_volume(entry: &proto::msg::VldbEntry, name: &str, prefer_ro: bool) -> Option<(VolumeId, String)> {
+    let released = entry.ro.filter(|_| entry.sites.iter().any(|s| s.role == SiteRole::ReadOnly));
+    match split_volume_name(name) {
+        (_, Some(".readonly")) => released.map(|ro| (ro, name.to_string())),
+        (_, Some(_)) => entry.backup.map(|b| (b, name.to_string())),
+        (base, None) => match released.filter(|_| prefer_ro) {
+            Some(ro) => Some((ro, format!("{base}.readonly"))),
+            None => Some((entry.rw, name.to_string())),
+        },
+    }
+}
+
+/// A volume name's base and its `.readonly`/`.backup` suffix, if any.
+pub fn split_volume_name(name: &str) -> (&str, Option<&'static str>) {
+    for suffix in [".readonly", ".backup"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return (base, Some(suffix));
+        }
+    }
+    (name, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::msg::{Site, VldbEntry};
+
+    fn entry(roles: &[SiteRole]) -> VldbEntry {
+        VldbEntry {
+            name: "sw".into(),
+            rw: VolumeId(1),
+            ro: Some(VolumeId(2)),
+            backup: None,
+            sites: roles.iter().enumerate().map(|(i, r)| Site { server: ServerId(i as u32 + 1), role: *r }).collect(),
+        }
+    }
+
+    #[test]
+    fn names_lead_to_replicas_only_once_released() {
+        let released = entry(&[SiteRole::ReadWrite, SiteRole::ReadOnly]);
+        assert_eq!(pick_volume(&released, "sw", true), Some((VolumeId(2), "sw.readonly".into())));
+        assert_eq!(pick_volume(&released, "sw", false), Some((VolumeId(1), "sw".into())));
+        assert_eq!(pick_volume(&released, "sw.readonly", false), Some((VolumeId(2), "sw.readonly".into())));
+        assert_eq!(pick_volume(&released, "sw.backup", false), None);
+        // A site added but never released serves nothing.
+        let added = entry(&[SiteRole::ReadWrite, SiteRole::NewReadOnly]);
+        assert_eq!(pick_volume(&added, "sw", true), Some((VolumeId(1), "sw".into())));
+        assert_eq!(pick_volume(&added, "sw.readonly", false), None);
+        assert_eq!(split_volume_name("a.b.backup"), ("a.b", Some(".backup")));
+        assert_eq!(split_volume_name("root.cell"), ("root.cell", None));
     }
 }

@@ -163,19 +163,23 @@ impl Store {
     }
 
     /// Reads a whole dump, checks it, and only then applies it: a full dump becomes volume `id`
-    /// named `name` (replacing its contents if it `exists`, which needs `overwrite`), an
-    /// incremental one is applied to the existing volume `id`. The volume keeps the dumped
-    /// version stamp, so clients that cached it see exactly the history the dump carries.
+    /// named `name` of kind `kind` (replacing its contents if it exists, which needs
+    /// `overwrite`), an incremental one is applied to the existing volume `id`. The volume keeps
+    /// the dumped version stamp, so clients that cached it see exactly the history the dump
+    /// carries (and every replica of one release carries the same stamp).
     pub fn restore(
         &self,
         input: &mut dyn Read,
         id: VolumeId,
         name: &str,
-        exists: bool,
+        kind: VolumeKind,
         overwrite: bool,
     ) -> Result<(VolumeInfo, DumpSummary)> {
         let parsed = read_dump(input, self)?;
         let header = &parsed.header;
+        let mut conn = self.lock_writer();
+        let tx = conn.transaction()?;
+        let exists = rows::load_volume(&tx, id)?.is_some();
         if header.since.is_none() && exists && !overwrite {
             return refuse(RemoteError::Invalid(format!(
                 "volume {name} exists: restoring a full dump over it needs --overwrite"
@@ -187,8 +191,6 @@ impl Store {
                 header.name
             )));
         }
-        let mut conn = self.lock_writer();
-        let tx = conn.transaction()?;
         // Every chunk a file names must be on the server now (this dump carried it, or an
         // earlier one did).
         {
@@ -212,13 +214,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO volumes (id, name, kind, incarnation, counter, quota, used, files, dirs, created)
                      VALUES (?1, ?2, ?3, 0, 0, ?4, 0, 0, 0, ?5)",
-                    params![
-                        v,
-                        name,
-                        rows::volume_kind_code(VolumeKind::ReadWrite),
-                        header.quota as i64,
-                        header.created.as_nanos()
-                    ],
+                    params![v, name, rows::volume_kind_code(kind), header.quota as i64, header.created.as_nanos()],
                 )?;
             }
         }
@@ -239,8 +235,14 @@ impl Store {
         }
         recount(&tx, id)?;
         tx.execute(
-            "UPDATE volumes SET name = ?2, incarnation = ?3, counter = ?4 WHERE id = ?1",
-            params![v, name, header.stamp.incarnation as i64, header.stamp.counter as i64],
+            "UPDATE volumes SET name = ?2, incarnation = ?3, counter = ?4, kind = ?5 WHERE id = ?1",
+            params![
+                v,
+                name,
+                header.stamp.incarnation as i64,
+                header.stamp.counter as i64,
+                rows::volume_kind_code(kind)
+            ],
         )?;
         let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("restored volume vanished".into()))?;
         tx.commit()?;

@@ -12,6 +12,7 @@ use crate::store::Store;
 const CLIENT: ClientId = ClientId(9);
 const SRC: VolumeId = VolumeId(20);
 const COPY: VolumeId = VolumeId(21);
+const REPLICA: VolumeId = VolumeId(22);
 
 fn admin() -> Caller {
     Caller::administrator()
@@ -117,7 +118,7 @@ fn a_full_dump_restores_to_an_equal_tree_and_an_incremental_one_catches_up() {
     let (_d, store) = setup();
     let (a, b) = populate(&store);
     let full = dump(&store, None);
-    let (info, summary) = store.restore(&mut full.as_slice(), COPY, "copy", false, false).unwrap();
+    let (info, summary) = store.restore(&mut full.as_slice(), COPY, "copy", VolumeKind::ReadWrite, false).unwrap();
     assert_eq!(tree(&store, COPY), tree(&store, SRC));
     let unique: std::collections::HashSet<_> = chunk_bytes(&[7u8; 300_000]).into_iter().map(|(r, _)| r.hash).collect();
     assert_eq!(summary.chunks, unique.len() as u64, "chunks shared by two files travel once");
@@ -135,12 +136,12 @@ fn a_full_dump_restores_to_an_equal_tree_and_an_incremental_one_catches_up() {
     make(&store, Fid::new(SRC, docs.unwrap().object), "new.txt", false);
     let inc = dump(&store, Some(since));
     assert!(inc.len() < full.len() / 10, "the incremental dump carries the changes only");
-    store.restore(&mut inc.as_slice(), COPY, "copy", true, false).unwrap();
+    store.restore(&mut inc.as_slice(), COPY, "copy", VolumeKind::ReadWrite, false).unwrap();
     assert_eq!(tree(&store, COPY), tree(&store, SRC));
     assert_eq!(store.volume(COPY).unwrap().files, 2);
 
     // An incremental dump cannot make a volume from nothing.
-    assert!(store.restore(&mut inc.as_slice(), VolumeId(30), "other", false, false).is_err());
+    assert!(store.restore(&mut inc.as_slice(), VolumeId(30), "other", VolumeKind::ReadWrite, false).is_err());
 }
 
 #[test]
@@ -151,17 +152,17 @@ fn a_damaged_or_cut_dump_is_refused_and_restores_nothing() {
     let mut flipped = full.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x01;
-    let err = store.restore(&mut flipped.as_slice(), COPY, "copy", false, false).unwrap_err();
+    let err = store.restore(&mut flipped.as_slice(), COPY, "copy", VolumeKind::ReadWrite, false).unwrap_err();
     assert!(err.to_string().contains("not a valid dump"), "{err}");
     for cut in [3, 20, full.len() / 3, full.len() - 1] {
-        let err = store.restore(&mut &full[..cut], COPY, "copy", false, false).unwrap_err();
+        let err = store.restore(&mut &full[..cut], COPY, "copy", VolumeKind::ReadWrite, false).unwrap_err();
         assert!(err.to_string().contains("not a valid dump"), "{cut}: {err}");
     }
     let mut trailing = full.clone();
     trailing.push(0);
-    assert!(store.restore(&mut trailing.as_slice(), COPY, "copy", false, false).is_err());
+    assert!(store.restore(&mut trailing.as_slice(), COPY, "copy", VolumeKind::ReadWrite, false).is_err());
     assert!(store.volume(COPY).is_err(), "nothing was restored");
-    assert!(store.restore(&mut full.as_slice(), COPY, "copy", false, false).is_ok());
+    assert!(store.restore(&mut full.as_slice(), COPY, "copy", VolumeKind::ReadWrite, false).is_ok());
 }
 
 #[test]
@@ -180,26 +181,35 @@ fn a_clone_shares_chunks_and_keeps_the_old_contents() {
     assert_eq!(tree(&store, COPY), before, "the clone keeps the old contents");
     assert_ne!(tree(&store, SRC), before);
     // Read-only: records are refused.
-    let r = store.apply(
-        &admin(),
-        CLIENT,
-        None,
-        &[Record {
-            op: OpId::random(),
-            mutation: Mutation::Create {
-                parent: Fid::root(COPY),
-                name: Name::new("x").unwrap(),
-                object: ObjectId::random(),
-                mode: 0o644,
-                owner: 0,
-                group: 0,
-                mtime: Timestamp::now(),
-            },
-        }],
-    );
+    let r = store.apply(&admin(), CLIENT, None, &[create_in(COPY)]);
+    assert_eq!(r.unwrap().results[0], Err(RemoteError::ReadOnly));
+    // A release restores a replica the same way: read-only, with the original's stamp.
+    let mut full = Vec::new();
+    store.dump(SRC, None, &mut full).unwrap();
+    let (replica, _) =
+        store.restore(&mut full.as_slice(), REPLICA, "src.readonly", VolumeKind::ReadOnly, true).unwrap();
+    assert_eq!((replica.kind, replica.stamp), (VolumeKind::ReadOnly, store.volume(SRC).unwrap().stamp));
+    assert_eq!(tree(&store, REPLICA), tree(&store, SRC));
+    let r = store.apply(&admin(), CLIENT, None, &[create_in(REPLICA)]);
     assert_eq!(r.unwrap().results[0], Err(RemoteError::ReadOnly));
     // A second backup replaces the first, with a new incarnation (clients revalidate).
     let again = store.clone_volume(SRC, COPY, "src.backup", VolumeKind::Backup).unwrap();
     assert_ne!(again.stamp.incarnation, info.stamp.incarnation);
     assert_eq!(tree(&store, COPY), tree(&store, SRC));
+}
+
+/// A record creating a file in the root of `volume`.
+fn create_in(volume: VolumeId) -> Record {
+    Record {
+        op: OpId::random(),
+        mutation: Mutation::Create {
+            parent: Fid::root(volume),
+            name: Name::new("x").unwrap(),
+            object: ObjectId::random(),
+            mode: 0o644,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::now(),
+        },
+    }
 }

@@ -87,15 +87,23 @@ fn to_entry(row: EntryRow) -> Result<VldbEntry> {
             .into_iter()
             .map(|(s, role)| Site {
                 server: ServerId(s),
-                role: if role == 0 { SiteRole::ReadWrite } else { SiteRole::ReadOnly },
+                role: match role {
+                    0 => SiteRole::ReadWrite,
+                    1 => SiteRole::ReadOnly,
+                    _ => SiteRole::NewReadOnly,
+                },
             })
             .collect(),
     })
 }
 
 fn sites_blob(sites: &[Site]) -> Vec<u8> {
-    let v: Vec<(u32, u8)> =
-        sites.iter().map(|s| (s.server.0, if s.role == SiteRole::ReadWrite { 0 } else { 1 })).collect();
+    let code = |role: SiteRole| match role {
+        SiteRole::ReadWrite => 0u8,
+        SiteRole::ReadOnly => 1,
+        SiteRole::NewReadOnly => 2,
+    };
+    let v: Vec<(u32, u8)> = sites.iter().map(|s| (s.server.0, code(s.role))).collect();
     postcard::to_stdvec(&v).unwrap_or_default()
 }
 

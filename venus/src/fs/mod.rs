@@ -381,23 +381,25 @@ impl Venus {
         }
     }
 
-    /// The root of a cell's `root.cell` volume.
-    pub async fn cell_root(&self, cell: CellId) -> Result<GFid> {
-        let volume = self.volume_id(cell, "root.cell").await?;
+    /// The root of a cell: its `root.cell` volume, read-only if released (the top of the
+    /// tree is a read-only path, as in AFS), or read-write when `writable` (`/afs/.<cell>`).
+    pub async fn cell_root(&self, cell: CellId, writable: bool) -> Result<GFid> {
+        let volume = self.volume_id(cell, "root.cell", !writable).await?;
         Ok(GFid::new(cell, Fid::root(volume)))
     }
 
-    /// A volume's id by name: from the location service, remembered in the cache index so the
-    /// namespace can be walked with no server at all (a laptop started on a train).
-    pub async fn volume_id(&self, cell: CellId, name: &str) -> Result<proto::VolumeId> {
+    /// A volume's id by name (see `CellConn::resolve_volume` for `prefer_ro`): from the
+    /// location service, remembered in the cache index so the namespace can be walked with no
+    /// server at all (a laptop started on a train).
+    pub async fn volume_id(&self, cell: CellId, name: &str, prefer_ro: bool) -> Result<proto::VolumeId> {
         let conn = self.cell(cell)?;
         let cell_forced = lock(&self.forced).contains(&(cell, None));
         if !conn.is_down() && !cell_forced {
-            match conn.volume_id(name).await {
-                Ok(id) => {
+            match conn.resolve_volume(name, prefer_ro).await {
+                Ok((id, known_as)) => {
                     let mut state = self.cache.volume(cell, id);
-                    if state.name.as_deref() != Some(name) {
-                        state.name = Some(name.to_string());
+                    if state.name.as_deref() != Some(known_as.as_str()) {
+                        state.name = Some(known_as);
                         self.cache.set_volume(cell, id, state)?;
                     }
                     return Ok(id);
@@ -406,7 +408,21 @@ impl Venus {
                 Err(e) => return Err(e),
             }
         }
-        self.cache.volume_named(cell, name).ok_or(VenusError::NotCached)
+        self.cached_volume_id(cell, name, prefer_ro).ok_or(VenusError::NotCached)
+    }
+
+    /// As `volume_id`, from the cache index alone.
+    pub(crate) fn cached_volume_id(&self, cell: CellId, name: &str, prefer_ro: bool) -> Option<proto::VolumeId> {
+        let replica = (prefer_ro && crate::net::split_volume_name(name).1.is_none())
+            .then(|| self.cache.volume_named(cell, &format!("{name}.readonly")))
+            .flatten();
+        replica.or_else(|| self.cache.volume_named(cell, name))
+    }
+
+    /// Whether mount points in `volume` lead to read-only replicas where there are some: the
+    /// volume is itself a replica (AFS's rule; a backup's mount points lead to read-write).
+    pub(crate) fn in_replica(&self, cell: CellId, volume: proto::VolumeId) -> bool {
+        self.cache.volume(cell, volume).name.is_some_and(|n| n.ends_with(".readonly"))
     }
 
     /// Closes the connections to every cell (venus is exiting).

@@ -1,8 +1,8 @@
 //! Connectivity per volume: connected, disconnected (emulating from the cache), or
 //! reintegrating (the servers answer, but the volume still has logged changes to replay).
 //!
-//! A volume is disconnected when its cell's servers stopped answering (a request timed out or
-//! the connection died) or the user said `venus disconnect`; a background probe notices servers
+//! A volume is disconnected when every server that could serve it stopped answering (a request
+//! timed out or the connection died) or the user said `venus disconnect`; a background probe notices servers
 //! coming back, and reintegration drains the log. While a volume has logged changes, reads are
 //! served from the cache even if the server answers: the cache holds the newer state.
 
@@ -32,7 +32,7 @@ impl Venus {
             let f = lock(&self.forced);
             f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
         };
-        !forced && self.cell(cell).is_ok_and(|c| !c.is_down())
+        !forced && self.cell(cell).is_ok_and(|c| !c.volume_down(volume))
     }
 
     pub fn has_pending(&self, cell: CellId, volume: VolumeId) -> bool {

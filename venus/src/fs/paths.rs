@@ -87,8 +87,8 @@ impl Venus {
     fn lookup_cached(&self, parent: u64, name: &str) -> Result<super::Stat> {
         let target = match self.node(parent)? {
             Node::Root => {
-                let cell = self.cell_by_name(name).ok_or(VenusError::NotFound)?;
-                let vol = self.cache.volume_named(cell, "root.cell").ok_or(VenusError::NotCached)?;
+                let (cell, writable) = self.top_name(name)?;
+                let vol = self.cached_volume_id(cell, "root.cell", !writable).ok_or(VenusError::NotCached)?;
                 GFid::new(cell, Fid::root(vol))
             }
             Node::Object(p) => {
@@ -97,13 +97,11 @@ impl Venus {
                 let child = GFid::new(p.cell, Fid::new(p.fid.volume, e.object));
                 if e.kind == ObjectKind::MountPoint {
                     let mp = self.cache.attr(&child).ok_or(VenusError::NotCached)?;
-                    let target = mp.link.unwrap_or_default();
-                    let body = target.trim_start_matches(['#', '%']).trim_end_matches('.');
-                    let (cell, volume) = match body.split_once(':') {
-                        Some((c, v)) => (self.cell_by_name(c).ok_or(VenusError::NotFound)?, v),
-                        None => (p.cell, body),
-                    };
-                    GFid::new(cell, Fid::root(self.cache.volume_named(cell, volume).ok_or(VenusError::NotCached)?))
+                    let (cell, volume, prefer_ro) = self.mount_target(child, mp.link.as_deref().unwrap_or(""))?;
+                    GFid::new(
+                        cell,
+                        Fid::root(self.cached_volume_id(cell, volume, prefer_ro).ok_or(VenusError::NotCached)?),
+                    )
                 } else {
                     child
                 }

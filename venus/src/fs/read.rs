@@ -149,25 +149,44 @@ impl Venus {
         VenusError::NotCached
     }
 
-    /// Where a mount point leads: the root of the volume it names.
-    pub(crate) async fn cross(&self, cell: CellId, mount_point: &Attr) -> Result<GFid> {
-        let target = mount_point.link.as_deref().unwrap_or("");
-        let body = target.strip_prefix(['#', '%']).unwrap_or(target);
+    /// What mount point `at` (whose target is `link`) names: the cell, the volume, and
+    /// whether its read-only replica is preferred. As in AFS, a regular mount point (`#vol`)
+    /// reached through a read-only replica leads to the replica of `vol` if it has one; a
+    /// read-write mount point (`%vol`) always leads to the read-write volume.
+    pub(crate) fn mount_target<'a>(&self, at: GFid, link: &'a str) -> Result<(CellId, &'a str, bool)> {
+        let regular = !link.starts_with('%');
+        let body = link.strip_prefix(['#', '%']).unwrap_or(link);
         let body = body.strip_suffix('.').unwrap_or(body);
         let (cell, volume) = match body.split_once(':') {
             Some((name, vol)) => (self.cell_by_name(name).ok_or(VenusError::NotFound)?, vol),
-            None => (cell, body),
+            None => (at.cell, body),
         };
-        let id = self.volume_id(cell, volume).await?;
+        Ok((cell, volume, regular && self.in_replica(at.cell, at.fid.volume)))
+    }
+
+    /// Where a mount point leads: the root of the volume it names.
+    pub(crate) async fn cross(&self, at: GFid, mount_point: &Attr) -> Result<GFid> {
+        let (cell, volume, prefer_ro) = self.mount_target(at, mount_point.link.as_deref().unwrap_or(""))?;
+        let id = self.volume_id(cell, volume, prefer_ro).await?;
         Ok(GFid::new(cell, Fid::root(id)))
+    }
+
+    /// A name in the top directory: `<cell>` (its root, read-only if released) or `.<cell>`
+    /// (its read-write root).
+    pub(crate) fn top_name(&self, name: &str) -> Result<(CellId, bool)> {
+        let (cell, writable) = match name.strip_prefix('.') {
+            Some(cell) => (cell, true),
+            None => (name, false),
+        };
+        Ok((self.cell_by_name(cell).ok_or(VenusError::NotFound)?, writable))
     }
 
     /// The entry `name` in directory `parent`, as the kernel should see it.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Stat> {
         let target = match self.node(parent)? {
             Node::Root => {
-                let cell = self.cell_by_name(name).ok_or(VenusError::NotFound)?;
-                self.cell_root(cell).await?
+                let (cell, writable) = self.top_name(name)?;
+                self.cell_root(cell, writable).await?
             }
             Node::Object(p) => {
                 let entries = self.listing(p).await?;
@@ -176,7 +195,7 @@ impl Venus {
                 let child = GFid::new(p.cell, Fid::new(p.fid.volume, entry.object));
                 if entry.kind == ObjectKind::MountPoint {
                     let mp = self.status(child).await?;
-                    self.cross(p.cell, &mp).await?
+                    self.cross(child, &mp).await?
                 } else {
                     child
                 }
@@ -203,7 +222,7 @@ impl Venus {
             Node::Root => {
                 let mut out = Vec::new();
                 for (name, conn) in self.cells() {
-                    let ino = match self.cell_root(conn.id).await {
+                    let ino = match self.cell_root(conn.id, false).await {
                         Ok(g) => self.register(g),
                         // An unreachable cell is still listed; looking inside will say why.
                         Err(_) => GFid::new(conn.id, Fid::root(proto::VolumeId(0))).ino(),

@@ -27,7 +27,7 @@ impl Venus {
         let cells: Vec<(CellId, Arc<crate::net::CellConn>)> = self.cells().map(|(_, c)| (c.id, c.clone())).collect();
         for (cell, conn) in cells {
             let forced = lock(&self.forced).contains(&(cell, None));
-            if conn.is_down() && !forced && conn.probe().await {
+            if conn.any_down() && !forced && conn.probe().await {
                 tracing::info!(cell = %conn.name(), "servers answer again");
                 // Refresh the hoard: things may have changed while we were away.
                 self.hoarding.wanted.store(true, std::sync::atomic::Ordering::Relaxed);

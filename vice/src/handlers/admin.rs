@@ -66,6 +66,20 @@ pub async fn remove(shared: &Arc<Shared>, name: String) -> Reply {
     Response::Done.into()
 }
 
+/// Renames a location entry (the servers' copies are renamed by `vos` one by one).
+pub async fn vldb_rename(shared: &Arc<Shared>, name: String, new_name: String) -> Reply {
+    if let Err(e) = validate_volume_name(&new_name) {
+        return error(e);
+    }
+    match shared.vldb.rename(&name, &new_name) {
+        Ok(()) => {
+            tracing::info!(from = %name, to = %new_name, "location entry renamed");
+            Response::Done.into()
+        }
+        Err(e) => error(e.to_remote()),
+    }
+}
+
 pub async fn list_vldb(shared: &Arc<Shared>) -> Reply {
     match shared.vldb.list() {
         Ok(entries) => Response::Vldb { entries }.into(),

@@ -169,10 +169,11 @@ async fn dispatch(
         Request::PtsListEntries => pts::list(shared).await,
         Request::PtsSetPassword { user, password } => pts::set_password(shared, peer, caller, user, password).await,
         Request::DumpVolume { name, since } => volume_ops::dump(shared, name, since).await,
-        Request::RestoreVolume { name, overwrite } => volume_ops::restore(shared, name, overwrite, recv).await,
-        Request::BackupVolume { name } => volume_ops::backup(shared, name).await,
+        Request::CloneVolumeHere { source, id, name, kind } => {
+            volume_ops::clone_here(shared, source, id, name, kind).await
+        }
         Request::SetQuota { name, quota } => volume_ops::set_quota(shared, name, quota).await,
-        Request::RenameVolume { name, new_name } => volume_ops::rename(shared, name, new_name).await,
+        Request::VldbRename { name, new_name } => admin::vldb_rename(shared, name, new_name).await,
         Request::ValidateAttrs { objects } => location::validate_attrs(shared, caller, client, objects).await,
         Request::JoinCell { address, fingerprint } => admin::join(shared, address, fingerprint).await,
         Request::AllocateVolumeId => match shared.vldb.allocate_volume_id() {
@@ -188,14 +189,12 @@ async fn dispatch(
             Err(e) => error(e.to_remote()),
         },
         Request::CreateVolumeHere { id, name, quota } => admin::create_here(shared, id, name, quota).await,
-        Request::RestoreVolumeHere { id, name, overwrite } => {
-            volume_ops::restore_here(shared, id, name, overwrite, recv).await
+        Request::RestoreVolumeHere { id, name, overwrite, kind } => {
+            volume_ops::restore_here(shared, id, name, overwrite, kind, recv).await
         }
         Request::FreezeVolume { id, frozen } => volume_ops::freeze(shared, id, frozen),
         Request::VolumeMovedAway { id } => volume_ops::moved_away(shared, id).await,
-        Request::RemoveVolumeHere { id } => match blocking(&shared.store, move |s| s.remove_volume(id)).await {
-            Ok(()) | Err(RemoteError::NoSuchVolume) => Response::Done.into(),
-            Err(e) => error(e),
-        },
+        Request::RemoveVolumeHere { id } => volume_ops::remove_here(shared, id).await,
+        Request::RenameVolumeHere { id, name } => volume_ops::rename_here(shared, id, name).await,
     }
 }

@@ -1,9 +1,10 @@
-//! Whole-volume operations for `vos`: dump, restore, backup, quota, rename. Admin only.
+//! Whole-volume operations for `vos` on this server's store: dump, restore, clone, quota,
+//! rename, freeze, removal. Admin only; `vos` keeps the location database in step.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use proto::msg::{Response, VldbEntry, VolumeKind, VolumeRef, validate_volume_name};
+use proto::msg::{Response, VldbEntry, VolumeKind, VolumeRef, validate_volume_name_of};
 use proto::{RemoteError, Timestamp, VolumeId};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -103,41 +104,26 @@ pub async fn dump(shared: &Arc<Shared>, name: String, since: Option<Timestamp>) 
     Reply::Stream { response: Response::Dumping { stamp }, body: rx }
 }
 
-pub async fn restore(shared: &Arc<Shared>, name: String, overwrite: bool, recv: &mut quinn::RecvStream) -> Reply {
-    if let Err(e) = validate_volume_name(&name) {
-        return error(e);
-    }
-    let (id, exists) = match entry_of(shared, &name) {
-        Ok(e) => (e.rw, true),
-        Err(RemoteError::NoSuchVolume) => match shared.vldb.allocate_volume_id() {
-            Ok(id) => (id, false),
-            Err(e) => return error(e.to_remote()),
-        },
-        Err(e) => return error(e),
-    };
-    let (info, summary) = match restore_into(shared, id, &name, exists, overwrite, recv).await {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    finish_restore(shared, id, name, exists, info, summary).await
-}
-
-/// A move's target: restores into volume `id` of this store, no location database involved.
+/// Restores into volume `id` of this store (`vos restore`, a move's target, a release's
+/// replica); the location database is kept by `vos`. Every promise on the volume is broken:
+/// what clients cached of it may be gone or different now.
 pub async fn restore_here(
     shared: &Arc<Shared>,
     id: VolumeId,
     name: String,
     overwrite: bool,
+    kind: VolumeKind,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    if let Err(e) = validate_volume_name(&name) {
+    if let Err(e) = validate_volume_name_of(kind, &name) {
         return error(e);
     }
-    let sid = id;
-    let exists = blocking(&shared.store, move |s| s.volume(sid)).await.is_ok();
-    match restore_into(shared, id, &name, exists, overwrite, recv).await {
+    match restore_into(shared, id, &name, kind, overwrite, recv).await {
         Ok((info, summary)) => {
+            // A volume moved away and now back is served here again.
+            shared.moved.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             shared.callbacks.break_volume(id).await;
+            tracing::info!(volume = %name, objects = summary.objects, chunks = summary.chunks, "restored");
             Response::Restored { info, objects: summary.objects, chunks: summary.chunks, bytes: summary.bytes }.into()
         }
         Err(e) => error(e),
@@ -149,7 +135,7 @@ async fn restore_into(
     shared: &Arc<Shared>,
     id: VolumeId,
     name: &str,
-    exists: bool,
+    kind: VolumeKind,
     overwrite: bool,
     recv: &mut quinn::RecvStream,
 ) -> Result<(proto::msg::VolumeInfo, volumes::dump::DumpSummary), RemoteError> {
@@ -159,7 +145,7 @@ async fn restore_into(
         let store = shared.store.clone();
         move || {
             let mut input = FromNetwork { rx, piece: Vec::new(), at: 0 };
-            let result = store.restore(&mut input, id, &target, exists, overwrite);
+            let result = store.restore(&mut input, id, &target, kind, overwrite);
             // Drain what the client still sends, so it hears the answer rather than a reset.
             while input.read(&mut [0u8; 4096]).map(|n| n > 0).unwrap_or(false) {}
             result
@@ -184,59 +170,22 @@ async fn restore_into(
     }
 }
 
-async fn finish_restore(
-    shared: &Arc<Shared>,
-    id: VolumeId,
-    name: String,
-    exists: bool,
-    info: proto::msg::VolumeInfo,
-    summary: volumes::dump::DumpSummary,
-) -> Reply {
-    if !exists {
-        let entry = VldbEntry {
-            name: name.clone(),
-            rw: id,
-            ro: None,
-            backup: None,
-            sites: vec![proto::msg::Site { server: shared.server_id, role: proto::msg::SiteRole::ReadWrite }],
-        };
-        if let Err(e) = shared.vldb.create(&entry) {
-            let _ = blocking(&shared.store, move |s| s.remove_volume(id)).await;
-            return error(e.to_remote());
-        }
+/// Makes (or remakes) a clone of a volume in this store (`vos backup`).
+pub async fn clone_here(shared: &Arc<Shared>, source: VolumeId, id: VolumeId, name: String, kind: VolumeKind) -> Reply {
+    if kind == VolumeKind::ReadWrite {
+        return error(RemoteError::Invalid("a clone is read-only or a backup".into()));
     }
-    // Whatever clients cached of the volume may be gone or different now.
-    shared.callbacks.break_volume(id).await;
-    tracing::info!(volume = %name, objects = summary.objects, chunks = summary.chunks, "restored");
-    Response::Restored { info, objects: summary.objects, chunks: summary.chunks, bytes: summary.bytes }.into()
-}
-
-pub async fn backup(shared: &Arc<Shared>, name: String) -> Reply {
-    let mut entry = match entry_of(shared, &name) {
-        Ok(e) => e,
-        Err(e) => return error(e),
-    };
-    let bid = match entry.backup {
-        Some(b) => b,
-        None => match shared.vldb.allocate_volume_id() {
-            Ok(b) => b,
-            Err(e) => return error(e.to_remote()),
-        },
-    };
-    let (rw, bname) = (entry.rw, format!("{name}.backup"));
-    let info = match blocking(&shared.store, move |s| s.clone_volume(rw, bid, &bname, VolumeKind::Backup)).await {
-        Ok(info) => info,
-        Err(e) => return error(e),
-    };
-    if entry.backup != Some(bid) {
-        entry.backup = Some(bid);
-        if let Err(e) = shared.vldb.update(&entry) {
-            return error(e.to_remote());
-        }
+    if let Err(e) = validate_volume_name_of(kind, &name) {
+        return error(e);
     }
-    // Clients that cached the previous backup must look again.
-    shared.callbacks.break_volume(bid).await;
-    Response::Volume { info, entry: Some(entry) }.into()
+    match blocking(&shared.store, move |s| s.clone_volume(source, id, &name, kind)).await {
+        Ok(info) => {
+            // Clients that cached the previous clone must look again.
+            shared.callbacks.break_volume(id).await;
+            Response::Volume { info, entry: None }.into()
+        }
+        Err(e) => error(e),
+    }
 }
 
 pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
@@ -251,34 +200,31 @@ pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply 
     }
 }
 
-pub async fn rename(shared: &Arc<Shared>, name: String, new_name: String) -> Reply {
-    if let Err(e) = validate_volume_name(&new_name) {
-        return error(e);
-    }
-    let entry = match entry_of(shared, &name) {
-        Ok(e) => e,
+pub async fn rename_here(shared: &Arc<Shared>, id: VolumeId, name: String) -> Reply {
+    let kind = match blocking(&shared.store, move |s| s.volume(id)).await {
+        Ok(info) => info.kind,
         Err(e) => return error(e),
     };
-    if let Err(e) = shared.vldb.rename(&name, &new_name) {
-        return error(e.to_remote());
-    }
-    let (id, to) = (entry.rw, new_name.clone());
-    if let Err(e) = blocking(&shared.store, move |s| s.rename_volume(id, &to)).await {
-        let _ = shared.vldb.rename(&new_name, &name);
+    if let Err(e) = validate_volume_name_of(kind, &name) {
         return error(e);
     }
-    if let Some(b) = entry.backup {
-        let bname = format!("{new_name}.backup");
-        let _ = blocking(&shared.store, move |s| s.rename_volume(b, &bname)).await;
+    match blocking(&shared.store, move |s| s.rename_volume(id, &name).and_then(|()| s.volume(id))).await {
+        Ok(info) => {
+            tracing::info!(volume = %id, to = %info.name, "volume renamed");
+            Response::Volume { info, entry: None }.into()
+        }
+        Err(e) => error(e),
     }
-    tracing::info!(from = %name, to = %new_name, "volume renamed");
-    match shared.vldb.lookup(&VolumeRef::Name(new_name)) {
-        Ok(Some(entry)) => match blocking(&shared.store, move |s| s.volume(id)).await {
-            Ok(info) => Response::Volume { info, entry: Some(entry) }.into(),
-            Err(e) => error(e),
-        },
-        Ok(None) => error(RemoteError::NoSuchVolume),
-        Err(e) => error(e.to_remote()),
+}
+
+/// Drops a volume from this store (a failed move's target, a removed replica or backup).
+pub async fn remove_here(shared: &Arc<Shared>, id: VolumeId) -> Reply {
+    match blocking(&shared.store, move |s| s.remove_volume(id)).await {
+        Ok(()) | Err(RemoteError::NoSuchVolume) => {
+            shared.callbacks.break_volume(id).await;
+            Response::Done.into()
+        }
+        Err(e) => error(e),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `vos create NAME [--server S] [--quota SIZE]`
 
 use anyhow::{Context as _, Result};
+use proto::cell::CellServer;
 use proto::{Request, Response};
 
 use crate::session::{Context, unexpected};
@@ -18,21 +19,16 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    let target = ctx.server(a.server.as_deref())?;
+    let target = ctx.resolve(a.server.as_deref()).await?;
     let db = ctx.server(None)?;
     if target.id != db.id {
-        return create_elsewhere(ctx, &a, target.id).await;
+        return create_elsewhere(ctx, &a, &target).await;
     }
     let req = Request::CreateVolume { name: a.name.clone(), quota: a.quota.unwrap_or(0) };
-    let resp = ctx.call(a.server.as_deref(), req).await.with_context(|| format!("creating volume {}", a.name))?;
+    let resp = ctx.call_at(&target, req).await.with_context(|| format!("creating volume {}", a.name))?;
     match resp {
         Response::Volume { info, .. } => {
-            println!(
-                "Volume {} created with id {} on server {}",
-                info.name,
-                info.id,
-                ctx.server(a.server.as_deref())?.address
-            );
+            println!("Volume {} created with id {} on server {}", info.name, info.id, target.address);
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -41,22 +37,22 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
 
 /// On a server that does not hold the location database: the database allocates the id, the
 /// server makes the volume, the database records where it is.
-async fn create_elsewhere(ctx: &Context, a: &Args, server: u32) -> Result<()> {
+async fn create_elsewhere(ctx: &Context, a: &Args, server: &CellServer) -> Result<()> {
     proto::msg::validate_volume_name(&a.name)?;
     let id = match ctx.call(None, Request::AllocateVolumeId).await? {
         Response::VolumeIdAllocated { id } => id,
         other => return Err(unexpected(other)),
     };
     let here = Request::CreateVolumeHere { id, name: a.name.clone(), quota: a.quota.unwrap_or(0) };
-    ctx.call(a.server.as_deref(), here).await.with_context(|| format!("creating volume {}", a.name))?;
+    ctx.call_at(server, here).await.with_context(|| format!("creating volume {}", a.name))?;
     let entry = proto::msg::VldbEntry {
         name: a.name.clone(),
         rw: id,
         ro: None,
         backup: None,
-        sites: vec![proto::msg::Site { server: proto::ServerId(server), role: proto::msg::SiteRole::ReadWrite }],
+        sites: vec![proto::msg::Site { server: server.server_id(), role: proto::msg::SiteRole::ReadWrite }],
     };
     ctx.call(None, Request::VldbCreate { entry }).await.with_context(|| format!("recording volume {}", a.name))?;
-    println!("Volume {} created with id {id} on server {}", a.name, ctx.server(a.server.as_deref())?.address);
+    println!("Volume {} created with id {id} on server {}", a.name, server.address);
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{Context as _, Result, bail};
+use proto::cell::CellServer;
 use proto::{Request, Response};
 
 use crate::session::{Context, unexpected};
@@ -24,7 +25,7 @@ pub struct Args {
 /// `progress` hears every piece's size. Returns the dump's header and the volume stamp.
 pub async fn dump_to_file(
     ctx: &Context,
-    server: Option<&str>,
+    server: &CellServer,
     name: &str,
     since: Option<proto::Timestamp>,
     path: &std::path::Path,
@@ -60,7 +61,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
     bar.set_message(a.name.clone());
     let site = ctx.site_of(&a.name).await?;
-    let (h, stamp) = dump_to_file(ctx, site.as_deref(), &a.name, a.since, &partial, |n| bar.inc(n)).await?;
+    let (h, stamp) = dump_to_file(ctx, &site, &a.name, a.since, &partial, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     // The dump must be whole before it takes the name.
     let len = std::fs::metadata(&partial)?.len();

@@ -16,13 +16,15 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    let (info, entry) =
-        match ctx.call(ctx.site_of(&a.name).await?.as_deref(), Request::ExamineVolume { name: a.name }).await? {
-            Response::Volume { info, entry } => (info, entry),
-            other => return Err(unexpected(other)),
-        };
+    let base = a.name.trim_end_matches(".backup").trim_end_matches(".readonly");
+    let located = ctx.locate(base).await?;
+    let info = match ctx.call_at(&ctx.site_of(&a.name).await?, Request::ExamineVolume { name: a.name }).await? {
+        Response::Volume { info, .. } => info,
+        other => return Err(unexpected(other)),
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "volume": info, "vldb": entry }))?);
+        let v = serde_json::json!({ "volume": info, "vldb": located.entry });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("{} (id {}, {:?})", info.name, info.id, info.kind);
@@ -30,12 +32,18 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let quota = if info.quota == 0 { "none".to_string() } else { show(info.quota) };
     println!("    quota     {quota}");
     println!("    stamp     {}", info.stamp);
-    if let Some(e) = entry {
-        for s in e.sites {
-            let addr = ctx.cell.server(s.server).map_or("?", |c| c.address.as_str());
-            let role = if s.role == SiteRole::ReadWrite { "RW" } else { "RO" };
-            println!("    site      server {} ({addr}) {role}", s.server);
-        }
+    let e = &located.entry;
+    let ids = [("RW", Some(e.rw)), ("RO", e.ro), ("BK", e.backup)];
+    let ids: Vec<String> = ids.iter().filter_map(|(k, v)| v.map(|v| format!("{k} {v}"))).collect();
+    println!("    ids       {}", ids.join(", "));
+    for s in &e.sites {
+        let addr = located.server(s.server).map_or_else(|_| "?".to_string(), |c| c.address);
+        let role = match s.role {
+            SiteRole::ReadWrite => "RW",
+            SiteRole::ReadOnly => "RO",
+            SiteRole::NewReadOnly => "RO (not released)",
+        };
+        println!("    site      server {} ({addr}) {role}", s.server);
     }
     Ok(())
 }

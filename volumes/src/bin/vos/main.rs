@@ -12,6 +12,7 @@ mod moving;
 mod quota;
 mod remove;
 mod rename;
+mod replicas;
 mod restore;
 mod session;
 
@@ -54,6 +55,12 @@ enum Command {
     Rename(rename::Args),
     /// Move a volume to another server while it stays in use.
     Move(moving::Args),
+    /// Add a read-only site for a volume (filled by the next release).
+    Addsite(replicas::SiteArgs),
+    /// Remove a read-only site and its replica.
+    Remsite(replicas::SiteArgs),
+    /// Copy the read-write volume to every read-only site (NAME.readonly).
+    Release(replicas::ReleaseArgs),
     /// Print the cell file with every server of the cell (for clients and admins).
     Cellfile(cellfile::Args),
 }
@@ -78,5 +85,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rename(a) => rename::run(&ctx, a).await,
         Command::Cellfile(a) => cellfile::run(&ctx, a).await,
         Command::Move(a) => moving::run(&ctx, a).await,
+        Command::Addsite(a) => replicas::addsite(&ctx, a).await,
+        Command::Remsite(a) => replicas::remsite(&ctx, a).await,
+        Command::Release(a) => replicas::release(&ctx, a).await,
     }
 }

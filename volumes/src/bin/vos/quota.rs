@@ -23,7 +23,7 @@ pub struct ListArgs {
 }
 
 pub async fn set(ctx: &Context, a: SetArgs) -> Result<()> {
-    match ctx.call(ctx.site_of(&a.name).await?.as_deref(), Request::SetQuota { name: a.name, quota: a.quota }).await? {
+    match ctx.call_at(&ctx.site_of(&a.name).await?, Request::SetQuota { name: a.name, quota: a.quota }).await? {
         Response::Volume { info, .. } => {
             let quota = if info.quota == 0 { "none".to_string() } else { show(info.quota) };
             println!("Quota of {} is now {quota} ({} used)", info.name, show(info.used));
@@ -34,7 +34,7 @@ pub async fn set(ctx: &Context, a: SetArgs) -> Result<()> {
 }
 
 pub async fn list(ctx: &Context, a: ListArgs) -> Result<()> {
-    let info = match ctx.call(ctx.site_of(&a.name).await?.as_deref(), Request::ExamineVolume { name: a.name }).await? {
+    let info = match ctx.call_at(&ctx.site_of(&a.name).await?, Request::ExamineVolume { name: a.name }).await? {
         Response::Volume { info, .. } => info,
         other => return Err(unexpected(other)),
     };

@@ -1,9 +1,11 @@
-//! `vos rename OLD NEW`
+//! `vos rename OLD NEW`: the location entry first (it refuses a name in use), then every
+//! server's copy: the read-write volume, its backup and its read-only replicas.
 
-use anyhow::Result;
-use proto::{Request, Response};
+use anyhow::{Context as _, Result};
+use proto::msg::SiteRole;
+use proto::{Request, VolumeId};
 
-use crate::session::{Context, unexpected};
+use crate::session::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,11 +14,26 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    match ctx.call(None, Request::RenameVolume { name: a.name.clone(), new_name: a.new_name }).await? {
-        Response::Volume { info, .. } => {
-            println!("Renamed volume {} to {} (mount points naming the old name must be remade)", a.name, info.name);
-            Ok(())
+    proto::msg::validate_volume_name(&a.new_name)?;
+    let located = ctx.locate(&a.name).await?;
+    ctx.call(None, Request::VldbRename { name: a.name.clone(), new_name: a.new_name.clone() }).await?;
+    let e = &located.entry;
+    for site in &e.sites {
+        let server = located.server(site.server)?;
+        let here: Vec<(VolumeId, String)> = match site.role {
+            SiteRole::ReadWrite => std::iter::once((e.rw, a.new_name.clone()))
+                .chain(e.backup.map(|b| (b, format!("{}.backup", a.new_name))))
+                .collect(),
+            SiteRole::ReadOnly => e.ro.map(|ro| (ro, format!("{}.readonly", a.new_name))).into_iter().collect(),
+            // Not released: nothing there yet.
+            SiteRole::NewReadOnly => Vec::new(),
+        };
+        for (id, name) in here {
+            ctx.call_at(&server, Request::RenameVolumeHere { id, name }).await.with_context(|| {
+                format!("renaming {id} on {} (the location entry is already renamed)", server.address)
+            })?;
         }
-        other => Err(unexpected(other)),
     }
+    println!("Renamed volume {} to {} (mount points naming the old name must be remade)", a.name, a.new_name);
+    Ok(())
 }

@@ -2,10 +2,12 @@
 
 use std::io::Read;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+use proto::cell::CellServer;
+use proto::msg::{Site, SiteRole, VldbEntry, VolumeKind};
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use crate::session::{Context, no_such_volume, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,7 +26,7 @@ pub struct Args {
 /// Sends `req` followed by the whole of `file` to `server`; the server's answer.
 pub async fn upload_file(
     ctx: &Context,
-    server: Option<&str>,
+    server: &CellServer,
     req: &Request,
     file: &mut std::fs::File,
     mut progress: impl FnMut(u64),
@@ -41,32 +43,90 @@ pub async fn upload_file(
     Ok(resp)
 }
 
+/// Restores the dump in `path` into volume `id` on `server`, as a volume of `kind` named `name`.
+pub async fn restore_file(
+    ctx: &Context,
+    server: &CellServer,
+    id: proto::VolumeId,
+    name: &str,
+    kind: VolumeKind,
+    path: &std::path::Path,
+    progress: impl FnMut(u64),
+) -> Result<proto::msg::VolumeInfo> {
+    let req = Request::RestoreVolumeHere { id, name: name.to_string(), overwrite: true, kind };
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let resp = upload_file(ctx, server, &req, &mut file, progress)
+        .await
+        .with_context(|| format!("restoring {name} on {}", server.address))?;
+    match resp {
+        Response::Restored { info, .. } => Ok(info),
+        other => Err(unexpected(other)),
+    }
+}
+
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
+    proto::msg::validate_volume_name(&a.name)?;
     let mut file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
     // Check the whole dump here first: a damaged file is refused before anything is sent.
     volumes::dump::verify(&mut file).with_context(|| format!("{} is not a usable dump", a.file.display()))?;
+    // An existing volume is restored where it lives; a new one gets an id from the location
+    // database and is recorded there once its server holds it.
+    let (server, id, new) = match ctx.locate(&a.name).await {
+        Ok(l) => {
+            let server = l.rw_server()?;
+            if let Some(w) = &a.server
+                && ctx.resolve(Some(w)).await?.id != server.id
+            {
+                bail!("{} lives on {}: restore it there, or `vos move` it first", a.name, server.address);
+            }
+            (server, l.entry.rw, false)
+        }
+        Err(e) if no_such_volume(&e) => {
+            let server = ctx.resolve(a.server.as_deref()).await?;
+            match ctx.call(None, Request::AllocateVolumeId).await? {
+                Response::VolumeIdAllocated { id } => (server, id, true),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let mut file = std::fs::File::open(&a.file)?;
     let bar = indicatif::ProgressBar::new(file.metadata()?.len());
     bar.set_style(indicatif::ProgressStyle::with_template(
         "restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
     )?);
     bar.set_message(a.name.clone());
-    let req = Request::RestoreVolume { name: a.name.clone(), overwrite: a.overwrite };
-    let resp = upload_file(ctx, a.server.as_deref(), &req, &mut file, |n| bar.inc(n))
+    let req =
+        Request::RestoreVolumeHere { id, name: a.name.clone(), overwrite: a.overwrite, kind: VolumeKind::ReadWrite };
+    let resp = upload_file(ctx, &server, &req, &mut file, |n| bar.inc(n))
         .await
         .with_context(|| format!("restoring {}", a.name))?;
     bar.finish_and_clear();
-    match resp {
-        Response::Restored { info, objects, chunks, .. } => {
-            println!(
-                "Restored {} (id {}): {objects} objects, {chunks} chunks sent; {} in {} files",
-                info.name,
-                info.id,
-                proto::units::show(info.used),
-                info.files
-            );
-            Ok(())
+    let (info, objects, chunks) = match resp {
+        Response::Restored { info, objects, chunks, .. } => (info, objects, chunks),
+        other => return Err(unexpected(other)),
+    };
+    if new {
+        let entry = VldbEntry {
+            name: a.name.clone(),
+            rw: id,
+            ro: None,
+            backup: None,
+            sites: vec![Site { server: server.server_id(), role: SiteRole::ReadWrite }],
+        };
+        if let Err(e) = ctx.call(None, Request::VldbCreate { entry }).await {
+            // Keep the servers and the location database in agreement.
+            let _ = ctx.call_at(&server, Request::RemoveVolumeHere { id }).await;
+            return Err(e.context(format!("recording volume {}", a.name)));
         }
-        other => Err(unexpected(other)),
     }
+    println!(
+        "Restored {} (id {}) on {}: {objects} objects, {chunks} chunks sent; {} in {} files",
+        info.name,
+        info.id,
+        server.address,
+        proto::units::show(info.used),
+        info.files
+    );
+    Ok(())
 }

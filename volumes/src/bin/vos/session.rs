@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use proto::cell::{CellFile, CellServer};
 use proto::client::{Connector, Session};
+use proto::msg::{ServerInfo, Site, SiteRole, VldbEntry, VolumeRef};
 use proto::tls::{Identity, TransportTuning};
-use proto::{ClientId, Request, Response};
+use proto::{ClientId, RemoteError, Request, Response, ServerId};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,53 +46,130 @@ impl Context {
         Ok(Context { cell, connector })
     }
 
-    /// A server by address or id; the cell's first server when none is named.
-    pub fn server(&self, which: Option<&str>) -> Result<&CellServer> {
+    /// A server of the cell file by address or id; the cell's first (database) server when
+    /// none is named.
+    pub fn server(&self, which: Option<&str>) -> Result<CellServer> {
         match which {
-            None => self.cell.servers.first().ok_or_else(|| anyhow!("the cell file lists no servers")),
+            None => self.cell.servers.first().cloned().ok_or_else(|| anyhow!("the cell file lists no servers")),
             Some(w) => self
                 .cell
                 .servers
                 .iter()
                 .find(|s| s.address == w || s.id.to_string() == w)
+                .cloned()
                 .ok_or_else(|| anyhow!("no server {w:?} in the cell file (give its address or id)")),
         }
     }
 
-    pub async fn connect(&self, which: Option<&str>) -> Result<Session> {
-        let server = self.server(which)?;
+    /// A server by address or id: from the cell file, or else from the database server's list
+    /// (servers that joined after the cell file was written; the pinned database server vouches
+    /// for their fingerprints).
+    pub async fn resolve(&self, which: Option<&str>) -> Result<CellServer> {
+        if let Ok(s) = self.server(which) {
+            return Ok(s);
+        }
+        let w = which.unwrap_or_default();
+        self.servers()
+            .await?
+            .into_iter()
+            .find(|s| s.address == w || s.id.to_string() == w)
+            .ok_or_else(|| anyhow!("no server {w:?} in the cell (give its address or id; `vos cellfile` lists them)"))
+    }
+
+    /// Every server of the cell, as the database server lists them.
+    pub async fn servers(&self) -> Result<Vec<CellServer>> {
+        match self.call_at(&self.server(None)?, Request::ListServers).await? {
+            Response::Servers { servers } => Ok(servers.into_iter().map(cell_server).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn connect(&self, server: &CellServer) -> Result<Session> {
         self.connector
             .connect(server, ClientId::random(), TIMEOUT)
             .await
             .with_context(|| format!("connecting to server {} at {}", server.id, server.address))
     }
 
-    /// One call to the cell's location server; the server's refusal becomes the error.
+    /// One call to a server (the database server when none is named); the server's refusal
+    /// becomes the error.
     pub async fn call(&self, which: Option<&str>, req: Request) -> Result<Response> {
-        let session = self.connect(which).await?;
+        let server = self.resolve(which).await?;
+        self.call_at(&server, req).await
+    }
+
+    pub async fn call_at(&self, server: &CellServer, req: Request) -> Result<Response> {
+        let session = self.connect(server).await?;
         let resp = session.call(&req).await?;
         session.close();
         match resp {
-            Response::Error(e) => bail!("{e}"),
+            // Kept typed, so callers can tell e.g. a missing volume from a failure.
+            Response::Error(e) => Err(anyhow::Error::new(e)),
             other => Ok(other),
         }
     }
 }
 
+/// A volume's location entry and the servers of the cell.
+pub struct Located {
+    pub entry: VldbEntry,
+    pub servers: Vec<CellServer>,
+}
+
+impl Located {
+    pub fn server(&self, id: ServerId) -> Result<CellServer> {
+        self.servers
+            .iter()
+            .find(|s| s.id == id.0)
+            .cloned()
+            .ok_or_else(|| anyhow!("server {id} of volume {} is not in the cell", self.entry.name))
+    }
+
+    /// The server holding the read-write volume.
+    pub fn rw_server(&self) -> Result<CellServer> {
+        let site = self.entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).map(|s| s.server);
+        self.server(site.ok_or_else(|| anyhow!("volume {} has no read-write site", self.entry.name))?)
+    }
+
+    /// The servers listed as read-only sites (released or not).
+    pub fn ro_sites(&self) -> impl Iterator<Item = &Site> {
+        self.entry.sites.iter().filter(|s| s.role != SiteRole::ReadWrite)
+    }
+}
+
+/// Whether an error is the server saying this volume does not exist.
+pub fn no_such_volume(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::NoSuchVolume))
+}
+
 impl Context {
-    /// The address of the server holding `name`'s read-write site (asked of the location
-    /// database), or `None` to use the database server.
-    pub async fn site_of(&self, name: &str) -> Result<Option<String>> {
-        let base = name.trim_end_matches(".backup");
-        let req = Request::GetVolumeLocation { volume: proto::msg::VolumeRef::Name(base.to_string()) };
+    /// The location entry of the read-write volume `name` (not a `.readonly` or `.backup` name).
+    pub async fn locate(&self, name: &str) -> Result<Located> {
+        let req = Request::GetVolumeLocation { volume: VolumeRef::Name(name.to_string()) };
         match self.call(None, req).await? {
-            Response::Location { entry, servers } => {
-                let site = entry.sites.iter().find(|s| s.role == proto::msg::SiteRole::ReadWrite).map(|s| s.server);
-                Ok(site.and_then(|id| servers.into_iter().find(|s| s.id == id)).map(|s| s.address))
+            Response::Location { entry, servers } if entry.name == name => {
+                Ok(Located { entry, servers: servers.into_iter().map(cell_server).collect() })
             }
+            Response::Location { entry, .. } => bail!("name the read-write volume {}, not {name}", entry.name),
             other => Err(unexpected(other)),
         }
     }
+
+    /// The server holding volume `name` as that name means it: the read-write volume and its
+    /// `.backup` on the read-write site, a `.readonly` on its first released read-only site.
+    pub async fn site_of(&self, name: &str) -> Result<CellServer> {
+        let base = name.trim_end_matches(".backup").trim_end_matches(".readonly");
+        let located = self.locate(base).await?;
+        if name.ends_with(".readonly") {
+            let site = located.entry.sites.iter().find(|s| s.role == SiteRole::ReadOnly);
+            return located.server(site.ok_or_else(|| anyhow!("{base} has no released read-only site"))?.server);
+        }
+        located.rw_server()
+    }
+}
+
+fn cell_server(s: ServerInfo) -> CellServer {
+    CellServer { id: s.id.0, address: s.address, fingerprint: s.fingerprint }
 }
 
 pub fn unexpected(r: Response) -> anyhow::Error {
