@@ -266,8 +266,12 @@ pub enum Request {
     VldbCreate {
         entry: VldbEntry,
     },
+    /// Replaces entry `old` by `new` (same name) only if the entry is still `old`: two `vos`
+    /// commands changing one volume at once cannot undo each other; the later one fails and
+    /// says so.
     VldbUpdate {
-        entry: VldbEntry,
+        old: VldbEntry,
+        new: VldbEntry,
     },
     /// Makes an empty volume in this server's store with an id the location database gave.
     CreateVolumeHere {

@@ -149,19 +149,8 @@ pub fn calls() -> Vec<Call> {
         Request::ValidateAttrs { objects: vec![(fid(), VersionVector::first(ServerId(1)))] },
         Request::JoinCell { address: "127.0.0.1:7001".into(), fingerprint: "b3:00".into() },
         Request::AllocateVolumeId,
-        Request::VldbCreate {
-            entry: VldbEntry {
-                name: "vol".into(),
-                rw: VolumeId(7),
-                ro: Some(VolumeId(8)),
-                backup: Some(VolumeId(9)),
-                sites: vec![
-                    Site { server: ServerId(1), role: SiteRole::ReadWrite },
-                    Site { server: ServerId(2), role: SiteRole::ReadOnly },
-                    Site { server: ServerId(3), role: SiteRole::NewReadOnly },
-                ],
-            },
-        },
+        Request::VldbCreate { entry: vldb_entry() },
+        Request::VldbUpdate { old: vldb_entry(), new: VldbEntry { ro: None, ..vldb_entry() } },
         Request::CreateVolumeHere { id: VolumeId(9), name: "vol".into(), quota: 0 },
         Request::RestoreVolumeHere {
             id: VolumeId(9),
@@ -279,4 +268,18 @@ pub fn responses() -> Vec<Response> {
 
 pub fn pushes() -> Vec<Push> {
     vec![Push::BreakCallbacks { fids: vec![fid(), fid()], volumes: vec![VolumeId(7)] }]
+}
+
+fn vldb_entry() -> VldbEntry {
+    VldbEntry {
+        name: "vol".into(),
+        rw: VolumeId(7),
+        ro: Some(VolumeId(8)),
+        backup: Some(VolumeId(9)),
+        sites: vec![
+            Site { server: ServerId(1), role: SiteRole::ReadWrite },
+            Site { server: ServerId(2), role: SiteRole::ReadOnly },
+            Site { server: ServerId(3), role: SiteRole::NewReadOnly },
+        ],
+    }
 }

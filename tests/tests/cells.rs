@@ -196,6 +196,12 @@ fn released_replicas_serve_read_only_paths_and_survive_a_server_failure() -> R {
     assert!(!listed(&reader.path("sw/lib"))?.contains(&"new".to_string()));
     ok(third.vos(&["release", "sw"]));
     assert_eq!(fs::read(reader.path("sw/lib/new"))?, b"released later");
+    // A read-write mount point leads to the read-write volume even through a replica.
+    let swrw = writer.mountpoint.join(".ro.test/swrw");
+    writer.venus_ok(&["mkmount", "--rw", &swrw.display().to_string(), "sw"]);
+    ok(third.vos(&["release", "root.cell"]));
+    fs::write(reader.path("swrw/lib/via-rw"), b"writable")?;
+    assert_eq!(fs::read(rw.join("sw/lib/via-rw"))?, b"writable");
 
     // The first replica's server dies. Reads through the read-only path go on from the other
     // one: cached files and files never read before alike, and a client mounting afresh.

@@ -34,6 +34,9 @@ pub enum ControlRequest {
     Mkmount {
         path: PathBuf,
         volume: String,
+        /// A read-write mount point (`%volume`): never leads to a read-only replica.
+        #[serde(default)]
+        rw: bool,
     },
     Lsmount {
         path: PathBuf,
@@ -157,9 +160,9 @@ async fn answer(
             }
             .await,
         ),
-        ControlRequest::Mkmount { path, volume } => json(
+        ControlRequest::Mkmount { path, volume, rw } => json(
             async {
-                core.mkmount(&comps(&path)?, &volume).await.map_err(err)?;
+                core.mkmount(&comps(&path)?, &volume, rw).await.map_err(err)?;
                 Ok(serde_json::Value::Null)
             }
             .await,

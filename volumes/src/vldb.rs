@@ -20,7 +20,8 @@ pub trait Vldb: Send + Sync {
     fn lookup(&self, volume: &VolumeRef) -> Result<Option<VldbEntry>>;
     fn list(&self) -> Result<Vec<VldbEntry>>;
     fn remove(&self, name: &str) -> Result<()>;
-    fn update(&self, entry: &VldbEntry) -> Result<()>;
+    /// Replaces `old` by `new` only if the entry is still `old` (compare-and-swap).
+    fn update(&self, old: &VldbEntry, new: &VldbEntry) -> Result<()>;
     /// Renames an entry; refuses a name that exists.
     fn rename(&self, name: &str, new_name: &str) -> Result<()>;
     fn allocate_server_id(&self) -> Result<ServerId>;
@@ -168,8 +169,27 @@ impl Vldb for SqliteVldb {
         Ok(())
     }
 
-    fn update(&self, e: &VldbEntry) -> Result<()> {
-        let n = self.conn().execute(
+    fn update(&self, old: &VldbEntry, e: &VldbEntry) -> Result<()> {
+        if old.name != e.name {
+            return Err(StoreError::Refused(proto::RemoteError::Invalid("an update cannot rename".into())));
+        }
+        let conn = self.conn();
+        let now = conn
+            .query_row("SELECT name, rw, ro, bk, sites FROM entries WHERE name = ?1", params![e.name], entry_from_row)
+            .optional()?
+            .map(to_entry)
+            .transpose()?;
+        match now {
+            None => return Err(StoreError::Refused(proto::RemoteError::NoSuchVolume)),
+            Some(now) if now != *old => {
+                return Err(StoreError::Refused(proto::RemoteError::Invalid(format!(
+                    "the location entry of {} changed meanwhile (another vos at work?); nothing was changed",
+                    e.name
+                ))));
+            }
+            Some(_) => {}
+        }
+        let n = conn.execute(
             "UPDATE entries SET rw = ?2, ro = ?3, bk = ?4, sites = ?5 WHERE name = ?1",
             params![
                 e.name,
@@ -248,7 +268,7 @@ impl Vldb for NoVldb {
     fn remove(&self, _: &str) -> Result<()> {
         elsewhere()
     }
-    fn update(&self, _: &VldbEntry) -> Result<()> {
+    fn update(&self, _: &VldbEntry, _: &VldbEntry) -> Result<()> {
         elsewhere()
     }
     fn rename(&self, _: &str, _: &str) -> Result<()> {
@@ -289,6 +309,12 @@ mod tests {
         assert_eq!(db.lookup(&VolumeRef::Name("home.readonly".into())).unwrap(), Some(e.clone()));
         assert_eq!(db.lookup(&VolumeRef::Id(a)).unwrap(), Some(e.clone()));
         assert_eq!(db.list().unwrap().len(), 1);
+        // Updates are compare-and-swap: one made from a stale entry changes nothing.
+        let released = VldbEntry { ro: Some(b), ..e.clone() };
+        db.update(&e, &released).unwrap();
+        let other = VldbEntry { backup: Some(b), ..e.clone() };
+        assert!(db.update(&e, &other).is_err());
+        assert_eq!(db.lookup(&VolumeRef::Name("home".into())).unwrap(), Some(released));
         db.remove("home").unwrap();
         assert_eq!(db.lookup(&VolumeRef::Id(a)).unwrap(), None);
 

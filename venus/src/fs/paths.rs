@@ -157,9 +157,11 @@ impl Venus {
         Ok(dropped)
     }
 
-    pub async fn mkmount(&self, components: &[String], volume: &str) -> Result<()> {
+    /// Makes a mount point for `volume`: regular (`#volume`, leads to a read-only replica when
+    /// reached through one) or read-write (`%volume`).
+    pub async fn mkmount(&self, components: &[String], volume: &str, rw: bool) -> Result<()> {
         let (parent, name) = self.parent_of(components).await?;
-        let target = format!("#{volume}");
+        let target = format!("{}{volume}", if rw { '%' } else { '#' });
         let ino = self.register(parent);
         self.make_mount_point(ino, &name, &target, 0).await
     }

@@ -184,7 +184,7 @@ async fn dispatch(
             Ok(()) => Response::Done.into(),
             Err(e) => error(e.to_remote()),
         },
-        Request::VldbUpdate { entry } => match shared.vldb.update(&entry) {
+        Request::VldbUpdate { old, new } => match shared.vldb.update(&old, &new) {
             Ok(()) => Response::Done.into(),
             Err(e) => error(e.to_remote()),
         },

@@ -64,7 +64,13 @@ enum Command {
     /// The file identifier of PATH.
     Fid { path: PathBuf },
     /// Create a mount point PATH for VOLUME (`volume` or `cell:volume`).
-    Mkmount { path: PathBuf, volume: String },
+    Mkmount {
+        path: PathBuf,
+        volume: String,
+        /// Always lead to the read-write volume, even through a read-only path.
+        #[arg(long)]
+        rw: bool,
+    },
     /// Show the volume the mount point PATH names.
     Lsmount { path: PathBuf },
     /// Remove the mount point PATH.
@@ -327,9 +333,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Mkmount { path, volume } => {
+        Command::Mkmount { path, volume, rw } => {
             let path = absolute(&path)?;
-            ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Mkmount { path, volume })?;
+            ask(&cache_for(&cli.cache, Some(&path)), &ControlRequest::Mkmount { path, volume, rw })?;
             Ok(())
         }
         Command::Lsmount { path } => {

@@ -15,7 +15,7 @@ pub struct Args {
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let located = ctx.locate(&a.name).await?;
     let server = located.rw_server()?;
-    let mut entry = located.entry;
+    let mut entry = located.entry.clone();
     let id = match entry.backup {
         Some(b) => b,
         None => match ctx.call(None, Request::AllocateVolumeId).await? {
@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     };
     if entry.backup != Some(id) {
         entry.backup = Some(id);
-        ctx.call(None, Request::VldbUpdate { entry }).await?;
+        ctx.call(None, Request::VldbUpdate { old: located.entry, new: entry }).await?;
     }
     println!("Created backup volume {} (id {}): {} files, sharing their chunks", info.name, info.id, info.files);
     Ok(())

@@ -91,7 +91,8 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
             site.server = target.server_id();
         }
         new_entry.backup = None; // a backup stays behind and is removed, as in AFS
-        ctx.call(None, Request::VldbUpdate { entry: new_entry }).await?;
+        // Fails if another vos changed the entry meanwhile: the move is then undone.
+        ctx.call(None, Request::VldbUpdate { old: entry.clone(), new: new_entry }).await?;
         anyhow::Ok(moved + size)
     };
     let moved = match switch.await {

@@ -24,7 +24,8 @@ pub struct ReleaseArgs {
 }
 
 pub async fn addsite(ctx: &Context, a: SiteArgs) -> Result<()> {
-    let mut entry = ctx.locate(&a.name).await?.entry;
+    let old = ctx.locate(&a.name).await?.entry;
+    let mut entry = old.clone();
     let server = ctx.resolve(Some(&a.server)).await?;
     if entry.sites.iter().any(|s| s.server == server.server_id() && s.role != SiteRole::ReadWrite) {
         bail!("{} already has a read-only site on {}", a.name, server.address);
@@ -36,13 +37,14 @@ pub async fn addsite(ctx: &Context, a: SiteArgs) -> Result<()> {
         }
     }
     entry.sites.push(Site { server: server.server_id(), role: SiteRole::NewReadOnly });
-    ctx.call(None, Request::VldbUpdate { entry }).await?;
+    ctx.call(None, Request::VldbUpdate { old, new: entry }).await?;
     println!("Added a read-only site for {} on {}: `vos release {}` fills it", a.name, server.address, a.name);
     Ok(())
 }
 
 pub async fn remsite(ctx: &Context, a: SiteArgs) -> Result<()> {
-    let mut entry = ctx.locate(&a.name).await?.entry;
+    let old = ctx.locate(&a.name).await?.entry;
+    let mut entry = old.clone();
     let server = ctx.resolve(Some(&a.server)).await?;
     let before = entry.sites.len();
     entry.sites.retain(|s| s.server != server.server_id() || s.role == SiteRole::ReadWrite);
@@ -50,7 +52,7 @@ pub async fn remsite(ctx: &Context, a: SiteArgs) -> Result<()> {
         bail!("{} has no read-only site on {}", a.name, server.address);
     }
     // Clients stop choosing the site first, then its replica goes.
-    ctx.call(None, Request::VldbUpdate { entry: entry.clone() }).await?;
+    ctx.call(None, Request::VldbUpdate { old, new: entry.clone() }).await?;
     if let Some(ro) = entry.ro {
         ctx.call_at(&server, Request::RemoveVolumeHere { id: ro })
             .await
@@ -95,7 +97,7 @@ pub async fn release(ctx: &Context, a: ReleaseArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    ctx.call(None, Request::VldbUpdate { entry }).await?;
+    ctx.call(None, Request::VldbUpdate { old: located.entry, new: entry }).await?;
     let released = sites.len() - failed.len();
     println!("Released {} to {released} of {} read-only sites ({})", a.name, sites.len(), proto::units::show(size));
     if !failed.is_empty() {
