@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use proto::{ObjectKind, Timestamp};
 
@@ -94,6 +95,24 @@ impl VenusFs {
     fn spawn(&self, req: &Request, f: impl Future<Output = ()> + Send + 'static) {
         self.rt.spawn(crate::fs::user::as_user(req.uid(), f));
     }
+
+    /// As `spawn`, for requests the cache usually answers on its own (lookups, attributes,
+    /// opens of cached files, listings): the work starts right here on the FUSE thread, and
+    /// only if it has to wait (for the network, a lock) does it move to the runtime. A cache
+    /// hit then costs no hand-over between threads. Not for work that may compute at length
+    /// before its first wait (a store): that would hold up every other request.
+    fn run_or_spawn(&self, req: &Request, f: impl Future<Output = ()> + Send + 'static) {
+        let mut task = Box::pin(crate::fs::user::as_user(req.uid(), f));
+        let ready = {
+            let _runtime = self.rt.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            task.as_mut().poll(&mut cx).is_ready()
+        };
+        if !ready {
+            // Polled again at once by the runtime, which registers its own waker.
+            self.rt.spawn(task);
+        }
+    }
 }
 
 fn errno(e: &VenusError) -> Errno {
@@ -117,6 +136,22 @@ fn file_type(kind: ObjectKind) -> FileType {
 /// what anyone may look up is cached; the rest is asked again each time, with the asker's rights.
 fn ttl(st: &Stat) -> Duration {
     if st.public { TTL } else { Duration::ZERO }
+}
+
+/// Attributes standing in for ones venus does not have: only the inode and its kind.
+fn placeholder(ino: u64, kind: ObjectKind) -> Stat {
+    Stat {
+        ino,
+        kind,
+        size: 0,
+        mode: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        mtime: proto::Timestamp::default(),
+        ctime: proto::Timestamp::default(),
+        public: false,
+    }
 }
 
 fn file_attr(st: &Stat) -> FileAttr {
@@ -156,6 +191,9 @@ impl Filesystem for VenusFs {
             self.pt.enabled.store(true, Ordering::Relaxed);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry attributes (one bulk status request per directory instead of a lookup
+        // per entry); the kernel uses them when lookups follow a listing.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -165,7 +203,7 @@ impl Filesystem for VenusFs {
             Err(e) => return reply.error(e),
         };
         let core = self.core.clone();
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             match core.lookup(parent.0, &name).await {
                 Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -175,7 +213,7 @@ impl Filesystem for VenusFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             match core.getattr(ino.0).await {
                 Ok(st) => reply.attr(&ttl(&st), &file_attr(&st)),
                 Err(e) => reply.error(errno(&e)),
@@ -213,7 +251,7 @@ impl Filesystem for VenusFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let core = self.core.clone();
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             match core.readlink(ino.0).await {
                 Ok(t) => reply.data(t.as_bytes()),
                 Err(e) => reply.error(errno(&e)),
@@ -320,15 +358,19 @@ impl Filesystem for VenusFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (core, pt) = (self.core.clone(), self.pt.clone());
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             match core.open(ino.0, flags.0).await {
-                Ok((fh, h)) => match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
-                    Some(b) => {
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                        pt.hold(fh, b);
+                Ok((fh, h)) => {
+                    // Closing a file opened for reading stores nothing: the kernel need not ask.
+                    let open_flags = if h.writable { FopenFlags::empty() } else { FopenFlags::FOPEN_NOFLUSH };
+                    match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
+                        Some(b) => {
+                            reply.opened_passthrough(FileHandle(fh), open_flags, &b);
+                            pt.hold(fh, b);
+                        }
+                        None => reply.opened(FileHandle(fh), open_flags),
                     }
-                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                },
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -370,6 +412,10 @@ impl Filesystem for VenusFs {
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        // Closing a file opened for reading stores nothing.
+        if self.core.handle(fh.0).is_ok_and(|h| !h.writable) {
+            return reply.ok();
+        }
         let core = self.core.clone();
         self.spawn(req, async move {
             match core.flush(fh.0).await {
@@ -393,7 +439,11 @@ impl Filesystem for VenusFs {
         self.pt.release(fh.0);
         reply.ok();
         let core = self.core.clone();
-        self.spawn(req, async move { core.release(fh.0).await });
+        if self.core.handle(fh.0).is_ok_and(|h| !h.writable) {
+            self.run_or_spawn(req, async move { core.release(fh.0).await });
+        } else {
+            self.spawn(req, async move { core.release(fh.0).await });
+        }
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -408,7 +458,7 @@ impl Filesystem for VenusFs {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let core = self.core.clone();
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             let entries = match core.readdir(ino.0).await {
                 Ok(e) => e,
                 Err(e) => return reply.error(errno(&e)),
@@ -422,6 +472,49 @@ impl Filesystem for VenusFs {
             }
             reply.ok();
         });
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let core = self.core.clone();
+        self.run_or_spawn(req, async move {
+            let entries = match core.readdir_plus(ino.0).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            // The kernel takes nothing from the attributes of `.` and `..`.
+            let dot = placeholder(ino.0, ObjectKind::Directory);
+            let dots = [(".".to_string(), dot.clone(), Duration::ZERO), ("..".to_string(), dot, Duration::ZERO)];
+            let all = dots.into_iter().chain(entries.into_iter().map(|(name, kind, ino, st)| match st {
+                Some(st) => {
+                    let valid = ttl(&st);
+                    (name, st, valid)
+                }
+                // Without attributes, the kernel gets the kind and must ask again before use.
+                None => (name, placeholder(ino, kind), Duration::ZERO),
+            }));
+            for (i, (name, st, valid)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(st.ino), (i + 1) as u64, &name, &valid, &file_attr(&st), Generation(0)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    /// No ioctls (`isatty` asks on every `open` in some languages): ENOSYS, which the kernel
+    /// remembers, so it stops asking.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -448,7 +541,7 @@ impl Filesystem for VenusFs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let core = self.core.clone();
-        self.spawn(req, async move {
+        self.run_or_spawn(req, async move {
             match core.access(ino.0, mask.bits()).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),

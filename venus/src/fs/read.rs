@@ -192,17 +192,64 @@ impl Venus {
                 let entries = self.listing(p).await?;
                 self.require_in(p, Rights::LOOKUP).await?;
                 let entry = entries.iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
-                let child = GFid::new(p.cell, Fid::new(p.fid.volume, entry.object));
-                if entry.kind == ObjectKind::MountPoint {
-                    let mp = self.status(child).await?;
-                    self.cross(child, &mp).await?
-                } else {
-                    child
-                }
+                return self.child_stat(p, entry).await;
             }
         };
         let attr = self.status(target).await?;
         Ok(self.stat_of(target, &attr))
+    }
+
+    /// What the kernel should see for `entry` of directory `p` (mount points crossed).
+    async fn child_stat(&self, p: GFid, entry: &DirEntry) -> Result<Stat> {
+        let child = GFid::new(p.cell, Fid::new(p.fid.volume, entry.object));
+        let target = if entry.kind == ObjectKind::MountPoint {
+            let mp = self.status(child).await?;
+            self.cross(child, &mp).await?
+        } else {
+            child
+        };
+        let attr = self.status(target).await?;
+        Ok(self.stat_of(target, &attr))
+    }
+
+    /// A directory's entries with their attributes (readdirplus), so the kernel need not look
+    /// each one up: the attributes of every child not known current come in one request. An
+    /// entry whose attributes cannot be had (offline and never fetched, say) comes as `None`.
+    pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<(String, ObjectKind, u64, Option<Stat>)>> {
+        let Node::Object(g) = self.node(ino)? else {
+            let mut out = Vec::new();
+            for (ino, kind, name) in self.readdir(ino).await? {
+                let st = self.lookup(crate::ids::ROOT_INO, &name).await.ok();
+                out.push((name, kind, ino, st));
+            }
+            return Ok(out);
+        };
+        let entries = self.listing(g).await?;
+        self.require_in(g, Rights::LOOKUP).await?;
+        if !self.emulating(g.cell, g.fid.volume) {
+            let unknown: Vec<GFid> = entries
+                .iter()
+                .map(|e| GFid::new(g.cell, Fid::new(g.fid.volume, e.object)))
+                .filter(|c| !self.valid(c) || self.cache.attr(c).is_none())
+                .collect();
+            // One lookup costs as much as one bulk request.
+            if unknown.len() > 1
+                && let Err(e) = self.bulk_status(g.cell, g.fid.volume, &unknown).await
+            {
+                tracing::debug!(dir = %g, error = %e, "bulk status failed; looking entries up one by one");
+            }
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let st = self.child_stat(g, &e).await.ok();
+            let kind = if crate::cache::shows_as_dir(e.kind) { ObjectKind::Directory } else { e.kind };
+            let ino = match &st {
+                Some(s) => s.ino,
+                None => self.register(GFid::new(g.cell, Fid::new(g.fid.volume, e.object))),
+            };
+            out.push((e.name.into_string(), kind, ino, st));
+        }
+        Ok(out)
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Stat> {

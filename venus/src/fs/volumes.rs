@@ -193,6 +193,70 @@ impl Venus {
         Ok(())
     }
 
+    /// Takes in what the server said of one object the client held as `held` (nothing, for an
+    /// object it has not seen yet); says whether it changed.
+    pub(crate) fn settle_check(
+        &self,
+        g: GFid,
+        held: Option<&proto::Attr>,
+        result: AttrCheck,
+        promise: Promise,
+    ) -> Result<bool> {
+        match result {
+            AttrCheck::Same { access } => {
+                if let Some(attr) = held {
+                    self.note_access(g, attr, access)?;
+                    self.promised(g, promise);
+                }
+                Ok(false)
+            }
+            AttrCheck::Changed { attr: now, access } => {
+                self.note_access(g, &now, access)?;
+                if held.is_some() {
+                    self.forget_in_kernel(g);
+                }
+                self.cache.put_attr(g.cell, now)?;
+                self.promised(g, promise);
+                Ok(true)
+            }
+            AttrCheck::Gone => {
+                self.unpromise(&g);
+                self.forget_in_kernel(g);
+                // Local changes are never dropped, whatever the server says.
+                if !self.cache.get(&g).is_some_and(|c| c.dirty) {
+                    self.cache.remove(&g)?;
+                }
+                Ok(true)
+            }
+            AttrCheck::Denied => {
+                self.unpromise(&g);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Fetches the attributes of many objects of one volume in one request (`ValidateAttrs`
+    /// with the versions held, none for objects never seen): AFS's bulk status, used before
+    /// listing a directory with attributes.
+    pub(crate) async fn bulk_status(&self, cell: CellId, volume: VolumeId, objects: &[GFid]) -> Result<()> {
+        let conn = self.cell(cell)?.clone();
+        for batch in objects.chunks(VALIDATE_BATCH) {
+            let held: Vec<(GFid, Option<proto::Attr>)> = batch.iter().map(|g| (*g, self.cache.attr(g))).collect();
+            let objects = held.iter().map(|(g, a)| (g.fid, a.as_ref().map(|a| a.version.clone()).unwrap_or_default()));
+            let req = Request::ValidateAttrs { objects: objects.collect() };
+            let Response::AttrsValidated { results, promise } = conn.call(Some(volume), &req).await? else {
+                return Err(VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
+            };
+            if results.len() != held.len() {
+                return Err(VenusError::Protocol("ValidateAttrs answered a different count".into()));
+            }
+            for ((g, attr), result) in held.into_iter().zip(results) {
+                self.settle_check(g, attr.as_ref(), result, promise)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Establishes that the cache is current as of each volume's `current` stamp: revalidates
     /// what has no promise, then confirms (one request per server) that nothing changed
     /// meanwhile.
@@ -222,31 +286,10 @@ impl Venus {
                 return Err(crate::error::VenusError::Protocol("ValidateAttrs answered a different count".into()));
             }
             for ((g, attr), result) in held.into_iter().zip(results) {
-                match result {
-                    AttrCheck::Same { access } => {
-                        self.note_access(g, &attr, access)?;
-                        self.promised(g, promise);
-                    }
-                    AttrCheck::Changed { attr: now, access } => {
-                        // A changed directory whose listing we hold gets it refreshed below:
-                        // the cache stays useful for the next disconnection.
-                        if self.cache.listing(&g).is_some() {
-                            relist.push(g);
-                        }
-                        self.note_access(g, &now, access)?;
-                        self.forget_in_kernel(g);
-                        self.cache.put_attr(cell, now)?;
-                        self.promised(g, promise);
-                    }
-                    AttrCheck::Gone => {
-                        self.unpromise(&g);
-                        self.forget_in_kernel(g);
-                        // Local changes are never dropped, whatever the server says.
-                        if !self.cache.get(&g).is_some_and(|c| c.dirty) {
-                            self.cache.remove(&g)?;
-                        }
-                    }
-                    AttrCheck::Denied => self.unpromise(&g),
+                // A changed directory whose listing we hold gets it refreshed below: the cache
+                // stays useful for the next disconnection.
+                if self.settle_check(g, Some(&attr), result, promise)? && self.cache.listing(&g).is_some() {
+                    relist.push(g);
                 }
             }
         }

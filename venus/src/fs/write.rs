@@ -27,7 +27,9 @@ pub struct SetAttrRequest {
 }
 
 impl Venus {
-    /// The one write path: log the record, send it, and settle the log with the answer.
+    /// The one write path: connected, the record goes to the server while the system call
+    /// waits, and the answer is the call's; disconnected (or if the server goes away with the
+    /// record in flight), it goes into the log for reintegration.
     pub(crate) async fn commit(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<Applied> {
         Ok(self.commit_ex(cell, mutation).await?.0)
     }
@@ -42,23 +44,22 @@ impl Venus {
         }
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
-        let seq = self.cml.append(conn.name(), record.clone())?;
+        // Not logged first: until the server answers, the system call has not returned, so a
+        // crash meanwhile loses nothing acknowledged (and the server may well have it).
         let answer = conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await;
         if let Err(VenusError::Unreachable(_)) = answer {
-            // The server went away with the record in flight. It stays in the log and is
+            // The server went away with the record in flight. It goes into the log and is
             // replayed at reintegration (if it did reach the server, its op id makes the replay
             // harmless); meanwhile the cache shows it done.
             if !self.has_pending(cell, volume) {
                 self.claim_log(cell, volume)?;
             }
+            self.cml.append(conn.name(), record.clone())?;
             self.mark_pending(cell, volume, true);
             return Ok((self.apply_local(cell, &record.mutation)?, true));
         }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error, and the data it carried stays in the container.
-        if let Some(seq) = seq {
-            self.cml.remove(&[seq])?;
-        }
         let (applied, promise) = match answer? {
             Response::Applied { result, promise } => (result?, promise),
             other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
