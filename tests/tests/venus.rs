@@ -67,6 +67,27 @@ fn cached_files_and_attributes_cost_no_rpcs() -> R {
 }
 
 #[test]
+fn listing_a_directory_with_attributes_asks_for_them_in_one_request() -> R {
+    let Some(t) = two("bulk.test")? else { return Ok(()) };
+    fs::create_dir(t.a.path("many"))?;
+    for i in 0..200 {
+        fs::write(t.a.path(&format!("many/f{i}")), format!("file {i}"))?;
+    }
+    // b has never seen these files: an `ls -l` lists the directory (with attributes, one bulk
+    // status request) and then finds every stat answered already.
+    let (statuses, bulk) = (t.b.rpcs("FetchStatus"), t.b.rpcs("ValidateAttrs"));
+    let mut sizes = 0;
+    for e in fs::read_dir(t.b.path("many"))? {
+        let e = e?;
+        sizes += fs::metadata(e.path())?.len();
+    }
+    assert_eq!(sizes, (0..200).map(|i| format!("file {i}").len() as u64).sum::<u64>());
+    assert_eq!(t.b.rpcs("ValidateAttrs") - bulk, 1, "one bulk status request for the directory");
+    assert!(t.b.rpcs("FetchStatus") - statuses <= 2, "no status request per file");
+    Ok(())
+}
+
+#[test]
 fn namespace_operations_behave_as_on_a_local_disk_and_are_seen_by_the_other_client() -> R {
     let Some(t) = two("ns.test")? else { return Ok(()) };
     let (a, b) = (&t.a, &t.b);
