@@ -14,6 +14,9 @@ use proto::ChunkHash;
 
 use crate::error::{Result, StoreError};
 
+/// Batches of up to this many chunks are made durable file by file rather than by `syncfs`.
+const SYNC_ONE_BY_ONE: usize = 8;
+
 #[derive(Debug)]
 pub struct ChunkStore {
     root: PathBuf,
@@ -44,6 +47,28 @@ impl ChunkStore {
         f.write_all(data)?;
         drop(f);
         fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Makes the chunks `written` durable: a few are synced one by one with their directories;
+    /// a large batch with one `syncfs` (cheaper than thousands of fsyncs, dearer than a few:
+    /// it writes back everything dirty on the file system).
+    pub fn make_durable(&self, written: &[ChunkHash]) -> Result<()> {
+        if written.len() > SYNC_ONE_BY_ONE {
+            return self.sync();
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for hash in written {
+            let path = self.path(hash);
+            File::open(&path)?.sync_all()?;
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        // The renames into place are durable once their directories are.
+        for dir in dirs {
+            File::open(dir)?.sync_all()?;
+        }
         Ok(())
     }
 

@@ -384,7 +384,8 @@ impl ChunkUpload<'_> {
         if self.pending.is_empty() {
             return Ok(0);
         }
-        self.store.chunks.sync()?;
+        let hashes: Vec<ChunkHash> = self.pending.iter().map(|c| c.hash).collect();
+        self.store.chunks.make_durable(&hashes)?;
         let mut conn = self.store.lock_writer();
         let tx = conn.transaction()?;
         let now = Timestamp::now().as_nanos();

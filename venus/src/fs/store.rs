@@ -23,10 +23,17 @@ impl Venus {
     pub(crate) async fn store(&self, g: GFid) -> Result<Attr> {
         let path = self.cache.container(&g);
         let base = self.cache.attr(&g).ok_or(VenusError::NotFound)?.version;
-        let scan_path = path.clone();
-        let (chunks, offsets, size, mtime) = tokio::task::spawn_blocking(move || scan(&scan_path))
-            .await
-            .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
+        // A small file is cut and hashed in microseconds, right here; a large one off the
+        // runtime's threads.
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= SEND_WITHOUT_ASKING);
+        let (chunks, offsets, size, mtime) = if small {
+            scan(&path)?
+        } else {
+            let scan_path = path.clone();
+            tokio::task::spawn_blocking(move || scan(&scan_path))
+                .await
+                .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??
+        };
         if !self.emulating(g.cell, g.fid.volume) {
             match self.upload(g, &path, &chunks, &offsets).await {
                 // Gone while uploading: the store is logged below and uploaded at reintegration.
