@@ -197,11 +197,28 @@ impl Session {
         token: Option<&Token>,
         volume: VolumeId,
         chunks: Vec<ChunkRef>,
-        mut read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+        read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
     ) -> Result<u32, ProtoError> {
-        let count = chunks.len();
+        match self.send_chunks(token, Request::PutChunks { volume, chunks }, read_chunk).await? {
+            Response::ChunksStored { stored } => Ok(stored),
+            other => Err(unexpected("PutChunks", other)),
+        }
+    }
+
+    /// Sends `req` (`PutChunks` or `PutChunksAndMutate`) and then each chunk's bytes; the
+    /// server's answer (a refusal as `ProtoError::Remote`).
+    pub async fn send_chunks(
+        &self,
+        token: Option<&Token>,
+        req: Request,
+        mut read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Response, ProtoError> {
+        let count = match &req {
+            Request::PutChunks { chunks, .. } | Request::PutChunksAndMutate { chunks, .. } => chunks.len(),
+            _ => 0,
+        };
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_call(&mut send, token, &Request::PutChunks { volume, chunks })).await?;
+        self.timed(write_call(&mut send, token, &req)).await?;
         for i in 0..count {
             let data = read_chunk(i)?;
             self.timed(async {
@@ -212,8 +229,8 @@ impl Session {
         }
         let _ = send.finish();
         match self.timed(read_frame(&mut recv)).await? {
-            Response::ChunksStored { stored } => Ok(stored),
-            other => Err(unexpected("PutChunks", other)),
+            Response::Error(e) => Err(ProtoError::Remote(e)),
+            other => Ok(other),
         }
     }
 

@@ -309,6 +309,13 @@ pub enum Request {
         id: VolumeId,
         name: String,
     },
+    /// `PutChunks` and then `Mutate` in one round trip: followed by the chunks' bytes; once
+    /// they are stored, `record` (a `Store` naming them) is applied and answered as `Mutate`
+    /// is. Small files are stored this way.
+    PutChunksAndMutate {
+        chunks: Vec<ChunkRef>,
+        record: Record,
+    },
 }
 
 /// What `ValidateAttrs` says of one object.
@@ -562,6 +569,9 @@ impl Request {
             Request::VolumeMovedAway { .. } => m("VolumeMovedAway", true, true, true, None),
             Request::RemoveVolumeHere { .. } => m("RemoveVolumeHere", true, true, true, None),
             Request::RenameVolumeHere { .. } => m("RenameVolumeHere", true, true, true, None),
+            Request::PutChunksAndMutate { record, .. } => {
+                m("PutChunksAndMutate", true, true, false, Some(record.mutation.volume()))
+            }
         }
     }
 }
@@ -620,6 +630,7 @@ pub const REQUEST_NAMES: &[&str] = &[
     "VolumeMovedAway",
     "RemoveVolumeHere",
     "RenameVolumeHere",
+    "PutChunksAndMutate",
 ];
 
 /// Checks the name a volume of `kind` has in a server's store: a valid base name with the

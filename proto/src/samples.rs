@@ -162,6 +162,15 @@ pub fn calls() -> Vec<Call> {
         Request::VolumeMovedAway { id: VolumeId(9) },
         Request::RemoveVolumeHere { id: VolumeId(9) },
         Request::RenameVolumeHere { id: VolumeId(9), name: "vol2".into() },
+        Request::PutChunksAndMutate {
+            chunks: vec![chunk()],
+            record: record(Mutation::Store {
+                fid: fid(),
+                base: Base::Version(VersionVector::first(ServerId(1))),
+                chunks: vec![chunk()],
+                mtime: Timestamp { secs: 1, nanos: 0 },
+            }),
+        },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {

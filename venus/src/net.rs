@@ -540,20 +540,43 @@ impl CellConn {
         chunks: Vec<ChunkRef>,
         read: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
     ) -> Result<u32> {
+        match self.send_chunks(volume, Request::PutChunks { volume, chunks }, read).await? {
+            Response::ChunksStored { stored } => Ok(stored),
+            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A request followed by chunks' bytes (`PutChunks`, `PutChunksAndMutate`), with the
+    /// retries of `call` for a volume being moved.
+    pub async fn send_chunks(
+        &self,
+        volume: VolumeId,
+        req: Request,
+        read: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Response> {
         let busy_until = std::time::Instant::now() + BUSY_WAIT;
-        let mut read = read;
+        let (mut read, mut told_lost) = (read, false);
         loop {
             let server = self.server_for(Some(volume)).await?;
             let (session, _) = self.session(server).await?;
-            self.counters.rpc("PutChunks");
+            self.counters.rpc(req.meta().name);
             let token = self.tokens.current(self.id);
-            match session.put_chunks(token.as_ref(), volume, chunks.clone(), &mut read).await {
-                Ok(n) => return Ok(n),
+            match session.send_chunks(token.as_ref(), req.clone(), &mut read).await {
+                Ok(r) => return Ok(r),
+                // Refused before any byte was taken: say so, and send again.
+                Err(ProtoError::Remote(RemoteError::CallbacksLost)) if !told_lost => {
+                    told_lost = true;
+                    self.events.callbacks_lost(self.id);
+                }
                 Err(ProtoError::Remote(RemoteError::VolumeBusy)) if std::time::Instant::now() < busy_until => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) => {
                     self.locate(volume).await?;
+                }
+                Err(ProtoError::Remote(e)) => {
+                    self.token_refused(&e);
+                    return Err(VenusError::Remote(e));
                 }
                 Err(e) => return Err(self.failed(server, e).await),
             }

@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use proto::chunk::chunk_stream;
 use proto::{Attr, Base, ChunkRef, Mutation, Timestamp};
@@ -34,15 +35,31 @@ impl Venus {
                 .await
                 .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??
         };
-        if !self.emulating(g.cell, g.fid.volume) {
+        let mut with_data = None;
+        if self.emulating(g.cell, g.fid.volume) {
+            // Logged below; the chunks travel at reintegration.
+        } else if size <= SEND_WITHOUT_ASKING {
+            // Sent whole, with the Store, in one request.
+            let (read, changed) = ChunkReader::new(&path, &chunks, &offsets)?;
+            with_data = Some(((chunks.clone(), read), changed));
+        } else {
             match self.upload(g, &path, &chunks, &offsets).await {
                 // Gone while uploading: the store is logged below and uploaded at reintegration.
                 Ok(()) | Err(VenusError::Unreachable(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let (applied, logged) =
-            self.commit_ex(g.cell, Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime }).await?;
+        let store = Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime };
+        let (data, changed) = with_data.unzip();
+        let sent_with_it = if data.is_some() { size } else { 0 };
+        let result = self.commit_with(g.cell, store, data).await;
+        if changed.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(VenusError::ChangedDuringStore);
+        }
+        let (applied, logged) = result?;
+        if !logged {
+            self.counters.add(counters::BYTES_STORED, sent_with_it);
+        }
         // Logged only: the container stays dirty (never evicted) until reintegrated.
         self.cache.set_local(&g, size, logged)?;
         applied
@@ -69,37 +86,50 @@ impl Venus {
         } else {
             conn.missing_chunks(g.fid.volume, chunks.iter().map(|c| c.hash).collect()).await?
         };
-        let file = Arc::new(std::fs::File::open(path)?);
         let mut sent = 0u64;
         for batch in missing.chunks(UPLOAD_BATCH) {
             let refs: Vec<ChunkRef> = batch.iter().map(|&i| chunks[i as usize]).collect();
             let offs: Vec<u64> = batch.iter().map(|&i| offsets[i as usize]).collect();
             sent += refs.iter().map(|c| u64::from(c.len)).sum::<u64>();
-            let file = file.clone();
-            let lens: Vec<u32> = refs.iter().map(|c| c.len).collect();
-            let hashes: Vec<proto::ChunkHash> = refs.iter().map(|c| c.hash).collect();
-            let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = changed.clone();
-            let result = conn
-                .put_chunks(g.fid.volume, refs, move |i| {
-                    let mut buf = vec![0u8; lens[i] as usize];
-                    file.read_exact_at(&mut buf, offs[i])?;
-                    // The container may be written while we store it; never send bytes that do
-                    // not match the chunk list we are about to commit.
-                    if proto::ChunkHash::of(&buf) != hashes[i] {
-                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return Err(std::io::Error::other("file changed during store"));
-                    }
-                    Ok(buf)
-                })
-                .await;
-            if changed.load(std::sync::atomic::Ordering::Relaxed) {
+            let (read, changed) = ChunkReader::new(path, &refs, &offs)?;
+            let mut read = read;
+            let result = conn.put_chunks(g.fid.volume, refs, move |i| read.read(i)).await;
+            if changed.load(Ordering::Relaxed) {
                 return Err(VenusError::ChangedDuringStore);
             }
             result?;
         }
         self.counters.add(counters::BYTES_STORED, sent);
         Ok(())
+    }
+}
+
+/// Reads chunk `i` of a list from the container, refusing bytes that no longer match the
+/// chunk's hash: the container may be written while it is stored, and what is sent must be
+/// what the committed chunk list says. The flag tells the caller that happened.
+pub(crate) struct ChunkReader {
+    file: std::fs::File,
+    chunks: Vec<(u64, u32, proto::ChunkHash)>,
+    changed: Arc<AtomicBool>,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(path: &std::path::Path, chunks: &[ChunkRef], offsets: &[u64]) -> Result<(Self, Arc<AtomicBool>)> {
+        let changed = Arc::new(AtomicBool::new(false));
+        let chunks = chunks.iter().zip(offsets).map(|(c, &at)| (at, c.len, c.hash)).collect();
+        let reader = ChunkReader { file: std::fs::File::open(path)?, chunks, changed: changed.clone() };
+        Ok((reader, changed))
+    }
+
+    pub(crate) fn read(&mut self, i: usize) -> std::io::Result<Vec<u8>> {
+        let (at, len, hash) = *self.chunks.get(i).ok_or_else(|| std::io::Error::other("no such chunk"))?;
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, at)?;
+        if proto::ChunkHash::of(&buf) != hash {
+            self.changed.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("file changed during store"));
+        }
+        Ok(buf)
     }
 }
 

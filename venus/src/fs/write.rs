@@ -37,6 +37,18 @@ impl Venus {
     /// As `commit`; also says whether the change only went into the log (disconnected), so it
     /// waits for reintegration.
     pub(crate) async fn commit_ex(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<(Applied, bool)> {
+        self.commit_with(cell, mutation, None).await
+    }
+
+    /// As `commit_ex`; connected, `chunks` (with the reader of their bytes) go in the same
+    /// request, ahead of the record (`PutChunksAndMutate`: a small file's store in one round
+    /// trip).
+    pub(crate) async fn commit_with(
+        &self,
+        cell: crate::ids::CellId,
+        mutation: Mutation,
+        chunks: Option<(Vec<proto::ChunkRef>, super::store::ChunkReader)>,
+    ) -> Result<(Applied, bool)> {
         let volume = mutation.volume();
         self.writable(GFid::new(cell, Fid::root(volume)))?;
         if self.emulating(cell, volume) {
@@ -46,7 +58,13 @@ impl Venus {
         let record = Record { op: OpId::random(), mutation };
         // Not logged first: until the server answers, the system call has not returned, so a
         // crash meanwhile loses nothing acknowledged (and the server may well have it).
-        let answer = conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await;
+        let answer = match chunks {
+            None => conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await,
+            Some((chunks, mut read)) => {
+                let req = Request::PutChunksAndMutate { chunks, record: record.clone() };
+                conn.send_chunks(volume, req, move |i| read.read(i)).await
+            }
+        };
         if let Err(VenusError::Unreachable(_)) = answer {
             // The server went away with the record in flight. It goes into the log and is
             // replayed at reintegration (if it did reach the server, its op id makes the replay

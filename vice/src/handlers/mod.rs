@@ -196,5 +196,8 @@ async fn dispatch(
         Request::VolumeMovedAway { id } => volume_ops::moved_away(shared, id).await,
         Request::RemoveVolumeHere { id } => volume_ops::remove_here(shared, id).await,
         Request::RenameVolumeHere { id, name } => volume_ops::rename_here(shared, id, name).await,
+        Request::PutChunksAndMutate { chunks, record } => {
+            mutate::put_and_mutate(shared, caller, client, chunks, record, recv).await
+        }
     }
 }

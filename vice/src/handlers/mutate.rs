@@ -109,6 +109,22 @@ async fn apply(
     Ok((outcome, promise))
 }
 
+/// `PutChunksAndMutate`: the chunks are stored (and durable) before the record is applied, as
+/// if the two requests had come one after the other.
+pub async fn put_and_mutate(
+    shared: &Arc<Shared>,
+    caller: Caller,
+    client: ClientId,
+    chunks: Vec<ChunkRef>,
+    record: Record,
+    recv: &mut quinn::RecvStream,
+) -> Reply {
+    match put_chunks(shared, chunks, recv).await {
+        Reply::Message(Response::ChunksStored { .. }) => mutate(shared, caller, client, record).await,
+        refused => refused,
+    }
+}
+
 pub async fn mutate(shared: &Arc<Shared>, caller: Caller, client: ClientId, record: Record) -> Reply {
     match apply(shared, caller, client, None, vec![record]).await {
         Ok((mut outcome, promise)) => match outcome.results.pop() {
