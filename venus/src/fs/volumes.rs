@@ -43,18 +43,30 @@ impl Venus {
     }
 
     /// After our own change was applied: the volume is still known current if the server's new
-    /// stamp directly follows the one we knew (nobody else changed anything in between).
-    pub(crate) fn advance_stamp(&self, cell: CellId, volume: VolumeId, new: VolumeStamp, changes: u64) {
+    /// stamp directly follows the one we knew (nobody else changed anything in between), and
+    /// the new stamp is the newest seen. One write of the volume's state.
+    pub(crate) fn own_change(&self, cell: CellId, volume: VolumeId, new: VolumeStamp, changes: u64) {
         let mut state = self.cache.volume(cell, volume);
+        let mut changed = false;
         match state.stamp {
             Some(old) if new.follows(&old, changes) && self.volume_valid(cell, volume) => {
                 state.stamp = Some(new);
-                if let Err(e) = self.cache.set_volume(cell, volume, state) {
-                    tracing::warn!(error = %e, "cannot record a volume's state");
-                }
+                changed = true;
             }
-            Some(_) => self.drop_volume(cell, volume),
+            Some(_) => {
+                lock(&self.vol_promises).remove(&(cell, volume));
+                state.stamp = None;
+                changed = true;
+            }
             None => {}
+        }
+        let behind = state.seen.is_some_and(|seen| new.went_backwards_from(&seen));
+        if !behind && state.seen != Some(new) {
+            state.seen = Some(new);
+            changed = true;
+        }
+        if changed && let Err(e) = self.cache.set_volume(cell, volume, state) {
+            tracing::warn!(error = %e, "cannot record a volume's state");
         }
     }
 

@@ -82,8 +82,7 @@ impl Venus {
             Response::Applied { result, promise } => (result?, promise),
             other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
         };
-        self.advance_stamp(cell, volume, applied.stamp, 1);
-        self.note_stamp(cell, volume, applied.stamp);
+        self.own_change(cell, volume, applied.stamp, 1);
         for attr in &applied.attrs {
             self.cache.put_attr_with(cell, attr.clone(), true)?;
             self.promised(GFid::new(cell, attr.fid), promise);
