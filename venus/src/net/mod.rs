@@ -1,6 +1,6 @@
 //! Talking to the servers of one cell: connections made on demand and remade after a failure,
-//! which server holds which volume (and which servers hold its read-only replicas), which
-//! servers are not answering, RPC counters, and `CallbacksLost` handled in one place.
+//! which servers are not answering, RPC counters, and `CallbacksLost` handled in one place.
+//! Where each volume lives is `locations`.
 //!
 //! Reachability is per server: a volume is unreachable when every server that could serve it
 //! is down. A read-only volume is served by any of its released replicas; a request that finds
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use proto::cell::{CellFile, CellServer};
 use proto::client::{Connector, FetchedData, Session};
-use proto::msg::{Push, SiteRole, VolumeRef};
+use proto::msg::Push;
 use proto::tls::TransportTuning;
 use proto::{ChunkHash, ChunkRef, ClientId, ProtoError, RemoteError, Request, Response, ServerId, VolumeId};
 
@@ -22,8 +22,10 @@ use crate::error::{Result, VenusError};
 use crate::fs::user::Tokens;
 use crate::ids::CellId;
 
-/// How long a volume's location entry is used before it is asked for again.
-const ENTRY_TTL: Duration = Duration::from_secs(60);
+mod locations;
+
+use locations::Learned;
+pub use locations::split_volume_name;
 
 /// How long changes to a volume being moved wait before they fail with `EBUSY`.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
@@ -74,13 +76,6 @@ pub struct CellConn {
     known_path: Option<std::path::PathBuf>,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct Learned {
-    servers: Vec<CellServer>,
-    locations: Vec<(VolumeId, ServerId)>,
-    replicas: Vec<(VolumeId, Vec<ServerId>)>,
-}
-
 impl CellConn {
     pub fn new(id: CellId, file: CellFile, with: Context, known_path: Option<std::path::PathBuf>) -> Result<Self> {
         // Frequent keep-alives: a restarted server answers one with a reset, so venus learns
@@ -113,58 +108,6 @@ impl CellConn {
             learned: Mutex::new(saved),
             known_path,
         })
-    }
-
-    /// Remembers what a location reply said: the servers of the cell (those the cell file
-    /// lacks are trusted as the pinned server vouches for them) and where the volume lives.
-    fn learn(&self, entry: &proto::msg::VldbEntry, servers: &[proto::msg::ServerInfo]) {
-        let site = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).or(entry.sites.first()).map(|s| s.server);
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        let mut changed = false;
-        for s in servers {
-            if self.file.server(s.id).is_none() && !learned.servers.iter().any(|k| k.id == s.id.0) {
-                learned.servers.push(CellServer {
-                    id: s.id.0,
-                    address: s.address.clone(),
-                    fingerprint: s.fingerprint.clone(),
-                });
-                changed = true;
-            }
-        }
-        if let Some(site) = site {
-            let mut locations = self.locations.lock().unwrap_or_else(|p| p.into_inner());
-            for v in [Some(entry.rw), entry.backup].into_iter().flatten() {
-                if locations.insert(v, site) != Some(site) {
-                    learned.locations.retain(|(x, _)| *x != v);
-                    learned.locations.push((v, site));
-                    changed = true;
-                }
-            }
-        }
-        if let Some(ro) = entry.ro {
-            // Only released sites serve the replica.
-            let sites: Vec<ServerId> =
-                entry.sites.iter().filter(|s| s.role == SiteRole::ReadOnly).map(|s| s.server).collect();
-            let mut replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
-            if replicas.get(&ro) != Some(&sites) {
-                learned.replicas.retain(|(x, _)| *x != ro);
-                if sites.is_empty() {
-                    replicas.remove(&ro);
-                } else {
-                    replicas.insert(ro, sites.clone());
-                    learned.replicas.push((ro, sites));
-                }
-                changed = true;
-            }
-        }
-        if changed && let Some(path) = &self.known_path {
-            let _ = postcard::to_stdvec(&*learned).map(|b| std::fs::write(path, b));
-        }
-    }
-
-    /// The server holding `volume`'s read-write site.
-    pub async fn server_of(&self, volume: VolumeId) -> Result<ServerId> {
-        self.server_for(Some(volume)).await
     }
 
     /// One request to one server.
@@ -329,47 +272,6 @@ impl CellConn {
         self.file.servers.first().map_or(ServerId(0), |s| s.server_id())
     }
 
-    /// The server to ask about `volume` as far as known without asking: the first replica
-    /// not known to be down, or where the volume lives.
-    fn known_server(&self, volume: VolumeId) -> Option<ServerId> {
-        if let Some(sites) = self.replicas.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
-            let down = self.down_set();
-            return sites.iter().find(|s| !down.contains(s)).or(sites.first()).copied();
-        }
-        self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume).copied()
-    }
-
-    /// Whether `volume` has a replica other than `server` that is not known to be down.
-    fn other_replica(&self, volume: Option<VolumeId>, server: ServerId) -> bool {
-        let Some(volume) = volume else { return false };
-        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
-        let down = self.down_set();
-        replicas.get(&volume).is_some_and(|sites| sites.iter().any(|s| *s != server && !down.contains(s)))
-    }
-
-    /// Which server to ask about `volume`.
-    async fn server_for(&self, volume: Option<VolumeId>) -> Result<ServerId> {
-        let Some(volume) = volume else { return Ok(self.any_server()) };
-        if let Some(s) = self.known_server(volume) {
-            return Ok(s);
-        }
-        if self.file.servers.len() == 1 && self.learned.lock().unwrap_or_else(|p| p.into_inner()).servers.is_empty() {
-            return Ok(self.any_server());
-        }
-        self.locate(volume).await
-    }
-
-    /// Asks the location service where `volume` lives now.
-    pub async fn locate(&self, volume: VolumeId) -> Result<ServerId> {
-        let (entry, servers) =
-            match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
-                Response::Location { entry, servers } => (entry, servers),
-                other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-            };
-        self.learn(&entry, &servers);
-        self.known_server(volume).ok_or(VenusError::Remote(RemoteError::NoSuchVolume))
-    }
-
     /// One RPC to one server, with counting and `CallbacksLost` handling.
     /// Retries once where that is safe: after `CallbacksLost` (the server refused the request
     /// to say so), and when a reused connection turns out dead (a restarted server resets it)
@@ -436,40 +338,6 @@ impl CellConn {
                     tracing::info!(cell = %self.name(), server = %server, "replica unreachable; trying another");
                 }
                 (result, _) => return result,
-            }
-        }
-    }
-
-    /// The location entry of read-write volume `base`.
-    async fn entry(&self, base: &str) -> Result<proto::msg::VldbEntry> {
-        if let Some((e, at)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(base)
-            && at.elapsed() < ENTRY_TTL
-        {
-            return Ok(e.clone());
-        }
-        let resp =
-            self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
-        let Response::Location { entry, servers } = resp else {
-            return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
-        };
-        self.learn(&entry, &servers);
-        let now = std::time::Instant::now();
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(base.to_string(), (entry.clone(), now));
-        Ok(entry)
-    }
-
-    /// The volume a name means, and the name it goes by: `NAME`, `NAME.readonly` (its released
-    /// replica) or `NAME.backup`. With `prefer_ro`, a plain `NAME` means its released replica
-    /// when it has one (a mount point reached through a read-only volume, as in AFS).
-    pub async fn resolve_volume(&self, name: &str, prefer_ro: bool) -> Result<(VolumeId, String)> {
-        let (base, _) = split_volume_name(name);
-        match pick_volume(&self.entry(base).await?, name, prefer_ro) {
-            Some(found) => Ok(found),
-            None => {
-                // A remembered entry may predate the backup or release asked for.
-                self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(base);
-                let entry = self.entry(base).await?;
-                pick_volume(&entry, name, prefer_ro).ok_or(VenusError::Remote(RemoteError::NoSuchVolume))
             }
         }
     }
@@ -581,59 +449,5 @@ impl CellConn {
                 Err(e) => return Err(self.failed(server, e).await),
             }
         }
-    }
-}
-
-/// Which volume of `entry` `name` means (see `CellConn::resolve_volume`), if it exists.
-fn pick_volume(entry: &proto::msg::VldbEntry, name: &str, prefer_ro: bool) -> Option<(VolumeId, String)> {
-    let released = entry.ro.filter(|_| entry.sites.iter().any(|s| s.role == SiteRole::ReadOnly));
-    match split_volume_name(name) {
-        (_, Some(".readonly")) => released.map(|ro| (ro, name.to_string())),
-        (_, Some(_)) => entry.backup.map(|b| (b, name.to_string())),
-        (base, None) => match released.filter(|_| prefer_ro) {
-            Some(ro) => Some((ro, format!("{base}.readonly"))),
-            None => Some((entry.rw, name.to_string())),
-        },
-    }
-}
-
-/// A volume name's base and its `.readonly`/`.backup` suffix, if any.
-pub fn split_volume_name(name: &str) -> (&str, Option<&'static str>) {
-    for suffix in [".readonly", ".backup"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            return (base, Some(suffix));
-        }
-    }
-    (name, None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::msg::{Site, VldbEntry};
-
-    fn entry(roles: &[SiteRole]) -> VldbEntry {
-        VldbEntry {
-            name: "sw".into(),
-            rw: VolumeId(1),
-            ro: Some(VolumeId(2)),
-            backup: None,
-            sites: roles.iter().enumerate().map(|(i, r)| Site { server: ServerId(i as u32 + 1), role: *r }).collect(),
-        }
-    }
-
-    #[test]
-    fn names_lead_to_replicas_only_once_released() {
-        let released = entry(&[SiteRole::ReadWrite, SiteRole::ReadOnly]);
-        assert_eq!(pick_volume(&released, "sw", true), Some((VolumeId(2), "sw.readonly".into())));
-        assert_eq!(pick_volume(&released, "sw", false), Some((VolumeId(1), "sw".into())));
-        assert_eq!(pick_volume(&released, "sw.readonly", false), Some((VolumeId(2), "sw.readonly".into())));
-        assert_eq!(pick_volume(&released, "sw.backup", false), None);
-        // A site added but never released serves nothing.
-        let added = entry(&[SiteRole::ReadWrite, SiteRole::NewReadOnly]);
-        assert_eq!(pick_volume(&added, "sw", true), Some((VolumeId(1), "sw".into())));
-        assert_eq!(pick_volume(&added, "sw.readonly", false), None);
-        assert_eq!(split_volume_name("a.b.backup"), ("a.b", Some(".backup")));
-        assert_eq!(split_volume_name("root.cell"), ("root.cell", None));
     }
 }
