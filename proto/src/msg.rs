@@ -643,7 +643,10 @@ pub fn validate_volume_name_of(kind: VolumeKind, name: &str) -> Result<(), Remot
     };
     match base {
         Some(base) => validate_volume_name(base),
-        None => Err(RemoteError::Invalid(format!("volume name {name:?} does not end as a {kind:?} volume's must"))),
+        None => {
+            let suffix = if kind == VolumeKind::ReadOnly { ".readonly" } else { ".backup" };
+            Err(RemoteError::Invalid(format!("volume name {name:?}: a {kind:?} volume's name ends in {suffix}")))
+        }
     }
 }
 

@@ -501,8 +501,8 @@ impl Filesystem for VenusFs {
         });
     }
 
-    /// No ioctls (`isatty` asks on every `open` in some languages): ENOSYS, which the kernel
-    /// remembers, so it stops asking.
+    /// No ioctls: refused here at once (`isatty` asks on every `open` in some languages, and
+    /// fuser's default would log a warning each time); the caller sees `ENOTTY`.
     fn ioctl(
         &self,
         _req: &Request,

@@ -51,7 +51,7 @@ fn mkdir(store: &Store, parent: Fid, n: &str) -> Attr {
     applied.attrs.into_iter().find(|a| a.fid.object == object).unwrap()
 }
 
-fn upload(store: &Store, data: &[u8]) -> Vec<ChunkRef> {
+pub(crate) fn upload(store: &Store, data: &[u8]) -> Vec<ChunkRef> {
     let mut up = store.upload();
     let mut refs = Vec::new();
     for (r, bytes) in chunk_bytes(data) {

@@ -45,13 +45,7 @@ fn make(store: &Store, parent: Fid, name: &str, dir: bool) -> Attr {
 }
 
 fn write(store: &Store, attr: &Attr, data: &[u8]) -> Attr {
-    let mut up = store.upload();
-    let mut refs = Vec::new();
-    for (r, bytes) in chunk_bytes(data) {
-        up.add(r, bytes).unwrap();
-        refs.push(r);
-    }
-    up.commit().unwrap();
+    let refs = crate::tests::upload(store, data);
     let base = store.fetch_status(&admin(), attr.fid).unwrap().0;
     let m = Mutation::Store { fid: attr.fid, base: Base::Version(base.version), chunks: refs, mtime: Timestamp::now() };
     apply(store, m).attrs.into_iter().find(|a| a.fid == attr.fid).unwrap()

@@ -35,31 +35,30 @@ impl Venus {
                 .await
                 .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??
         };
-        let mut with_data = None;
-        if self.emulating(g.cell, g.fid.volume) {
-            // Logged below; the chunks travel at reintegration.
+        let store = Mutation::Store { fid: g.fid, base: Base::Version(base), chunks: chunks.clone(), mtime };
+        let (applied, logged) = if self.emulating(g.cell, g.fid.volume) {
+            // Logged; the chunks travel at reintegration.
+            self.commit_ex(g.cell, store).await?
         } else if size <= SEND_WITHOUT_ASKING {
             // Sent whole, with the Store, in one request.
             let (read, changed) = ChunkReader::new(&path, &chunks, &offsets)?;
-            with_data = Some(((chunks.clone(), read), changed));
+            let result = self.commit_with(g.cell, store, Some((chunks, read))).await;
+            if changed.load(Ordering::Relaxed) {
+                return Err(VenusError::ChangedDuringStore);
+            }
+            let (applied, logged) = result?;
+            if !logged {
+                self.counters.add(counters::BYTES_STORED, size);
+            }
+            (applied, logged)
         } else {
             match self.upload(g, &path, &chunks, &offsets).await {
-                // Gone while uploading: the store is logged below and uploaded at reintegration.
+                // Gone while uploading: the store is logged and uploaded at reintegration.
                 Ok(()) | Err(VenusError::Unreachable(_)) => {}
                 Err(e) => return Err(e),
             }
-        }
-        let store = Mutation::Store { fid: g.fid, base: Base::Version(base), chunks, mtime };
-        let (data, changed) = with_data.unzip();
-        let sent_with_it = if data.is_some() { size } else { 0 };
-        let result = self.commit_with(g.cell, store, data).await;
-        if changed.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(VenusError::ChangedDuringStore);
-        }
-        let (applied, logged) = result?;
-        if !logged {
-            self.counters.add(counters::BYTES_STORED, sent_with_it);
-        }
+            self.commit_ex(g.cell, store).await?
+        };
         // Logged only: the container stays dirty (never evicted) until reintegrated.
         self.cache.set_local(&g, size, logged)?;
         applied
@@ -69,7 +68,8 @@ impl Venus {
             .ok_or_else(|| VenusError::Protocol("the store did not return the file".into()))
     }
 
-    /// Sends the chunks of the container that the server lacks (all of them, for small files).
+    /// Sends the chunks of the container that the server lacks (all of them, for small files:
+    /// asking would cost a round trip).
     pub(crate) async fn upload(
         &self,
         g: GFid,

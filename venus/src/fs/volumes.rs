@@ -21,9 +21,15 @@ use super::{Venus, lock};
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
-/// Objects revalidated at once while a stamp is established.
 /// Objects per `ValidateAttrs` request.
 const VALIDATE_BATCH: usize = 5000;
+
+/// Where a batch of attribute checks goes: a given server (revalidation groups volumes by
+/// server), or whichever server serves a volume (with its retries and failover).
+enum Ask {
+    Server(proto::ServerId),
+    ServerOf(VolumeId),
+}
 
 impl Venus {
     pub(crate) fn volume_valid(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -251,22 +257,36 @@ impl Venus {
     /// with the versions held, none for objects never seen): AFS's bulk status, used before
     /// listing a directory with attributes.
     pub(crate) async fn bulk_status(&self, cell: CellId, volume: VolumeId, objects: &[GFid]) -> Result<()> {
-        let conn = self.cell(cell)?.clone();
         for batch in objects.chunks(VALIDATE_BATCH) {
-            let held: Vec<(GFid, Option<proto::Attr>)> = batch.iter().map(|g| (*g, self.cache.attr(g))).collect();
-            let objects = held.iter().map(|(g, a)| (g.fid, a.as_ref().map(|a| a.version.clone()).unwrap_or_default()));
-            let req = Request::ValidateAttrs { objects: objects.collect() };
-            let Response::AttrsValidated { results, promise } = conn.call(Some(volume), &req).await? else {
-                return Err(VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
-            };
-            if results.len() != held.len() {
-                return Err(VenusError::Protocol("ValidateAttrs answered a different count".into()));
-            }
-            for ((g, attr), result) in held.into_iter().zip(results) {
-                self.settle_check(g, attr.as_ref(), result, promise)?;
-            }
+            self.check_attrs(cell, Ask::ServerOf(volume), batch).await?;
         }
         Ok(())
+    }
+
+    /// One `ValidateAttrs` for `batch` (at most `VALIDATE_BATCH` objects), its answers taken
+    /// in; returns the objects that changed or went away.
+    async fn check_attrs(&self, cell: CellId, ask: Ask, batch: &[GFid]) -> Result<Vec<GFid>> {
+        let conn = self.cell(cell)?.clone();
+        let held: Vec<(GFid, Option<proto::Attr>)> = batch.iter().map(|g| (*g, self.cache.attr(g))).collect();
+        let objects = held.iter().map(|(g, a)| (g.fid, a.as_ref().map(|a| a.version.clone()).unwrap_or_default()));
+        let req = Request::ValidateAttrs { objects: objects.collect() };
+        let answer = match ask {
+            Ask::Server(server) => conn.call_on(server, &req).await?,
+            Ask::ServerOf(volume) => conn.call(Some(volume), &req).await?,
+        };
+        let Response::AttrsValidated { results, promise } = answer else {
+            return Err(VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
+        };
+        if results.len() != held.len() {
+            return Err(VenusError::Protocol("ValidateAttrs answered a different count".into()));
+        }
+        let mut changed = Vec::new();
+        for ((g, attr), result) in held.into_iter().zip(results) {
+            if self.settle_check(g, attr.as_ref(), result, promise)? {
+                changed.push(g);
+            }
+        }
+        Ok(changed)
     }
 
     /// Establishes that the cache is current as of each volume's `current` stamp: revalidates
@@ -286,24 +306,10 @@ impl Venus {
             batches.extend(stale.chunks(VALIDATE_BATCH).map(|b| (server, b.to_vec())));
         }
         for (server, batch) in batches {
-            let held: Vec<(GFid, proto::Attr)> =
-                batch.iter().filter_map(|g| self.cache.attr(g).map(|a| (*g, a))).collect();
-            let objects = held.iter().map(|(g, a)| (g.fid, a.version.clone())).collect();
-            let Response::AttrsValidated { results, promise } =
-                conn.call_on(server, &Request::ValidateAttrs { objects }).await?
-            else {
-                return Err(crate::error::VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
-            };
-            if results.len() != held.len() {
-                return Err(crate::error::VenusError::Protocol("ValidateAttrs answered a different count".into()));
-            }
-            for ((g, attr), result) in held.into_iter().zip(results) {
-                // A changed directory whose listing we hold gets it refreshed below: the cache
-                // stays useful for the next disconnection.
-                if self.settle_check(g, Some(&attr), result, promise)? && self.cache.listing(&g).is_some() {
-                    relist.push(g);
-                }
-            }
+            // A changed directory whose listing we hold gets it refreshed below: the cache
+            // stays useful for the next disconnection.
+            let changed = self.check_attrs(cell, Ask::Server(server), &batch).await?;
+            relist.extend(changed.into_iter().filter(|g| self.cache.listing(g).is_some()));
         }
         for g in relist {
             match self.listing(g).await {

@@ -16,9 +16,8 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
-    let base = a.name.trim_end_matches(".backup").trim_end_matches(".readonly");
-    let located = ctx.locate(base).await?;
-    let info = match ctx.call_at(&ctx.site_of(&a.name).await?, Request::ExamineVolume { name: a.name }).await? {
+    let located = ctx.locate_any(&a.name).await?;
+    let info = match ctx.call_at(&located.site_for(&a.name)?, Request::ExamineVolume { name: a.name }).await? {
         Response::Volume { info, .. } => info,
         other => return Err(unexpected(other)),
     };

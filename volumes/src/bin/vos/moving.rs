@@ -44,7 +44,8 @@ async fn restore_to(
     name: &str,
     path: &std::path::Path,
 ) -> Result<()> {
-    crate::restore::restore_file(ctx, server, id, name, VolumeKind::ReadWrite, path, |_| {}).await.map(|_| ())
+    let to = crate::restore::Target { id, name, kind: VolumeKind::ReadWrite, overwrite: true };
+    crate::restore::restore_file(ctx, server, to, path, |_| {}).await.map(|_| ())
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {

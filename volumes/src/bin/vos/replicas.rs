@@ -83,8 +83,8 @@ pub async fn release(ctx: &Context, a: ReleaseArgs) -> Result<()> {
         let server = located.server(site.server)?;
         bar.set_position(0);
         bar.set_message(format!("releasing to {}", server.address));
-        let done =
-            crate::restore::restore_file(ctx, &server, ro, &name, VolumeKind::ReadOnly, &dump, |n| bar.inc(n)).await;
+        let to = crate::restore::Target { id: ro, name: &name, kind: VolumeKind::ReadOnly, overwrite: true };
+        let done = crate::restore::restore_file(ctx, &server, to, &dump, |n| bar.inc(n)).await;
         let role = match done {
             Ok(_) => SiteRole::ReadOnly,
             Err(e) => {

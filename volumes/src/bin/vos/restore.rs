@@ -23,43 +23,45 @@ pub struct Args {
     overwrite: bool,
 }
 
-/// Sends `req` followed by the whole of `file` to `server`; the server's answer.
-pub async fn upload_file(
+/// What a restore made: the volume, and how many objects and new chunks the dump brought.
+pub struct Restored {
+    pub info: proto::msg::VolumeInfo,
+    pub objects: u64,
+    pub chunks: u64,
+}
+
+/// The volume a restore goes into on its server.
+pub struct Target<'a> {
+    pub id: proto::VolumeId,
+    /// With the suffix of its kind (`NAME.readonly` for a replica).
+    pub name: &'a str,
+    pub kind: VolumeKind,
+    /// A full dump may replace an existing volume's contents.
+    pub overwrite: bool,
+}
+
+/// Restores the dump in `path` into `to` on `server`.
+pub async fn restore_file(
     ctx: &Context,
     server: &CellServer,
-    req: &Request,
-    file: &mut std::fs::File,
+    to: Target<'_>,
+    path: &std::path::Path,
     mut progress: impl FnMut(u64),
-) -> Result<Response> {
+) -> Result<Restored> {
+    let name = to.name;
+    let req = Request::RestoreVolumeHere { id: to.id, name: name.to_string(), overwrite: to.overwrite, kind: to.kind };
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let session = ctx.connect(server).await?;
     let resp = session
-        .upload(req, |buf| {
+        .upload(&req, |buf| {
             let n = file.read(buf)?;
             progress(n as u64);
             Ok(n)
         })
-        .await?;
+        .await;
     session.close();
-    Ok(resp)
-}
-
-/// Restores the dump in `path` into volume `id` on `server`, as a volume of `kind` named `name`.
-pub async fn restore_file(
-    ctx: &Context,
-    server: &CellServer,
-    id: proto::VolumeId,
-    name: &str,
-    kind: VolumeKind,
-    path: &std::path::Path,
-    progress: impl FnMut(u64),
-) -> Result<proto::msg::VolumeInfo> {
-    let req = Request::RestoreVolumeHere { id, name: name.to_string(), overwrite: true, kind };
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let resp = upload_file(ctx, server, &req, &mut file, progress)
-        .await
-        .with_context(|| format!("restoring {name} on {}", server.address))?;
-    match resp {
-        Response::Restored { info, .. } => Ok(info),
+    match resp.with_context(|| format!("restoring {name} on {}", server.address))? {
+        Response::Restored { info, objects, chunks, .. } => Ok(Restored { info, objects, chunks }),
         other => Err(unexpected(other)),
     }
 }
@@ -90,22 +92,14 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let mut file = std::fs::File::open(&a.file)?;
-    let bar = indicatif::ProgressBar::new(file.metadata()?.len());
+    let bar = indicatif::ProgressBar::new(std::fs::metadata(&a.file)?.len());
     bar.set_style(indicatif::ProgressStyle::with_template(
         "restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
     )?);
     bar.set_message(a.name.clone());
-    let req =
-        Request::RestoreVolumeHere { id, name: a.name.clone(), overwrite: a.overwrite, kind: VolumeKind::ReadWrite };
-    let resp = upload_file(ctx, &server, &req, &mut file, |n| bar.inc(n))
-        .await
-        .with_context(|| format!("restoring {}", a.name))?;
+    let target = Target { id, name: &a.name, kind: VolumeKind::ReadWrite, overwrite: a.overwrite };
+    let Restored { info, objects, chunks } = restore_file(ctx, &server, target, &a.file, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
-    let (info, objects, chunks) = match resp {
-        Response::Restored { info, objects, chunks, .. } => (info, objects, chunks),
-        other => return Err(unexpected(other)),
-    };
     if new {
         let entry = VldbEntry {
             name: a.name.clone(),

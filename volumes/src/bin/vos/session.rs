@@ -131,6 +131,17 @@ impl Located {
         self.server(site.ok_or_else(|| anyhow!("volume {} has no read-write site", self.entry.name))?)
     }
 
+    /// The server holding `name` as that name means it: the read-write volume and its
+    /// `.backup` on the read-write site, a `.readonly` on its first released read-only site.
+    pub fn site_for(&self, name: &str) -> Result<CellServer> {
+        if name.ends_with(".readonly") {
+            let site = self.entry.sites.iter().find(|s| s.role == SiteRole::ReadOnly);
+            let site = site.ok_or_else(|| anyhow!("{} has no released read-only site", self.entry.name))?;
+            return self.server(site.server);
+        }
+        self.rw_server()
+    }
+
     /// The servers listed as read-only sites (released or not).
     pub fn ro_sites(&self) -> impl Iterator<Item = &Site> {
         self.entry.sites.iter().filter(|s| s.role != SiteRole::ReadWrite)
@@ -155,16 +166,15 @@ impl Context {
         }
     }
 
-    /// The server holding volume `name` as that name means it: the read-write volume and its
-    /// `.backup` on the read-write site, a `.readonly` on its first released read-only site.
+    /// The location entry of the volume `name` belongs to (`NAME`, `NAME.readonly` or
+    /// `NAME.backup`).
+    pub async fn locate_any(&self, name: &str) -> Result<Located> {
+        self.locate(name.trim_end_matches(".backup").trim_end_matches(".readonly")).await
+    }
+
+    /// The server holding volume `name` (see `Located::site_for`).
     pub async fn site_of(&self, name: &str) -> Result<CellServer> {
-        let base = name.trim_end_matches(".backup").trim_end_matches(".readonly");
-        let located = self.locate(base).await?;
-        if name.ends_with(".readonly") {
-            let site = located.entry.sites.iter().find(|s| s.role == SiteRole::ReadOnly);
-            return located.server(site.ok_or_else(|| anyhow!("{base} has no released read-only site"))?.server);
-        }
-        located.rw_server()
+        self.locate_any(name).await?.site_for(name)
     }
 }
 
