@@ -33,7 +33,12 @@ impl Connector {
     /// anonymously.
     pub fn new(identity: Option<Identity>, tuning: TransportTuning) -> Result<Self, ProtoError> {
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let endpoint = quinn::Endpoint::client(bind)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            crate::udp::bind(bind)?,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(Connector { endpoint, identity, tuning })
     }
 
@@ -220,9 +225,10 @@ impl Session {
         let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
         self.timed(write_call(&mut send, token, &req)).await?;
         for i in 0..count {
-            let data = read_chunk(i)?;
+            // Handed over, not copied: quinn sends from the buffer itself.
+            let data = bytes::Bytes::from(read_chunk(i)?);
             self.timed(async {
-                send.write_all(&data).await.map_err(std::io::Error::from)?;
+                send.write_chunk(data).await.map_err(std::io::Error::from)?;
                 Ok(())
             })
             .await?;

@@ -15,6 +15,7 @@ pub mod name;
 pub mod record;
 pub mod samples;
 pub mod tls;
+pub mod udp;
 pub mod units;
 pub mod version;
 

@@ -159,6 +159,64 @@ fn a_network_cut_by_a_proxy_then_mended_reintegrates_by_itself() -> R {
 }
 
 #[test]
+fn a_network_cut_in_the_middle_of_a_large_store_logs_it_whole_and_reintegrates_it() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("bigcut.test")?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, dir.path())?;
+    let a = VenusMount::start_with_cell_file(&cell_file, "bigcut.test", QUICK)?;
+    let b = VenusMount::start_with(&vice, "bigcut.test", QUICK)?;
+    // 256 MiB: about 1,000 chunks, so the upload is several batches long.
+    let mut h = blake3::Hasher::new();
+    let mut noise = Noise::new(5);
+    let mut block = vec![0u8; 1 << 20];
+    let mut f = fs::File::create(a.path("big"))?;
+    for _ in 0..256 {
+        noise.fill(&mut block);
+        h.update(&block);
+        std::io::Write::write_all(&mut f, &block)?;
+    }
+    let expected = h.finalize();
+    // The network goes away once the first chunks are on the server; the close still succeeds,
+    // from the log. (Watched on the server's disk: asking venus would fork a process, and a
+    // forked child's close of the inherited descriptor stores the file by itself.)
+    let chunks = vice.data().join("store/chunks");
+    let stored = || -> usize {
+        let Ok(dirs) = fs::read_dir(&chunks) else { return 0 };
+        dirs.flatten()
+            .filter(|d| d.file_name() != "tmp")
+            .map(|d| fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(stored(), 0);
+    std::thread::scope(|s| -> R {
+        let cutter = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while stored() == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            proxy.cut(true);
+        });
+        drop(f);
+        cutter.join().map_err(|_| anyhow::anyhow!("the cutting thread panicked"))?;
+        Ok(())
+    })?;
+    let at_cut = stored();
+    assert!(a.pending() >= 1, "the store is in the log");
+    assert_eq!(hash_file(&a.path("big"))?, expected, "the writer reads its own data offline");
+    proxy.cut(false);
+    a.wait_reintegrated()?;
+    b.wait_connected()?;
+    assert_eq!(fs::metadata(b.path("big"))?.len(), 256 << 20);
+    assert_eq!(hash_file(&b.path("big"))?, expected, "the whole file arrived, none of it torn");
+    assert!(at_cut < stored(), "the cut came in the middle of the upload ({at_cut} of {} chunks)", stored());
+    Ok(())
+}
+
+#[test]
 fn venus_starts_offline_from_a_warm_cache_and_reintegrates_when_vice_appears() -> R {
     if !fuse_available() {
         return Ok(());

@@ -249,6 +249,7 @@ fn many_small_writes_and_a_one_gib_file_round_trip() -> R {
     assert_eq!(blake3::hash(&fs::read(t.b.path("small-writes"))?), blake3::hash(&expected));
 
     // 1 GiB, written in 1 MiB blocks.
+    let (stored, asked, put) = (t.a.counter("bytes_stored"), t.a.rpcs("MissingChunks"), t.a.rpcs("PutChunks"));
     let mut f = fs::File::create(t.a.path("big"))?;
     let mut noise = Noise::new(99);
     let mut block = vec![0u8; 1 << 20];
@@ -261,6 +262,11 @@ fn many_small_writes_and_a_one_gib_file_round_trip() -> R {
     f.sync_all()?;
     drop(f);
     let expected = h.finalize();
+    // Cut and sent in batches while cutting: every byte sent once, each batch asked about once
+    // and sent in one request (about 4,000 chunks: many batches).
+    assert_eq!(t.a.counter("bytes_stored") - stored, 1 << 30);
+    let (asked, put) = (t.a.rpcs("MissingChunks") - asked, t.a.rpcs("PutChunks") - put);
+    assert!(asked > 4 && asked == put, "{asked} MissingChunks, {put} PutChunks");
     assert_eq!(hash_file(&t.b.path("big"))?, expected);
     assert_eq!(fs::metadata(t.b.path("big"))?.len(), 1 << 30);
     Ok(())

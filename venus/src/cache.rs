@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::auth::{Access, PtsId, Rights};
 use proto::{Attr, DirEntry, Fid, ObjectId, ObjectKind, VolumeId, VolumeStamp};
@@ -54,6 +54,9 @@ pub struct VolState {
     pub log_owner: Option<LogOwner>,
 }
 
+/// A directory's entries as the cache holds them, shared with readers.
+pub type Listing = Arc<Vec<DirEntry>>;
+
 /// The local user whose changes a volume's log holds, and who they were to the cell then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogOwner {
@@ -64,7 +67,7 @@ pub struct LogOwner {
 struct State {
     db: Connection,
     objects: HashMap<GFid, Cached>,
-    dirs: HashMap<GFid, Vec<DirEntry>>,
+    dirs: HashMap<GFid, Listing>,
     volumes: HashMap<(CellId, VolumeId), VolState>,
     /// Rights per (directory, user), with `PtsId::ANYUSER` for the anonymous user's, and whether
     /// they are fresh: a break of the directory's promise makes them stale (asked again while
@@ -167,7 +170,7 @@ impl Cache {
     /// The persistent id of a cell name (stable across restarts and cell-file order).
     pub fn cell_id(&self, name: &str) -> Result<CellId> {
         let s = self.lock();
-        s.db.execute("INSERT OR IGNORE INTO cells (name) VALUES (?1)", params![name])?;
+        s.db.prepare_cached("INSERT OR IGNORE INTO cells (name) VALUES (?1)")?.execute(params![name])?;
         let id: i64 = s.db.query_row("SELECT id FROM cells WHERE name = ?1", params![name], |r| r.get(0))?;
         Ok(CellId(id as u16))
     }
@@ -229,8 +232,7 @@ impl Cache {
         }
         // A listing belongs to the version it was fetched at (or that our own change made).
         if changed && !ours && s.dirs.remove(&g).is_some() {
-            let (c, v, o) = key(&g);
-            s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+            forget_listing(&s.db, &g)?;
         }
         persist(&s, &g)
     }
@@ -243,8 +245,13 @@ impl Cache {
         }
         s.dirs.remove(g);
         let (c, v, o) = key(g);
-        s.db.execute("DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
-        s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        // One transaction: one commit instead of two on every removal.
+        let tx = s.db.unchecked_transaction()?;
+        for table in ["objects", "dirs"] {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE cell = ?1 AND volume = ?2 AND object = ?3"))?
+                .execute(params![c, v, &o[..]])?;
+        }
+        tx.commit()?;
         let _ = std::fs::remove_file(self.container(g));
         Ok(())
     }
@@ -299,25 +306,28 @@ impl Cache {
         }
     }
 
-    pub fn listing(&self, g: &GFid) -> Option<Vec<DirEntry>> {
+    /// The cached listing of `g`, shared: a lookup in a large directory copies nothing.
+    pub fn listing(&self, g: &GFid) -> Option<Listing> {
         self.lock().dirs.get(g).cloned()
     }
 
-    pub fn put_listing(&self, g: GFid, entries: Vec<DirEntry>) -> Result<()> {
-        let mut s = self.lock();
-        let (c, v, o) = key(&g);
-        s.db.execute(
-            "INSERT OR REPLACE INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, ?4)",
-            params![c, v, &o[..], enc(&entries)],
-        )?;
-        s.dirs.insert(g, entries);
-        Ok(())
+    pub fn has_listing(&self, g: &GFid) -> bool {
+        self.lock().dirs.contains_key(g)
     }
 
-    pub fn drop_listing(&self, g: &GFid) -> Result<Option<Vec<DirEntry>>> {
+    pub fn put_listing(&self, g: GFid, entries: Vec<DirEntry>) -> Result<Listing> {
         let mut s = self.lock();
-        let (c, v, o) = key(g);
-        s.db.execute("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", params![c, v, &o[..]])?;
+        let (c, v, o) = key(&g);
+        s.db.prepare_cached("INSERT OR REPLACE INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![c, v, &o[..], enc(&entries)])?;
+        let listing = Arc::new(entries);
+        s.dirs.insert(g, listing.clone());
+        Ok(listing)
+    }
+
+    pub fn drop_listing(&self, g: &GFid) -> Result<Option<Listing>> {
+        let mut s = self.lock();
+        forget_listing(&s.db, g)?;
         Ok(s.dirs.remove(g))
     }
 
@@ -325,13 +335,13 @@ impl Cache {
     pub fn edit_listing(&self, g: &GFid, edit: impl FnOnce(&mut Vec<DirEntry>)) -> Result<()> {
         let mut s = self.lock();
         let Some(entries) = s.dirs.get_mut(g) else { return Ok(()) };
+        // Copied only if someone still holds the old version.
+        let entries = Arc::make_mut(entries);
         edit(entries);
         let blob = enc(entries);
         let (c, v, o) = key(g);
-        s.db.execute(
-            "UPDATE dirs SET entries = ?4 WHERE cell = ?1 AND volume = ?2 AND object = ?3",
-            params![c, v, &o[..], blob],
-        )?;
+        s.db.prepare_cached("UPDATE dirs SET entries = ?4 WHERE cell = ?1 AND volume = ?2 AND object = ?3")?
+            .execute(params![c, v, &o[..], blob])?;
         Ok(())
     }
 
@@ -474,10 +484,8 @@ impl Cache {
 
     pub fn set_volume(&self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
         let mut s = self.lock();
-        s.db.execute(
-            "INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)",
-            params![i64::from(cell.0), volume.0 as i64, enc(&state)],
-        )?;
+        s.db.prepare_cached("INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)")?
+            .execute(params![i64::from(cell.0), volume.0 as i64, enc(&state)])?;
         s.volumes.insert((cell, volume), state);
         Ok(())
     }
@@ -503,11 +511,11 @@ impl Cache {
     /// Records a conflict (its id is assigned here).
     pub fn add_conflict(&self, mut info: crate::fs::conflicts::ConflictInfo) -> Result<u64> {
         let s = self.lock();
-        s.db.execute("INSERT INTO conflicts (info) VALUES ('{}')", [])?;
+        s.db.prepare_cached("INSERT INTO conflicts (info) VALUES ('{}')")?.execute([])?;
         let id = s.db.last_insert_rowid() as u64;
         info.id = id;
         let text = serde_json::to_string(&info).map_err(|e| VenusError::Io(std::io::Error::other(e)))?;
-        s.db.execute("UPDATE conflicts SET info = ?2 WHERE id = ?1", params![id as i64, text])?;
+        s.db.prepare_cached("UPDATE conflicts SET info = ?2 WHERE id = ?1")?.execute(params![id as i64, text])?;
         Ok(id)
     }
 
@@ -519,7 +527,7 @@ impl Cache {
     }
 
     pub fn remove_conflict(&self, id: u64) -> Result<()> {
-        self.lock().db.execute("DELETE FROM conflicts WHERE id = ?1", params![id as i64])?;
+        self.lock().db.prepare_cached("DELETE FROM conflicts WHERE id = ?1")?.execute(params![id as i64])?;
         Ok(())
     }
 
@@ -599,7 +607,7 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
         while let Some(r) = rows.next()? {
             let Some(g) = gfid_of(r)? else { continue };
             let Ok(entries) = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?) else { continue };
-            s.dirs.insert(g, entries);
+            s.dirs.insert(g, Arc::new(entries));
         }
     }
     {
@@ -628,4 +636,15 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
 /// Whether an object kind is shown to the kernel as a directory (mount points are crossed).
 pub fn shows_as_dir(kind: ObjectKind) -> bool {
     matches!(kind, ObjectKind::Directory | ObjectKind::MountPoint)
+}
+
+/// Deletes the stored listing of `g`.
+fn forget_listing(db: &rusqlite::Connection, g: &GFid) -> rusqlite::Result<()> {
+    let (c, v, o) = key(g);
+    db.prepare_cached("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3")?.execute(params![
+        c,
+        v,
+        &o[..]
+    ])?;
+    Ok(())
 }

@@ -83,7 +83,7 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("in {}", dir.token_key().display()))?;
     let addr: SocketAddr = config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?;
-    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let socket = proto::udp::bind(addr).with_context(|| format!("binding {addr}"))?;
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&identity),
         Some(server_config(&identity, &TransportTuning::default())?),

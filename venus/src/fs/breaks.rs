@@ -58,8 +58,8 @@ impl Venus {
         // forgets them; venus keeps the listing (no longer promised, so it is fetched again
         // while connected) because offline it is the best there is.
         if let Some(old) = self.cache.listing(&g) {
-            for e in old {
-                self.invalidate(super::Inval::Entry { parent: ino, name: e.name.into_string() });
+            for e in old.iter() {
+                self.invalidate(super::Inval::Entry { parent: ino, name: e.name.to_string() });
             }
         }
         self.invalidate(super::Inval::Inode(ino));

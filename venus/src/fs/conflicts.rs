@@ -470,8 +470,8 @@ impl Venus {
             let g = GFid::new(cell, d);
             self.unpromise(&g);
             if let Ok(Some(old)) = self.cache.drop_listing(&g) {
-                for e in old {
-                    self.invalidate(super::Inval::Entry { parent: g.ino(), name: e.name.into_string() });
+                for e in old.iter() {
+                    self.invalidate(super::Inval::Entry { parent: g.ino(), name: e.name.to_string() });
                 }
             }
             self.invalidate(super::Inval::Inode(g.ino()));

@@ -64,7 +64,7 @@ impl Venus {
         Ok(())
     }
 
-    fn cached_dir(&self, g: GFid) -> Result<(Attr, Vec<proto::DirEntry>)> {
+    fn cached_dir(&self, g: GFid) -> Result<(Attr, crate::cache::Listing)> {
         let attr = self.cache.attr(&g).ok_or(VenusError::NotCached)?;
         if attr.kind != ObjectKind::Directory {
             return Err(VenusError::NotDirectory);

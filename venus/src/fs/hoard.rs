@@ -211,7 +211,7 @@ impl Namespace for WalkNamespace<'_> {
             if cached_only && let Node::Object(g) = node {
                 let entries = core.cache.listing(&g)?;
                 return Some(
-                    entries.into_iter().map(|e| (e.name.into_string(), crate::cache::shows_as_dir(e.kind))).collect(),
+                    entries.iter().map(|e| (e.name.to_string(), crate::cache::shows_as_dir(e.kind))).collect(),
                 );
             }
             let entries = core.readdir(ino).await.ok()?;
@@ -381,7 +381,7 @@ impl Venus {
                     Some(c) if c.attr.kind == ObjectKind::File && !c.has_data => {
                         Some(last.get(&item.path).cloned().unwrap_or_else(|| "contents not cached".into()))
                     }
-                    Some(c) if c.attr.kind == ObjectKind::Directory && self.cache.listing(&g).is_none() => {
+                    Some(c) if c.attr.kind == ObjectKind::Directory && !self.cache.has_listing(&g) => {
                         Some("listing not cached".into())
                     }
                     Some(_) if !self.valid(&g) && !self.emulating(g.cell, g.fid.volume) => {

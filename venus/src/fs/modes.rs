@@ -148,7 +148,7 @@ impl Venus {
         }
         match self.cache.get(&g) {
             Some(c) if c.dirty => "dirty",
-            Some(c) if c.has_data || self.cache.listing(&g).is_some() => "cached",
+            Some(c) if c.has_data || self.cache.has_listing(&g) => "cached",
             Some(_) => "attributes",
             None => "uncached",
         }

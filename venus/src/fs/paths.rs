@@ -181,7 +181,7 @@ impl Venus {
     pub async fn rmmount(&self, components: &[String]) -> Result<()> {
         let (parent, name) = self.parent_of(components).await?;
         let entries = self.listing(parent).await?;
-        let e = entries.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        let e = entries.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         if e.kind != ObjectKind::MountPoint {
             return Err(VenusError::Unsupported("not a mount point"));
         }

@@ -11,6 +11,7 @@ use proto::msg::Response;
 use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError, Request};
 
 use super::{Handle, Node, Stat, Venus, container_times};
+use crate::cache::Listing;
 use crate::counters;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
@@ -56,7 +57,7 @@ impl Venus {
     }
 
     /// A directory's entries: cached while its promise holds, fetched whole otherwise.
-    pub async fn listing(&self, g: GFid) -> Result<Vec<DirEntry>> {
+    pub async fn listing(&self, g: GFid) -> Result<Listing> {
         let cached = self.cache.listing(&g);
         if let Some(entries) = &cached
             && (self.valid(&g) || self.emulating(g.cell, g.fid.volume))
@@ -73,9 +74,9 @@ impl Venus {
             Ok(Response::Dir { attr, entries, promise, access }) => {
                 self.note_access(g, &attr, access)?;
                 self.cache.put_attr(g.cell, attr)?;
-                self.cache.put_listing(g, entries.clone())?;
+                let listing = self.cache.put_listing(g, entries)?;
                 self.promised(g, promise);
-                Ok(entries)
+                Ok(listing)
             }
             Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             Err(VenusError::Remote(RemoteError::NotFound)) => {
@@ -240,14 +241,14 @@ impl Venus {
             }
         }
         let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let st = self.child_stat(g, &e).await.ok();
+        for e in entries.iter() {
+            let st = self.child_stat(g, e).await.ok();
             let kind = if crate::cache::shows_as_dir(e.kind) { ObjectKind::Directory } else { e.kind };
             let ino = match &st {
                 Some(s) => s.ino,
                 None => self.register(GFid::new(g.cell, Fid::new(g.fid.volume, e.object))),
             };
-            out.push((e.name.into_string(), kind, ino, st));
+            out.push((e.name.to_string(), kind, ino, st));
         }
         Ok(out)
     }
@@ -282,11 +283,11 @@ impl Venus {
                 let entries = self.listing(g).await?;
                 self.require_in(g, Rights::LOOKUP).await?;
                 Ok(entries
-                    .into_iter()
+                    .iter()
                     .map(|e| {
                         let child = GFid::new(g.cell, Fid::new(g.fid.volume, e.object));
                         let kind = if crate::cache::shows_as_dir(e.kind) { ObjectKind::Directory } else { e.kind };
-                        (self.register(child), kind, e.name.into_string())
+                        (self.register(child), kind, e.name.to_string())
                     })
                     .collect())
             }

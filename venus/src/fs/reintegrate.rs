@@ -122,16 +122,13 @@ impl Venus {
                     let g = GFid::new(cell, *fid);
                     let path = self.cache.container(&g);
                     if path.exists() {
-                        let p = path.clone();
-                        let (c, offsets, _size, mt) = tokio::task::spawn_blocking(move || super::store::scan(&p))
-                            .await
-                            .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
-                        *chunks = c;
-                        *mtime = mt;
-                        self.cml.replace(e.seq, &record)?;
-                        if let Mutation::Store { chunks, .. } = &record.mutation {
-                            self.upload(g, &path, chunks, &offsets).await?;
+                        let (scanned, uploaded) = self.scan_and_upload(g, &path).await?;
+                        if let super::store::Uploaded::ServerGone(e) = uploaded {
+                            return Err(e);
                         }
+                        *chunks = scanned.chunks;
+                        *mtime = scanned.mtime;
+                        self.cml.replace(e.seq, &record)?;
                     }
                 }
                 records.push(record);

@@ -1,10 +1,16 @@
 //! Storing a file: cut the container into content-defined chunks, send only the chunks the
 //! server lacks, then commit the new chunk list with the version the change was based on.
+//!
+//! A large file is cut and uploaded at once: each batch of chunks is offered to the server as
+//! soon as it is cut, with two batches in flight (the server makes one durable while the next
+//! arrives), so a store costs about its transfer time rather than cut + transfer + syncs.
 
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures_util::StreamExt;
 use proto::chunk::chunk_stream;
 use proto::{Attr, Base, ChunkRef, Mutation, Timestamp};
 
@@ -12,11 +18,30 @@ use super::Venus;
 use crate::counters;
 use crate::error::{Result, VenusError};
 use crate::ids::GFid;
+use crate::net::CellConn;
 
 /// Chunks per upload request: a lost connection loses at most this much work.
 const UPLOAD_BATCH: usize = 256;
+/// Upload requests in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 2;
 /// Files up to this size are sent whole, without asking which chunks the server has.
 const SEND_WITHOUT_ASKING: u64 = 64 * 1024;
+
+/// A container cut into chunks: the chunk list, each chunk's offset, the size and mtime.
+pub(crate) struct Scanned {
+    pub chunks: Vec<ChunkRef>,
+    pub offsets: Vec<u64>,
+    pub size: u64,
+    pub mtime: Timestamp,
+}
+
+/// How far an upload got.
+pub(crate) enum Uploaded {
+    /// The server has every chunk.
+    All,
+    /// The server went away during the upload; the chunk list is whole all the same.
+    ServerGone(VenusError),
+}
 
 impl Venus {
     /// Stores the container of `g`. Callers hold the object's lock (`fetch_lock`), so stores
@@ -24,40 +49,33 @@ impl Venus {
     pub(crate) async fn store(&self, g: GFid) -> Result<Attr> {
         let path = self.cache.container(&g);
         let base = self.cache.attr(&g).ok_or(VenusError::NotFound)?.version;
-        // A small file is cut and hashed in microseconds, right here; a large one off the
-        // runtime's threads.
         let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= SEND_WITHOUT_ASKING);
-        let (chunks, offsets, size, mtime) = if small {
-            scan(&path)?
-        } else {
-            let scan_path = path.clone();
-            tokio::task::spawn_blocking(move || scan(&scan_path))
-                .await
-                .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??
-        };
-        let store = Mutation::Store { fid: g.fid, base: Base::Version(base), chunks: chunks.clone(), mtime };
-        let (applied, logged) = if self.emulating(g.cell, g.fid.volume) {
+        let (applied, logged, size) = if self.emulating(g.cell, g.fid.volume) {
             // Logged; the chunks travel at reintegration.
-            self.commit_ex(g.cell, store).await?
-        } else if size <= SEND_WITHOUT_ASKING {
-            // Sent whole, with the Store, in one request.
-            let (read, changed) = ChunkReader::new(&path, &chunks, &offsets)?;
-            let result = self.commit_with(g.cell, store, Some((chunks, read))).await;
+            let scanned = scan_off_runtime(&path, small).await?;
+            let store = store_of(g, base, &scanned);
+            let (applied, logged) = self.commit_ex(g.cell, store).await?;
+            (applied, logged, scanned.size)
+        } else if small {
+            // Cut and hashed in microseconds, right here; sent whole, with the Store, in one
+            // request.
+            let scanned = scan(&path)?;
+            let store = store_of(g, base, &scanned);
+            let (read, changed) = ChunkReader::new(&path, &scanned.chunks, &scanned.offsets)?;
+            let result = self.commit_with(g.cell, store, Some((scanned.chunks, read))).await;
             if changed.load(Ordering::Relaxed) {
                 return Err(VenusError::ChangedDuringStore);
             }
             let (applied, logged) = result?;
             if !logged {
-                self.counters.add(counters::BYTES_STORED, size);
+                self.counters.add(counters::BYTES_STORED, scanned.size);
             }
-            (applied, logged)
+            (applied, logged, scanned.size)
         } else {
-            match self.upload(g, &path, &chunks, &offsets).await {
-                // Gone while uploading: the store is logged and uploaded at reintegration.
-                Ok(()) | Err(VenusError::Unreachable(_)) => {}
-                Err(e) => return Err(e),
-            }
-            self.commit_ex(g.cell, store).await?
+            // Gone while uploading: the store is logged and uploaded at reintegration.
+            let (scanned, _) = self.scan_and_upload(g, &path).await?;
+            let (applied, logged) = self.commit_ex(g.cell, store_of(g, base, &scanned)).await?;
+            (applied, logged, scanned.size)
         };
         // Logged only: the container stays dirty (never evicted) until reintegrated.
         self.cache.set_local(&g, size, logged)?;
@@ -68,40 +86,92 @@ impl Venus {
             .ok_or_else(|| VenusError::Protocol("the store did not return the file".into()))
     }
 
-    /// Sends the chunks of the container that the server lacks (all of them, for small files:
-    /// asking would cost a round trip).
-    pub(crate) async fn upload(
-        &self,
-        g: GFid,
-        path: &std::path::Path,
-        chunks: &[ChunkRef],
-        offsets: &[u64],
-    ) -> Result<()> {
-        let conn = self.cell(g.cell)?.clone();
-        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
-        let missing: Vec<u32> = if total <= SEND_WITHOUT_ASKING {
-            // Asking which chunks the server lacks costs a round trip; for a small file,
-            // sending it is cheaper than asking.
-            (0..chunks.len() as u32).collect()
-        } else {
-            conn.missing_chunks(g.fid.volume, chunks.iter().map(|c| c.hash).collect()).await?
+    /// Cuts the container at `path` into chunks and sends the server the ones it lacks while
+    /// the rest is still being cut. If the server goes away, the cut still finishes: the chunk
+    /// list is always whole, and the caller decides what an unfinished upload means.
+    pub(crate) async fn scan_and_upload(&self, g: GFid, path: &Path) -> Result<(Scanned, Uploaded)> {
+        let conn = self.cell(g.cell)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(UPLOADS_IN_FLIGHT);
+        let abandon = Arc::new(AtomicBool::new(false));
+        let cutter = {
+            let (path, abandon) = (path.to_path_buf(), abandon.clone());
+            tokio::task::spawn_blocking(move || {
+                scan_in_batches(&path, UPLOAD_BATCH, |batch| {
+                    // A closed channel means the upload stopped: go on cutting, send nothing.
+                    let _ = tx.blocking_send(batch);
+                    !abandon.load(Ordering::Relaxed)
+                })
+            })
         };
-        let mut sent = 0u64;
-        for batch in missing.chunks(UPLOAD_BATCH) {
-            let refs: Vec<ChunkRef> = batch.iter().map(|&i| chunks[i as usize]).collect();
-            let offs: Vec<u64> = batch.iter().map(|&i| offsets[i as usize]).collect();
-            sent += refs.iter().map(|c| u64::from(c.len)).sum::<u64>();
-            let (read, changed) = ChunkReader::new(path, &refs, &offs)?;
-            let mut read = read;
-            let result = conn.put_chunks(g.fid.volume, refs, move |i| read.read(i)).await;
-            if changed.load(Ordering::Relaxed) {
-                return Err(VenusError::ChangedDuringStore);
+        let batches = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        // Boxed, not pinned in place: dropping it must drop the receiver, so that a cutter
+        // blocked on a full channel goes on without sending.
+        let mut uploads =
+            Box::pin(batches.map(|b| upload_batch(conn, g.fid.volume, path, b)).buffer_unordered(UPLOADS_IN_FLIGHT));
+        let (mut sent, mut uploaded) = (0u64, Uploaded::All);
+        while let Some(result) = uploads.next().await {
+            match result {
+                Ok(n) => sent += n,
+                Err(e @ VenusError::Unreachable(_)) => {
+                    uploaded = Uploaded::ServerGone(e);
+                    break;
+                }
+                Err(e) => {
+                    abandon.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
-            result?;
         }
+        drop(uploads);
         self.counters.add(counters::BYTES_STORED, sent);
-        Ok(())
+        let scanned = cutter.await.map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
+        Ok((scanned, uploaded))
     }
+}
+
+/// Chunks cut from a container, in order, with their offsets.
+struct Batch {
+    chunks: Vec<ChunkRef>,
+    offsets: Vec<u64>,
+}
+
+/// Sends the server the chunks of `batch` it lacks (all of them for a small file: asking would
+/// cost a round trip). Returns the bytes sent.
+async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, batch: Batch) -> Result<u64> {
+    let total: u64 = batch.chunks.iter().map(|c| u64::from(c.len)).sum();
+    let missing: Vec<u32> = if total <= SEND_WITHOUT_ASKING {
+        (0..batch.chunks.len() as u32).collect()
+    } else {
+        conn.missing_chunks(volume, batch.chunks.iter().map(|c| c.hash).collect()).await?
+    };
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<ChunkRef> = missing.iter().map(|&i| batch.chunks[i as usize]).collect();
+    let offs: Vec<u64> = missing.iter().map(|&i| batch.offsets[i as usize]).collect();
+    let sent = refs.iter().map(|c| u64::from(c.len)).sum();
+    let (mut read, changed) = ChunkReader::new(path, &refs, &offs)?;
+    let result = conn.put_chunks(volume, refs, move |i| read.read(i)).await;
+    if changed.load(Ordering::Relaxed) {
+        return Err(VenusError::ChangedDuringStore);
+    }
+    result?;
+    Ok(sent)
+}
+
+fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> Mutation {
+    Mutation::Store { fid: g.fid, base: Base::Version(base), chunks: scanned.chunks.clone(), mtime: scanned.mtime }
+}
+
+/// Cuts a container: right here if it is small, else on a blocking thread.
+async fn scan_off_runtime(path: &Path, small: bool) -> Result<Scanned> {
+    if small {
+        return scan(path);
+    }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || scan(&path))
+        .await
+        .map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))?
 }
 
 /// Reads chunk `i` of a list from the container, refusing bytes that no longer match the
@@ -134,17 +204,84 @@ impl ChunkReader {
 }
 
 /// The container's chunk list, each chunk's offset, its size and mtime.
-pub(crate) fn scan(path: &std::path::Path) -> Result<(Vec<ChunkRef>, Vec<u64>, u64, Timestamp)> {
+pub(crate) fn scan(path: &Path) -> Result<Scanned> {
+    scan_in_batches(path, UPLOAD_BATCH, |_| true)
+}
+
+/// As [`scan`], handing every `per_batch` chunks (and the last few) to `batch` as soon as they
+/// are cut; `batch` answers whether to go on.
+fn scan_in_batches(path: &Path, per_batch: usize, mut batch: impl FnMut(Batch) -> bool) -> Result<Scanned> {
     let file = std::fs::File::open(path)?;
     let mtime = Timestamp::from_system(file.metadata()?.modified()?);
-    let mut chunks = Vec::new();
-    let mut offsets = Vec::new();
-    let mut at = 0u64;
+    let (mut chunks, mut offsets, mut at, mut handed) = (Vec::new(), Vec::new(), 0u64, 0usize);
+    let mut hand = |chunks: &[ChunkRef], offsets: &[u64], handed: &mut usize| {
+        let b = Batch { chunks: chunks[*handed..].to_vec(), offsets: offsets[*handed..].to_vec() };
+        *handed = chunks.len();
+        if batch(b) { Ok(()) } else { Err(std::io::Error::other("store abandoned")) }
+    };
     chunk_stream::<_, std::io::Error>(std::io::BufReader::with_capacity(1 << 20, file), |c, _| {
         offsets.push(at);
         at += u64::from(c.len);
         chunks.push(c);
+        if chunks.len() - handed == per_batch {
+            hand(&chunks, &offsets, &mut handed)?;
+        }
         Ok(())
     })?;
-    Ok((chunks, offsets, at, mtime))
+    if chunks.len() > handed {
+        hand(&chunks, &offsets, &mut handed)?;
+    }
+    Ok(Scanned { chunks, offsets, size: at, mtime })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_hand_over_every_chunk_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, noise(5 << 20)).unwrap();
+        let mut seen = Vec::new();
+        let scanned = scan_in_batches(&path, 3, |b| {
+            assert!(!b.chunks.is_empty() && b.chunks.len() <= 3 && b.chunks.len() == b.offsets.len());
+            seen.push(b);
+            true
+        })
+        .unwrap();
+        let chunks: Vec<ChunkRef> = seen.iter().flat_map(|b| b.chunks.clone()).collect();
+        let offsets: Vec<u64> = seen.iter().flat_map(|b| b.offsets.clone()).collect();
+        assert!(seen.len() > 2, "{} batches", seen.len());
+        assert_eq!(chunks, scanned.chunks);
+        assert_eq!(offsets, scanned.offsets);
+        assert_eq!(scanned.size, 5 << 20);
+        assert_eq!(scanned.chunks, scan(&path).unwrap().chunks);
+    }
+
+    #[test]
+    fn a_refused_batch_stops_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, noise(5 << 20)).unwrap();
+        let mut batches = 0;
+        let result = scan_in_batches(&path, 2, |_| {
+            batches += 1;
+            false
+        });
+        assert!(result.is_err());
+        assert_eq!(batches, 1);
+    }
 }

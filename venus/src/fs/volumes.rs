@@ -309,7 +309,7 @@ impl Venus {
             // A changed directory whose listing we hold gets it refreshed below: the cache
             // stays useful for the next disconnection.
             let changed = self.check_attrs(cell, Ask::Server(server), &batch).await?;
-            relist.extend(changed.into_iter().filter(|g| self.cache.listing(g).is_some()));
+            relist.extend(changed.into_iter().filter(|g| self.cache.has_listing(g)));
         }
         for g in relist {
             match self.listing(g).await {

@@ -247,7 +247,7 @@ impl Venus {
     /// The entry `name` of a directory and what we know of the object it names.
     async fn entry(&self, dir: GFid, name: &str) -> Result<(DirEntry, GFid, Attr)> {
         let entries = self.listing(dir).await?;
-        let e = entries.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        let e = entries.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         let g = GFid::new(dir.cell, Fid::new(dir.fid.volume, e.object));
         let attr = self.status(g).await?;
         Ok((e, g, attr))
@@ -269,7 +269,7 @@ impl Venus {
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         let p = self.dir_of(parent)?;
         let entries = self.listing(p).await?;
-        let e = entries.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+        let e = entries.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         if e.kind != ObjectKind::Directory {
             return Err(VenusError::NotDirectory);
         }
@@ -294,7 +294,7 @@ impl Venus {
             return Err(VenusError::Remote(RemoteError::CrossVolume));
         }
         let src =
-            self.listing(from).await?.into_iter().find(|e| e.name.as_str() == name).ok_or(VenusError::NotFound)?;
+            self.listing(from).await?.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         if from != to && src.kind == ObjectKind::File {
             let g = GFid::new(from.cell, Fid::new(from.fid.volume, src.object));
             if self.status(g).await?.nlink > 1 {
@@ -303,7 +303,7 @@ impl Venus {
             }
         }
         let new_name = Name::new(new_name)?;
-        let existing = self.listing(to).await?.into_iter().find(|e| e.name == new_name);
+        let existing = self.listing(to).await?.iter().find(|e| e.name == new_name).cloned();
         // POSIX no-ops (same name, or two names of one file) change nothing and are not logged.
         if (from == to && src.name == new_name) || existing.as_ref().is_some_and(|e| e.object == src.object) {
             return Ok(());

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use proto::msg::Response;
 use proto::{ChunkRef, ClientId, Fid, ProtoError};
-use tokio::io::AsyncWriteExt;
 use volumes::Caller;
 
 use super::{Reply, blocking, error};
@@ -63,7 +62,8 @@ pub async fn stream_data(
     });
     while let Some(item) = rx.recv().await {
         match item {
-            Ok(bytes) => AsyncWriteExt::write_all(send, &bytes).await?,
+            // Handed over, not copied: quinn sends from the buffer itself.
+            Ok(bytes) => send.write_chunk(bytes.into()).await.map_err(|e| ProtoError::Io(e.into()))?,
             Err(e) => {
                 // The header is out; the only honest signal left is to abort the stream.
                 tracing::error!(error = %e, "cannot read a chunk while sending a file");
