@@ -62,6 +62,9 @@ pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
         return corrupt(format!("{}: cannot use WAL journaling (got {mode})", path.display()));
     }
     conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    // Plans that do not depend on bound values: otherwise every new value bound to a
+    // statement compared with an index re-prepares it (8 % of venus's CPU in an offline copy).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     migrate(&mut conn)?;
     Ok(conn)
 }

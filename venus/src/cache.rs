@@ -140,6 +140,8 @@ impl Cache {
         let db = Connection::open(dir.join("cache.sqlite"))?;
         let _: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         db.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        // Plans that do not depend on bound values (see `cml::schema::open`).
+        db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         db.execute_batch(SCHEMA)?;
         std::fs::set_permissions(dir.join("cache.sqlite"), std::fs::Permissions::from_mode(0o600))?;
         let mut state = State {

@@ -85,6 +85,9 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
+    // Plans that do not depend on bound values: otherwise a statement compared with an index
+    // is prepared again whenever a new value is bound to it.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
