@@ -108,9 +108,16 @@ CREATE TABLE IF NOT EXISTS access (
     rights INTEGER NOT NULL,
     PRIMARY KEY (cell, volume, object, user)
 ) WITHOUT ROWID;
+-- Which listings are cached. `entries` is empty: caches written before entries had rows of
+-- their own kept the whole listing here, and are moved to `dirents` when opened.
 CREATE TABLE IF NOT EXISTS dirs (
     cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL, entries BLOB NOT NULL,
     PRIMARY KEY (cell, volume, object)
+) WITHOUT ROWID;
+-- One row per entry of a cached listing: a change in a large directory writes one row.
+CREATE TABLE IF NOT EXISTS dirents (
+    cell INTEGER NOT NULL, volume INTEGER NOT NULL, dir BLOB NOT NULL, name TEXT NOT NULL, entry BLOB NOT NULL,
+    PRIMARY KEY (cell, volume, dir, name)
 ) WITHOUT ROWID;
 "#;
 
@@ -249,10 +256,12 @@ impl Cache {
         let (c, v, o) = key(g);
         // One transaction: one commit instead of two on every removal.
         let tx = s.db.unchecked_transaction()?;
-        for table in ["objects", "dirs"] {
-            tx.prepare_cached(&format!("DELETE FROM {table} WHERE cell = ?1 AND volume = ?2 AND object = ?3"))?
-                .execute(params![c, v, &o[..]])?;
-        }
+        tx.prepare_cached("DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3")?.execute(params![
+            c,
+            v,
+            &o[..]
+        ])?;
+        forget_listing(&tx, g)?;
         tx.commit()?;
         let _ = std::fs::remove_file(self.container(g));
         Ok(())
@@ -319,9 +328,15 @@ impl Cache {
 
     pub fn put_listing(&self, g: GFid, entries: Vec<DirEntry>) -> Result<Listing> {
         let mut s = self.lock();
+        let tx = s.db.unchecked_transaction()?;
+        forget_listing(&tx, &g)?;
         let (c, v, o) = key(&g);
-        s.db.prepare_cached("INSERT OR REPLACE INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![c, v, &o[..], enc(&entries)])?;
+        tx.prepare_cached("INSERT INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, x'')")?
+            .execute(params![c, v, &o[..]])?;
+        for e in &entries {
+            put_entry(&tx, &g, e)?;
+        }
+        tx.commit()?;
         let listing = Arc::new(entries);
         s.dirs.insert(g, listing.clone());
         Ok(listing)
@@ -333,17 +348,31 @@ impl Cache {
         Ok(s.dirs.remove(g))
     }
 
-    /// Edits a cached listing in place after our own change was applied on the server.
-    pub fn edit_listing(&self, g: &GFid, edit: impl FnOnce(&mut Vec<DirEntry>)) -> Result<()> {
+    /// Adds `entry` to the cached listing of `g` (replacing any of the same name) after our own
+    /// change was applied. Nothing happens if the listing is not cached.
+    pub fn add_entry(&self, g: &GFid, entry: DirEntry) -> Result<()> {
+        let mut s = self.lock();
+        if !s.dirs.contains_key(g) {
+            return Ok(());
+        }
+        put_entry(&s.db, g, &entry)?;
+        if let Some(entries) = s.dirs.get_mut(g) {
+            // Copied only if someone still holds the old version.
+            let entries = Arc::make_mut(entries);
+            entries.retain(|x| x.name != entry.name);
+            entries.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Removes `name` from the cached listing of `g` after our own change was applied.
+    pub fn remove_entry(&self, g: &GFid, name: &proto::Name) -> Result<()> {
         let mut s = self.lock();
         let Some(entries) = s.dirs.get_mut(g) else { return Ok(()) };
-        // Copied only if someone still holds the old version.
-        let entries = Arc::make_mut(entries);
-        edit(entries);
-        let blob = enc(entries);
+        Arc::make_mut(entries).retain(|x| &x.name != name);
         let (c, v, o) = key(g);
-        s.db.prepare_cached("UPDATE dirs SET entries = ?4 WHERE cell = ?1 AND volume = ?2 AND object = ?3")?
-            .execute(params![c, v, &o[..], blob])?;
+        s.db.prepare_cached("DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3 AND name = ?4")?
+            .execute(params![c, v, &o[..], name.as_str()])?;
         Ok(())
     }
 
@@ -603,13 +632,25 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
             );
         }
     }
+    migrate_listings(&s.db)?;
     {
-        let mut stmt = s.db.prepare("SELECT cell, volume, object, entries FROM dirs")?;
+        let mut stmt = s.db.prepare("SELECT cell, volume, object FROM dirs")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let Some(g) = gfid_of(r)? else { continue };
-            let Ok(entries) = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?) else { continue };
-            s.dirs.insert(g, Arc::new(entries));
+            s.dirs.insert(g, Arc::new(Vec::new()));
+        }
+    }
+    {
+        let mut stmt = s.db.prepare("SELECT cell, volume, dir, entry FROM dirents")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(g) = gfid_of(r)? else { continue };
+            let Ok(entry) = postcard::from_bytes::<DirEntry>(&r.get::<_, Vec<u8>>(3)?) else { continue };
+            // Rows of a listing no longer cached are leftovers: skipped.
+            if let Some(entries) = s.dirs.get_mut(&g) {
+                Arc::make_mut(entries).push(entry);
+            }
         }
     }
     {
@@ -648,5 +689,114 @@ fn forget_listing(db: &rusqlite::Connection, g: &GFid) -> rusqlite::Result<()> {
         v,
         &o[..]
     ])?;
+    db.prepare_cached("DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3")?.execute(params![
+        c,
+        v,
+        &o[..]
+    ])?;
     Ok(())
+}
+
+/// Stores one entry of the cached listing of `g`.
+fn put_entry(db: &rusqlite::Connection, g: &GFid, e: &DirEntry) -> rusqlite::Result<()> {
+    let (c, v, o) = key(g);
+    db.prepare_cached("INSERT OR REPLACE INTO dirents (cell, volume, dir, name, entry) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![c, v, &o[..], e.name.as_str(), enc(e)])?;
+    Ok(())
+}
+
+/// Moves listings kept whole in `dirs` (caches written by an older venus) to rows of their own.
+fn migrate_listings(db: &rusqlite::Connection) -> Result<()> {
+    let whole: Vec<(GFid, Vec<DirEntry>)> = {
+        let mut stmt = db.prepare("SELECT cell, volume, object, entries FROM dirs WHERE length(entries) > 1")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let Some(g) = gfid_of(r)? else { continue };
+            let entries = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?).unwrap_or_default();
+            out.push((g, entries));
+        }
+        out
+    };
+    if whole.is_empty() {
+        return Ok(());
+    }
+    let tx = db.unchecked_transaction()?;
+    for (g, entries) in &whole {
+        for e in entries {
+            put_entry(&tx, g, e)?;
+        }
+        let (c, v, o) = key(g);
+        tx.execute(
+            "UPDATE dirs SET entries = x'' WHERE cell = ?1 AND volume = ?2 AND object = ?3",
+            params![c, v, &o[..]],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, object: u128) -> DirEntry {
+        DirEntry { name: proto::Name::new(name).unwrap(), object: ObjectId(object), kind: ObjectKind::File }
+    }
+
+    fn names(l: &Listing) -> Vec<String> {
+        let mut v: Vec<String> = l.iter().map(|e| e.name.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn listing_edits_survive_a_restart_one_row_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(1)));
+        {
+            let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+            cache.put_listing(g, vec![entry("a", 2), entry("b", 3)]).unwrap();
+            cache.add_entry(&g, entry("c", 4)).unwrap();
+            cache.add_entry(&g, entry("a", 5)).unwrap(); // replaces a
+            cache.remove_entry(&g, &proto::Name::new("b").unwrap()).unwrap();
+            assert_eq!(names(&cache.listing(&g).unwrap()), ["a", "c"]);
+        }
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let l = cache.listing(&g).unwrap();
+        assert_eq!(names(&l), ["a", "c"]);
+        assert_eq!(l.iter().find(|e| e.name.as_str() == "a").unwrap().object, ObjectId(5));
+        // An empty listing is still a cached listing; a dropped one is gone with its rows.
+        let empty = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(9)));
+        cache.put_listing(empty, Vec::new()).unwrap();
+        cache.drop_listing(&g).unwrap();
+        drop(cache);
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        assert!(cache.listing(&empty).unwrap().is_empty());
+        assert!(cache.listing(&g).is_none());
+        let rows: i64 = cache.lock().db.query_row("SELECT COUNT(*) FROM dirents", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+    }
+
+    #[test]
+    fn a_listing_kept_whole_by_an_older_venus_is_moved_to_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(1)));
+        drop(Cache::open(dir.path(), 1 << 20).unwrap());
+        {
+            let db = Connection::open(dir.path().join("cache.sqlite")).unwrap();
+            let (c, v, o) = key(&g);
+            db.execute(
+                "INSERT INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, ?4)",
+                params![c, v, &o[..], enc(&vec![entry("x", 2), entry("y", 3)])],
+            )
+            .unwrap();
+        }
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(names(&cache.listing(&g).unwrap()), ["x", "y"]);
+        cache.remove_entry(&g, &proto::Name::new("x").unwrap()).unwrap();
+        drop(cache);
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(names(&cache.listing(&g).unwrap()), ["y"]);
+    }
 }

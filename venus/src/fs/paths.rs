@@ -188,7 +188,7 @@ impl Venus {
         let attr = self.status(GFid::new(parent.cell, Fid::new(parent.fid.volume, e.object))).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         self.commit(parent.cell, Mutation::Remove { parent: parent.fid, name: e.name.clone(), seen }).await?;
-        self.cache.edit_listing(&parent, |entries| entries.retain(|x| x.name != e.name))?;
+        self.cache.remove_entry(&parent, &e.name)?;
         self.invalidate(super::Inval::Entry { parent: parent.ino(), name });
         Ok(())
     }

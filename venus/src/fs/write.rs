@@ -144,7 +144,7 @@ impl Venus {
             self.cache.inherit_access(&p, GFid::new(p.cell, attr.fid))?;
         }
         let entry = DirEntry { name: name.clone(), object, kind };
-        self.cache.edit_listing(&p, |entries| entries.push(entry))?;
+        self.cache.add_entry(&p, entry)?;
         Ok((GFid::new(p.cell, attr.fid), attr))
     }
 
@@ -240,7 +240,7 @@ impl Venus {
             self.commit(p.cell, Mutation::Link { parent: p.fid, name: name.clone(), target: g.fid.object }).await?;
         let attr = Self::new_attr(&applied, g.fid.object)?;
         let entry = DirEntry { name, object: g.fid.object, kind: attr.kind };
-        self.cache.edit_listing(&p, |entries| entries.push(entry))?;
+        self.cache.add_entry(&p, entry)?;
         Ok(self.stat_of(g, &attr))
     }
 
@@ -262,7 +262,7 @@ impl Venus {
         self.require_in(p, Rights::DELETE).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         self.commit(p.cell, Mutation::Remove { parent: p.fid, name: e.name.clone(), seen }).await?;
-        self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
+        self.cache.remove_entry(&p, &e.name)?;
         Ok(())
     }
 
@@ -275,7 +275,7 @@ impl Venus {
         }
         self.require_in(p, Rights::DELETE).await?;
         self.commit(p.cell, Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object }).await?;
-        self.cache.edit_listing(&p, |entries| entries.retain(|x| x.name != e.name))?;
+        self.cache.remove_entry(&p, &e.name)?;
         Ok(())
     }
 
@@ -333,11 +333,8 @@ impl Venus {
         )
         .await?;
         let moved = DirEntry { name: new_name.clone(), object: src.object, kind: src.kind };
-        self.cache.edit_listing(&from, |entries| entries.retain(|x| x.name != src.name))?;
-        self.cache.edit_listing(&to, |entries| {
-            entries.retain(|x| x.name != new_name);
-            entries.push(moved);
-        })?;
+        self.cache.remove_entry(&from, &src.name)?;
+        self.cache.add_entry(&to, moved)?;
         Ok(())
     }
 
