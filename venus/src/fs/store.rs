@@ -147,8 +147,15 @@ async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, bat
     if missing.is_empty() {
         return Ok(0);
     }
-    let refs: Vec<ChunkRef> = missing.iter().map(|&i| batch.chunks[i as usize]).collect();
-    let offs: Vec<u64> = missing.iter().map(|&i| batch.offsets[i as usize]).collect();
+    let asked = |i: u32| {
+        let i = i as usize;
+        match (batch.chunks.get(i), batch.offsets.get(i)) {
+            (Some(&c), Some(&at)) => Ok((c, at)),
+            _ => Err(VenusError::Protocol(format!("the server asked for chunk {i} of {}", batch.chunks.len()))),
+        }
+    };
+    let (refs, offs): (Vec<ChunkRef>, Vec<u64>) =
+        missing.iter().map(|&i| asked(i)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let sent = refs.iter().map(|c| u64::from(c.len)).sum();
     let (mut read, changed) = ChunkReader::new(path, &refs, &offs)?;
     let result = conn.put_chunks(volume, refs, move |i| read.read(i)).await;
