@@ -87,18 +87,7 @@ pub fn chunk_bytes(data: &[u8]) -> Vec<(ChunkRef, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::samples::pseudo_random;
 
     #[test]
     fn stream_and_buffer_chunking_agree() {

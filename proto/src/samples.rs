@@ -1,5 +1,6 @@
 //! One well-formed example of every message shape that crosses the network, for the fuzzers
-//! (which mutate them) and for tests that replay malformed frames against a live server.
+//! (which mutate them) and for tests that replay malformed frames against a live server; and
+//! reproducible file contents for chunking tests.
 
 use crate::attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};
 use crate::auth::{Access, Acl, PtsId, Rights, TokenBody, TokenKey};
@@ -9,6 +10,20 @@ use crate::msg::*;
 use crate::name::Name;
 use crate::record::{Applied, Base, ConflictKind, Mutation, Record, Seen};
 use crate::version::{VersionVector, VolumeStamp};
+
+/// `len` reproducible bytes that look random (xorshift): contents that chunk like real data
+/// (zeros would be one chunk), the same for every run with one `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
 
 fn fid() -> Fid {
     Fid::new(VolumeId(7), ObjectId(0x1234_5678_9abc))

@@ -19,6 +19,24 @@ fn list(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
+/// A cell whose client `a` reaches its server only through a proxy that can cut the network.
+/// Fields drop in order: the mount before the proxy and the server.
+struct BehindProxy {
+    a: VenusMount,
+    _cell_dir: tempfile::TempDir,
+    proxy: UdpProxy,
+    vice: Vice,
+}
+
+fn behind_proxy(cell: &str) -> anyhow::Result<BehindProxy> {
+    let vice = Vice::start(cell)?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let cell_dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, cell_dir.path())?;
+    let a = VenusMount::start_with_cell_file(&cell_file, cell, QUICK)?;
+    Ok(BehindProxy { a, _cell_dir: cell_dir, proxy, vice })
+}
+
 /// The same offline work, whatever cut the connection; checked from the other client.
 fn offline_work(a: &VenusMount) -> R {
     fs::write(a.path("new.txt"), b"made offline")?;
@@ -142,15 +160,11 @@ fn a_network_cut_by_a_proxy_then_mended_reintegrates_by_itself() -> R {
     if !fuse_available() {
         return Ok(());
     }
-    let vice = Vice::start("cut.test")?;
-    let proxy = UdpProxy::start(&vice.addr)?;
-    let dir = tempfile::tempdir()?;
-    let cell_file = proxy.cell_file(&vice, dir.path())?;
-    let a = VenusMount::start_with_cell_file(&cell_file, "cut.test", QUICK)?;
-    let b = VenusMount::start_with(&vice, "cut.test", QUICK)?;
-    prepare(&a, &b)?;
+    let BehindProxy { a, proxy, vice, .. } = &behind_proxy("cut.test")?;
+    let b = VenusMount::start_with(vice, "cut.test", QUICK)?;
+    prepare(a, &b)?;
     proxy.cut(true);
-    offline_work(&a)?;
+    offline_work(a)?;
     assert_eq!(a.status()["volumes"][0]["state"], "disconnected");
     proxy.cut(false);
     a.wait_reintegrated()?;
@@ -163,12 +177,8 @@ fn a_network_cut_in_the_middle_of_a_large_store_logs_it_whole_and_reintegrates_i
     if !fuse_available() {
         return Ok(());
     }
-    let vice = Vice::start("bigcut.test")?;
-    let proxy = UdpProxy::start(&vice.addr)?;
-    let dir = tempfile::tempdir()?;
-    let cell_file = proxy.cell_file(&vice, dir.path())?;
-    let a = VenusMount::start_with_cell_file(&cell_file, "bigcut.test", QUICK)?;
-    let b = VenusMount::start_with(&vice, "bigcut.test", QUICK)?;
+    let BehindProxy { a, proxy, vice, .. } = &behind_proxy("bigcut.test")?;
+    let b = VenusMount::start_with(vice, "bigcut.test", QUICK)?;
     // 256 MiB: about 1,000 chunks, so the upload is several batches long.
     let mut h = blake3::Hasher::new();
     let mut noise = Noise::new(5);
@@ -276,11 +286,7 @@ fn a_cut_in_the_middle_of_reintegrating_2000_records_applies_each_change_once() 
     if !fuse_available() {
         return Ok(());
     }
-    let vice = Vice::start("replay.test")?;
-    let proxy = UdpProxy::start(&vice.addr)?;
-    let dir = tempfile::tempdir()?;
-    let cell_file = proxy.cell_file(&vice, dir.path())?;
-    let a = VenusMount::start_with_cell_file(&cell_file, "replay.test", QUICK)?;
+    let BehindProxy { a, proxy, vice, .. } = &behind_proxy("replay.test")?;
     fs::create_dir(a.path("many"))?;
     a.venus_ok(&["disconnect"]);
     for i in 0..1000 {
@@ -302,7 +308,7 @@ fn a_cut_in_the_middle_of_reintegrating_2000_records_applies_each_change_once() 
     );
     proxy.cut(false);
     a.wait_reintegrated()?;
-    let b = VenusMount::start(&vice, "replay.test")?;
+    let b = VenusMount::start(vice, "replay.test")?;
     let names = list(&b.path("many"))?;
     assert_eq!(names.len(), 1000, "each file exactly once (no duplicates, no conflict copies)");
     for i in [0, 1, 499, 998, 999] {

@@ -253,14 +253,9 @@ impl Cache {
             s.used = s.used.saturating_sub(c.data_size);
         }
         s.dirs.remove(g);
-        let (c, v, o) = key(g);
         // One transaction: one commit instead of two on every removal.
         let tx = s.db.unchecked_transaction()?;
-        tx.prepare_cached("DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3")?.execute(params![
-            c,
-            v,
-            &o[..]
-        ])?;
+        delete_of(&tx, "DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
         forget_listing(&tx, g)?;
         tx.commit()?;
         let _ = std::fs::remove_file(self.container(g));
@@ -683,17 +678,14 @@ pub fn shows_as_dir(kind: ObjectKind) -> bool {
 
 /// Deletes the stored listing of `g`.
 fn forget_listing(db: &rusqlite::Connection, g: &GFid) -> rusqlite::Result<()> {
+    delete_of(db, "DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
+    delete_of(db, "DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3", g)
+}
+
+/// Runs `sql`, a DELETE whose `?1`, `?2` and `?3` stand for the cell, volume and object of `g`.
+fn delete_of(db: &rusqlite::Connection, sql: &str, g: &GFid) -> rusqlite::Result<()> {
     let (c, v, o) = key(g);
-    db.prepare_cached("DELETE FROM dirs WHERE cell = ?1 AND volume = ?2 AND object = ?3")?.execute(params![
-        c,
-        v,
-        &o[..]
-    ])?;
-    db.prepare_cached("DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3")?.execute(params![
-        c,
-        v,
-        &o[..]
-    ])?;
+    db.prepare_cached(sql)?.execute(params![c, v, &o[..]])?;
     Ok(())
 }
 
@@ -706,15 +698,15 @@ fn put_entry(db: &rusqlite::Connection, g: &GFid, e: &DirEntry) -> rusqlite::Res
 }
 
 /// Moves listings kept whole in `dirs` (caches written by an older venus) to rows of their own.
+/// One that cannot be read is forgotten (fetched again), never kept as an empty directory.
 fn migrate_listings(db: &rusqlite::Connection) -> Result<()> {
-    let whole: Vec<(GFid, Vec<DirEntry>)> = {
+    let whole: Vec<(GFid, Option<Vec<DirEntry>>)> = {
         let mut stmt = db.prepare("SELECT cell, volume, object, entries FROM dirs WHERE length(entries) > 1")?;
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let Some(g) = gfid_of(r)? else { continue };
-            let entries = postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?).unwrap_or_default();
-            out.push((g, entries));
+            out.push((g, postcard::from_bytes::<Vec<DirEntry>>(&r.get::<_, Vec<u8>>(3)?).ok()));
         }
         out
     };
@@ -723,6 +715,10 @@ fn migrate_listings(db: &rusqlite::Connection) -> Result<()> {
     }
     let tx = db.unchecked_transaction()?;
     for (g, entries) in &whole {
+        let Some(entries) = entries else {
+            forget_listing(&tx, g)?;
+            continue;
+        };
         for e in entries {
             put_entry(&tx, g, e)?;
         }
@@ -782,6 +778,7 @@ mod tests {
     fn a_listing_kept_whole_by_an_older_venus_is_moved_to_rows() {
         let dir = tempfile::tempdir().unwrap();
         let g = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(1)));
+        let torn = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(2)));
         drop(Cache::open(dir.path(), 1 << 20).unwrap());
         {
             let db = Connection::open(dir.path().join("cache.sqlite")).unwrap();
@@ -791,9 +788,16 @@ mod tests {
                 params![c, v, &o[..], enc(&vec![entry("x", 2), entry("y", 3)])],
             )
             .unwrap();
+            let (c, v, o) = key(&torn);
+            db.execute(
+                "INSERT INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, x'05ff')",
+                params![c, v, &o[..]],
+            )
+            .unwrap();
         }
         let cache = Cache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(names(&cache.listing(&g).unwrap()), ["x", "y"]);
+        assert!(cache.listing(&torn).is_none(), "an unreadable listing is fetched again, not kept empty");
         cache.remove_entry(&g, &proto::Name::new("x").unwrap()).unwrap();
         drop(cache);
         let cache = Cache::open(dir.path(), 1 << 20).unwrap();

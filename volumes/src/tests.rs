@@ -75,18 +75,6 @@ fn read_all(store: &Store, fid: Fid) -> Vec<u8> {
     chunks.iter().flat_map(|c| store.read_chunk(c).unwrap()).collect()
 }
 
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn store_bumps_version_and_stamp() {
     let (_d, store) = setup();
@@ -173,7 +161,7 @@ fn replayed_op_is_applied_once() {
 #[test]
 fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     let (_d, store) = setup();
-    let content = data(3 * 1024 * 1024, 1);
+    let content = proto::samples::pseudo_random(3 * 1024 * 1024, 1);
     let a = create(&store, root(), "a");
     let b = create(&store, root(), "b");
     store_data(&store, &a, &content).unwrap();
@@ -515,7 +503,7 @@ fn bad_inputs_are_refused() {
 #[test]
 fn store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let content = data(600_000, 9);
+    let content = proto::samples::pseudo_random(600_000, 9);
     let fid = {
         let store = Store::open(dir.path(), ServerId(1)).unwrap();
         store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0, &proto::Acl::volume_default()).unwrap();
