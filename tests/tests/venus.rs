@@ -445,3 +445,27 @@ fn a_small_new_file_costs_two_requests_create_and_store_with_its_data() -> R {
     assert_eq!(fs::read_to_string(t.b.path("s7.c"))?, "int main7() { return 7; }\n");
     Ok(())
 }
+
+#[test]
+fn touching_a_file_new_or_old_keeps_its_contents_and_sets_its_time() -> R {
+    let Some(t) = two("touch.test")? else { return Ok(()) };
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    // As touch(1) does: create, set the times through the open descriptor, close.
+    let f = fs::File::create(t.a.path("new"))?;
+    f.set_modified(when)?;
+    drop(f);
+    fs::write(t.a.path("old"), b"contents")?;
+    let f = fs::OpenOptions::new().write(true).open(t.a.path("old"))?;
+    f.set_modified(when)?;
+    drop(f);
+    // The cached copy survived its own attribute change: read from the cache, not fetched.
+    let fetched = t.a.rpcs("FetchData");
+    assert_eq!(fs::read(t.a.path("old"))?, b"contents");
+    assert_eq!(t.a.rpcs("FetchData"), fetched);
+    for name in ["new", "old"] {
+        assert_eq!(fs::metadata(t.b.path(name))?.modified()?, when, "{name}");
+    }
+    assert_eq!(fs::read(t.b.path("old"))?, b"contents");
+    assert_eq!(fs::read(t.b.path("new"))?, b"");
+    Ok(())
+}

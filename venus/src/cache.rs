@@ -210,8 +210,10 @@ impl Cache {
         self.put_attr_with(cell, attr, false)
     }
 
-    /// As `put_attr`; `ours` says the new version is our own change, whose effect on a cached
-    /// listing the caller applies itself (so the listing stays).
+    /// As `put_attr`; `ours` says the new version is our own change, made from the state this
+    /// cache holds: the container is that version's contents (an attribute change or a rename
+    /// leaves them as they were; a store sent them), and the caller applies the change's effect
+    /// on a cached listing itself. So neither is dropped.
     pub fn put_attr_with(&self, cell: CellId, attr: Attr, ours: bool) -> Result<()> {
         let g = GFid::new(cell, attr.fid);
         let mut s = self.lock();
@@ -228,7 +230,7 @@ impl Cache {
             priority: 0,
         });
         let changed = !entry.attr.version.same_as(&attr.version);
-        if entry.has_data && !entry.dirty && changed {
+        if entry.has_data && !entry.dirty && changed && !ours {
             drop_data = true;
         }
         entry.attr = attr;
