@@ -469,3 +469,40 @@ fn touching_a_file_new_or_old_keeps_its_contents_and_sets_its_time() -> R {
     assert_eq!(fs::read(t.b.path("new"))?, b"");
     Ok(())
 }
+
+#[test]
+fn removed_files_lend_their_containers_to_new_ones_but_an_open_one_keeps_its_contents() -> R {
+    let Some(t) = two("recycle.test")? else { return Ok(()) };
+    let cache = |m: &VenusMount, what: &str| m.status()["cache"][what].as_u64().unwrap_or(0);
+    let old = |i: u64| Noise::bytes(i, 1000 + i as usize * 100);
+    for i in 0..20 {
+        fs::write(t.a.path(&format!("f{i}")), old(i))?;
+    }
+    let mut held = fs::File::open(t.a.path("f0"))?;
+    // The kernel releases closed files asynchronously: wait until only `held` is open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache(&t.a, "files_open") != 1 {
+        assert!(std::time::Instant::now() < deadline, "files still open: {}", t.a.status()["cache"]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let free_before = cache(&t.a, "free_containers");
+    for i in 0..20 {
+        fs::remove_file(t.a.path(&format!("f{i}")))?;
+    }
+    assert_eq!(cache(&t.a, "free_containers"), free_before + 19, "every closed container kept for reuse");
+    let mut s = Vec::new();
+    held.read_to_end(&mut s)?;
+    assert_eq!(s, old(0), "a removed file still open reads what it held");
+    drop(held);
+    // New files, shorter than the old ones: a reused container starts empty.
+    let new = |i: u64| Noise::bytes(100 + i, 500);
+    for i in 0..20 {
+        fs::write(t.a.path(&format!("g{i}")), new(i))?;
+    }
+    assert_eq!(cache(&t.a, "free_containers"), (free_before + 19).saturating_sub(20));
+    for i in 0..20 {
+        assert_eq!(fs::read(t.a.path(&format!("g{i}")))?, new(i), "g{i} here");
+        assert_eq!(fs::read(t.b.path(&format!("g{i}")))?, new(i), "g{i} on the other client");
+    }
+    Ok(())
+}

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
+use crate::recycle::Recycler;
 
 /// What venus holds of one object.
 #[derive(Debug, Clone)]
@@ -81,6 +82,8 @@ pub struct Cache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    /// Containers no longer needed, kept empty for reuse.
+    recycler: Recycler,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,6 +92,12 @@ pub struct Usage {
     pub limit: u64,
     pub objects: u64,
     pub files_cached: u64,
+    /// Files with open handles (their containers are neither evicted nor reused).
+    #[serde(default)]
+    pub files_open: u64,
+    /// Empty containers kept for reuse by the next new or fetched file.
+    #[serde(default)]
+    pub free_containers: u64,
 }
 
 const SCHEMA: &str = r#"
@@ -135,10 +144,11 @@ impl Cache {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::create_dir_all(dir.join("free"))?;
         // Other local users reach the control socket in here, and nothing else: containers,
         // listings and rights are venus's alone (it serves them through the ACL checks).
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-        for private in ["data", "tmp"] {
+        for private in ["data", "tmp", "free"] {
             std::fs::set_permissions(dir.join(private), std::fs::Permissions::from_mode(0o700))?;
         }
         for e in std::fs::read_dir(dir.join("tmp"))? {
@@ -161,7 +171,8 @@ impl Cache {
             clock: 0,
         };
         load(&mut state, dir)?;
-        Ok(Cache { dir: dir.to_path_buf(), limit, state: Mutex::new(state) })
+        let recycler = Recycler::open(&dir.join("free"))?;
+        Ok(Cache { dir: dir.to_path_buf(), limit, state: Mutex::new(state), recycler })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -196,6 +207,29 @@ impl Cache {
         self.dir.join("tmp").join(format!("{:016x}", rand::random::<u64>()))
     }
 
+    /// A new empty temporary file (a reused container when one is free), for a fetch to fill
+    /// and [`Cache::install`] to move into place.
+    pub fn make_temp(&self) -> Result<PathBuf> {
+        let path = self.temp_path();
+        self.recycler.make(&path)?;
+        Ok(path)
+    }
+
+    /// Makes `g`'s container, empty (a new file's).
+    pub fn make_container(&self, g: &GFid) -> Result<()> {
+        let path = self.container(g);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        self.recycler.make(&path)?;
+        Ok(())
+    }
+
+    /// Empty containers waiting for reuse.
+    pub fn free_containers(&self) -> usize {
+        self.recycler.len()
+    }
+
     pub fn get(&self, g: &GFid) -> Option<Cached> {
         self.lock().objects.get(g).cloned()
     }
@@ -219,7 +253,7 @@ impl Cache {
         let mut s = self.lock();
         s.clock += 1;
         let clock = s.clock;
-        let mut drop_data = false;
+        let mut drop_data = None;
         let entry = s.objects.entry(g).or_insert_with(|| Cached {
             attr: attr.clone(),
             has_data: false,
@@ -231,15 +265,15 @@ impl Cache {
         });
         let changed = !entry.attr.version.same_as(&attr.version);
         if entry.has_data && !entry.dirty && changed && !ours {
-            drop_data = true;
+            drop_data = Some(entry.open > 0);
         }
         entry.attr = attr;
         entry.last_used = clock;
-        if drop_data {
+        if let Some(open) = drop_data {
             entry.has_data = false;
             let size = std::mem::take(&mut entry.data_size);
             s.used = s.used.saturating_sub(size);
-            let _ = std::fs::remove_file(self.container(&g));
+            self.recycler.retire(&self.container(&g), open);
         }
         // A listing belongs to the version it was fetched at (or that our own change made).
         if changed && !ours && s.dirs.remove(&g).is_some() {
@@ -251,8 +285,10 @@ impl Cache {
     /// Forgets an object entirely (it was removed).
     pub fn remove(&self, g: &GFid) -> Result<()> {
         let mut s = self.lock();
+        let mut open = false;
         if let Some(c) = s.objects.remove(g) {
             s.used = s.used.saturating_sub(c.data_size);
+            open = c.open > 0 || c.dirty;
         }
         s.dirs.remove(g);
         // One transaction: one commit instead of two on every removal.
@@ -260,7 +296,7 @@ impl Cache {
         delete_of(&tx, "DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
         forget_listing(&tx, g)?;
         tx.commit()?;
-        let _ = std::fs::remove_file(self.container(g));
+        self.recycler.retire(&self.container(g), open);
         Ok(())
     }
 
@@ -407,7 +443,7 @@ impl Cache {
                 c.data_size = 0;
             }
             s.used = s.used.saturating_sub(sz);
-            let _ = std::fs::remove_file(self.container(&g));
+            self.recycler.retire(&self.container(&g), false); // only closed ones are evicted
             persist(&s, &g)?;
             evicted += 1;
         }
@@ -499,9 +535,10 @@ impl Cache {
         }
         let size = std::mem::take(&mut c.data_size);
         let had = std::mem::take(&mut c.has_data);
+        let open = c.open > 0; // flush keeps dirty containers: this one is clean
         s.used = s.used.saturating_sub(size);
         s.dirs.remove(g);
-        let _ = std::fs::remove_file(self.container(g));
+        self.recycler.retire(&self.container(g), open);
         persist(&s, g)?;
         Ok(had)
     }
@@ -571,6 +608,8 @@ impl Cache {
             limit: self.limit,
             objects: s.objects.len() as u64,
             files_cached: s.objects.values().filter(|c| c.has_data).count() as u64,
+            files_open: s.objects.values().filter(|c| c.open > 0).count() as u64,
+            free_containers: self.recycler.len() as u64,
         }
     }
 }

@@ -15,3 +15,4 @@ pub mod ids;
 pub mod mount;
 pub mod mounts;
 pub mod net;
+pub mod recycle;

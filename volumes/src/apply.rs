@@ -26,7 +26,7 @@ use proto::auth::Rights;
 use crate::access::{self, Caller};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
-use crate::store::{Store, file_chunks};
+use crate::store::{SmallChunk, Store, file_chunks, record_chunks};
 
 /// The longest symlink target accepted.
 pub const MAX_LINK_LEN: usize = 4096;
@@ -76,10 +76,26 @@ impl Store {
         volume: Option<VolumeId>,
         records: &[Record],
     ) -> Result<BatchOutcome> {
+        self.apply_with_chunks(caller, client, volume, &[], records)
+    }
+
+    /// [`Store::apply`], recording `chunks` first in the same transaction: a small file's data
+    /// and the store that names it commit together, with one sync. The chunks stay recorded
+    /// even if a record is refused (the sweep reclaims them if nothing uses them), as if they
+    /// had been uploaded first.
+    pub fn apply_with_chunks(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        volume: Option<VolumeId>,
+        chunks: &[SmallChunk],
+        records: &[Record],
+    ) -> Result<BatchOutcome> {
         let mut conn = self.lock_writer();
         let mut tx = conn.transaction()?;
         let mut out = BatchOutcome::default();
         let now = Timestamp::now();
+        record_chunks(&tx, &[], chunks, now)?;
         for record in records {
             if let Some(previous) = remembered(&tx, record.op)? {
                 out.results.push(Ok(previous));

@@ -1,5 +1,10 @@
 //! The chunk store: file contents as content-addressed chunk files, `chunks/ab/<hash>`.
 //!
+//! Chunks of at most [`INLINE_MAX`] bytes (small files, and the tail of a large one) are not
+//! files: their bytes live in their row of the `chunks` table, committed with it. A small
+//! file's store is then one SQLite transaction instead of a chunk file created, renamed and
+//! synced with its directory, and then a transaction.
+//!
 //! A chunk file is written to a temporary name and renamed into place, its write-back started at
 //! once; a whole upload batch is made durable (each file and its directory synced) before the
 //! chunks' rows are committed to the database. A chunk file without a row may be torn by a
@@ -13,6 +18,12 @@ use std::path::{Path, PathBuf};
 use proto::ChunkHash;
 
 use crate::error::{Result, StoreError};
+
+/// The largest chunk kept in the database rather than in a file of its own. Content-defined
+/// chunks are at least 64 KiB except at the end of a file, so this covers whole small files and
+/// tails. SQLite reads and writes blobs of this size faster than the file system creates,
+/// syncs and opens a file for each (as SQLite's "35 % faster than the filesystem" measures).
+pub const INLINE_MAX: u32 = 64 * 1024;
 
 #[derive(Debug)]
 pub struct ChunkStore {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use proto::{ChunkHash, Timestamp};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use crate::error::Result;
 use crate::store::Store;
@@ -32,19 +32,20 @@ impl Store {
         let mut report = SweepReport::default();
         let now = Timestamp::now().as_nanos();
         let cutoff = now - grace.as_nanos() as i64;
-        let dead: Vec<(Vec<u8>, i64)> = {
+        let dead: Vec<(Vec<u8>, i64, bool)> = {
             let mut conn = self.lock_writer();
             let tx = conn.transaction()?;
             let dead = {
                 let mut stmt = tx.prepare(
-                    "SELECT hash, len FROM chunks c WHERE added_at <= ?1
+                    "SELECT hash, len, data IS NULL FROM chunks c WHERE added_at <= ?1
                      AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = c.hash)",
                 )?;
-                stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?
+                stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()?
             };
             {
                 let mut del = tx.prepare("DELETE FROM chunks WHERE hash = ?1")?;
-                for (h, _) in &dead {
+                for (h, _, _) in &dead {
                     del.execute(params![h])?;
                 }
             }
@@ -53,26 +54,30 @@ impl Store {
             tx.commit()?;
             dead
         };
-        for (h, len) in &dead {
+        for (h, len, in_file) in &dead {
             if let Ok(arr) = <[u8; 32]>::try_from(h.as_slice()) {
-                self.chunks.remove(&ChunkHash(arr));
+                if *in_file {
+                    self.chunks.remove(&ChunkHash(arr));
+                }
                 report.chunks_removed += 1;
                 report.bytes_removed += *len as u64;
             }
         }
-        // Files a crash left without a record (written, never committed).
+        // Files a crash left without a record (written, never committed), and files of chunks
+        // recorded since with their bytes in the database.
         let on_disk = self.chunks.list()?;
-        let recorded = self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+        let orphans = self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT data IS NULL FROM chunks WHERE hash = ?1")?;
             let mut orphans = Vec::new();
             for h in &on_disk {
-                if !stmt.exists(params![&h.0[..]])? {
+                let in_file: Option<bool> = stmt.query_row(params![&h.0[..]], |r| r.get(0)).optional()?;
+                if in_file != Some(true) {
                     orphans.push(*h);
                 }
             }
             Ok(orphans)
         })?;
-        for h in recorded {
+        for h in orphans {
             self.chunks.remove(&h);
             report.orphan_files_removed += 1;
         }

@@ -23,7 +23,7 @@ pub use access::Caller;
 pub use apply::BatchOutcome;
 pub use error::{Result, StoreError};
 pub use pts::Ptdb;
-pub use store::{ChunkUpload, Store};
+pub use store::{ChunkUpload, SmallChunk, Store};
 pub use vldb::{NoVldb, SqliteVldb, Vldb};
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE volumes (
@@ -61,12 +61,14 @@ CREATE TABLE file_chunks (
     PRIMARY KEY (volume, object, seq)
 ) WITHOUT ROWID;
 CREATE INDEX file_chunks_hash ON file_chunks(hash);
--- A row exists only once the chunk's file is durable on disk. Unreferenced chunks older than
--- the grace period are swept (mark and sweep against file_chunks).
+-- A row exists only once the chunk's bytes are durable: in `data` for small chunks, otherwise
+-- in the chunk's file (`data` NULL). Unreferenced chunks older than the grace period are swept
+-- (mark and sweep against file_chunks).
 CREATE TABLE chunks (
     hash     BLOB PRIMARY KEY,
     len      INTEGER NOT NULL,
-    added_at INTEGER NOT NULL
+    added_at INTEGER NOT NULL,
+    data     BLOB
 ) WITHOUT ROWID;
 -- Results of recent mutations by OpId: a retried request is answered, not applied twice.
 CREATE TABLE op_results (
@@ -91,38 +93,48 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the schema in a new database, or checks an existing one's version.
+/// Creates the schema in a new database, or brings an existing one up to date, one version at a
+/// time, each step in its own transaction.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    match version {
-        0 => {
-            let tx = conn.transaction()?;
-            tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
-            tx.commit()?;
-            Ok(())
-        }
-        1 => {
-            // Version 2: ACLs on directories, and every object knows its directory.
-            let tx = conn.transaction()?;
-            tx.execute_batch(
-                "ALTER TABLE objects ADD COLUMN acl BLOB;
-                 UPDATE objects SET parent = (SELECT d.dir FROM dirents d
-                     WHERE d.volume = objects.volume AND d.child = objects.id LIMIT 1)
-                 WHERE parent IS NULL;",
-            )?;
-            let acl = crate::rows::acl_blob(&proto::Acl::volume_default());
-            tx.execute(
-                "UPDATE objects SET acl = ?1 WHERE kind = ?2",
-                rusqlite::params![acl, crate::rows::kind_code(proto::ObjectKind::Directory)],
-            )?;
-            tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
-            tx.commit()?;
-            Ok(())
-        }
-        VERSION => Ok(()),
-        other => Err(crate::error::StoreError::Corrupt(format!(
-            "database schema version {other} is newer than this server understands ({VERSION})"
-        ))),
+    let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > VERSION {
+        return Err(crate::error::StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this server understands ({VERSION})"
+        )));
     }
+    while version < VERSION {
+        let tx = conn.transaction()?;
+        match version {
+            0 => {
+                tx.execute_batch(SCHEMA)?;
+                version = VERSION;
+            }
+            1 => {
+                // Version 2: ACLs on directories, and every object knows its directory.
+                tx.execute_batch(
+                    "ALTER TABLE objects ADD COLUMN acl BLOB;
+                     UPDATE objects SET parent = (SELECT d.dir FROM dirents d
+                         WHERE d.volume = objects.volume AND d.child = objects.id LIMIT 1)
+                     WHERE parent IS NULL;",
+                )?;
+                let acl = crate::rows::acl_blob(&proto::Acl::volume_default());
+                tx.execute(
+                    "UPDATE objects SET acl = ?1 WHERE kind = ?2",
+                    rusqlite::params![acl, crate::rows::kind_code(proto::ObjectKind::Directory)],
+                )?;
+                version = 2;
+            }
+            2 => {
+                // Version 3: small chunks' bytes in their rows. Existing chunks stay files.
+                tx.execute_batch("ALTER TABLE chunks ADD COLUMN data BLOB;")?;
+                version = 3;
+            }
+            other => {
+                return Err(crate::error::StoreError::Corrupt(format!("database schema version {other} is not valid")));
+            }
+        }
+        tx.execute_batch(&format!("PRAGMA user_version={version}"))?;
+        tx.commit()?;
+    }
+    Ok(())
 }

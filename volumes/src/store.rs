@@ -18,7 +18,7 @@ use proto::auth::{Access, Acl, PtsId, Rights};
 use proto::msg::AttrCheck;
 
 use crate::access::{self, Caller};
-use crate::chunks::ChunkStore;
+use crate::chunks::{ChunkStore, INLINE_MAX};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
 use crate::schema;
@@ -328,6 +328,25 @@ impl Store {
     }
 
     pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        if chunk.len <= INLINE_MAX {
+            let row: Option<Option<Vec<u8>>> = self.read(|c| {
+                Ok(c.prepare_cached("SELECT data FROM chunks WHERE hash = ?1")?
+                    .query_row(params![&chunk.hash.0[..]], |r| r.get(0))
+                    .optional()?)
+            })?;
+            // No bytes in the row: a chunk recorded before small chunks were kept inline.
+            if let Some(Some(data)) = row {
+                if data.len() != chunk.len as usize {
+                    return Err(StoreError::Corrupt(format!(
+                        "chunk {} has {} bytes, not {}",
+                        chunk.hash,
+                        data.len(),
+                        chunk.len
+                    )));
+                }
+                return Ok(data);
+            }
+        }
         self.chunks.read(&chunk.hash, chunk.len)
     }
 
@@ -347,58 +366,105 @@ impl Store {
 
     /// Starts an upload of chunks; see [`ChunkUpload`].
     pub fn upload(&self) -> ChunkUpload<'_> {
-        ChunkUpload { store: self, _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()), pending: Vec::new() }
+        ChunkUpload {
+            store: self,
+            _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()),
+            in_files: Vec::new(),
+            inline: Vec::new(),
+        }
     }
 }
 
 /// An upload batch: chunks are written as they arrive and recorded (made visible to stores)
-/// only by [`ChunkUpload::commit`], after one sync makes them all durable.
+/// only by [`ChunkUpload::commit`], after one sync makes them all durable. Small chunks are
+/// kept in memory and recorded with their bytes.
 pub struct ChunkUpload<'a> {
     store: &'a Store,
     _gc: std::sync::RwLockReadGuard<'a, ()>,
-    pending: Vec<ChunkRef>,
+    in_files: Vec<ChunkRef>,
+    inline: Vec<SmallChunk>,
 }
 
 impl ChunkUpload<'_> {
     /// Verifies and writes one chunk. The data must hash to `chunk.hash`.
     pub fn add(&mut self, chunk: ChunkRef, data: &[u8]) -> Result<()> {
-        if chunk.len > MAX_CHUNK || data.len() != chunk.len as usize {
-            return refuse(RemoteError::Invalid(format!("chunk of {} bytes", data.len())));
-        }
-        if ChunkHash::of(data) != chunk.hash {
-            return refuse(RemoteError::Invalid("chunk data does not match its hash".into()));
-        }
+        verify(chunk, data)?;
         // A file on disk without a row may be torn by a crash: only a recorded chunk is trusted.
         let recorded = self.store.read(|c| {
             Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?.exists(params![&chunk.hash.0[..]])?)
         })?;
-        if !recorded {
+        if recorded {
+            return Ok(());
+        }
+        if chunk.len <= INLINE_MAX {
+            self.inline.push(SmallChunk { chunk, data: data.to_vec() });
+        } else {
             self.store.chunks.write(&chunk.hash, data)?;
-            self.pending.push(chunk);
+            self.in_files.push(chunk);
         }
         Ok(())
     }
 
     /// Makes the batch durable and records it. Returns how many chunks were new.
     pub fn commit(self) -> Result<u32> {
-        if self.pending.is_empty() {
+        if self.in_files.is_empty() && self.inline.is_empty() {
             return Ok(0);
         }
-        let hashes: Vec<ChunkHash> = self.pending.iter().map(|c| c.hash).collect();
+        let hashes: Vec<ChunkHash> = self.in_files.iter().map(|c| c.hash).collect();
         self.store.chunks.make_durable(&hashes)?;
         let mut conn = self.store.lock_writer();
         let tx = conn.transaction()?;
-        let now = Timestamp::now().as_nanos();
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT OR IGNORE INTO chunks (hash, len, added_at) VALUES (?1, ?2, ?3)")?;
-            for c in &self.pending {
-                stmt.execute(params![&c.hash.0[..], c.len, now])?;
-            }
-        }
+        record_chunks(&tx, &self.in_files, &self.inline, Timestamp::now())?;
         tx.commit()?;
-        Ok(self.pending.len() as u32)
+        Ok((self.in_files.len() + self.inline.len()) as u32)
     }
+}
+
+/// A chunk of at most [`INLINE_MAX`] bytes whose data matches its hash, to be recorded with
+/// its bytes (see [`Store::apply_with_chunks`]).
+#[derive(Debug, Clone)]
+pub struct SmallChunk {
+    chunk: ChunkRef,
+    data: Vec<u8>,
+}
+
+impl SmallChunk {
+    pub fn new(chunk: ChunkRef, data: Vec<u8>) -> Result<Self> {
+        verify(chunk, &data)?;
+        if chunk.len > INLINE_MAX {
+            return refuse(RemoteError::Invalid(format!("chunk of {} bytes is not small", chunk.len)));
+        }
+        Ok(SmallChunk { chunk, data })
+    }
+}
+
+/// Refuses a chunk that is too large or whose data does not match its hash.
+fn verify(chunk: ChunkRef, data: &[u8]) -> Result<()> {
+    if chunk.len > MAX_CHUNK || data.len() != chunk.len as usize {
+        return refuse(RemoteError::Invalid(format!("chunk of {} bytes", data.len())));
+    }
+    if ChunkHash::of(data) != chunk.hash {
+        return refuse(RemoteError::Invalid("chunk data does not match its hash".into()));
+    }
+    Ok(())
+}
+
+/// Records durable chunks: those in files (already synced) and small ones with their bytes.
+pub(crate) fn record_chunks(
+    c: &Connection,
+    in_files: &[ChunkRef],
+    inline: &[SmallChunk],
+    now: Timestamp,
+) -> Result<()> {
+    let mut stmt =
+        c.prepare_cached("INSERT OR IGNORE INTO chunks (hash, len, added_at, data) VALUES (?1, ?2, ?3, ?4)")?;
+    for c in in_files {
+        stmt.execute(params![&c.hash.0[..], c.len, now.as_nanos(), None::<Vec<u8>>])?;
+    }
+    for s in inline {
+        stmt.execute(params![&s.chunk.hash.0[..], s.chunk.len, now.as_nanos(), &s.data])?;
+    }
+    Ok(())
 }
 
 /// A directory the caller may look into (`l`), with their access.

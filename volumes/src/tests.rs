@@ -514,3 +514,112 @@ fn store_survives_reopen() {
     let store = Store::open(dir.path(), ServerId(1)).unwrap();
     assert_eq!(read_all(&store, fid), content);
 }
+
+#[test]
+fn small_chunks_live_in_the_database_and_large_ones_in_files() {
+    let (_d, store) = setup();
+    let small = create(&store, root(), "small");
+    let large = create(&store, root(), "large");
+    let small_data = proto::samples::pseudo_random(crate::chunks::INLINE_MAX as usize, 3);
+    let large_data = proto::samples::pseudo_random(2 << 20, 4);
+    store_data(&store, &small, &small_data).unwrap();
+    assert!(store.chunks.list().unwrap().is_empty(), "a small file is no chunk file");
+    store_data(&store, &large, &large_data).unwrap();
+    let files = store.chunks.list().unwrap().len();
+    let chunks = chunk_bytes(&large_data);
+    let large_chunks = chunks.iter().filter(|(r, _)| r.len > crate::chunks::INLINE_MAX).count();
+    assert_eq!(files, large_chunks, "only chunks over the inline limit are files");
+    assert_eq!(read_all(&store, small.fid), small_data);
+    assert_eq!(read_all(&store, large.fid), large_data);
+
+    // Reclaimed like any other chunk.
+    for (n, attr) in [("small", &small), ("large", &large)] {
+        let version = store.fetch_status(&ADMIN, attr.fid).unwrap().0.version;
+        let seen = Seen { object: attr.fid.object, base: Base::Version(version) };
+        apply1(&store, Mutation::Remove { parent: root(), name: name(n), seen }).unwrap();
+    }
+    let report = store.sweep(Duration::ZERO).unwrap();
+    assert_eq!(report.bytes_removed, (small_data.len() + large_data.len()) as u64);
+    assert_eq!(store.chunk_usage().unwrap(), (0, 0));
+    assert!(store.chunks.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_small_file_and_its_store_commit_together() {
+    let (_d, store) = setup();
+    let f = create(&store, root(), "f");
+    let data = b"hello, inline world".to_vec();
+    let chunk = ChunkRef { hash: ChunkHash::of(&data), len: data.len() as u32 };
+    let small = crate::SmallChunk::new(chunk, data.clone()).unwrap();
+    let store_rec = |base: VersionVector| {
+        rec(Mutation::Store { fid: f.fid, base: Base::Version(base), chunks: vec![chunk], mtime: Timestamp::now() })
+    };
+    let out =
+        store.apply_with_chunks(&ADMIN, CLIENT, None, std::slice::from_ref(&small), &[store_rec(f.version.clone())]);
+    out.unwrap().results.remove(0).unwrap();
+    assert_eq!(read_all(&store, f.fid), data);
+
+    // A refused record (stale base) still leaves the chunk recorded, as a separate upload would.
+    let other = b"other bytes".to_vec();
+    let other_ref = ChunkRef { hash: ChunkHash::of(&other), len: other.len() as u32 };
+    let other_small = crate::SmallChunk::new(other_ref, other).unwrap();
+    let out = store.apply_with_chunks(&ADMIN, CLIENT, None, &[other_small], &[store_rec(f.version.clone())]).unwrap();
+    assert!(matches!(out.results[0], Err(RemoteError::Conflict { .. })), "{:?}", out.results[0]);
+    assert!(store.missing_chunks(&[other_ref.hash]).unwrap().is_empty());
+
+    // What does not match its hash, or is not small, is refused before any transaction.
+    assert!(crate::SmallChunk::new(chunk, b"tampered bytes here".to_vec()).is_err());
+    let big = proto::samples::pseudo_random(crate::chunks::INLINE_MAX as usize + 1, 5);
+    let big_ref = ChunkRef { hash: ChunkHash::of(&big), len: big.len() as u32 };
+    assert!(crate::SmallChunk::new(big_ref, big).is_err());
+}
+
+#[test]
+fn a_version_2_store_is_migrated_and_keeps_its_chunk_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = proto::samples::pseudo_random(1000, 6);
+    let fid = {
+        let store = Store::open(dir.path(), ServerId(1)).unwrap();
+        store.create_volume(VOL, "test", VolumeKind::ReadWrite, 0, &proto::Acl::volume_default()).unwrap();
+        let f = create(&store, root(), "a");
+        // As a version-2 server stored it: a chunk file, a row without bytes.
+        let chunk = ChunkRef { hash: ChunkHash::of(&content), len: content.len() as u32 };
+        store.chunks.write(&chunk.hash, &content).unwrap();
+        store.chunks.make_durable(&[chunk.hash]).unwrap();
+        store
+            .lock_writer()
+            .execute(
+                "INSERT INTO chunks (hash, len, added_at) VALUES (?1, ?2, 0)",
+                rusqlite::params![&chunk.hash.0[..], chunk.len],
+            )
+            .unwrap();
+        let m = Mutation::Store {
+            fid: f.fid,
+            base: Base::Version(f.version),
+            chunks: vec![chunk],
+            mtime: Timestamp::now(),
+        };
+        apply1(&store, m).unwrap();
+        store.lock_writer().execute_batch("ALTER TABLE chunks DROP COLUMN data; PRAGMA user_version=2;").unwrap();
+        f.fid
+    };
+    let store = Store::open(dir.path(), ServerId(1)).unwrap();
+    let version: i64 = store.lock_writer().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(read_all(&store, fid), content);
+    assert_eq!(store.sweep(Duration::ZERO).unwrap().orphan_files_removed, 0, "the recorded file is kept");
+    assert_eq!(store.chunks.list().unwrap().len(), 1);
+}
+
+#[test]
+fn a_chunk_file_left_beside_an_inline_row_is_swept() {
+    let (_d, store) = setup();
+    // A crash after writing the file, before its row; the chunk then came again, small.
+    let data = b"left behind".to_vec();
+    let h = ChunkHash::of(&data);
+    store.chunks.write(&h, &data).unwrap();
+    upload(&store, &data);
+    assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().orphan_files_removed, 1);
+    assert!(store.chunks.list().unwrap().is_empty());
+    assert!(store.missing_chunks(&[h]).unwrap().is_empty(), "the recorded chunk stays");
+}

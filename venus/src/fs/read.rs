@@ -111,7 +111,7 @@ impl Venus {
         let priority = self.cache.get(&g).map_or(0, |c| c.priority);
         let evicted = self.cache.reserve_at(attr.size, priority)?;
         self.counters.add(counters::EVICTIONS, evicted);
-        let tmp = self.cache.temp_path();
+        let tmp = self.cache.make_temp()?;
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         let conn = self.cell(g.cell)?;
         let mut fetched = 0u64;

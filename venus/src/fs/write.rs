@@ -169,11 +169,7 @@ impl Venus {
             )
             .await?;
         // A new file is empty: its container exists at once, no fetch needed.
-        let path = self.cache.container(&g);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::File::create(&path)?;
+        self.cache.make_container(&g)?;
         self.cache.set_local(&g, 0, false)?;
         let stat = self.stat_of(g, &attr);
         let (fh, h) = self.open(stat.ino, flags & !libc::O_TRUNC).await?;

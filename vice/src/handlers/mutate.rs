@@ -10,13 +10,16 @@ use proto::chunk::MAX_CHUNK;
 use proto::msg::{Promise, Response};
 use proto::{ChunkHash, ChunkRef, ClientId, Record, RemoteError, VolumeId};
 use tokio::io::AsyncReadExt;
-use volumes::{BatchOutcome, Caller};
+use volumes::chunks::INLINE_MAX;
+use volumes::{BatchOutcome, Caller, SmallChunk};
 
 use super::{Reply, blocking, error};
 use crate::server::Shared;
 
 /// Chunks per PutChunks request (16 GiB at the largest chunk size).
 const MAX_PUT_CHUNKS: usize = 16 * 1024;
+/// Chunks a `PutChunksAndMutate` may carry in memory into its transaction (1 MiB at most).
+const MAX_INLINE_PUT: usize = 16;
 /// Records per Reintegrate request.
 const MAX_BATCH: usize = 10_000;
 
@@ -75,10 +78,12 @@ async fn apply(
     caller: Caller,
     client: ClientId,
     volume: Option<VolumeId>,
+    chunks: Vec<SmallChunk>,
     records: Vec<Record>,
 ) -> Result<(BatchOutcome, Promise), RemoteError> {
     let summary: Vec<(String, &'static str)> = records.iter().map(|r| (r.op.to_string(), r.mutation.verb())).collect();
-    let outcome = blocking(&shared.store, move |s| s.apply(&caller, client, volume, &records)).await?;
+    let outcome =
+        blocking(&shared.store, move |s| s.apply_with_chunks(&caller, client, volume, &chunks, &records)).await?;
     for ((op, verb), result) in summary.iter().zip(&outcome.results) {
         match result {
             Ok(a) => {
@@ -110,7 +115,8 @@ async fn apply(
 }
 
 /// `PutChunksAndMutate`: the chunks are stored (and durable) before the record is applied, as
-/// if the two requests had come one after the other.
+/// if the two requests had come one after the other. Small chunks (a small file's whole data)
+/// are recorded in the record's own transaction: one commit, one sync.
 pub async fn put_and_mutate(
     shared: &Arc<Shared>,
     caller: Caller,
@@ -119,14 +125,41 @@ pub async fn put_and_mutate(
     record: Record,
     recv: &mut quinn::RecvStream,
 ) -> Reply {
-    match put_chunks(shared, chunks, recv).await {
-        Reply::Message(Response::ChunksStored { .. }) => mutate(shared, caller, client, record).await,
-        refused => refused,
+    let small = chunks.len() <= MAX_INLINE_PUT && chunks.iter().all(|c| c.len > 0 && c.len <= INLINE_MAX);
+    if !small {
+        return match put_chunks(shared, chunks, recv).await {
+            Reply::Message(Response::ChunksStored { .. }) => {
+                mutate_with(shared, caller, client, Vec::new(), record).await
+            }
+            refused => refused,
+        };
     }
+    let mut received = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let mut buf = vec![0u8; chunk.len as usize];
+        if AsyncReadExt::read_exact(recv, &mut buf).await.is_err() {
+            return error(RemoteError::Protocol("upload ended before all chunks arrived".into()));
+        }
+        match SmallChunk::new(chunk, buf) {
+            Ok(c) => received.push(c),
+            Err(e) => return error(e.to_remote()),
+        }
+    }
+    mutate_with(shared, caller, client, received, record).await
 }
 
 pub async fn mutate(shared: &Arc<Shared>, caller: Caller, client: ClientId, record: Record) -> Reply {
-    match apply(shared, caller, client, None, vec![record]).await {
+    mutate_with(shared, caller, client, Vec::new(), record).await
+}
+
+async fn mutate_with(
+    shared: &Arc<Shared>,
+    caller: Caller,
+    client: ClientId,
+    chunks: Vec<SmallChunk>,
+    record: Record,
+) -> Reply {
+    match apply(shared, caller, client, None, chunks, vec![record]).await {
         Ok((mut outcome, promise)) => match outcome.results.pop() {
             Some(result) => Response::Applied { result, promise }.into(),
             None => error(RemoteError::Internal("no result".into())),
@@ -145,7 +178,7 @@ pub async fn reintegrate(
     if records.len() > MAX_BATCH {
         return error(RemoteError::TooLarge);
     }
-    match apply(shared, caller, client, Some(volume), records).await {
+    match apply(shared, caller, client, Some(volume), Vec::new(), records).await {
         Ok((outcome, promise)) => Response::Reintegrated { results: outcome.results, promise }.into(),
         Err(e) => error(e),
     }

@@ -537,10 +537,11 @@ fn print_status(v: &serde_json::Value) {
     }
     let c = &v["cache"];
     println!(
-        "cache: {} of {} used, {} files cached, {} objects known, {} promises held",
+        "cache: {} of {} used, {} files cached ({} open), {} objects known, {} promises held",
         proto::units::show(c["used"].as_u64().unwrap_or(0)),
         proto::units::show(c["limit"].as_u64().unwrap_or(0)),
         c["files_cached"],
+        c["files_open"].as_u64().unwrap_or(0),
         c["objects"],
         v["promises"]
     );
