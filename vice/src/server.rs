@@ -142,11 +142,14 @@ async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
         shared.callbacks.expire();
         let store = shared.store.clone();
         match tokio::task::spawn_blocking(move || store.sweep(CHUNK_GRACE)).await {
-            Ok(Ok(r)) if r.chunks_removed + r.orphan_files_removed > 0 => {
+            Ok(Ok(r)) if r.chunks_removed + r.orphan_files_removed + r.packs_removed + r.packs_rewritten > 0 => {
                 tracing::info!(
                     chunks = r.chunks_removed,
                     bytes = r.bytes_removed,
                     orphans = r.orphan_files_removed,
+                    packs_removed = r.packs_removed,
+                    packs_rewritten = r.packs_rewritten,
+                    pack_bytes_freed = r.pack_bytes_freed,
                     "swept"
                 )
             }

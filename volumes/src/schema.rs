@@ -8,7 +8,7 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE volumes (
@@ -61,15 +61,19 @@ CREATE TABLE file_chunks (
     PRIMARY KEY (volume, object, seq)
 ) WITHOUT ROWID;
 CREATE INDEX file_chunks_hash ON file_chunks(hash);
--- A row exists only once the chunk's bytes are durable: in `data` for small chunks, otherwise
--- in the chunk's file (`data` NULL). Unreferenced chunks older than the grace period are swept
--- (mark and sweep against file_chunks).
+-- A row exists only once the chunk's bytes are durable: in `data` for small chunks, in pack
+-- `pack` at `pack_offset` for larger ones, or (recorded before packs) in the chunk's own file
+-- when both are NULL. Unreferenced chunks older than the grace period are swept (mark and
+-- sweep against file_chunks).
 CREATE TABLE chunks (
-    hash     BLOB PRIMARY KEY,
-    len      INTEGER NOT NULL,
-    added_at INTEGER NOT NULL,
-    data     BLOB
+    hash        BLOB PRIMARY KEY,
+    len         INTEGER NOT NULL,
+    added_at    INTEGER NOT NULL,
+    data        BLOB,
+    pack        INTEGER,
+    pack_offset INTEGER
 ) WITHOUT ROWID;
+CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;
 -- Results of recent mutations by OpId: a retried request is answered, not applied twice.
 CREATE TABLE op_results (
     op     BLOB PRIMARY KEY,
@@ -128,6 +132,15 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
                 // Version 3: small chunks' bytes in their rows. Existing chunks stay files.
                 tx.execute_batch("ALTER TABLE chunks ADD COLUMN data BLOB;")?;
                 version = 3;
+            }
+            3 => {
+                // Version 4: large chunks in pack files. Existing chunk files stay.
+                tx.execute_batch(
+                    "ALTER TABLE chunks ADD COLUMN pack INTEGER;
+                     ALTER TABLE chunks ADD COLUMN pack_offset INTEGER;
+                     CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;",
+                )?;
+                version = 4;
             }
             other => {
                 return Err(crate::error::StoreError::Corrupt(format!("database schema version {other} is not valid")));

@@ -18,7 +18,7 @@ use proto::auth::{Access, Acl, PtsId, Rights};
 use proto::msg::AttrCheck;
 
 use crate::access::{self, Caller};
-use crate::chunks::{ChunkStore, INLINE_MAX};
+use crate::chunks::{ChunkStore, INLINE_MAX, PackId, PackWriter};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
 use crate::schema;
@@ -328,26 +328,47 @@ impl Store {
     }
 
     pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
-        if chunk.len <= INLINE_MAX {
-            let row: Option<Option<Vec<u8>>> = self.read(|c| {
-                Ok(c.prepare_cached("SELECT data FROM chunks WHERE hash = ?1")?
-                    .query_row(params![&chunk.hash.0[..]], |r| r.get(0))
-                    .optional()?)
-            })?;
-            // No bytes in the row: a chunk recorded before small chunks were kept inline.
-            if let Some(Some(data)) = row {
-                if data.len() != chunk.len as usize {
-                    return Err(StoreError::Corrupt(format!(
-                        "chunk {} has {} bytes, not {}",
-                        chunk.hash,
-                        data.len(),
-                        chunk.len
-                    )));
-                }
-                return Ok(data);
+        // The sweep may move a packed chunk between the lookup and the read (it deletes the old
+        // pack only after the new place is committed): a second lookup finds the new place.
+        for _ in 0..2 {
+            let data = match self.chunk_place(&chunk.hash)? {
+                Some(Place::Inline(data)) => data,
+                Some(Place::Packed { pack, offset }) => match self.chunks.read_packed(pack, offset, chunk.len) {
+                    Ok(data) => data,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::Corrupt(format!("chunk {} in its pack: {e}", chunk.hash))),
+                },
+                Some(Place::File) => self.chunks.read_file(&chunk.hash, chunk.len)?,
+                None => return Err(StoreError::Corrupt(format!("chunk {} is not recorded", chunk.hash))),
+            };
+            if data.len() != chunk.len as usize {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {} has {} bytes, not {}",
+                    chunk.hash,
+                    data.len(),
+                    chunk.len
+                )));
             }
+            return Ok(data);
         }
-        self.chunks.read(&chunk.hash, chunk.len)
+        Err(StoreError::Corrupt(format!("chunk {}: its pack is missing", chunk.hash)))
+    }
+
+    fn chunk_place(&self, hash: &ChunkHash) -> Result<Option<Place>> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT data, pack, pack_offset FROM chunks WHERE hash = ?1")?
+                .query_row(params![&hash.0[..]], |r| {
+                    let data: Option<Vec<u8>> = r.get(0)?;
+                    let pack: Option<i64> = r.get(1)?;
+                    let offset: Option<i64> = r.get(2)?;
+                    Ok(match (data, pack, offset) {
+                        (Some(data), _, _) => Place::Inline(data),
+                        (None, Some(pack), Some(offset)) => Place::Packed { pack: PackId(pack), offset: offset as u64 },
+                        _ => Place::File,
+                    })
+                })
+                .optional()?)
+        })
     }
 
     /// Indices of the chunks this server does not hold.
@@ -369,19 +390,21 @@ impl Store {
         ChunkUpload {
             store: self,
             _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()),
-            in_files: Vec::new(),
+            pack: None,
+            packed: Vec::new(),
             inline: Vec::new(),
         }
     }
 }
 
-/// An upload batch: chunks are written as they arrive and recorded (made visible to stores)
-/// only by [`ChunkUpload::commit`], after one sync makes them all durable. Small chunks are
-/// kept in memory and recorded with their bytes.
+/// An upload batch: large chunks are appended to a pack of the batch's own as they arrive,
+/// small ones kept in memory; [`ChunkUpload::commit`] makes the pack durable, then records
+/// them all (small ones with their bytes) in one transaction.
 pub struct ChunkUpload<'a> {
     store: &'a Store,
     _gc: std::sync::RwLockReadGuard<'a, ()>,
-    in_files: Vec<ChunkRef>,
+    pack: Option<PackWriter>,
+    packed: Vec<(ChunkRef, u64)>,
     inline: Vec<SmallChunk>,
 }
 
@@ -389,7 +412,6 @@ impl ChunkUpload<'_> {
     /// Verifies and writes one chunk. The data must hash to `chunk.hash`.
     pub fn add(&mut self, chunk: ChunkRef, data: &[u8]) -> Result<()> {
         verify(chunk, data)?;
-        // A file on disk without a row may be torn by a crash: only a recorded chunk is trusted.
         let recorded = self.store.read(|c| {
             Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?.exists(params![&chunk.hash.0[..]])?)
         })?;
@@ -398,26 +420,45 @@ impl ChunkUpload<'_> {
         }
         if chunk.len <= INLINE_MAX {
             self.inline.push(SmallChunk { chunk, data: data.to_vec() });
-        } else {
-            self.store.chunks.write(&chunk.hash, data)?;
-            self.in_files.push(chunk);
+            return Ok(());
         }
+        let pack = match &mut self.pack {
+            Some(p) => p,
+            None => self.pack.insert(self.store.chunks.new_pack()?),
+        };
+        let offset = pack.append(data)?;
+        self.packed.push((chunk, offset));
         Ok(())
     }
 
     /// Makes the batch durable and records it. Returns how many chunks were new.
-    pub fn commit(self) -> Result<u32> {
-        if self.in_files.is_empty() && self.inline.is_empty() {
+    pub fn commit(mut self) -> Result<u32> {
+        let pack = match self.pack.take() {
+            Some(p) => Some(p.finish()?),
+            None => None,
+        };
+        if self.packed.is_empty() && self.inline.is_empty() {
             return Ok(0);
         }
-        let hashes: Vec<ChunkHash> = self.in_files.iter().map(|c| c.hash).collect();
-        self.store.chunks.make_durable(&hashes)?;
+        let packed: Vec<(ChunkRef, PackId, u64)> =
+            pack.map(|id| self.packed.iter().map(|&(c, at)| (c, id, at)).collect()).unwrap_or_default();
         let mut conn = self.store.lock_writer();
         let tx = conn.transaction()?;
-        record_chunks(&tx, &self.in_files, &self.inline, Timestamp::now())?;
+        record_chunks(&tx, &packed, &self.inline, Timestamp::now())?;
         tx.commit()?;
-        Ok((self.in_files.len() + self.inline.len()) as u32)
+        Ok((self.packed.len() + self.inline.len()) as u32)
     }
+}
+
+/// Where a recorded chunk's bytes are.
+enum Place {
+    Inline(Vec<u8>),
+    Packed {
+        pack: PackId,
+        offset: u64,
+    },
+    /// Its own file: recorded before packs existed.
+    File,
 }
 
 /// A chunk of at most [`INLINE_MAX`] bytes whose data matches its hash, to be recorded with
@@ -449,20 +490,22 @@ fn verify(chunk: ChunkRef, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Records durable chunks: those in files (already synced) and small ones with their bytes.
+/// Records durable chunks: those in packs (already synced) and small ones with their bytes.
+/// A chunk recorded meanwhile by another upload keeps its first place.
 pub(crate) fn record_chunks(
     c: &Connection,
-    in_files: &[ChunkRef],
+    packed: &[(ChunkRef, PackId, u64)],
     inline: &[SmallChunk],
     now: Timestamp,
 ) -> Result<()> {
-    let mut stmt =
-        c.prepare_cached("INSERT OR IGNORE INTO chunks (hash, len, added_at, data) VALUES (?1, ?2, ?3, ?4)")?;
-    for c in in_files {
-        stmt.execute(params![&c.hash.0[..], c.len, now.as_nanos(), None::<Vec<u8>>])?;
+    let mut stmt = c.prepare_cached(
+        "INSERT OR IGNORE INTO chunks (hash, len, added_at, data, pack, pack_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (chunk, pack, at) in packed {
+        stmt.execute(params![&chunk.hash.0[..], chunk.len, now.as_nanos(), None::<Vec<u8>>, pack.0, *at as i64])?;
     }
     for s in inline {
-        stmt.execute(params![&s.chunk.hash.0[..], s.chunk.len, now.as_nanos(), &s.data])?;
+        stmt.execute(params![&s.chunk.hash.0[..], s.chunk.len, now.as_nanos(), &s.data, None::<i64>, None::<i64>])?;
     }
     Ok(())
 }

@@ -70,6 +70,13 @@ fn store_data(store: &Store, attr: &Attr, data: &[u8]) -> RecordResult {
     )
 }
 
+/// A chunk file as servers wrote them before packs.
+fn legacy_chunk_file(store: &Store, hash: &ChunkHash, data: &[u8]) {
+    let path = store.chunks.path(hash);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
 fn read_all(store: &Store, fid: Fid) -> Vec<u8> {
     let (_, chunks, _) = store.fetch_data(&ADMIN, fid).unwrap();
     chunks.iter().flat_map(|c| store.read_chunk(c).unwrap()).collect()
@@ -200,7 +207,7 @@ fn identical_content_is_stored_once_and_reclaimed_when_unreferenced() {
     assert_eq!(report.chunks_removed, n1);
     assert_eq!(report.bytes_removed, bytes1);
     assert_eq!(store.chunk_usage().unwrap(), (0, 0));
-    assert!(store.chunks.list().unwrap().is_empty(), "chunk files deleted");
+    assert!(store.chunks.packs().unwrap().is_empty(), "packs deleted");
 }
 
 #[test]
@@ -210,7 +217,7 @@ fn grace_period_protects_fresh_uploads_and_orphans_are_swept() {
     assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().chunks_removed, 0);
     // A chunk file with no record (a crash between write and commit) is an orphan.
     let h = ChunkHash::of(b"torn");
-    store.chunks.write(&h, b"torn").unwrap();
+    legacy_chunk_file(&store, &h, b"torn");
     assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().orphan_files_removed, 1);
 }
 
@@ -523,12 +530,15 @@ fn small_chunks_live_in_the_database_and_large_ones_in_files() {
     let small_data = proto::samples::pseudo_random(crate::chunks::INLINE_MAX as usize, 3);
     let large_data = proto::samples::pseudo_random(2 << 20, 4);
     store_data(&store, &small, &small_data).unwrap();
-    assert!(store.chunks.list().unwrap().is_empty(), "a small file is no chunk file");
+    assert!(store.chunks.packs().unwrap().is_empty(), "a small file is in no pack");
     store_data(&store, &large, &large_data).unwrap();
-    let files = store.chunks.list().unwrap().len();
     let chunks = chunk_bytes(&large_data);
-    let large_chunks = chunks.iter().filter(|(r, _)| r.len > crate::chunks::INLINE_MAX).count();
-    assert_eq!(files, large_chunks, "only chunks over the inline limit are files");
+    let packed: u64 =
+        chunks.iter().filter(|(r, _)| r.len > crate::chunks::INLINE_MAX).map(|(r, _)| u64::from(r.len)).sum();
+    let packs = store.chunks.packs().unwrap();
+    assert_eq!(packs.len(), 1, "one pack per upload");
+    assert_eq!(packs[0].1, packed, "only chunks over the inline limit are packed");
+    assert!(store.chunks.list().unwrap().is_empty(), "no chunk files of their own");
     assert_eq!(read_all(&store, small.fid), small_data);
     assert_eq!(read_all(&store, large.fid), large_data);
 
@@ -541,7 +551,7 @@ fn small_chunks_live_in_the_database_and_large_ones_in_files() {
     let report = store.sweep(Duration::ZERO).unwrap();
     assert_eq!(report.bytes_removed, (small_data.len() + large_data.len()) as u64);
     assert_eq!(store.chunk_usage().unwrap(), (0, 0));
-    assert!(store.chunks.list().unwrap().is_empty());
+    assert!(store.chunks.packs().unwrap().is_empty());
 }
 
 #[test]
@@ -584,8 +594,7 @@ fn a_version_2_store_is_migrated_and_keeps_its_chunk_files() {
         let f = create(&store, root(), "a");
         // As a version-2 server stored it: a chunk file, a row without bytes.
         let chunk = ChunkRef { hash: ChunkHash::of(&content), len: content.len() as u32 };
-        store.chunks.write(&chunk.hash, &content).unwrap();
-        store.chunks.make_durable(&[chunk.hash]).unwrap();
+        legacy_chunk_file(&store, &chunk.hash, &content);
         store
             .lock_writer()
             .execute(
@@ -600,12 +609,18 @@ fn a_version_2_store_is_migrated_and_keeps_its_chunk_files() {
             mtime: Timestamp::now(),
         };
         apply1(&store, m).unwrap();
-        store.lock_writer().execute_batch("ALTER TABLE chunks DROP COLUMN data; PRAGMA user_version=2;").unwrap();
+        store
+            .lock_writer()
+            .execute_batch(
+                "DROP INDEX chunks_pack; ALTER TABLE chunks DROP COLUMN pack; ALTER TABLE chunks DROP COLUMN pack_offset;
+                 ALTER TABLE chunks DROP COLUMN data; PRAGMA user_version=2;",
+            )
+            .unwrap();
         f.fid
     };
     let store = Store::open(dir.path(), ServerId(1)).unwrap();
     let version: i64 = store.lock_writer().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(read_all(&store, fid), content);
     assert_eq!(store.sweep(Duration::ZERO).unwrap().orphan_files_removed, 0, "the recorded file is kept");
     assert_eq!(store.chunks.list().unwrap().len(), 1);
@@ -617,9 +632,59 @@ fn a_chunk_file_left_beside_an_inline_row_is_swept() {
     // A crash after writing the file, before its row; the chunk then came again, small.
     let data = b"left behind".to_vec();
     let h = ChunkHash::of(&data);
-    store.chunks.write(&h, &data).unwrap();
+    legacy_chunk_file(&store, &h, &data);
     upload(&store, &data);
     assert_eq!(store.sweep(Duration::from_secs(3600)).unwrap().orphan_files_removed, 1);
     assert!(store.chunks.list().unwrap().is_empty());
     assert!(store.missing_chunks(&[h]).unwrap().is_empty(), "the recorded chunk stays");
+}
+
+#[test]
+fn a_mostly_dead_pack_is_rewritten_and_an_unrecorded_one_removed() {
+    let (_d, store) = setup();
+    let keep = proto::samples::pseudo_random(1 << 20, 11);
+    let dead = proto::samples::pseudo_random(4 << 20, 12);
+    // Both files' chunks in one upload: one pack.
+    let mut up = store.upload();
+    let (mut keep_refs, mut dead_refs) = (Vec::new(), Vec::new());
+    for (data, refs) in [(&keep, &mut keep_refs), (&dead, &mut dead_refs)] {
+        for (r, bytes) in chunk_bytes(data) {
+            up.add(r, bytes).unwrap();
+            refs.push(r);
+        }
+    }
+    up.commit().unwrap();
+    let before = store.chunks.packs().unwrap();
+    assert_eq!(before.len(), 1);
+    let (k, d) = (create(&store, root(), "keep"), create(&store, root(), "drop"));
+    for (attr, chunks) in [(&k, keep_refs), (&d, dead_refs)] {
+        let m = Mutation::Store {
+            fid: attr.fid,
+            base: Base::Version(attr.version.clone()),
+            chunks,
+            mtime: Timestamp::now(),
+        };
+        apply1(&store, m).unwrap();
+    }
+    // An upload that never committed (a crash, a refused chunk) leaves a pack no row names.
+    let mut torn = store.upload();
+    let big = proto::samples::pseudo_random(200_000, 13);
+    torn.add(ChunkRef { hash: ChunkHash::of(&big), len: big.len() as u32 }, &big).unwrap();
+    drop(torn);
+    assert_eq!(store.chunks.packs().unwrap().len(), 2);
+
+    let version = store.fetch_status(&ADMIN, d.fid).unwrap().0.version;
+    let seen = Seen { object: d.fid.object, base: Base::Version(version) };
+    apply1(&store, Mutation::Remove { parent: root(), name: name("drop"), seen }).unwrap();
+    let report = store.sweep(Duration::ZERO).unwrap();
+    assert_eq!((report.packs_rewritten, report.packs_removed), (1, 1), "{report:?}");
+    let after = store.chunks.packs().unwrap();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].0, before[0].0, "a new pack");
+    assert!(after[0].1 <= keep.len() as u64, "only live bytes copied: {} of {}", after[0].1, before[0].1);
+    assert_eq!(report.pack_bytes_freed, before[0].1 - after[0].1 + big.len() as u64);
+    assert_eq!(read_all(&store, k.fid), keep, "the kept file reads from its new place");
+    // A second sweep finds nothing to do.
+    let again = store.sweep(Duration::ZERO).unwrap();
+    assert_eq!((again.packs_rewritten, again.packs_removed), (0, 0));
 }
