@@ -506,3 +506,38 @@ fn removed_files_lend_their_containers_to_new_ones_but_an_open_one_keeps_its_con
     }
     Ok(())
 }
+
+#[test]
+fn a_removed_file_still_mapped_keeps_its_contents_and_its_container_is_not_reused() -> R {
+    let Some(t) = two("mapped.test")? else { return Ok(()) };
+    let cache = |what: &str| t.a.status()["cache"][what].as_u64().unwrap_or(0);
+    let contents = Noise::bytes(1, 100_000);
+    fs::write(t.a.path("lib.so"), &contents)?;
+    // As the loader does: map, then close. With passthrough the mapping holds the container.
+    let f = fs::File::open(t.a.path("lib.so"))?;
+    // SAFETY: a read-only shared mapping of an open file, unmapped below.
+    let map = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(std::ptr::null_mut(), contents.len(), libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0)
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    drop(f);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache("files_open") != 0 {
+        assert!(std::time::Instant::now() < deadline, "still open: {}", t.a.status()["cache"]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let free = cache("free_containers");
+    fs::remove_file(t.a.path("lib.so"))?;
+    assert_eq!(cache("free_containers"), free, "a mapped container is deleted, not kept for reuse");
+    // New files take whatever is free; none of them may be the mapped container.
+    for i in 0..5 {
+        fs::write(t.a.path(&format!("new{i}")), Noise::bytes(10 + i, 50_000))?;
+    }
+    // SAFETY: the mapping is `contents.len()` bytes long and still mapped.
+    let seen = unsafe { std::slice::from_raw_parts(map as *const u8, contents.len()) }.to_vec();
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(map, contents.len()) };
+    assert!(seen == contents, "the mapping changed under its reader");
+    Ok(())
+}

@@ -10,9 +10,14 @@
 //!
 //! Crash safety: a container is renamed away before it is emptied, so a crash leaves either
 //! the whole container where it was, or a free file that is emptied again at the next start.
-//! A container that may still be read (a process reading an unlinked file or an older version,
-//! a store of its unstored changes) is never reused: its contents must stay as they were, so it
-//! is deleted.
+//!
+//! A container that may still be read is never reused: its contents must stay as they were, so
+//! it is deleted, as it always was. Venus knows of its own readers (open handles, unstored
+//! changes); the kernel may hold one more that venus is not told about: a memory mapping made
+//! through a passthrough open keeps the container itself open after the file's RELEASE (the
+//! loader maps a binary and closes it). So after moving a container away from its name, venus
+//! asks for a write lease on it, which the kernel grants only to the one and only opener of a
+//! file: refused, the container is deleted instead of emptied.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -71,6 +76,8 @@ impl Recycler {
         loop {
             let Some(free) = self.pool().pop() else { break };
             if std::fs::rename(&free, dst).is_ok() {
+                // A new file's times are now, not when its container was emptied.
+                let _ = touch(dst);
                 return Ok(());
             }
             // Gone from under us (someone cleaned the directory): try the next, or create.
@@ -94,11 +101,48 @@ impl Recycler {
             let _ = std::fs::remove_file(path);
             return;
         }
-        if truncate(&free).is_ok() {
+        if !opened_elsewhere(&free) && truncate(&free).is_ok() {
             self.pool().push(free);
         } else {
             let _ = std::fs::remove_file(&free);
         }
+    }
+}
+
+/// `fcntl(2)`'s F_SETSIG (10 on every Linux architecture; the libc crate does not name it).
+const F_SETSIG: libc::c_int = 10;
+
+/// Whether anything besides this call has `path` open: a descriptor, or a mapping (which holds
+/// the file open). A write lease is granted only when its requester is the file's sole opener;
+/// it is given back at once. When in doubt (no leases on this file system, say), yes.
+fn opened_elsewhere(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else { return true };
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        // Should someone open the file in the instant the lease is held, the kernel signals
+        // the holder: SIGURG, whose default is to ignore it, rather than SIGIO, whose default
+        // would end venus. Their open waits until the lease is given back.
+        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
+            return true;
+        }
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK as libc::c_int) != 0 {
+            return true;
+        }
+        libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK as libc::c_int);
+    }
+    false
+}
+
+/// Sets a file's access and modification times to now.
+fn touch(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path; a null times pointer means now.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -168,6 +212,46 @@ mod tests {
         std::fs::write(&a, b"x").unwrap();
         pool.retire(&a, false);
         assert_eq!(pool.len(), 2);
+    }
+
+    #[test]
+    fn a_container_someone_else_holds_open_or_mapped_is_deleted_not_reused() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Recycler::open(&dir.path().join("free")).unwrap();
+        // Open elsewhere, though venus believes it closed.
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"held by a descriptor").unwrap();
+        let mut held = std::fs::File::open(&a).unwrap();
+        pool.retire(&a, false);
+        assert!(pool.is_empty(), "not kept for reuse");
+        let mut s = String::new();
+        held.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "held by a descriptor");
+        // Mapped, its descriptor closed (as the loader does).
+        let b = dir.path().join("b");
+        let contents = b"held by a mapping".to_vec();
+        std::fs::write(&b, &contents).unwrap();
+        let f = std::fs::File::open(&b).unwrap();
+        // SAFETY: a private read-only mapping of a file we just wrote, unmapped below.
+        let map = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::mmap(std::ptr::null_mut(), contents.len(), libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0)
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        drop(f);
+        pool.retire(&b, false);
+        assert!(pool.is_empty(), "not kept for reuse");
+        // SAFETY: the mapping is `contents.len()` bytes long and still mapped.
+        let seen = unsafe { std::slice::from_raw_parts(map as *const u8, contents.len()) }.to_vec();
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(map, contents.len()) };
+        assert_eq!(seen, contents, "the mapping still reads its file");
+        // Alone again, a container is reused.
+        let c = dir.path().join("c");
+        std::fs::write(&c, b"nobody holds this").unwrap();
+        pool.retire(&c, false);
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]

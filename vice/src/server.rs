@@ -142,7 +142,13 @@ async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
         shared.callbacks.expire();
         let store = shared.store.clone();
         match tokio::task::spawn_blocking(move || store.sweep(CHUNK_GRACE)).await {
-            Ok(Ok(r)) if r.chunks_removed + r.orphan_files_removed + r.packs_removed + r.packs_rewritten > 0 => {
+            Ok(Ok(r))
+                if r.chunks_removed + r.orphan_files_removed + r.packs_removed + r.packs_rewritten > 0
+                    || !r.pack_errors.is_empty() =>
+            {
+                for e in &r.pack_errors {
+                    tracing::error!(error = %e, "sweep left a pack alone");
+                }
                 tracing::info!(
                     chunks = r.chunks_removed,
                     bytes = r.bytes_removed,

@@ -38,6 +38,9 @@ pub struct SweepReport {
     pub packs_rewritten: u64,
     /// Bytes of pack files given back to the file system.
     pub pack_bytes_freed: u64,
+    /// Packs that could not be rewritten (unreadable, or a chunk that no longer matches its
+    /// hash): left as they are, for an administrator to look at; the sweep goes on without them.
+    pub pack_errors: Vec<String>,
     pub op_results_pruned: u64,
 }
 
@@ -122,11 +125,13 @@ impl Store {
                     report.packs_removed += 1;
                     report.pack_bytes_freed += size;
                 }
-                Some(&bytes) if bytes * 2 < size => {
-                    let written = self.rewrite_pack(pack)?;
-                    report.packs_rewritten += 1;
-                    report.pack_bytes_freed += size.saturating_sub(written);
-                }
+                Some(&bytes) if bytes * 2 < size => match self.rewrite_pack(pack) {
+                    Ok(written) => {
+                        report.packs_rewritten += 1;
+                        report.pack_bytes_freed += size.saturating_sub(written);
+                    }
+                    Err(e) => report.pack_errors.push(format!("pack {:016x}: {e}", pack.0)),
+                },
                 Some(_) => {}
             }
         }
@@ -134,8 +139,8 @@ impl Store {
     }
 
     /// Copies a pack's live chunks to a new pack and moves their rows; returns the new pack's
-    /// size. A chunk whose bytes no longer match its hash is not copied: the error says so, and
-    /// the old pack stays for an administrator to look at.
+    /// size. A chunk whose bytes no longer match its hash is not copied: the error says so, the
+    /// new pack is deleted, and the old one stays for an administrator to look at.
     fn rewrite_pack(&self, old: PackId) -> Result<u64> {
         let chunks: Vec<(Vec<u8>, u32, i64)> = self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT hash, len, pack_offset FROM chunks WHERE pack = ?1")?;
@@ -143,17 +148,25 @@ impl Store {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })?;
         let mut new = self.chunks.new_pack()?;
+        let new_id = new.id();
         let mut moved = Vec::with_capacity(chunks.len());
         let mut written = 0u64;
-        for (hash, len, offset) in chunks {
+        let copied = chunks.into_iter().try_for_each(|(hash, len, offset)| -> Result<()> {
             let data = self.chunks.read_packed(old, offset as u64, len)?;
             if ChunkHash::of(&data).0[..] != hash[..] {
-                return Err(StoreError::Corrupt(format!("a chunk of pack {:016x} does not match its hash", old.0)));
+                return Err(StoreError::Corrupt("a chunk does not match its hash".into()));
             }
             moved.push((hash, new.append(&data)?));
             written += u64::from(len);
-        }
-        let new = new.finish()?;
+            Ok(())
+        });
+        let new = match copied.and_then(|()| new.finish()) {
+            Ok(id) => id,
+            Err(e) => {
+                self.chunks.remove_pack(new_id);
+                return Err(e);
+            }
+        };
         {
             let mut conn = self.lock_writer();
             let tx = conn.transaction()?;

@@ -393,6 +393,8 @@ impl Store {
             pack: None,
             packed: Vec::new(),
             inline: Vec::new(),
+            inline_bytes: 0,
+            seen: std::collections::HashSet::new(),
         }
     }
 }
@@ -406,7 +408,14 @@ pub struct ChunkUpload<'a> {
     pack: Option<PackWriter>,
     packed: Vec<(ChunkRef, u64)>,
     inline: Vec<SmallChunk>,
+    inline_bytes: usize,
+    /// What this batch already holds: a chunk sent twice is written once.
+    seen: std::collections::HashSet<ChunkHash>,
 }
+
+/// Small chunks an upload keeps in memory until its commit; past this, they go to its pack
+/// like large ones (a client may send thousands of small chunks in one request).
+const INLINE_BUFFER: usize = 8 << 20;
 
 impl ChunkUpload<'_> {
     /// Verifies and writes one chunk. The data must hash to `chunk.hash`.
@@ -415,10 +424,11 @@ impl ChunkUpload<'_> {
         let recorded = self.store.read(|c| {
             Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?.exists(params![&chunk.hash.0[..]])?)
         })?;
-        if recorded {
+        if recorded || !self.seen.insert(chunk.hash) {
             return Ok(());
         }
-        if chunk.len <= INLINE_MAX {
+        if chunk.len <= INLINE_MAX && self.inline_bytes + data.len() <= INLINE_BUFFER {
+            self.inline_bytes += data.len();
             self.inline.push(SmallChunk { chunk, data: data.to_vec() });
             return Ok(());
         }

@@ -639,24 +639,19 @@ fn a_chunk_file_left_beside_an_inline_row_is_swept() {
     assert!(store.missing_chunks(&[h]).unwrap().is_empty(), "the recorded chunk stays");
 }
 
-#[test]
-fn a_mostly_dead_pack_is_rewritten_and_an_unrecorded_one_removed() {
-    let (_d, store) = setup();
-    let keep = proto::samples::pseudo_random(1 << 20, 11);
-    let dead = proto::samples::pseudo_random(4 << 20, 12);
-    // Both files' chunks in one upload: one pack.
+/// Two files, `{prefix}keep` and `{prefix}dead`, whose chunks went up in one upload (one pack),
+/// then `{prefix}dead` removed: the pack is mostly dead. Returns the kept file.
+fn mostly_dead_pack(store: &Store, prefix: &str, keep: &[u8], dead: &[u8]) -> Attr {
     let mut up = store.upload();
     let (mut keep_refs, mut dead_refs) = (Vec::new(), Vec::new());
-    for (data, refs) in [(&keep, &mut keep_refs), (&dead, &mut dead_refs)] {
+    for (data, refs) in [(keep, &mut keep_refs), (dead, &mut dead_refs)] {
         for (r, bytes) in chunk_bytes(data) {
             up.add(r, bytes).unwrap();
             refs.push(r);
         }
     }
     up.commit().unwrap();
-    let before = store.chunks.packs().unwrap();
-    assert_eq!(before.len(), 1);
-    let (k, d) = (create(&store, root(), "keep"), create(&store, root(), "drop"));
+    let (k, d) = (create(store, root(), &format!("{prefix}keep")), create(store, root(), &format!("{prefix}dead")));
     for (attr, chunks) in [(&k, keep_refs), (&d, dead_refs)] {
         let m = Mutation::Store {
             fid: attr.fid,
@@ -664,18 +659,28 @@ fn a_mostly_dead_pack_is_rewritten_and_an_unrecorded_one_removed() {
             chunks,
             mtime: Timestamp::now(),
         };
-        apply1(&store, m).unwrap();
+        apply1(store, m).unwrap();
     }
+    let version = store.fetch_status(&ADMIN, d.fid).unwrap().0.version;
+    let seen = Seen { object: d.fid.object, base: Base::Version(version) };
+    apply1(store, Mutation::Remove { parent: root(), name: name(&format!("{prefix}dead")), seen }).unwrap();
+    k
+}
+
+#[test]
+fn a_mostly_dead_pack_is_rewritten_and_an_unrecorded_one_removed() {
+    let (_d, store) = setup();
+    let keep = proto::samples::pseudo_random(1 << 20, 11);
+    let k = mostly_dead_pack(&store, "", &keep, &proto::samples::pseudo_random(4 << 20, 13));
+    let before = store.chunks.packs().unwrap();
+    assert_eq!(before.len(), 1);
     // An upload that never committed (a crash, a refused chunk) leaves a pack no row names.
     let mut torn = store.upload();
-    let big = proto::samples::pseudo_random(200_000, 13);
+    let big = proto::samples::pseudo_random(200_000, 15);
     torn.add(ChunkRef { hash: ChunkHash::of(&big), len: big.len() as u32 }, &big).unwrap();
     drop(torn);
     assert_eq!(store.chunks.packs().unwrap().len(), 2);
 
-    let version = store.fetch_status(&ADMIN, d.fid).unwrap().0.version;
-    let seen = Seen { object: d.fid.object, base: Base::Version(version) };
-    apply1(&store, Mutation::Remove { parent: root(), name: name("drop"), seen }).unwrap();
     let report = store.sweep(Duration::ZERO).unwrap();
     assert_eq!((report.packs_rewritten, report.packs_removed), (1, 1), "{report:?}");
     let after = store.chunks.packs().unwrap();
@@ -687,4 +692,59 @@ fn a_mostly_dead_pack_is_rewritten_and_an_unrecorded_one_removed() {
     // A second sweep finds nothing to do.
     let again = store.sweep(Duration::ZERO).unwrap();
     assert_eq!((again.packs_rewritten, again.packs_removed), (0, 0));
+}
+
+#[test]
+fn an_upload_keeps_a_bounded_amount_of_small_chunks_in_memory_and_writes_a_repeat_once() {
+    let (_d, store) = setup();
+    let chunks: Vec<(ChunkRef, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let data = proto::samples::pseudo_random(60_000, 1001 + 2 * i);
+            (ChunkRef { hash: ChunkHash::of(&data), len: data.len() as u32 }, data)
+        })
+        .collect();
+    let mut up = store.upload();
+    for (r, data) in &chunks {
+        up.add(*r, data).unwrap();
+    }
+    up.add(chunks[0].0, &chunks[0].1).unwrap();
+    assert_eq!(up.commit().unwrap(), 200, "the repeated chunk counted once");
+    let packs = store.chunks.packs().unwrap();
+    assert_eq!(packs.len(), 1, "what did not fit in memory went to a pack");
+    let total: u64 = chunks.iter().map(|(r, _)| u64::from(r.len)).sum();
+    assert!(packs[0].1 > 0 && packs[0].1 <= total - (8 << 20) + 60_000, "pack of {} bytes", packs[0].1);
+    for (r, data) in &chunks {
+        assert_eq!(&store.read_chunk(r).unwrap(), data);
+    }
+}
+
+#[test]
+fn a_damaged_pack_is_left_alone_and_the_sweep_goes_on() {
+    let (dir, store) = setup();
+    // Two mostly dead packs; one of them then damaged.
+    let mut attrs = Vec::new();
+    for (prefix, seed) in [("a-", 21u64), ("b-", 23)] {
+        let keep = proto::samples::pseudo_random(1 << 20, seed);
+        let k = mostly_dead_pack(&store, prefix, &keep, &proto::samples::pseudo_random(4 << 20, seed + 100));
+        attrs.push((k, keep));
+    }
+    // Damage the first live chunk of "a" in its pack.
+    let first = store.fetch_data(&ADMIN, attrs[0].0.fid).unwrap().1[0];
+    let (pack, offset): (i64, i64) = store
+        .lock_writer()
+        .query_row("SELECT pack, pack_offset FROM chunks WHERE hash = ?1", [&first.hash.0[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let path = dir.path().join(format!("chunks/packs/{pack:016x}.pack"));
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(b"damage", offset as u64 + 10).unwrap();
+    }
+    let report = store.sweep(Duration::ZERO).unwrap();
+    assert_eq!(report.pack_errors.len(), 1, "{report:?}");
+    assert_eq!(report.packs_rewritten, 1, "the other pack is rewritten all the same");
+    assert_eq!(store.chunks.packs().unwrap().len(), 2, "the damaged pack and the rewritten one; no partial pack left");
+    assert_eq!(read_all(&store, attrs[1].0.fid), attrs[1].1);
 }

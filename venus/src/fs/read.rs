@@ -322,14 +322,23 @@ impl Venus {
             self.require(g, &attr, need).await?;
         }
         self.data(g).await?;
-        let file = std::fs::OpenOptions::new().read(true).write(writable).open(self.cache.container(&g))?;
-        let written = AtomicBool::new(false);
-        if writable && flags & libc::O_TRUNC != 0 {
-            file.set_len(0)?;
-            written.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let baseline = Mutex::new(container_times(&file));
+        // Counted open before the container is: from here on it is neither evicted nor reused.
         self.cache.opened(&g);
+        let truncate = writable && flags & libc::O_TRUNC != 0;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(self.cache.container(&g))
+            .and_then(|file| if truncate { file.set_len(0).map(|()| file) } else { Ok(file) });
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                self.cache.closed(&g);
+                return Err(e.into());
+            }
+        };
+        let written = AtomicBool::new(truncate);
+        let baseline = Mutex::new(container_times(&file));
         Ok(self.add_handle(Handle { gfid: g, file, writable, written, baseline }))
     }
 

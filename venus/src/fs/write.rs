@@ -360,8 +360,12 @@ impl Venus {
             let lock = self.fetch_lock(g);
             let _one_at_a_time = lock.lock().await;
             let path = self.cache.container(&g);
-            std::fs::OpenOptions::new().write(true).open(&path)?.set_len(size)?;
-            self.cache.set_local(&g, size, true)?;
+            // Held open meanwhile, so the container is not evicted or reused under the change.
+            self.cache.opened(&g);
+            let truncated = std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(size));
+            let marked = truncated.map_err(VenusError::from).and_then(|()| self.cache.set_local(&g, size, true));
+            self.cache.closed(&g);
+            marked?;
             self.store(g).await?;
         }
         let set = SetAttrs { mode: req.mode, owner: req.uid, group: req.gid, mtime: req.mtime };
