@@ -293,8 +293,9 @@ fn a_cut_in_the_middle_of_reintegrating_2000_records_applies_each_change_once() 
         fs::write(a.path(&format!("many/f{i:04}")), format!("file {i}"))?;
     }
     assert_eq!(a.pending(), 2000, "a create and a store per file");
-    // The network dies a few hundred packets into the reintegration.
-    proxy.cut_after(1500);
+    // The network dies half-way into the reintegration (the whole replay takes ~200 client
+    // packets: ten batches, each one upload of its files' chunks and one Reintegrate).
+    proxy.cut_after(100);
     a.venus_ok(&["reconnect"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while a.status()["volumes"][0]["state"] != "disconnected" && std::time::Instant::now() < deadline {
@@ -354,5 +355,33 @@ fn a_server_restored_from_an_older_backup_never_overwrites_newer_local_changes()
     assert_eq!(fs::read(b.path(&copies[0]))?, b"newest, written offline");
     let listed: serde_json::Value = serde_json::from_str(&a.venus_ok(&["conflicts", "--json"]))?;
     assert_eq!(listed[0]["kind"], "volume rewound", "{listed}");
+    Ok(())
+}
+
+#[test]
+fn reintegrating_many_small_files_sends_their_data_in_one_request_per_batch() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("upload.test")?;
+    let a = VenusMount::start_with(&vice, "upload.test", QUICK)?;
+    fs::create_dir(a.path("many"))?;
+    a.venus_ok(&["disconnect"]);
+    let contents = |i: u64| Noise::bytes(i, 100 + i as usize * 10);
+    for i in 0..300 {
+        fs::write(a.path(&format!("many/f{i:03}")), contents(i))?;
+    }
+    assert_eq!(a.pending(), 600);
+    let uploads = || a.rpcs("PutChunks") + a.rpcs("PutChunksAndMutate");
+    let before = uploads();
+    a.venus_ok(&["reconnect"]);
+    a.venus_ok(&["sync"]);
+    let (batches, sent) = (a.rpcs("Reintegrate"), uploads() - before);
+    assert_eq!(batches, 3, "600 records in batches of 200");
+    assert_eq!(sent, batches, "one upload per batch (it was one per file: 300)");
+    let b = VenusMount::start(&vice, "upload.test")?;
+    for i in [0, 1, 150, 299] {
+        assert_eq!(fs::read(b.path(&format!("many/f{i:03}")))?, contents(i));
+    }
     Ok(())
 }

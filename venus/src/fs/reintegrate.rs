@@ -12,6 +12,7 @@ use std::sync::Arc;
 use proto::msg::Response;
 use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
 
+use super::store::{CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Uploaded, scan_off_runtime};
 use super::{Venus, lock, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
@@ -115,24 +116,46 @@ impl Venus {
                 break;
             }
             // Data first: the current contents of every stored file, only what the server lacks.
+            // Small files are cut in memory and their chunks sent together; large ones are cut
+            // and uploaded one by one.
             let mut records = Vec::with_capacity(entries.len());
+            let mut collected = Collected::default();
             for e in &entries {
                 let mut record = e.record.clone();
                 if let Mutation::Store { fid, chunks, mtime, .. } = &mut record.mutation {
                     let g = GFid::new(cell, *fid);
                     let path = self.cache.container(&g);
-                    if path.exists() {
-                        let (scanned, uploaded) = self.scan_and_upload(g, &path).await?;
-                        if let super::store::Uploaded::ServerGone(e) = uploaded {
-                            return Err(e);
+                    let size = std::fs::metadata(&path).ok().map(|m| m.len());
+                    let mut cut = match size {
+                        Some(n) if n <= CUT_IN_MEMORY => Some(scan_off_runtime(&path, n <= SEND_WITHOUT_ASKING).await?),
+                        _ => None,
+                    };
+                    match cut.as_mut().and_then(|c| c.bytes.take().map(|b| (c, b))) {
+                        Some((scanned, bytes)) => {
+                            collected.add(scanned, &bytes)?;
+                            *chunks = std::mem::take(&mut scanned.chunks);
+                            *mtime = scanned.mtime;
+                            self.cml.replace(e.seq, &record)?;
+                            if collected.full() {
+                                self.upload_collected(cell, volume, std::mem::take(&mut collected)).await?;
+                            }
                         }
-                        *chunks = scanned.chunks;
-                        *mtime = scanned.mtime;
-                        self.cml.replace(e.seq, &record)?;
+                        // Large (or grown since it was looked at).
+                        None if size.is_some() => {
+                            let (scanned, uploaded) = self.scan_and_upload(g, &path).await?;
+                            if let Uploaded::ServerGone(e) = uploaded {
+                                return Err(e);
+                            }
+                            *chunks = scanned.chunks;
+                            *mtime = scanned.mtime;
+                            self.cml.replace(e.seq, &record)?;
+                        }
+                        None => {}
                     }
                 }
                 records.push(record);
             }
+            self.upload_collected(cell, volume, collected).await?;
             let (entries, records) =
                 if rewound { self.keep_stores_aside(cell, entries, records).await? } else { (entries, records) };
             if entries.is_empty() {

@@ -27,11 +27,13 @@ const UPLOAD_BATCH: usize = 256;
 /// Upload requests in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 2;
 /// Files up to this size are sent whole, without asking which chunks the server has.
-const SEND_WITHOUT_ASKING: u64 = 64 * 1024;
+pub(crate) const SEND_WITHOUT_ASKING: u64 = 64 * 1024;
 /// Files up to this size are read whole and cut in memory. The streaming cutter allocates and
 /// zeroes a buffer of the largest chunk's size (1 MiB) for every file: for the small files most
 /// stores are, that cost more than the cut (5 % of venus's CPU in an offline Copy).
-const CUT_IN_MEMORY: u64 = 1 << 20;
+pub(crate) const CUT_IN_MEMORY: u64 = 1 << 20;
+/// Bytes of small files' chunks collected before they are uploaded together.
+const COLLECT_MAX: u64 = 16 << 20;
 
 /// A container cut into chunks: the chunk list, each chunk's offset, the size and mtime.
 pub(crate) struct Scanned {
@@ -182,8 +184,79 @@ fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> 
     Mutation::Store { fid: g.fid, base: Base::Version(base), chunks: scanned.chunks.clone(), mtime: scanned.mtime }
 }
 
+/// Chunks of small files cut in memory, collected from several logged stores and uploaded
+/// together: reintegrating 2,000 small files made 2,000 `PutChunks` requests, one per file,
+/// each a commit on the server; now one `MissingChunks` and one `PutChunks` per 16 MiB.
+#[derive(Default)]
+pub(crate) struct Collected {
+    chunks: Vec<ChunkRef>,
+    bytes: Vec<Vec<u8>>,
+    seen: std::collections::HashSet<proto::ChunkHash>,
+    size: u64,
+}
+
+impl Collected {
+    /// Adds the chunks of a file cut in memory (`data`: the bytes it was cut from).
+    pub(crate) fn add(&mut self, scanned: &Scanned, data: &[u8]) -> Result<()> {
+        for (c, &at) in scanned.chunks.iter().zip(&scanned.offsets) {
+            if !self.seen.insert(c.hash) {
+                continue;
+            }
+            let range = usize::try_from(at).ok().and_then(|at| data.get(at..at + c.len as usize));
+            let bytes = range.ok_or_else(|| VenusError::Io(std::io::Error::other("chunk beyond the data cut")))?;
+            self.chunks.push(*c);
+            self.bytes.push(bytes.to_vec());
+            self.size += u64::from(c.len);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn full(&self) -> bool {
+        self.size >= COLLECT_MAX
+    }
+}
+
+impl Venus {
+    /// Uploads collected chunks: those the server lacks, in one request.
+    pub(crate) async fn upload_collected(
+        &self,
+        cell: crate::ids::CellId,
+        volume: proto::VolumeId,
+        c: Collected,
+    ) -> Result<()> {
+        if c.chunks.is_empty() {
+            return Ok(());
+        }
+        let conn = self.cell(cell)?;
+        let missing: Vec<u32> = if c.size <= SEND_WITHOUT_ASKING {
+            (0..c.chunks.len() as u32).collect()
+        } else {
+            conn.missing_chunks(volume, c.chunks.iter().map(|c| c.hash).collect()).await?
+        };
+        let (mut refs, mut bytes) = (Vec::with_capacity(missing.len()), Vec::with_capacity(missing.len()));
+        let mut all = c.bytes;
+        for i in missing {
+            let (Some(&chunk), Some(data)) = (c.chunks.get(i as usize), all.get_mut(i as usize)) else {
+                return Err(VenusError::Protocol(format!("the server asked for chunk {i} of {}", c.chunks.len())));
+            };
+            refs.push(chunk);
+            bytes.push(std::mem::take(data));
+        }
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let sent: u64 = refs.iter().map(|c| u64::from(c.len)).sum();
+        conn.put_chunks(volume, refs, |i| {
+            bytes.get_mut(i).map(std::mem::take).ok_or_else(|| std::io::Error::other("no such chunk"))
+        })
+        .await?;
+        self.counters.add(counters::BYTES_STORED, sent);
+        Ok(())
+    }
+}
+
 /// Cuts a container: right here if it is small, else on a blocking thread.
-async fn scan_off_runtime(path: &Path, small: bool) -> Result<Scanned> {
+pub(crate) async fn scan_off_runtime(path: &Path, small: bool) -> Result<Scanned> {
     if small {
         return scan(path);
     }
