@@ -225,11 +225,6 @@ impl Cache {
         Ok(())
     }
 
-    /// Empty containers waiting for reuse.
-    pub fn free_containers(&self) -> usize {
-        self.recycler.len()
-    }
-
     pub fn get(&self, g: &GFid) -> Option<Cached> {
         self.lock().objects.get(g).cloned()
     }

@@ -135,9 +135,13 @@ fn opened_elsewhere(path: &Path) -> bool {
     false
 }
 
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
 /// Sets a file's access and modification times to now.
 fn touch(path: &Path) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let c = c_path(path)?;
     // SAFETY: a valid NUL-terminated path; a null times pointer means now.
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } == 0 {
         Ok(())
@@ -149,7 +153,7 @@ fn touch(path: &Path) -> std::io::Result<()> {
 /// `truncate(2)` to zero by path: one system call, where opening the file to truncate it
 /// takes three.
 fn truncate(path: &Path) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let c = c_path(path)?;
     // SAFETY: a valid NUL-terminated path; truncate has no memory effects.
     if unsafe { libc::truncate(c.as_ptr(), 0) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

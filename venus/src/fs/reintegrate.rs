@@ -12,7 +12,7 @@ use std::sync::Arc;
 use proto::msg::Response;
 use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
 
-use super::store::{CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Uploaded, scan_off_runtime};
+use super::store::{CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, scan_off_runtime};
 use super::{Venus, lock, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
@@ -126,22 +126,22 @@ impl Venus {
                     let g = GFid::new(cell, *fid);
                     let path = self.cache.container(&g);
                     let size = std::fs::metadata(&path).ok().map(|m| m.len());
-                    let mut cut = match size {
+                    let cut = match size {
                         Some(n) if n <= CUT_IN_MEMORY => Some(scan_off_runtime(&path, n <= SEND_WITHOUT_ASKING).await?),
                         _ => None,
                     };
-                    match cut.as_mut().and_then(|c| c.bytes.take().map(|b| (c, b))) {
-                        Some((scanned, bytes)) => {
-                            collected.add(scanned, &bytes)?;
-                            *chunks = std::mem::take(&mut scanned.chunks);
-                            *mtime = scanned.mtime;
+                    match cut {
+                        Some(Scanned { chunks: cut_chunks, offsets, mtime: cut_mtime, bytes: Some(bytes), .. }) => {
+                            collected.add(&cut_chunks, &offsets, &bytes)?;
+                            *chunks = cut_chunks;
+                            *mtime = cut_mtime;
                             self.cml.replace(e.seq, &record)?;
                             if collected.full() {
                                 self.upload_collected(cell, volume, std::mem::take(&mut collected)).await?;
                             }
                         }
                         // Large (or grown since it was looked at).
-                        None if size.is_some() => {
+                        _ if size.is_some() => {
                             let (scanned, uploaded) = self.scan_and_upload(g, &path).await?;
                             if let Uploaded::ServerGone(e) = uploaded {
                                 return Err(e);
@@ -150,7 +150,7 @@ impl Venus {
                             *mtime = scanned.mtime;
                             self.cml.replace(e.seq, &record)?;
                         }
-                        None => {}
+                        _ => {}
                     }
                 }
                 records.push(record);

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::StreamExt;
 use std::io::Read;
 
+use futures_util::StreamExt;
 use proto::chunk::{chunk_bytes, chunk_stream};
 use proto::{Attr, Base, ChunkRef, Mutation, Timestamp};
 
@@ -152,24 +152,11 @@ struct Batch {
 /// Sends the server the chunks of `batch` it lacks (all of them for a small file: asking would
 /// cost a round trip). Returns the bytes sent.
 async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, batch: Batch) -> Result<u64> {
-    let total: u64 = batch.chunks.iter().map(|c| u64::from(c.len)).sum();
-    let missing: Vec<u32> = if total <= SEND_WITHOUT_ASKING {
-        (0..batch.chunks.len() as u32).collect()
-    } else {
-        conn.missing_chunks(volume, batch.chunks.iter().map(|c| c.hash).collect()).await?
-    };
+    let missing = to_send(conn, volume, &batch.chunks).await?;
     if missing.is_empty() {
         return Ok(0);
     }
-    let asked = |i: u32| {
-        let i = i as usize;
-        match (batch.chunks.get(i), batch.offsets.get(i)) {
-            (Some(&c), Some(&at)) => Ok((c, at)),
-            _ => Err(VenusError::Protocol(format!("the server asked for chunk {i} of {}", batch.chunks.len()))),
-        }
-    };
-    let (refs, offs): (Vec<ChunkRef>, Vec<u64>) =
-        missing.iter().map(|&i| asked(i)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let (refs, offs): (Vec<ChunkRef>, Vec<u64>) = missing.iter().map(|&i| (batch.chunks[i], batch.offsets[i])).unzip();
     let sent = refs.iter().map(|c| u64::from(c.len)).sum();
     let (mut read, changed) = ChunkReader::new(path, &refs, &offs)?;
     let result = conn.put_chunks(volume, refs, move |i| read.read(i)).await;
@@ -184,6 +171,28 @@ fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> 
     Mutation::Store { fid: g.fid, base: Base::Version(base), chunks: scanned.chunks.clone(), mtime: scanned.mtime }
 }
 
+/// Which of `chunks` to send: all of a small set, else those the server says it lacks (each
+/// index checked: it comes from the network).
+async fn to_send(conn: &CellConn, volume: proto::VolumeId, chunks: &[ChunkRef]) -> Result<Vec<usize>> {
+    let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if total <= SEND_WITHOUT_ASKING {
+        return Ok((0..chunks.len()).collect());
+    }
+    let missing = conn.missing_chunks(volume, chunks.iter().map(|c| c.hash).collect()).await?;
+    missing
+        .into_iter()
+        .map(|i| match usize::try_from(i) {
+            Ok(i) if i < chunks.len() => Ok(i),
+            _ => Err(VenusError::Protocol(format!("the server asked for chunk {i} of {}", chunks.len()))),
+        })
+        .collect()
+}
+
+/// `len` bytes at `at` of `data`, if they are there.
+fn slice_at(data: &[u8], at: u64, len: u32) -> Option<&[u8]> {
+    usize::try_from(at).ok().and_then(|at| data.get(at..at.checked_add(len as usize)?))
+}
+
 /// Chunks of small files cut in memory, collected from several logged stores and uploaded
 /// together: reintegrating 2,000 small files made 2,000 `PutChunks` requests, one per file,
 /// each a commit on the server; now one `MissingChunks` and one `PutChunks` per 16 MiB.
@@ -196,14 +205,14 @@ pub(crate) struct Collected {
 }
 
 impl Collected {
-    /// Adds the chunks of a file cut in memory (`data`: the bytes it was cut from).
-    pub(crate) fn add(&mut self, scanned: &Scanned, data: &[u8]) -> Result<()> {
-        for (c, &at) in scanned.chunks.iter().zip(&scanned.offsets) {
+    /// Adds the chunks of a file cut in memory (`data`: the bytes they were cut from).
+    pub(crate) fn add(&mut self, chunks: &[ChunkRef], offsets: &[u64], data: &[u8]) -> Result<()> {
+        for (c, &at) in chunks.iter().zip(offsets) {
             if !self.seen.insert(c.hash) {
                 continue;
             }
-            let range = usize::try_from(at).ok().and_then(|at| data.get(at..at + c.len as usize));
-            let bytes = range.ok_or_else(|| VenusError::Io(std::io::Error::other("chunk beyond the data cut")))?;
+            let bytes = slice_at(data, at, c.len)
+                .ok_or_else(|| VenusError::Io(std::io::Error::other("chunk beyond the data cut")))?;
             self.chunks.push(*c);
             self.bytes.push(bytes.to_vec());
             self.size += u64::from(c.len);
@@ -228,20 +237,12 @@ impl Venus {
             return Ok(());
         }
         let conn = self.cell(cell)?;
-        let missing: Vec<u32> = if c.size <= SEND_WITHOUT_ASKING {
-            (0..c.chunks.len() as u32).collect()
-        } else {
-            conn.missing_chunks(volume, c.chunks.iter().map(|c| c.hash).collect()).await?
-        };
-        let (mut refs, mut bytes) = (Vec::with_capacity(missing.len()), Vec::with_capacity(missing.len()));
         let mut all = c.bytes;
-        for i in missing {
-            let (Some(&chunk), Some(data)) = (c.chunks.get(i as usize), all.get_mut(i as usize)) else {
-                return Err(VenusError::Protocol(format!("the server asked for chunk {i} of {}", c.chunks.len())));
-            };
-            refs.push(chunk);
-            bytes.push(std::mem::take(data));
-        }
+        let (refs, mut bytes): (Vec<ChunkRef>, Vec<Vec<u8>>) = to_send(conn, volume, &c.chunks)
+            .await?
+            .into_iter()
+            .map(|i| (c.chunks[i], std::mem::take(&mut all[i])))
+            .unzip();
         if refs.is_empty() {
             return Ok(());
         }
@@ -301,8 +302,9 @@ impl ChunkReader {
         let (at, len, hash) = *self.chunks.get(i).ok_or_else(|| std::io::Error::other("no such chunk"))?;
         let file = match &self.source {
             Source::Cut(bytes) => {
-                let range = usize::try_from(at).ok().and_then(|at| bytes.get(at..at + len as usize));
-                return range.map(<[u8]>::to_vec).ok_or_else(|| std::io::Error::other("chunk beyond the data cut"));
+                return slice_at(bytes, at, len)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| std::io::Error::other("chunk beyond the data cut"));
             }
             Source::Container(file) => file,
         };
