@@ -155,7 +155,16 @@ impl Cache {
             let _ = std::fs::remove_file(e?.path());
         }
         let db = Connection::open(dir.join("cache.sqlite"))?;
-        let _: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        // This venus alone uses the database: locked for the connection's life, no file locks
+        // or shared memory per transaction (as the log, see `cml::schema::open`).
+        let _: String = db.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
+        match db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                let msg = format!("the cache {} is in use by another venus", dir.display());
+                return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, msg).into());
+            }
+            other => other?,
+        };
         db.execute_batch("PRAGMA synchronous=NORMAL;")?;
         // Plans that do not depend on bound values (see `cml::schema::open`).
         db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
@@ -246,53 +255,25 @@ impl Cache {
     pub fn put_attr_with(&self, cell: CellId, attr: Attr, ours: bool) -> Result<()> {
         let g = GFid::new(cell, attr.fid);
         let mut s = self.lock();
-        s.clock += 1;
-        let clock = s.clock;
-        let mut drop_data = None;
-        let entry = s.objects.entry(g).or_insert_with(|| Cached {
-            attr: attr.clone(),
-            has_data: false,
-            dirty: false,
-            data_size: 0,
-            last_used: clock,
-            open: 0,
-            priority: 0,
-        });
-        let changed = !entry.attr.version.same_as(&attr.version);
-        if entry.has_data && !entry.dirty && changed && !ours {
-            drop_data = Some(entry.open > 0);
-        }
-        entry.attr = attr;
-        entry.last_used = clock;
-        if let Some(open) = drop_data {
-            entry.has_data = false;
-            let size = std::mem::take(&mut entry.data_size);
-            s.used = s.used.saturating_sub(size);
+        let retire = s.put_attr(g, attr, ours)?;
+        if let Some(open) = retire {
             self.recycler.retire(&self.container(&g), open);
         }
-        // A listing belongs to the version it was fetched at (or that our own change made).
-        if changed && !ours && s.dirs.remove(&g).is_some() {
-            forget_listing(&s.db, &g)?;
-        }
-        persist(&s, &g)
+        Ok(())
     }
 
     /// Forgets an object entirely (it was removed).
     pub fn remove(&self, g: &GFid) -> Result<()> {
-        let mut s = self.lock();
-        let mut open = false;
-        if let Some(c) = s.objects.remove(g) {
-            s.used = s.used.saturating_sub(c.data_size);
-            open = c.open > 0 || c.dirty;
-        }
-        s.dirs.remove(g);
-        // One transaction: one commit instead of two on every removal.
-        let tx = s.db.unchecked_transaction()?;
-        delete_of(&tx, "DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
-        forget_listing(&tx, g)?;
-        tx.commit()?;
-        self.recycler.retire(&self.container(g), open);
-        Ok(())
+        let mut b = self.batch()?;
+        b.remove(g)?;
+        b.finish()
+    }
+
+    /// Starts a [`Batch`] of changes.
+    pub fn batch(&self) -> Result<Batch<'_>> {
+        let s = self.lock();
+        s.db.prepare_cached("BEGIN")?.execute([])?;
+        Ok(Batch { cache: self, s, retired: Vec::new(), open: true })
     }
 
     /// What the server said `user` (and the anonymous user) may do in directory `dir`.
@@ -379,29 +360,12 @@ impl Cache {
     /// Adds `entry` to the cached listing of `g` (replacing any of the same name) after our own
     /// change was applied. Nothing happens if the listing is not cached.
     pub fn add_entry(&self, g: &GFid, entry: DirEntry) -> Result<()> {
-        let mut s = self.lock();
-        if !s.dirs.contains_key(g) {
-            return Ok(());
-        }
-        put_entry(&s.db, g, &entry)?;
-        if let Some(entries) = s.dirs.get_mut(g) {
-            // Copied only if someone still holds the old version.
-            let entries = Arc::make_mut(entries);
-            entries.retain(|x| x.name != entry.name);
-            entries.push(entry);
-        }
-        Ok(())
+        self.lock().add_entry(g, entry)
     }
 
     /// Removes `name` from the cached listing of `g` after our own change was applied.
     pub fn remove_entry(&self, g: &GFid, name: &proto::Name) -> Result<()> {
-        let mut s = self.lock();
-        let Some(entries) = s.dirs.get_mut(g) else { return Ok(()) };
-        Arc::make_mut(entries).retain(|x| &x.name != name);
-        let (c, v, o) = key(g);
-        s.db.prepare_cached("DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3 AND name = ?4")?
-            .execute(params![c, v, &o[..], name.as_str()])?;
-        Ok(())
+        self.lock().remove_entry(g, name)
     }
 
     /// Makes room for `size` more bytes of containers, evicting clean, unopened files in LRU
@@ -543,11 +507,7 @@ impl Cache {
     }
 
     pub fn set_volume(&self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
-        let mut s = self.lock();
-        s.db.prepare_cached("INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)")?
-            .execute(params![i64::from(cell.0), volume.0 as i64, enc(&state)])?;
-        s.volumes.insert((cell, volume), state);
-        Ok(())
+        self.lock().set_volume(cell, volume, state)
     }
 
     /// A volume's id by the name it was last looked up by.
@@ -606,6 +566,158 @@ impl Cache {
             files_open: s.objects.values().filter(|c| c.open > 0).count() as u64,
             free_containers: self.recycler.len() as u64,
         }
+    }
+}
+
+/// Several changes to the cache made as one: one lock and one database transaction, so they reach
+/// the disk together (a crash keeps all of them or none) and cost one commit. Committed by
+/// [`Batch::finish`]; a batch dropped on an error commits what it did (the memory already
+/// shows it), as separate calls would have.
+pub struct Batch<'a> {
+    cache: &'a Cache,
+    s: MutexGuard<'a, State>,
+    /// Containers to empty for reuse once the transaction is committed, and whether in use.
+    retired: Vec<(GFid, bool)>,
+    open: bool,
+}
+
+impl Batch<'_> {
+    /// As [`Cache::put_attr_with`].
+    pub fn put_attr_with(&mut self, cell: CellId, attr: Attr, ours: bool) -> Result<()> {
+        let g = GFid::new(cell, attr.fid);
+        if let Some(open) = self.s.put_attr(g, attr, ours)? {
+            self.retired.push((g, open));
+        }
+        Ok(())
+    }
+
+    /// As [`Cache::remove`].
+    pub fn remove(&mut self, g: &GFid) -> Result<()> {
+        let open = self.s.remove(g)?;
+        self.retired.push((*g, open));
+        Ok(())
+    }
+
+    /// As [`Cache::add_entry`].
+    pub fn add_entry(&mut self, g: &GFid, entry: DirEntry) -> Result<()> {
+        self.s.add_entry(g, entry)
+    }
+
+    /// As [`Cache::remove_entry`].
+    pub fn remove_entry(&mut self, g: &GFid, name: &proto::Name) -> Result<()> {
+        self.s.remove_entry(g, name)
+    }
+
+    /// As [`Cache::set_volume`].
+    pub fn set_volume(&mut self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
+        self.s.set_volume(cell, volume, state)
+    }
+
+    /// Commits the batch.
+    pub fn finish(mut self) -> Result<()> {
+        self.commit()
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.open) {
+            return Ok(());
+        }
+        let committed = self.s.db.prepare_cached("COMMIT").and_then(|mut c| c.execute([]));
+        for (g, open) in std::mem::take(&mut self.retired) {
+            self.cache.recycler.retire(&self.cache.container(&g), open);
+        }
+        committed?;
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!(error = %e, "cannot record cache changes");
+        }
+    }
+}
+
+impl State {
+    /// Records an object's attributes (see [`Cache::put_attr_with`]); says whether its container
+    /// is to be emptied, and if so whether it is in use.
+    fn put_attr(&mut self, g: GFid, attr: Attr, ours: bool) -> Result<Option<bool>> {
+        self.clock += 1;
+        let clock = self.clock;
+        let mut retire = None;
+        let entry = self.objects.entry(g).or_insert_with(|| Cached {
+            attr: attr.clone(),
+            has_data: false,
+            dirty: false,
+            data_size: 0,
+            last_used: clock,
+            open: 0,
+            priority: 0,
+        });
+        let changed = !entry.attr.version.same_as(&attr.version);
+        if entry.has_data && !entry.dirty && changed && !ours {
+            retire = Some(entry.open > 0);
+        }
+        entry.attr = attr;
+        entry.last_used = clock;
+        if retire.is_some() {
+            entry.has_data = false;
+            let size = std::mem::take(&mut entry.data_size);
+            self.used = self.used.saturating_sub(size);
+        }
+        // A listing belongs to the version it was fetched at (or that our own change made).
+        if changed && !ours && self.dirs.remove(&g).is_some() {
+            forget_listing(&self.db, &g)?;
+        }
+        persist(self, &g)?;
+        Ok(retire)
+    }
+
+    /// Forgets a removed object; says whether its container is in use (open, or holding
+    /// changes not yet stored).
+    fn remove(&mut self, g: &GFid) -> Result<bool> {
+        let mut open = false;
+        if let Some(c) = self.objects.remove(g) {
+            self.used = self.used.saturating_sub(c.data_size);
+            open = c.open > 0 || c.dirty;
+        }
+        self.dirs.remove(g);
+        delete_of(&self.db, "DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
+        forget_listing(&self.db, g)?;
+        Ok(open)
+    }
+
+    fn add_entry(&mut self, g: &GFid, entry: DirEntry) -> Result<()> {
+        if !self.dirs.contains_key(g) {
+            return Ok(());
+        }
+        put_entry(&self.db, g, &entry)?;
+        if let Some(entries) = self.dirs.get_mut(g) {
+            // Copied only if someone still holds the old version.
+            let entries = Arc::make_mut(entries);
+            entries.retain(|x| x.name != entry.name);
+            entries.push(entry);
+        }
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, g: &GFid, name: &proto::Name) -> Result<()> {
+        let Some(entries) = self.dirs.get_mut(g) else { return Ok(()) };
+        Arc::make_mut(entries).retain(|x| &x.name != name);
+        let (c, v, o) = key(g);
+        self.db
+            .prepare_cached("DELETE FROM dirents WHERE cell = ?1 AND volume = ?2 AND dir = ?3 AND name = ?4")?
+            .execute(params![c, v, &o[..], name.as_str()])?;
+        Ok(())
+    }
+
+    fn set_volume(&mut self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
+        self.db
+            .prepare_cached("INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)")?
+            .execute(params![i64::from(cell.0), volume.0 as i64, enc(&state)])?;
+        self.volumes.insert((cell, volume), state);
+        Ok(())
     }
 }
 
@@ -808,6 +920,46 @@ mod tests {
         assert!(cache.listing(&g).is_none());
         let rows: i64 = cache.lock().db.query_row("SELECT COUNT(*) FROM dirents", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 0);
+    }
+
+    #[test]
+    fn a_batch_records_its_changes_together_and_a_second_venus_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(1)));
+        let gone = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(2)));
+        let attr = |g: GFid, size: u64| Attr {
+            fid: g.fid,
+            kind: ObjectKind::File,
+            mode: 0o644,
+            owner: 0,
+            group: 0,
+            size,
+            nlink: 1,
+            mtime: proto::Timestamp::now(),
+            ctime: proto::Timestamp::now(),
+            version: proto::VersionVector::new(),
+            parent: Some(parent.fid.object),
+            link: None,
+        };
+        {
+            let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+            cache.put_listing(parent, vec![entry("gone", 2), entry("kept", 3)]).unwrap();
+            cache.put_attr(CellId(1), attr(gone, 5)).unwrap();
+            let err = Cache::open(dir.path(), 1 << 20).err().expect("the cache is this venus's alone");
+            assert!(err.to_string().contains("in use by another venus"), "{err}");
+            let mut b = cache.batch().unwrap();
+            let state = VolState { name: Some("v".into()), ..VolState::default() };
+            b.set_volume(CellId(1), VolumeId(7), state).unwrap();
+            b.put_attr_with(CellId(1), attr(parent, 99), true).unwrap();
+            b.remove(&gone).unwrap();
+            b.remove_entry(&parent, &proto::Name::new("gone").unwrap()).unwrap();
+            b.finish().unwrap();
+        }
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(cache.volume(CellId(1), VolumeId(7)).name.as_deref(), Some("v"));
+        assert_eq!(cache.attr(&parent).map(|a| a.size), Some(99));
+        assert!(cache.attr(&gone).is_none());
+        assert_eq!(names(&cache.listing(&parent).unwrap()), ["kept"]);
     }
 
     #[test]

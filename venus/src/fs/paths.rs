@@ -187,8 +187,8 @@ impl Venus {
         }
         let attr = self.status(GFid::new(parent.cell, Fid::new(parent.fid.volume, e.object))).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
-        self.commit(parent.cell, Mutation::Remove { parent: parent.fid, name: e.name.clone(), seen }).await?;
-        self.cache.remove_entry(&parent, &e.name)?;
+        let remove = Mutation::Remove { parent: parent.fid, name: e.name.clone(), seen };
+        self.commit_editing(parent.cell, remove, &[super::write::ListingEdit::Remove(parent, e.name)]).await?;
         self.invalidate(super::Inval::Entry { parent: parent.ino(), name });
         Ok(())
     }

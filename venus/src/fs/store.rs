@@ -76,7 +76,7 @@ impl Venus {
                 Some(bytes) => ChunkReader::in_memory(bytes, &scanned.chunks, &scanned.offsets),
                 None => ChunkReader::new(&path, &scanned.chunks, &scanned.offsets)?,
             };
-            let result = self.commit_with(g.cell, store, Some((scanned.chunks, read))).await;
+            let result = self.commit_with(g.cell, store, Some((scanned.chunks, read)), &[]).await;
             if changed.load(Ordering::Relaxed) {
                 return Err(VenusError::ChangedDuringStore);
             }

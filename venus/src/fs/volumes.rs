@@ -18,6 +18,7 @@ use proto::msg::{AttrCheck, Promise, Response, VolumeValidation};
 use proto::{Request, VolumeId, VolumeStamp};
 
 use super::{Venus, lock};
+use crate::cache::VolState;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
@@ -50,8 +51,15 @@ impl Venus {
 
     /// After our own change was applied: the volume is still known current if the server's new
     /// stamp directly follows the one we knew (nobody else changed anything in between), and
-    /// the new stamp is the newest seen. One write of the volume's state.
-    pub(crate) fn own_change(&self, cell: CellId, volume: VolumeId, new: VolumeStamp, changes: u64) {
+    /// the new stamp is the newest seen. Returns the volume's new state if it changed, for the
+    /// caller to record with the change's other effects on the cache.
+    pub(crate) fn own_change(
+        &self,
+        cell: CellId,
+        volume: VolumeId,
+        new: VolumeStamp,
+        changes: u64,
+    ) -> Option<VolState> {
         let mut state = self.cache.volume(cell, volume);
         let mut changed = false;
         match state.stamp {
@@ -71,9 +79,7 @@ impl Venus {
             state.seen = Some(new);
             changed = true;
         }
-        if changed && let Err(e) = self.cache.set_volume(cell, volume, state) {
-            tracing::warn!(error = %e, "cannot record a volume's state");
-        }
+        changed.then_some(state)
     }
 
     /// Remembers the newest stamp seen from a volume's servers; says whether `stamp` went

@@ -26,6 +26,13 @@ pub struct SetAttrRequest {
     pub mtime: Option<Timestamp>,
 }
 
+/// How a change edits the cached listings of its directories: applied with the server's answer,
+/// in the same cache transaction.
+pub(crate) enum ListingEdit {
+    Add(GFid, DirEntry),
+    Remove(GFid, Name),
+}
+
 impl Venus {
     /// The one write path: connected, the record goes to the server while the system call
     /// waits, and the answer is the call's; disconnected (or if the server goes away with the
@@ -34,10 +41,20 @@ impl Venus {
         Ok(self.commit_ex(cell, mutation).await?.0)
     }
 
+    /// As `commit`, editing cached listings as the change does.
+    pub(crate) async fn commit_editing(
+        &self,
+        cell: crate::ids::CellId,
+        mutation: Mutation,
+        edits: &[ListingEdit],
+    ) -> Result<Applied> {
+        Ok(self.commit_with(cell, mutation, None, edits).await?.0)
+    }
+
     /// As `commit`; also says whether the change only went into the log (disconnected), so it
     /// waits for reintegration.
     pub(crate) async fn commit_ex(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<(Applied, bool)> {
-        self.commit_with(cell, mutation, None).await
+        self.commit_with(cell, mutation, None, &[]).await
     }
 
     /// As `commit_ex`; connected, `chunks` (with the reader of their bytes) go in the same
@@ -48,11 +65,14 @@ impl Venus {
         cell: crate::ids::CellId,
         mutation: Mutation,
         chunks: Option<(Vec<proto::ChunkRef>, super::store::ChunkReader)>,
+        edits: &[ListingEdit],
     ) -> Result<(Applied, bool)> {
         let volume = mutation.volume();
         self.writable(GFid::new(cell, Fid::root(volume)))?;
         if self.emulating(cell, volume) {
-            return Ok((self.log_offline(cell, mutation)?, true));
+            let applied = self.log_offline(cell, mutation)?;
+            self.edit_listings(edits)?;
+            return Ok((applied, true));
         }
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
@@ -74,7 +94,9 @@ impl Venus {
             }
             self.cml.append(conn.name(), record.clone())?;
             self.mark_pending(cell, volume, true);
-            return Ok((self.apply_local(cell, &record.mutation)?, true));
+            let applied = self.apply_local(cell, &record.mutation)?;
+            self.edit_listings(edits)?;
+            return Ok((applied, true));
         }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error, and the data it carried stays in the container.
@@ -82,17 +104,45 @@ impl Venus {
             Response::Applied { result, promise } => (result?, promise),
             other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
         };
-        self.own_change(cell, volume, applied.stamp, 1);
+        // Everything the change did to the cache, in one transaction: the volume's stamp is
+        // never recorded without the changes it vouches for.
+        let volume_state = self.own_change(cell, volume, applied.stamp, 1);
+        let removed: Vec<GFid> = applied.removed.iter().map(|o| GFid::new(cell, Fid::new(volume, *o))).collect();
+        let mut batch = self.cache.batch()?;
+        if let Some(state) = volume_state {
+            batch.set_volume(cell, volume, state)?;
+        }
         for attr in &applied.attrs {
-            self.cache.put_attr_with(cell, attr.clone(), true)?;
+            batch.put_attr_with(cell, attr.clone(), true)?;
+        }
+        for g in &removed {
+            batch.remove(g)?;
+        }
+        for edit in edits {
+            match edit {
+                ListingEdit::Add(dir, entry) => batch.add_entry(dir, entry.clone())?,
+                ListingEdit::Remove(dir, name) => batch.remove_entry(dir, name)?,
+            }
+        }
+        batch.finish()?;
+        for attr in &applied.attrs {
             self.promised(GFid::new(cell, attr.fid), promise);
         }
-        for object in &applied.removed {
-            let g = GFid::new(cell, Fid::new(volume, *object));
-            self.cache.remove(&g)?;
-            self.unpromise(&g);
+        for g in &removed {
+            self.unpromise(g);
         }
         Ok((applied, false))
+    }
+
+    /// Applies listing edits one by one (offline, where the log holds the change).
+    fn edit_listings(&self, edits: &[ListingEdit]) -> Result<()> {
+        for edit in edits {
+            match edit {
+                ListingEdit::Add(dir, entry) => self.cache.add_entry(dir, entry.clone())?,
+                ListingEdit::Remove(dir, name) => self.cache.remove_entry(dir, name)?,
+            }
+        }
+        Ok(())
     }
 
     fn dir_of(&self, ino: u64) -> Result<GFid> {
@@ -138,13 +188,12 @@ impl Venus {
             Mutation::MakeMountPoint { .. } => ObjectKind::MountPoint,
             _ => ObjectKind::File,
         };
-        let applied = self.commit(p.cell, m).await?;
+        let entry = DirEntry { name: name.clone(), object, kind };
+        let applied = self.commit_editing(p.cell, m, &[ListingEdit::Add(p, entry)]).await?;
         let attr = Self::new_attr(&applied, object)?;
         if kind == ObjectKind::Directory {
             self.cache.inherit_access(&p, GFid::new(p.cell, attr.fid))?;
         }
-        let entry = DirEntry { name: name.clone(), object, kind };
-        self.cache.add_entry(&p, entry)?;
         Ok((GFid::new(p.cell, attr.fid), attr))
     }
 
@@ -257,8 +306,8 @@ impl Venus {
         }
         self.require_in(p, Rights::DELETE).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
-        self.commit(p.cell, Mutation::Remove { parent: p.fid, name: e.name.clone(), seen }).await?;
-        self.cache.remove_entry(&p, &e.name)?;
+        let remove = Mutation::Remove { parent: p.fid, name: e.name.clone(), seen };
+        self.commit_editing(p.cell, remove, &[ListingEdit::Remove(p, e.name)]).await?;
         Ok(())
     }
 
@@ -270,8 +319,8 @@ impl Venus {
             return Err(VenusError::NotDirectory);
         }
         self.require_in(p, Rights::DELETE).await?;
-        self.commit(p.cell, Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object }).await?;
-        self.cache.remove_entry(&p, &e.name)?;
+        let remove = Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object };
+        self.commit_editing(p.cell, remove, &[ListingEdit::Remove(p, e.name)]).await?;
         Ok(())
     }
 
@@ -316,21 +365,17 @@ impl Venus {
         self.require_in(from, Rights::DELETE).await?;
         let need = if replaced.is_some() { Rights::INSERT | Rights::DELETE } else { Rights::INSERT };
         self.require_in(to, need).await?;
-        self.commit(
-            from.cell,
-            Mutation::Rename {
-                from: from.fid,
-                from_name: src.name.clone(),
-                object: src.object,
-                to: to.fid,
-                to_name: new_name.clone(),
-                replaced,
-            },
-        )
-        .await?;
         let moved = DirEntry { name: new_name.clone(), object: src.object, kind: src.kind };
-        self.cache.remove_entry(&from, &src.name)?;
-        self.cache.add_entry(&to, moved)?;
+        let rename = Mutation::Rename {
+            from: from.fid,
+            from_name: src.name.clone(),
+            object: src.object,
+            to: to.fid,
+            to_name: new_name,
+            replaced,
+        };
+        self.commit_editing(from.cell, rename, &[ListingEdit::Remove(from, src.name), ListingEdit::Add(to, moved)])
+            .await?;
         Ok(())
     }
 
