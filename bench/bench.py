@@ -143,25 +143,28 @@ def median_of(repeat, fn):
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
-def big_file(cell, local_dir, size_mib):
+def big_file(cell, local_dir, size_mib, repeat):
+    """Throughputs (MB/s) of a large file on both sides, each the median of `repeat` rounds; the
+    rounds alternate local and venus, so a slow minute of the machine hits both."""
     # Random contents, made before timing: zeros would be one chunk stored once (and a page-cached
     # source costs both sides the same).
     src = os.path.join(local_dir, "big.src")
     sh(f"head -c {size_mib}M /dev/urandom > {src}")
-    res = {}
-    for name, base in [("local", local_dir), ("venus", cell.path())]:
-        f = os.path.join(base, "big")
-        w = timed(lambda: sh(f"dd if={src} of={f} bs=1M conv=fsync status=none"))
-        if name == "venus":
-            cell.run_venus("flush", f)
-        drop_caches()
-        cold = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
-        warm = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
-        os.remove(f)
-        res[name] = {"write+close MB/s": size_mib * 1.048576 / w, "cold read MB/s": size_mib * 1.048576 / cold,
-                     "warm read MB/s": size_mib * 1.048576 / warm}
+    mb = size_mib * 1.048576
+    runs = {"local": [], "venus": []}
+    for _ in range(repeat):
+        for name, base in [("local", local_dir), ("venus", cell.path())]:
+            f = os.path.join(base, "big")
+            w = timed(lambda: sh(f"dd if={src} of={f} bs=1M conv=fsync status=none"))
+            if name == "venus":
+                cell.run_venus("flush", f)
+            drop_caches()
+            cold = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
+            warm = timed(lambda: sh(f"dd if={f} of=/dev/null bs=1M status=none"))
+            os.remove(f)
+            runs[name].append({"write+close MB/s": mb / w, "cold read MB/s": mb / cold, "warm read MB/s": mb / warm})
     os.remove(src)
-    return res
+    return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
 
 
 def delta(cell, size_mib):
@@ -290,8 +293,8 @@ def main():
                       f"{c1['bytes_stored'] - c0['bytes_stored']} bytes stored, {reint:.2f} s, "
                       f"{c1['rpcs']['Reintegrate'] - c0['rpcs']['Reintegrate']} Reintegrate RPCs.\n")
 
-        bf = big_file(cell, local, big)
-        report.append(f"## {big} MiB file\n\n| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")
+        bf = big_file(cell, local, big, repeat)
+        report.append(f"## {big} MiB file (median of {repeat})\n\n| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")
         for k in bf["local"]:
             report.append(f"| {k} | {bf['local'][k]:.0f} | {bf['venus'][k]:.0f} | {bf['venus'][k] / bf['local'][k]:.2f} × |")
         sent = delta(cell, dmib)
