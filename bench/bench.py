@@ -146,13 +146,14 @@ def median_of(repeat, fn):
 def big_file(cell, local_dir, size_mib, repeat):
     """Throughputs (MB/s) of a large file on both sides, each the median of `repeat` rounds; the
     rounds alternate local and venus, so a slow minute of the machine hits both."""
-    # Random contents, made before timing: zeros would be one chunk stored once (and a page-cached
-    # source costs both sides the same).
     src = os.path.join(local_dir, "big.src")
-    sh(f"head -c {size_mib}M /dev/urandom > {src}")
     mb = size_mib * 1.048576
     runs = {"local": [], "venus": []}
     for _ in range(repeat):
+        # New random contents each round, made before timing: the server already holding the
+        # chunks of an earlier round would send nothing (and zeros would be one chunk stored
+        # once); a page-cached source costs both sides the same.
+        sh(f"head -c {size_mib}M /dev/urandom > {src}")
         for name, base in [("local", local_dir), ("venus", cell.path())]:
             f = os.path.join(base, "big")
             w = timed(lambda: sh(f"dd if={src} of={f} bs=1M conv=fsync status=none"))
