@@ -273,7 +273,7 @@ impl Cache {
     pub fn batch(&self) -> Result<Batch<'_>> {
         let s = self.lock();
         s.db.prepare_cached("BEGIN")?.execute([])?;
-        Ok(Batch { cache: self, s, retired: Vec::new(), open: true })
+        Ok(Batch { cache: self, s, retired: Vec::new(), pending: true })
     }
 
     /// What the server said `user` (and the anonymous user) may do in directory `dir`.
@@ -578,7 +578,8 @@ pub struct Batch<'a> {
     s: MutexGuard<'a, State>,
     /// Containers to empty for reuse once the transaction is committed, and whether in use.
     retired: Vec<(GFid, bool)>,
-    open: bool,
+    /// Begun and not yet committed.
+    pending: bool,
 }
 
 impl Batch<'_> {
@@ -619,7 +620,7 @@ impl Batch<'_> {
     }
 
     fn commit(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.open) {
+        if !std::mem::take(&mut self.pending) {
             return Ok(());
         }
         let committed = self.s.db.prepare_cached("COMMIT").and_then(|mut c| c.execute([]));

@@ -118,12 +118,7 @@ impl Venus {
         for g in &removed {
             batch.remove(g)?;
         }
-        for edit in edits {
-            match edit {
-                ListingEdit::Add(dir, entry) => batch.add_entry(dir, entry.clone())?,
-                ListingEdit::Remove(dir, name) => batch.remove_entry(dir, name)?,
-            }
-        }
+        apply_edits(&mut batch, edits)?;
         batch.finish()?;
         for attr in &applied.attrs {
             self.promised(GFid::new(cell, attr.fid), promise);
@@ -134,15 +129,11 @@ impl Venus {
         Ok((applied, false))
     }
 
-    /// Applies listing edits one by one (offline, where the log holds the change).
+    /// The listing edits of a change that went into the log (the cache shows it done).
     fn edit_listings(&self, edits: &[ListingEdit]) -> Result<()> {
-        for edit in edits {
-            match edit {
-                ListingEdit::Add(dir, entry) => self.cache.add_entry(dir, entry.clone())?,
-                ListingEdit::Remove(dir, name) => self.cache.remove_entry(dir, name)?,
-            }
-        }
-        Ok(())
+        let mut batch = self.cache.batch()?;
+        apply_edits(&mut batch, edits)?;
+        batch.finish()
     }
 
     fn dir_of(&self, ino: u64) -> Result<GFid> {
@@ -522,6 +513,16 @@ fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+fn apply_edits(batch: &mut crate::cache::Batch<'_>, edits: &[ListingEdit]) -> Result<()> {
+    for edit in edits {
+        match edit {
+            ListingEdit::Add(dir, entry) => batch.add_entry(dir, entry.clone())?,
+            ListingEdit::Remove(dir, name) => batch.remove_entry(dir, name)?,
+        }
     }
     Ok(())
 }
