@@ -74,7 +74,7 @@ impl Connector {
                 });
             }
         };
-        let session = Session { conn, server: server.server_id(), timeout };
+        let session = Session { conn, server: server.server_id(), patience: patience(timeout) };
         let hello = Request::Hello { client, protocol: PROTOCOL_VERSION, host: hostname() };
         match session.call(&hello).await? {
             Response::Hello { .. } => Ok(session),
@@ -94,12 +94,26 @@ fn unexpected(request: &'static str, got: Response) -> ProtoError {
     }
 }
 
+/// How long a request may make no progress while its server is alive (the connection's
+/// keep-alives are answered) before it counts as failed: a server stuck on it. Generous, since
+/// a live server on a slow link is not a dead one; a dead one is found by the connection's
+/// idle timeout, in `timeout`.
+fn patience(timeout: Duration) -> Duration {
+    (timeout * 12).max(Duration::from_secs(60))
+}
+
+/// How often a waiting request looks at its connection's progress.
+const PROGRESS_CHECK: Duration = Duration::from_millis(250);
+/// Bytes that must move on the connection (either way) for a wait to count as progress: more
+/// than the keep-alives of a quiet connection, less than any real transfer.
+const PROGRESS_BYTES: u64 = 2048;
+
 /// A live connection to one server.
 #[derive(Clone)]
 pub struct Session {
     conn: quinn::Connection,
     server: ServerId,
-    timeout: Duration,
+    patience: Duration,
 }
 
 impl Session {
@@ -120,11 +134,41 @@ impl Session {
         self.conn.close(0u32.into(), b"bye");
     }
 
+    /// Runs one request as long as it gets anywhere. A server that stops answering at all is
+    /// found by the connection (its idle timeout: no packet, not even a keep-alive's ack,
+    /// within the caller's timeout), which fails the request at once; a live server is waited
+    /// for however slow the link, as long as bytes keep moving on the connection, and for
+    /// `patience` once they stop (the server thinking, or stuck). A request's total time is no
+    /// measure: a 16 MiB store over a lossy link takes what it takes.
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, ProtoError>>) -> Result<T, ProtoError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ProtoError::Timeout(self.timeout)),
+        let mut fut = std::pin::pin!(fut);
+        // Most requests are over before the first look.
+        if let Ok(r) = tokio::time::timeout(PROGRESS_CHECK, &mut fut).await {
+            return r;
         }
+        let mut seen = self.bytes_moved();
+        let mut moved_at = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(PROGRESS_CHECK);
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = check.tick() => {
+                    let now = self.bytes_moved();
+                    if now >= seen + PROGRESS_BYTES {
+                        seen = now;
+                        moved_at = tokio::time::Instant::now();
+                    } else if moved_at.elapsed() >= self.patience {
+                        return Err(ProtoError::Timeout(self.patience));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes sent and received on the connection so far.
+    fn bytes_moved(&self) -> u64 {
+        let stats = self.conn.stats();
+        stats.udp_tx.bytes + stats.udp_rx.bytes
     }
 
     /// One anonymous request, one response. Errors the server reports come back as
@@ -159,27 +203,29 @@ impl Session {
         fid: Fid,
         mut sink: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>,
     ) -> Result<FetchedData, ProtoError> {
-        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_call(&mut send, token, &Request::FetchData { fid })).await?;
-        let _ = send.finish();
-        let (attr, chunks, promise, access) = match self.timed(read_frame(&mut recv)).await? {
-            Response::Data { attr, chunks, promise, access } => (attr, chunks, promise, access),
-            other => return Err(unexpected("FetchData", other)),
-        };
-        let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
-        for (index, chunk) in chunks.iter().enumerate() {
-            if chunk.len > MAX_CHUNK {
-                return Err(ProtoError::Malformed(format!("chunk {index} is {} bytes", chunk.len)));
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, token, &Request::FetchData { fid }).await?;
+            let _ = send.finish();
+            let (attr, chunks, promise, access) = match read_frame(&mut recv).await? {
+                Response::Data { attr, chunks, promise, access } => (attr, chunks, promise, access),
+                other => return Err(unexpected("FetchData", other)),
+            };
+            let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
+            for (index, chunk) in chunks.iter().enumerate() {
+                if chunk.len > MAX_CHUNK {
+                    return Err(ProtoError::Malformed(format!("chunk {index} is {} bytes", chunk.len)));
+                }
+                buf.resize(chunk.len as usize, 0);
+                AsyncReadExt::read_exact(&mut recv, &mut buf).await?;
+                if ChunkHash::of(&buf) != chunk.hash {
+                    return Err(ProtoError::HashMismatch { index });
+                }
+                sink(chunk, &buf).map_err(ProtoError::Local)?;
             }
-            buf.resize(chunk.len as usize, 0);
-            // Each chunk must arrive within the timeout; a slow but moving transfer is fine.
-            self.timed(async { Ok(AsyncReadExt::read_exact(&mut recv, &mut buf).await?) }).await?;
-            if ChunkHash::of(&buf) != chunk.hash {
-                return Err(ProtoError::HashMismatch { index });
-            }
-            sink(chunk, &buf)?;
-        }
-        Ok(FetchedData { attr, chunks, promise, access })
+            Ok(FetchedData { attr, chunks, promise, access })
+        })
+        .await
     }
 
     /// Which of `hashes` the server lacks, by index.
@@ -222,22 +268,31 @@ impl Session {
             Request::PutChunks { chunks, .. } | Request::PutChunksAndMutate { chunks, .. } => chunks.len(),
             _ => 0,
         };
-        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_call(&mut send, token, &req)).await?;
-        for i in 0..count {
-            // Handed over, not copied: quinn sends from the buffer itself.
-            let data = bytes::Bytes::from(read_chunk(i)?);
-            self.timed(async {
-                send.write_chunk(data).await.map_err(std::io::Error::from)?;
-                Ok(())
-            })
-            .await?;
-        }
-        let _ = send.finish();
-        match self.timed(read_frame(&mut recv)).await? {
-            Response::Error(e) => Err(ProtoError::Remote(e)),
-            other => Ok(other),
-        }
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, token, &req).await?;
+            for i in 0..count {
+                // Handed over, not copied: quinn sends from the buffer itself.
+                let data = bytes::Bytes::from(read_chunk(i).map_err(ProtoError::Local)?);
+                if let Err(e) = send.write_chunk(data).await {
+                    // The server stopped reading: it refused the upload part-way (space,
+                    // rights) and says why on the reply. That is an answer, not a lost server.
+                    if matches!(e, quinn::WriteError::Stopped(_)) {
+                        return match read_frame(&mut recv).await? {
+                            Response::Error(e) => Err(ProtoError::Remote(e)),
+                            other => Err(unexpected(req.meta().name, other)),
+                        };
+                    }
+                    return Err(std::io::Error::from(e).into());
+                }
+            }
+            let _ = send.finish();
+            match read_frame(&mut recv).await? {
+                Response::Error(e) => Err(ProtoError::Remote(e)),
+                other => Ok(other),
+            }
+        })
+        .await
     }
 
     /// A request whose reply is followed by raw bytes until the stream ends (a volume dump):
@@ -247,57 +302,67 @@ impl Session {
         req: &Request,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<Response, ProtoError> {
-        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_call(&mut send, None, req)).await?;
-        let _ = send.finish();
-        let response: Response = self.timed(read_frame(&mut recv)).await?;
-        if let Response::Error(e) = response {
-            return Err(ProtoError::Remote(e));
-        }
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = self.timed(async { Ok(AsyncReadExt::read(&mut recv, &mut buf).await?) }).await?;
-            if n == 0 {
-                return Ok(response);
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, None, req).await?;
+            let _ = send.finish();
+            let response: Response = read_frame(&mut recv).await?;
+            if let Response::Error(e) = response {
+                return Err(ProtoError::Remote(e));
             }
-            sink(&buf[..n])?;
-        }
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = AsyncReadExt::read(&mut recv, &mut buf).await?;
+                if n == 0 {
+                    return Ok(response);
+                }
+                sink(&buf[..n]).map_err(ProtoError::Local)?;
+            }
+        })
+        .await
     }
 
     /// A request followed by raw bytes from `source` (which returns 0 at its end); then the
-    /// reply. A server may take long to answer once it has everything (it checks, then
-    /// applies), so the reply may take up to ten timeouts.
+    /// reply (a server may take a while to answer once it has everything: it checks, then
+    /// applies; the wait is bounded as every request's is, see `timed`).
     pub async fn upload(
         &self,
         req: &Request,
         mut source: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
     ) -> Result<Response, ProtoError> {
-        let (mut send, mut recv) = self.timed(async { Ok(self.conn.open_bi().await?) }).await?;
-        self.timed(write_call(&mut send, None, req)).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = source(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            self.timed(async {
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, None, req).await?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = source(&mut buf).map_err(ProtoError::Local)?;
+                if n == 0 {
+                    break;
+                }
                 send.write_all(&buf[..n]).await.map_err(std::io::Error::from)?;
-                Ok(())
-            })
-            .await?;
-        }
-        let _ = send.finish();
-        match tokio::time::timeout(self.timeout * 10, read_frame(&mut recv)).await {
-            Ok(Ok(Response::Error(e))) => Err(ProtoError::Remote(e)),
-            Ok(r) => r,
-            Err(_) => Err(ProtoError::Timeout(self.timeout * 10)),
-        }
+            }
+            let _ = send.finish();
+            match read_frame(&mut recv).await? {
+                Response::Error(e) => Err(ProtoError::Remote(e)),
+                other => Ok(other),
+            }
+        })
+        .await
     }
 
     /// Serves callback breaks: every stream the server opens carries one [`Push`]; `handler`
     /// runs before the ack is sent, so the server knows the promise is gone when it hears back.
     /// Ends when the connection closes.
     pub fn spawn_push_handler(&self, handler: Arc<dyn Fn(Push) + Send + Sync>) -> tokio::task::JoinHandle<()> {
+        self.spawn_push_handler_async(Arc::new(move |push| {
+            handler(push);
+            Box::pin(std::future::ready(()))
+        }))
+    }
+
+    /// As [`Session::spawn_push_handler`], for a handler whose work finishes later: the ack
+    /// is sent once the future it returns completes.
+    pub fn spawn_push_handler_async(&self, handler: PushHandler) -> tokio::task::JoinHandle<()> {
         let conn = self.conn.clone();
         tokio::spawn(async move {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -305,7 +370,7 @@ impl Session {
                 tokio::spawn(async move {
                     match read_frame::<_, Push>(&mut recv).await {
                         Ok(push) => {
-                            handler(push);
+                            handler(push).await;
                             if write_frame(&mut send, &PushAck::Ok).await.is_ok() {
                                 let _ = send.finish();
                                 // Wait until the ack is delivered before dropping the stream.
@@ -319,6 +384,9 @@ impl Session {
         })
     }
 }
+
+/// Takes in one push; the ack is sent when the returned future completes.
+pub type PushHandler = Arc<dyn Fn(Push) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// A whole file as `FetchData` delivered it (the bytes went to the sink).
 #[derive(Debug, Clone)]

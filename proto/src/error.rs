@@ -8,6 +8,11 @@ use crate::msg::RemoteError;
 pub enum ProtoError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A local failure in the middle of a request (reading what to send, writing what
+    /// arrived): not the server's or the network's fault, so never a reason to think the
+    /// server is gone.
+    #[error("local i/o: {0}")]
+    Local(std::io::Error),
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { len: u64, max: u32 },
     #[error("malformed message: {0}")]
@@ -43,7 +48,8 @@ impl ProtoError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             ProtoError::Io(_) | ProtoError::Connection(_) | ProtoError::Connect { .. } | ProtoError::Timeout(_) => true,
-            ProtoError::FrameTooLarge { .. }
+            ProtoError::Local(_)
+            | ProtoError::FrameTooLarge { .. }
             | ProtoError::Malformed(_)
             | ProtoError::FingerprintMismatch { .. }
             | ProtoError::Remote(_)

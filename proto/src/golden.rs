@@ -23,6 +23,8 @@ fn golden_bytes() {
     assert_eq!(enc(&Call { token: None, request: Request::FetchStatus { fid } }), "00010203");
     assert_eq!(enc(&Request::PtsListEntries), "1a");
     assert_eq!(enc(&Response::Error(RemoteError::NotFound)), "0000");
+    assert_eq!(enc(&Response::Error(RemoteError::CrossDirectoryLink)), "0018");
+    assert_eq!(enc(&Response::Error(RemoteError::NoSpace)), "0019");
     assert_eq!(enc(&Response::Done), "0a");
     let rec = Record {
         op: OpId(5),

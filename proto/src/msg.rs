@@ -506,6 +506,10 @@ pub enum RemoteError {
     BadLogin,
     #[error("hard links must stay in one directory")]
     CrossDirectoryLink,
+    /// The server's disk is (nearly) full: a change that would grow what it stores was refused.
+    /// Changes that free space (removals) still go through.
+    #[error("no space left on the server")]
+    NoSpace,
 }
 
 /// What a request does, for retry policy, counters and routing.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,13 @@ use proto::client::{Connector, Session};
 use proto::msg::Push;
 use proto::tls::{Identity, TransportTuning};
 use proto::*;
+
+pub mod faults;
+pub use faults::{
+    BODY_THREAD, DirStats, Direction, Impairment, LossyProxy, ThreadInfo, TmpFs, Watchdog, Watched, abort_fuse,
+    fuse_connection, stacks, threads, threads_in_fuse, threads_in_state, threads_stuck_in, with_watchdog,
+    with_watchdog_async,
+};
 
 /// Path of a workspace binary, built by `cargo build --bins` (the test script does it).
 pub fn bin(name: &str) -> PathBuf {
@@ -77,18 +85,45 @@ fn terminate(mut c: Child, what: &str, log: impl Fn() -> String) -> Result<bool>
 
 /// One vice server with its own data directory.
 pub struct Vice {
+    /// Scratch space for the test (logs, dumps, password files); holds the data directory too
+    /// unless the server was started with `start_in`.
     pub dir: tempfile::TempDir,
     pub addr: String,
+    data: PathBuf,
+    /// The directory made under `start_in`'s parent, removed with the server.
+    _data_parent: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// The running child's pid (0: none), shared with `Watched` so a watchdog names the current
+    /// process even after restarts.
+    live: Arc<AtomicU32>,
     log: PathBuf,
 }
 
 impl Vice {
     /// `vice init` a new cell and start serving it.
     pub fn start(cell: &str) -> Result<Vice> {
+        Self::init_and_serve(cell, None)
+    }
+
+    /// As `start`, with the data directory (SQLite, chunks) in a new directory under `parent`,
+    /// a small file system say; the log stays elsewhere so it survives that disk filling up.
+    pub fn start_in(cell: &str, parent: &Path) -> Result<Vice> {
+        Self::init_and_serve(cell, Some(parent))
+    }
+
+    fn init_and_serve(cell: &str, parent: Option<&Path>) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port());
-        let data = dir.path().join("data");
+        let data_parent = match parent {
+            Some(p) => Some(
+                tempfile::Builder::new()
+                    .prefix("vice-")
+                    .tempdir_in(p)
+                    .with_context(|| format!("making vice's data directory under {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let data = data_parent.as_ref().map_or(dir.path(), |d| d.path()).join("data");
         let out = Command::new(bin("vice"))
             .args(["init", "--cell", cell, "--data"])
             .arg(&data)
@@ -98,7 +133,7 @@ impl Vice {
             bail!("vice init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let log = dir.path().join("vice.log");
-        let mut v = Vice { dir, addr, child: None, log };
+        let mut v = Vice { dir, addr, data, _data_parent: data_parent, child: None, live: Default::default(), log };
         v.spawn()?;
         Ok(v)
     }
@@ -124,13 +159,13 @@ impl Vice {
         std::fs::copy(db.admin_cred_path(), data.join("admin.cred"))?;
         std::fs::copy(db.data().join("admin.password"), data.join("admin.password"))?;
         let log = dir.path().join("vice.log");
-        let mut v = Vice { dir, addr, child: None, log };
+        let mut v = Vice { dir, addr, data, _data_parent: None, child: None, live: Default::default(), log };
         v.spawn()?;
         Ok(v)
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     pub fn cell_file_path(&self) -> PathBuf {
@@ -177,6 +212,25 @@ impl Vice {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.spawn_again_nowait()?;
+        self.wait_ready()
+    }
+
+    /// Starts `vice serve` again after `kill9` or `stop` and waits until it answers: with
+    /// `kill9`, a restart storm can choose how long the server stays down.
+    pub fn spawn_again(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("vice {} is still running: kill9 or stop it first", self.addr);
+        }
+        self.spawn()
+    }
+
+    /// Starts `vice serve` without waiting for it to answer (`wait_ready` does), so a test can
+    /// kill it again in the middle of its start-up and recovery.
+    pub fn spawn_again_nowait(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("vice {} is still running: kill9 or stop it first", self.addr);
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(bin("vice"))
             .args(["serve", "--data"])
@@ -185,8 +239,29 @@ impl Vice {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
+        self.live.store(child.id(), Ordering::Relaxed);
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
+    }
+
+    /// Whether the server process we started is alive (it may have exited on its own: a
+    /// crash at start-up over a damaged data directory, say).
+    pub fn is_running(&mut self) -> bool {
+        let alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !alive {
+            self.live.store(0, Ordering::Relaxed);
+        }
+        alive
+    }
+
+    /// The log file vice writes (kept outside the data directory).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The live pid cell that `Watched` reads at report time.
+    pub(crate) fn live_pid(&self) -> Arc<AtomicU32> {
+        self.live.clone()
     }
 
     /// Polls until the server answers a Hello.
@@ -225,10 +300,12 @@ impl Vice {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.live.store(0, Ordering::Relaxed);
     }
 
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> Result<bool> {
+        self.live.store(0, Ordering::Relaxed);
         match self.child.take() {
             Some(c) => terminate(c, "vice", || self.log_text()),
             None => Ok(true),
@@ -464,8 +541,12 @@ pub struct VenusMount {
     pub mountpoint: PathBuf,
     pub cell: String,
     cell_file: PathBuf,
+    /// `dir/cache` unless started with `start_with_cache`.
+    cache: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
+    /// The running child's pid (0: none), shared with `Watched` (see `Vice`).
+    live: Arc<AtomicU32>,
     log: PathBuf,
 }
 
@@ -481,17 +562,31 @@ impl VenusMount {
 
     /// Mounts with a given cell file (one that routes through a proxy, say).
     pub fn start_with_cell_file(cell_file: &Path, cell: &str, extra: &[&str]) -> Result<VenusMount> {
+        Self::start_in_dirs(cell_file, cell, None, extra)
+    }
+
+    /// Mounts with the cache directory at `cache` (on a small file system, say: `venus mount
+    /// --cache DIR`); the mount point and the log stay in the mount's own temporary directory.
+    /// `cell_file` is `vice.cell_file_path()` or a proxy's cell file.
+    pub fn start_with_cache(cell_file: &Path, cell: &str, cache: &Path, extra: &[&str]) -> Result<VenusMount> {
+        Self::start_in_dirs(cell_file, cell, Some(cache), extra)
+    }
+
+    fn start_in_dirs(cell_file: &Path, cell: &str, cache: Option<&Path>, extra: &[&str]) -> Result<VenusMount> {
         let dir = tempfile::tempdir()?;
         let mountpoint = dir.path().join("afs");
         std::fs::create_dir_all(&mountpoint)?;
         let log = dir.path().join("venus.log");
+        let cache = cache.map_or_else(|| dir.path().join("cache"), Path::to_path_buf);
         let mut m = VenusMount {
             dir,
             mountpoint,
             cell: cell.to_string(),
             cell_file: cell_file.to_path_buf(),
+            cache,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            live: Default::default(),
             log,
         };
         m.spawn()?;
@@ -535,7 +630,31 @@ impl VenusMount {
     }
 
     pub fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
+        self.cache.clone()
+    }
+
+    /// The pid of the running `venus mount` (None after `stop` or `kill9`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the venus process is alive (it may have exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        let alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !alive {
+            self.live.store(0, Ordering::Relaxed);
+        }
+        alive
+    }
+
+    /// The log file venus writes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The live pid cell that `Watched` reads at report time.
+    pub(crate) fn live_pid(&self) -> Arc<AtomicU32> {
+        self.live.clone()
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -552,6 +671,7 @@ impl VenusMount {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
+        self.live.store(child.id(), Ordering::Relaxed);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -665,6 +785,7 @@ impl VenusMount {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.live.store(0, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.mounted() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -676,6 +797,7 @@ impl VenusMount {
 
     /// SIGTERM and wait for a clean unmount; returns whether venus exited successfully.
     pub fn stop(&mut self) -> Result<bool> {
+        self.live.store(0, Ordering::Relaxed);
         match self.child.take() {
             Some(c) => terminate(c, "venus", || self.log_text()),
             None => Ok(true),
@@ -807,13 +929,20 @@ impl UdpProxy {
 
     /// A copy of `vice`'s cell file that sends clients through this proxy.
     pub fn cell_file(&self, vice: &Vice, dir: &Path) -> Result<PathBuf> {
-        let mut cell = vice.cell_file();
-        cell.servers[0].address = self.addr.clone();
-        let path = dir.join("proxied-cell.toml");
-        std::fs::write(&path, cell.to_toml())?;
-        std::fs::copy(vice.data().join("admin.password"), dir.join("admin.password"))?;
-        Ok(path)
+        proxied_cell_file(vice, &self.addr, dir)
     }
+}
+
+/// Writes `dir/proxied-cell.toml`: `vice`'s cell file with its first server's address replaced
+/// by `addr` (a proxy's), and copies the admin password beside it so `VenusMount` logs in.
+pub fn proxied_cell_file(vice: &Vice, addr: &str, dir: &Path) -> Result<PathBuf> {
+    let mut cell = vice.cell_file();
+    let first = cell.servers.first_mut().context("the cell file lists no server")?;
+    first.address = addr.to_string();
+    let path = dir.join("proxied-cell.toml");
+    std::fs::write(&path, cell.to_toml())?;
+    std::fs::copy(vice.data().join("admin.password"), dir.join("admin.password"))?;
+    Ok(path)
 }
 
 impl Drop for UdpProxy {

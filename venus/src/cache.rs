@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::auth::{Access, PtsId, Rights};
-use proto::{Attr, DirEntry, Fid, ObjectId, ObjectKind, VolumeId, VolumeStamp};
+use proto::{Attr, DirEntry, Fid, ObjectId, ObjectKind, VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,23 @@ pub struct Cached {
     pub dirty: bool,
     pub data_size: u64,
     pub last_used: u64,
+    /// The server version the container's contents derive from: what a store of them is based
+    /// on. While the container is clean it is the version in `attr`; once it holds local
+    /// changes (or is open for writing) it stays put when the server's version moves on, so
+    /// the store is refused and becomes a conflict instead of silently overwriting the other
+    /// change.
+    pub base: VersionVector,
     /// Open file handles: an open container is never evicted.
     pub open: u32,
+    /// Of those, handles open for writing: their container is the file being written, and it
+    /// is kept even when the server's version changes (as if it were dirty).
+    pub writers: u32,
     /// Hoard priority (0: not hoarded). Eviction takes lower priorities first, then the least
     /// recently used; set by hoard walks.
     pub priority: u16,
+    /// Removed while open (POSIX keeps an unlinked file alive for its descriptors): `fstat`
+    /// still answers, with no links; nothing is stored; gone at the last close. Never persisted.
+    pub orphan: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,11 +88,15 @@ struct State {
     access: HashMap<(GFid, PtsId), (Rights, bool)>,
     used: u64,
     clock: u64,
+    /// The cache's disk: a commit that finds it full releases its reserve and tries again.
+    disk: Arc<crate::disk::CacheDisk>,
 }
 
 pub struct Cache {
     dir: PathBuf,
     limit: u64,
+    /// The disk the cache lives on, and its reserve.
+    disk: Arc<crate::disk::CacheDisk>,
     state: Mutex<State>,
     /// Containers no longer needed, kept empty for reuse.
     recycler: Recycler,
@@ -109,6 +125,7 @@ CREATE TABLE IF NOT EXISTS volumes (
 CREATE TABLE IF NOT EXISTS objects (
     cell INTEGER NOT NULL, volume INTEGER NOT NULL, object BLOB NOT NULL,
     attr BLOB NOT NULL, has_data INTEGER NOT NULL, dirty INTEGER NOT NULL, data_size INTEGER NOT NULL,
+    base BLOB,
     PRIMARY KEY (cell, volume, object)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conflicts (id INTEGER PRIMARY KEY AUTOINCREMENT, info TEXT NOT NULL);
@@ -169,7 +186,9 @@ impl Cache {
         // Plans that do not depend on bound values (see `cml::schema::open`).
         db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         db.execute_batch(SCHEMA)?;
+        add_base_column(&db)?;
         std::fs::set_permissions(dir.join("cache.sqlite"), std::fs::Permissions::from_mode(0o600))?;
+        let disk = Arc::new(crate::disk::CacheDisk::open(dir)?);
         let mut state = State {
             db,
             objects: HashMap::new(),
@@ -178,10 +197,19 @@ impl Cache {
             access: HashMap::new(),
             used: 0,
             clock: 0,
+            disk: disk.clone(),
         };
         load(&mut state, dir)?;
         let recycler = Recycler::open(&dir.join("free"))?;
-        Ok(Cache { dir: dir.to_path_buf(), limit, state: Mutex::new(state), recycler })
+        let fitted = disk.fit(limit, state.used);
+        if fitted < limit {
+            tracing::warn!(
+                requested = %proto::units::show(limit),
+                using = %proto::units::show(fitted),
+                "the cache size is more than its disk can hold; using what fits"
+            );
+        }
+        Ok(Cache { dir: dir.to_path_buf(), limit: fitted, disk, state: Mutex::new(state), recycler })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -337,15 +365,17 @@ impl Cache {
 
     pub fn put_listing(&self, g: GFid, entries: Vec<DirEntry>) -> Result<Listing> {
         let mut s = self.lock();
-        let tx = s.db.unchecked_transaction()?;
-        forget_listing(&tx, &g)?;
-        let (c, v, o) = key(&g);
-        tx.prepare_cached("INSERT INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, x'')")?
-            .execute(params![c, v, &o[..]])?;
-        for e in &entries {
-            put_entry(&tx, &g, e)?;
-        }
-        tx.commit()?;
+        with_room(&s.disk, || {
+            let tx = s.db.unchecked_transaction()?;
+            forget_listing(&tx, &g)?;
+            let (c, v, o) = key(&g);
+            tx.prepare_cached("INSERT INTO dirs (cell, volume, object, entries) VALUES (?1, ?2, ?3, x'')")?
+                .execute(params![c, v, &o[..]])?;
+            for e in &entries {
+                put_entry(&tx, &g, e)?;
+            }
+            tx.commit()
+        })?;
         let listing = Arc::new(entries);
         s.dirs.insert(g, listing.clone());
         Ok(listing)
@@ -386,6 +416,19 @@ impl Cache {
         if s.used + size <= self.limit {
             return Ok(0);
         }
+        let limit = self.limit;
+        evicted += self.evict(&mut s, priority, true, |s| s.used + size <= limit)?;
+        if s.used + size > self.limit {
+            return Err(VenusError::TooLargeForCache { size: s.used + size, limit: self.limit });
+        }
+        Ok(evicted)
+    }
+
+    /// Evicts clean, closed containers of no higher priority than `priority` (lowest priority
+    /// first, then least recently used) until `enough` holds; returns how many. `reuse` keeps
+    /// their files, emptied, for the next new file (which is cheaper than a new inode); without
+    /// it they are deleted.
+    fn evict(&self, s: &mut State, priority: u16, reuse: bool, enough: impl Fn(&State) -> bool) -> Result<u64> {
         let mut victims: Vec<(u16, u64, GFid, u64)> = s
             .objects
             .iter()
@@ -393,8 +436,9 @@ impl Cache {
             .map(|(g, c)| (c.priority, c.last_used, *g, c.data_size))
             .collect();
         victims.sort_unstable_by_key(|(p, t, _, _)| (*p, *t));
+        let mut evicted = 0;
         for (_, _, g, sz) in victims {
-            if s.used + size <= self.limit {
+            if enough(s) {
                 break;
             }
             if let Some(c) = s.objects.get_mut(&g) {
@@ -402,14 +446,38 @@ impl Cache {
                 c.data_size = 0;
             }
             s.used = s.used.saturating_sub(sz);
-            self.recycler.retire(&self.container(&g), false); // only closed ones are evicted
-            persist(&s, &g)?;
+            // Only closed containers are evicted (so none is in use).
+            self.recycler.retire(&self.container(&g), !reuse);
+            // The index may be what cannot commit: the eviction stands in memory regardless.
+            let _ = persist(s, &g);
             evicted += 1;
         }
-        if s.used + size > self.limit {
-            return Err(VenusError::TooLargeForCache { size: s.used + size, limit: self.limit });
-        }
         Ok(evicted)
+    }
+
+    /// The disk is full: releases the reserve and evicts clean containers (of any hoard
+    /// priority: a full disk matters more) until the reserve's worth is free. Says whether
+    /// anything was freed, so a failed commit is worth trying again.
+    pub fn make_room(&self) -> bool {
+        let released = self.disk.release();
+        let want = self.disk.reserve_size();
+        let mut s = self.lock();
+        let evicted = self.evict(&mut s, u16::MAX, false, |_| self.disk.free() >= want).unwrap_or(0);
+        if evicted > 0 {
+            tracing::warn!(evicted, "the cache disk is full: evicted clean files");
+        }
+        released || evicted > 0
+    }
+
+    /// Keeps room on the disk (run periodically): clean files go when it gets tight (some other
+    /// program may be filling it), and the reserve comes back once there is room.
+    pub fn keep_room(&self) {
+        let want = 2 * self.disk.reserve_size();
+        if self.disk.free() < want {
+            let mut s = self.lock();
+            let _ = self.evict(&mut s, u16::MAX, false, |_| self.disk.free() >= want);
+        }
+        self.disk.restore();
     }
 
     /// Moves a freshly fetched file into place as the container of `g`.
@@ -428,13 +496,15 @@ impl Cache {
             c.has_data = true;
             c.dirty = false;
             c.data_size = size;
+            c.base = c.attr.version.clone();
             c.last_used = clock;
         }
         s.used = (s.used as i64 + delta).max(0) as u64;
         persist(&s, g)
     }
 
-    /// Notes the container's new size after local writes.
+    /// Notes the container's new size after local writes (`dirty`), or that its contents are
+    /// now the server's version in `attr` (not `dirty`: stored, or reintegrated).
     pub fn set_local(&self, g: &GFid, size: u64, dirty: bool) -> Result<()> {
         let mut s = self.lock();
         let mut delta = 0i64;
@@ -443,6 +513,9 @@ impl Cache {
             c.data_size = size;
             c.has_data = true;
             c.dirty = dirty;
+            if !dirty {
+                c.base = c.attr.version.clone();
+            }
         }
         s.used = (s.used as i64 + delta).max(0) as u64;
         persist(&s, g)
@@ -471,16 +544,69 @@ impl Cache {
         }
     }
 
-    pub fn opened(&self, g: &GFid) {
+    /// Counts an open handle (`writable`: open for writing).
+    pub fn opened(&self, g: &GFid, writable: bool) {
         if let Some(c) = self.lock().objects.get_mut(g) {
             c.open += 1;
+            c.writers += u32::from(writable);
         }
     }
 
-    pub fn closed(&self, g: &GFid) {
-        if let Some(c) = self.lock().objects.get_mut(g) {
-            c.open = c.open.saturating_sub(1);
+    /// Counts a handle closed. The last writer's close lets go of a container that was kept
+    /// only because it was being written: if nothing was stored and the server's version moved
+    /// on meanwhile, its contents are stale.
+    pub fn closed(&self, g: &GFid, writable: bool) -> Result<()> {
+        let mut s = self.lock();
+        let Some(c) = s.objects.get_mut(g) else { return Ok(()) };
+        c.open = c.open.saturating_sub(1);
+        c.writers = c.writers.saturating_sub(u32::from(writable));
+        if c.orphan {
+            if c.open == 0
+                && let Some(c) = s.objects.remove(g)
+            {
+                s.used = s.used.saturating_sub(c.data_size);
+                self.recycler.retire(&self.container(g), false);
+            }
+            return Ok(());
         }
+        let stale = c.writers == 0 && !c.dirty && c.has_data && !c.base.same_as(&c.attr.version);
+        if !stale {
+            return Ok(());
+        }
+        let open = c.open > 0;
+        c.has_data = false;
+        c.base = c.attr.version.clone();
+        let size = std::mem::take(&mut c.data_size);
+        s.used = s.used.saturating_sub(size);
+        self.recycler.retire(&self.container(g), open);
+        persist(&s, g)
+    }
+
+    /// Drops a container whatever it holds: its local contents were kept elsewhere (a conflict
+    /// copy), and the file shows the server's version again.
+    pub fn discard(&self, g: &GFid) -> Result<()> {
+        let mut s = self.lock();
+        let Some(c) = s.objects.get_mut(g) else { return Ok(()) };
+        let open = c.open > 0;
+        let had = std::mem::take(&mut c.has_data);
+        c.dirty = false;
+        c.base = c.attr.version.clone();
+        let size = std::mem::take(&mut c.data_size);
+        s.used = s.used.saturating_sub(size);
+        if had {
+            self.recycler.retire(&self.container(g), open);
+        }
+        persist(&s, g)
+    }
+
+    /// The server version the container of `g` derives from (see [`Cached::base`]).
+    pub fn base(&self, g: &GFid) -> Option<VersionVector> {
+        self.lock().objects.get(g).map(|c| c.base.clone())
+    }
+
+    /// Files whose containers hold changes not yet on a server.
+    pub fn dirty_objects(&self) -> Vec<GFid> {
+        self.lock().objects.iter().filter(|(_, c)| c.dirty).map(|(g, _)| *g).collect()
     }
 
     /// Drops a clean container (`venus flush`); dirty data is kept. A handle still open keeps
@@ -489,7 +615,8 @@ impl Cache {
     pub fn flush(&self, g: &GFid) -> Result<bool> {
         let mut s = self.lock();
         let Some(c) = s.objects.get_mut(g) else { return Ok(false) };
-        if c.dirty {
+        // Local changes are kept, and so is a file being written (its writer's container).
+        if c.dirty || c.writers > 0 {
             return Ok(false);
         }
         let size = std::mem::take(&mut c.data_size);
@@ -553,7 +680,12 @@ impl Cache {
 
     /// Every object venus knows of in one volume.
     pub fn objects_in(&self, cell: CellId, volume: VolumeId) -> Vec<GFid> {
-        self.lock().objects.keys().filter(|g| g.cell == cell && g.fid.volume == volume).copied().collect()
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(g, c)| g.cell == cell && g.fid.volume == volume && !c.orphan)
+            .map(|(g, _)| *g)
+            .collect()
     }
 
     pub fn usage(&self) -> Usage {
@@ -594,8 +726,9 @@ impl Batch<'_> {
 
     /// As [`Cache::remove`].
     pub fn remove(&mut self, g: &GFid) -> Result<()> {
-        let open = self.s.remove(g)?;
-        self.retired.push((*g, open));
+        if let Some(open) = self.s.remove(g)? {
+            self.retired.push((*g, open));
+        }
         Ok(())
     }
 
@@ -623,7 +756,12 @@ impl Batch<'_> {
         if !std::mem::take(&mut self.pending) {
             return Ok(());
         }
-        let committed = self.s.db.prepare_cached("COMMIT").and_then(|mut c| c.execute([]));
+        let s = &self.s;
+        let committed = with_room(&s.disk, || s.db.prepare_cached("COMMIT").and_then(|mut c| c.execute([])));
+        if committed.is_err() && !s.db.is_autocommit() {
+            // Never leave the transaction open: every later batch would fail to begin.
+            let _ = s.db.execute_batch("ROLLBACK");
+        }
         for (g, open) in std::mem::take(&mut self.retired) {
             self.cache.recycler.retire(&self.cache.container(&g), open);
         }
@@ -652,13 +790,23 @@ impl State {
             has_data: false,
             dirty: false,
             data_size: 0,
+            base: attr.version.clone(),
             last_used: clock,
             open: 0,
+            writers: 0,
             priority: 0,
+            orphan: false,
         });
         let changed = !entry.attr.version.same_as(&attr.version);
-        if entry.has_data && !entry.dirty && changed && !ours {
+        let held = entry.dirty || entry.writers > 0;
+        if entry.has_data && !held && changed && !ours {
             retire = Some(entry.open > 0);
+        }
+        // The container's base follows the server's version while it holds nothing of its own,
+        // and our own changes (they were made from it); another client's change leaves a held
+        // container's base where it was.
+        if !held || (ours && entry.base.same_as(&entry.attr.version)) {
+            entry.base = attr.version.clone();
         }
         entry.attr = attr;
         entry.last_used = clock;
@@ -675,18 +823,27 @@ impl State {
         Ok(retire)
     }
 
-    /// Forgets a removed object; says whether its container is in use (open, or holding
-    /// changes not yet stored).
-    fn remove(&mut self, g: &GFid) -> Result<bool> {
-        let mut open = false;
-        if let Some(c) = self.objects.remove(g) {
+    /// Forgets a removed object; says whether its container is to be emptied, and if so
+    /// whether it is in use (holding changes not yet stored). A file still open stays, as an
+    /// orphan, until its last close.
+    fn remove(&mut self, g: &GFid) -> Result<Option<bool>> {
+        let mut retire = Some(false);
+        if let Some(c) = self.objects.get_mut(g)
+            && c.open > 0
+            && c.attr.kind == ObjectKind::File
+        {
+            c.orphan = true;
+            c.dirty = false;
+            c.attr.nlink = 0;
+            retire = None;
+        } else if let Some(c) = self.objects.remove(g) {
             self.used = self.used.saturating_sub(c.data_size);
-            open = c.open > 0 || c.dirty;
+            retire = Some(c.dirty);
         }
         self.dirs.remove(g);
         delete_of(&self.db, "DELETE FROM objects WHERE cell = ?1 AND volume = ?2 AND object = ?3", g)?;
         forget_listing(&self.db, g)?;
-        Ok(open)
+        Ok(retire)
     }
 
     fn add_entry(&mut self, g: &GFid, entry: DirEntry) -> Result<()> {
@@ -714,23 +871,40 @@ impl State {
     }
 
     fn set_volume(&mut self, cell: CellId, volume: VolumeId, state: VolState) -> Result<()> {
-        self.db
-            .prepare_cached("INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)")?
-            .execute(params![i64::from(cell.0), volume.0 as i64, enc(&state)])?;
+        with_room(&self.disk, || {
+            self.db
+                .prepare_cached("INSERT OR REPLACE INTO volumes (cell, volume, state) VALUES (?1, ?2, ?3)")?
+                .execute(params![i64::from(cell.0), volume.0 as i64, enc(&state)])
+        })?;
         self.volumes.insert((cell, volume), state);
         Ok(())
     }
 }
 
 fn persist(s: &State, g: &GFid) -> Result<()> {
-    let Some(c) = s.objects.get(g) else { return Ok(()) };
+    let Some(c) = s.objects.get(g).filter(|c| !c.orphan) else { return Ok(()) };
     let (cell, v, o) = key(g);
-    s.db.prepare_cached(
-        "INSERT OR REPLACE INTO objects (cell, volume, object, attr, has_data, dirty, data_size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![cell, v, &o[..], enc(&c.attr), c.has_data, c.dirty, c.data_size as i64])?;
+    // The base is stored only where it differs from the version (a held container).
+    let base = (!c.base.same_as(&c.attr.version)).then(|| enc(&c.base));
+    with_room(&s.disk, || {
+        s.db.prepare_cached(
+            "INSERT OR REPLACE INTO objects (cell, volume, object, attr, has_data, dirty, data_size, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![cell, v, &o[..], enc(&c.attr), c.has_data, c.dirty, c.data_size as i64, base])
+    })?;
     Ok(())
+}
+
+/// Runs a database write; if the disk is full, releases the disk's reserve and runs it once
+/// more (see `crate::disk`).
+fn with_room<T>(disk: &crate::disk::CacheDisk, mut write: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    match write() {
+        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull && disk.release() => {
+            write()
+        }
+        other => other,
+    }
 }
 
 /// The object a row names in its first three columns (cell, volume, object id), if well-formed.
@@ -745,7 +919,8 @@ fn gfid_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<GFid>> {
 
 fn load(s: &mut State, dir: &Path) -> Result<()> {
     {
-        let mut stmt = s.db.prepare("SELECT cell, volume, object, attr, has_data, dirty, data_size FROM objects")?;
+        let mut stmt =
+            s.db.prepare("SELECT cell, volume, object, attr, has_data, dirty, data_size, base FROM objects")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let Some(g) = gfid_of(r)? else { continue };
@@ -762,6 +937,10 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
             if has_data {
                 s.used += data_size;
             }
+            let base = r
+                .get::<_, Option<Vec<u8>>>(7)?
+                .and_then(|b| postcard::from_bytes::<VersionVector>(&b).ok())
+                .unwrap_or_else(|| attr.version.clone());
             s.objects.insert(
                 g,
                 Cached {
@@ -769,9 +948,12 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
                     has_data,
                     dirty: r.get::<_, bool>(5)? && has_data,
                     data_size: if has_data { data_size } else { 0 },
+                    base,
                     last_used: 0,
                     open: 0,
+                    writers: 0,
                     priority: 0,
+                    orphan: false,
                 },
             );
         }
@@ -816,6 +998,16 @@ fn load(s: &mut State, dir: &Path) -> Result<()> {
                 s.volumes.insert((cell, volume), state);
             }
         }
+    }
+    Ok(())
+}
+
+/// Caches written before containers remembered their base have no `base` column: added (a
+/// missing base means "the version", which is what those caches assumed).
+fn add_base_column(db: &Connection) -> Result<()> {
+    let has: bool = db.prepare("SELECT 1 FROM pragma_table_info('objects') WHERE name = 'base'")?.exists([])?;
+    if !has {
+        db.execute_batch("ALTER TABLE objects ADD COLUMN base BLOB")?;
     }
     Ok(())
 }

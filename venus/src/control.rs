@@ -49,6 +49,7 @@ pub enum ControlRequest {
         volume: Option<String>,
     },
     Reconnect,
+    /// One step of `venus sync`: waits up to `timeout_secs`, then says how far it got.
     Sync {
         timeout_secs: u64,
     },
@@ -194,9 +195,11 @@ async fn answer(
             tokio::spawn(async move { core.tick().await });
             ControlResponse::Ok(serde_json::Value::Null)
         }
-        ControlRequest::Sync { timeout_secs } => {
-            json(core.sync(std::time::Duration::from_secs(timeout_secs)).await.map(|()| serde_json::Value::Null))
-        }
+        ControlRequest::Sync { timeout_secs } => json(
+            core.sync(std::time::Duration::from_secs(timeout_secs))
+                .await
+                .and_then(|p| serde_json::to_value(p).map_err(|e| e.to_string())),
+        ),
         ControlRequest::Conflicts => {
             json(core.conflicts().map_err(err).and_then(|c| serde_json::to_value(c).map_err(|e| e.to_string())))
         }

@@ -22,6 +22,11 @@ pub const RECORDS_REINTEGRATED: &str = "records_reintegrated";
 pub const CONFLICTS: &str = "conflicts";
 /// Volumes confirmed current as a whole (by their stamp) after a restart or reconnection.
 pub const VOLUMES_VALIDATED: &str = "volumes_validated";
+/// Times a server was found unreachable (venus went on from the cache for what it serves).
+pub const SERVERS_UNREACHABLE: &str = "servers_unreachable";
+/// Callback breaks acked before the kernel had taken their invalidations (it did not within
+/// the bound): each one a promise of DESIGN's kept late.
+pub const LATE_INVALIDATIONS: &str = "late_invalidations";
 
 const OTHERS: &[&str] = &[
     BYTES_FETCHED,
@@ -35,6 +40,8 @@ const OTHERS: &[&str] = &[
     DISCONNECTED_MISSES,
     RECORDS_REINTEGRATED,
     CONFLICTS,
+    SERVERS_UNREACHABLE,
+    LATE_INVALIDATIONS,
 ];
 
 pub struct Counters {
@@ -69,6 +76,11 @@ impl Counters {
         if let Some(c) = self.others.get(name) {
             c.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// The current value of a counter other than an RPC's.
+    pub fn get(&self, name: &str) -> u64 {
+        self.others.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> Snapshot {

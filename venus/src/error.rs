@@ -56,6 +56,8 @@ impl From<ProtoError> for VenusError {
         }
         match e {
             ProtoError::Remote(r) => VenusError::Remote(r),
+            // The cache's own disk (full, say): its errno is the answer.
+            ProtoError::Local(e) => VenusError::Io(e),
             other => VenusError::Protocol(other.to_string()),
         }
     }
@@ -74,9 +76,12 @@ impl VenusError {
             VenusError::Unreachable(_) => libc::ETIMEDOUT,
             VenusError::Protocol(_) => libc::EIO,
             VenusError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            // A database that cannot commit because the cache disk is full: the disk's errno.
+            VenusError::Index(_) | VenusError::Log(_) if self.is_disk_full() => libc::ENOSPC,
             VenusError::Index(_) => libc::EIO,
             VenusError::Log(_) => libc::EIO,
             VenusError::NotFound => libc::ENOENT,
+            VenusError::BadName(proto::name::NameError::TooLong(_)) => libc::ENAMETOOLONG,
             VenusError::BadName(_) => libc::EINVAL,
             VenusError::TooLargeForCache { .. } => libc::EFBIG,
             VenusError::Unsupported(_) => libc::ENOTSUP,
@@ -86,6 +91,18 @@ impl VenusError {
             VenusError::ChangedDuringStore => libc::EAGAIN,
             VenusError::NotCached => libc::EIO,
             VenusError::LogOwner(_) => libc::EACCES,
+        }
+    }
+
+    /// Whether this failed because the cache's disk is full (a container, or a database that
+    /// could not commit): room can be made and the work tried again.
+    pub fn is_disk_full(&self) -> bool {
+        let sqlite_full = |e: &rusqlite::Error| matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull);
+        match self {
+            VenusError::Io(e) => crate::disk::is_full(e),
+            VenusError::Index(e) => sqlite_full(e),
+            VenusError::Log(cml::CmlError::Db(e)) => sqlite_full(e),
+            _ => false,
         }
     }
 
@@ -136,5 +153,6 @@ fn remote_errno(r: &RemoteError) -> i32 {
         RemoteError::CrossDirectoryLink => libc::EXDEV,
         RemoteError::DuplicateObject => libc::EEXIST,
         RemoteError::WouldLoop => libc::EINVAL,
+        RemoteError::NoSpace => libc::ENOSPC,
     }
 }

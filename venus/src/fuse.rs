@@ -174,7 +174,12 @@ fn file_attr(st: &Stat) -> FileAttr {
     }
 }
 
+/// A name from the kernel. One too long for any directory is `ENAMETOOLONG` for every call, a
+/// lookup included (the kernel leaves the check to the file system).
 fn name_str(name: &OsStr) -> Result<String, Errno> {
+    if name.len() > proto::name::MAX_NAME_LEN {
+        return Err(Errno::ENAMETOOLONG);
+    }
     name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
 }
 
@@ -240,7 +245,8 @@ impl Filesystem for VenusFs {
         reply: ReplyAttr,
     ) {
         let core = self.core.clone();
-        let set = SetAttrRequest { mode: mode.map(|m| m & 0o7777), uid, gid, size, mtime: mtime.map(time) };
+        let caller = crate::fs::Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        let set = SetAttrRequest { mode: mode.map(|m| m & 0o7777), uid, gid, size, mtime: mtime.map(time), caller };
         self.spawn(req, async move {
             match core.setattr(ino.0, set).await {
                 Ok(st) => reply.attr(&ttl(&st), &file_attr(&st)),
@@ -501,6 +507,24 @@ impl Filesystem for VenusFs {
         });
     }
 
+    /// `fallocate(2)` on an open file: done to its container (space reserved, size extended
+    /// unless `FALLOC_FL_KEEP_SIZE`, holes punched...), and stored at close like a write.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     /// No ioctls: refused here at once (`isatty` asks on every `open` in some languages, and
     /// fuser's default would log a warning each time); the caller sees `ENOTTY`.
     fn ioctl(
@@ -603,15 +627,46 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
-/// Sends the core's invalidations to the kernel, off every FUSE handler thread.
-pub struct NotifierKernel(pub fuser::Notifier);
+/// Delivers the core's invalidations to the kernel (from `crate::kernel`'s threads only).
+pub struct NotifierKernel {
+    notifier: fuser::Notifier,
+    /// The session's `/dev/fuse` descriptor (a duplicate), for the notification fuser does not
+    /// know: `FUSE_NOTIFY_INC_EPOCH`.
+    device: std::os::fd::OwnedFd,
+}
 
-impl crate::fs::Kernel for NotifierKernel {
-    fn inval_inode(&self, ino: u64) {
-        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+impl NotifierKernel {
+    pub fn new(notifier: fuser::Notifier, device: std::os::fd::OwnedFd) -> Self {
+        NotifierKernel { notifier, device }
+    }
+}
+
+/// `FUSE_NOTIFY_INC_EPOCH` (protocol 7.44, Linux 6.16): every dentry older than the new epoch
+/// is looked up again at its next use. No payload, no lock.
+const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+
+impl crate::kernel::Kernel for NotifierKernel {
+    fn inval_inode(&self, ino: u64) -> std::io::Result<()> {
+        self.notifier.inval_inode(INodeNo(ino), 0, 0)
     }
 
-    fn inval_entry(&self, parent: u64, name: &str) {
-        let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
+    fn inval_entry(&self, parent: u64, name: &str) -> std::io::Result<()> {
+        self.notifier.inval_entry(INodeNo(parent), OsStr::new(name))
+    }
+
+    fn forget_all_names(&self) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }.
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        header[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
+        // SAFETY: a valid descriptor we own and a buffer of the length passed.
+        let n = unsafe { libc::write(self.device.as_raw_fd(), header.as_ptr().cast(), header.len()) };
+        if n == header.len() as isize {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        // An older kernel does not know the code.
+        if e.raw_os_error() == Some(libc::EINVAL) { Ok(false) } else { Err(e) }
     }
 }

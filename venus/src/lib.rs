@@ -8,10 +8,12 @@
 pub mod cache;
 pub mod control;
 pub mod counters;
+pub mod disk;
 pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod ids;
+pub mod kernel;
 pub mod mount;
 pub mod mounts;
 pub mod net;

@@ -72,7 +72,9 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let session = fuser::Session::new(VenusFs::new(core.clone(), rt.handle().clone()), &mountpoint, &cfg)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
 
-    core.set_kernel(Arc::new(NotifierKernel(session.notifier())));
+    let device = std::os::fd::AsFd::as_fd(&session).try_clone_to_owned().context("duplicating /dev/fuse")?;
+    core.set_kernel(Arc::new(NotifierKernel::new(session.notifier(), device)))
+        .context("starting the invalidation threads")?;
 
     let stop = Arc::new(tokio::sync::Notify::new());
     {

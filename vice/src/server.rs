@@ -141,7 +141,8 @@ async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         shared.callbacks.expire();
         let store = shared.store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep(CHUNK_GRACE)).await {
+        // The sweep frees space: on a full disk it may use the reserve (see `volumes::space`).
+        match tokio::task::spawn_blocking(move || store.space().retry_freeing(|| store.sweep(CHUNK_GRACE))).await {
             Ok(Ok(r))
                 if r.chunks_removed + r.orphan_files_removed + r.packs_removed + r.packs_rewritten > 0
                     || !r.pack_errors.is_empty() =>

@@ -10,6 +10,11 @@
 //! Only records that change an object's contents or attributes (Store, SetAttr, creation) bump
 //! its version vector and set its `last_op`; renames and links change names, not the object, so
 //! a rename on one client never conflicts with an edit on another.
+//!
+//! Space: free space is measured once per batch, and each record that would grow the store is
+//! refused with `NoSpace` below the low-water mark before it touches anything, while the
+//! records around it (removals first of all) still apply. A batch that fails for space anyway
+//! is run again, once, with the reserve file released (see [`crate::space`]).
 
 use std::collections::BTreeSet;
 
@@ -26,6 +31,7 @@ use proto::auth::Rights;
 use crate::access::{self, Caller};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
+use crate::space::{self, Budget, Cost};
 use crate::store::{SmallChunk, Store, file_chunks, record_chunks};
 
 /// The longest symlink target accepted.
@@ -83,6 +89,10 @@ impl Store {
     /// and the store that names it commit together, with one sync. The chunks stay recorded
     /// even if a record is refused (the sweep reclaims them if nothing uses them), as if they
     /// had been uploaded first.
+    ///
+    /// Below the low-water mark, growing records (and `chunks`) are refused with `NoSpace`
+    /// one by one; if the batch fails for space all the same, it runs once more with the
+    /// reserve released, and that second measurement refuses whatever still grows.
     pub fn apply_with_chunks(
         &self,
         caller: &Caller,
@@ -91,18 +101,67 @@ impl Store {
         chunks: &[SmallChunk],
         records: &[Record],
     ) -> Result<BatchOutcome> {
+        let mut budget = self.space.budget();
+        let grows = !chunks.is_empty()
+            || records.iter().any(|r| matches!(space::cost(&r.mutation), Cost::Grows | Cost::BySize));
+        if grows && !budget.allows(0) {
+            // Removals may have freed chunks the periodic sweep has not reclaimed yet.
+            self.reclaim_under_pressure();
+            budget = self.space.budget();
+        }
+        let out = match self.apply_batch(caller, client, volume, chunks, records, budget) {
+            Err(e) if e.is_no_space() && self.space.release_reserve() => {
+                let budget = self.space.budget();
+                self.apply_batch(caller, client, volume, chunks, records, budget)
+            }
+            other => other,
+        }?;
+        let freed = records.iter().zip(&out.results).any(|(r, result)| match result {
+            Ok(applied) => !applied.removed.is_empty() || matches!(r.mutation, Mutation::Store { .. }),
+            Err(_) => false,
+        });
+        if freed {
+            self.space.note_freed();
+        }
+        Ok(out)
+    }
+
+    fn apply_batch(
+        &self,
+        caller: &Caller,
+        client: ClientId,
+        volume: Option<VolumeId>,
+        chunks: &[SmallChunk],
+        records: &[Record],
+        budget: Budget,
+    ) -> Result<BatchOutcome> {
         let mut conn = self.lock_writer();
         let mut tx = conn.transaction()?;
         let mut out = BatchOutcome::default();
         let now = Timestamp::now();
-        record_chunks(&tx, &[], chunks, now)?;
+        let chunk_bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        // Chunks that do not fit are not recorded, and the stores that came with them are
+        // refused for space (not for missing chunks, which would only send them again).
+        let chunks_fit = chunks.is_empty() || budget.allows(chunk_bytes);
+        if !chunks.is_empty() && chunks_fit {
+            record_chunks(&tx, &[], chunks, now)?;
+        }
         for record in records {
             if let Some(previous) = remembered(&tx, record.op)? {
                 out.results.push(Ok(previous));
                 continue;
             }
+            let refused = match space::cost(&record.mutation) {
+                Cost::Grows => !budget.allows(0),
+                Cost::BySize => !chunks_fit,
+                Cost::Frees | Cost::Negligible => false,
+            };
+            if refused {
+                out.results.push(Err(RemoteError::NoSpace));
+                continue;
+            }
             let sp = tx.savepoint()?;
-            let result = apply_one(&sp, self.server, caller, volume, record, now);
+            let result = apply_one(&sp, self.server, caller, volume, record, now, budget);
             match result {
                 Ok(effect) => {
                     let applied = finish(&sp, record, effect, &mut out)?;
@@ -175,6 +234,7 @@ fn apply_one(
     only: Option<VolumeId>,
     record: &Record,
     now: Timestamp,
+    budget: Budget,
 ) -> Result<Effect> {
     let volume = record.mutation.volume();
     if only.is_some_and(|v| v != volume) {
@@ -204,6 +264,11 @@ fn apply_one(
             let grow = new_size as i64 - obj.attr.size as i64;
             if info.quota > 0 && grow > 0 && info.used.saturating_add(grow as u64) > info.quota {
                 return refuse(RemoteError::QuotaExceeded);
+            }
+            // Its chunks were admitted when they were uploaded; what is refused here is a file
+            // that gets larger on a full disk. A truncation frees space and goes through.
+            if grow > 0 && !budget.allows(0) {
+                return refuse(RemoteError::NoSpace);
             }
             ctx.set_chunks(*fid, chunks)?;
             obj.attr.size = new_size;

@@ -17,8 +17,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// What to tell the client: its own error, or an opaque internal failure.
+    /// What to tell the client: its own error, or an opaque internal failure. A full disk is
+    /// `NoSpace` however it shows (SQLite's "database or disk is full", or `ENOSPC`), never
+    /// internal: the client can act on it (remove something), and venus answers `ENOSPC`.
     pub fn to_remote(&self) -> RemoteError {
+        if self.is_no_space() {
+            return RemoteError::NoSpace;
+        }
         match self {
             StoreError::Refused(e) => e.clone(),
             StoreError::Db(e) => RemoteError::Internal(format!("database: {e}")),

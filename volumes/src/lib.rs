@@ -5,6 +5,9 @@
 //! Durability: a chunk is recorded only after its file is synced; a mutation commits in one
 //! SQLite transaction (WAL, `synchronous=FULL`) that references recorded chunks only. A crash at
 //! any moment therefore leaves every object at its old or its new version.
+//!
+//! A full disk never stops clients: growth is refused (`NoSpace`) below a low-water mark while
+//! removals go on, and a reserve file is given up so they can commit (see [`space`]).
 
 pub mod access;
 pub mod apply;
@@ -16,6 +19,7 @@ pub mod gc;
 pub mod pts;
 mod rows;
 mod schema;
+pub mod space;
 pub mod store;
 pub mod vldb;
 
@@ -23,6 +27,7 @@ pub use access::Caller;
 pub use apply::BatchOutcome;
 pub use error::{Result, StoreError};
 pub use pts::Ptdb;
+pub use space::{FreeSpace, Limits, SpaceGuard};
 pub use store::{ChunkUpload, SmallChunk, Store};
 pub use vldb::{NoVldb, SqliteVldb, Vldb};
 
@@ -32,3 +37,5 @@ mod tests;
 mod tests_acl;
 #[cfg(test)]
 mod tests_dump;
+#[cfg(test)]
+mod tests_space;

@@ -22,6 +22,7 @@ use crate::chunks::{ChunkStore, INLINE_MAX, PackId, PackWriter};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
 use crate::schema;
+use crate::space::{self, Admission, FreeSpace, Limits, SpaceGuard};
 
 const READERS: usize = 4;
 
@@ -34,6 +35,8 @@ pub struct Store {
     /// Uploads hold this shared; the sweep holds it exclusively, so it never deletes a chunk
     /// file an upload is about to record.
     pub(crate) gc: RwLock<()>,
+    /// Free space on the store's disk: growth refused below the low-water mark, the reserve.
+    pub(crate) space: SpaceGuard,
 }
 
 impl std::fmt::Debug for Store {
@@ -43,9 +46,22 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`: `dir/volumes.sqlite` and `dir/chunks/`.
+    /// Opens (or creates) the store in `dir`: `dir/volumes.sqlite`, `dir/chunks/` and the
+    /// reserve file `dir/reserve` (see [`crate::space`]).
     pub fn open(dir: &Path, server: ServerId) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let space = SpaceGuard::new(dir);
+        Store::open_with_space(dir, server, space)
+    }
+
+    /// [`Store::open`] measuring free space with `source` and these sizes (tests simulate a
+    /// full disk this way).
+    pub fn open_with(dir: &Path, server: ServerId, source: Box<dyn FreeSpace>, limits: Limits) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Store::open_with_space(dir, server, SpaceGuard::with(dir, source, limits))
+    }
+
+    fn open_with_space(dir: &Path, server: ServerId, space: SpaceGuard) -> Result<Self> {
         let path = dir.join("volumes.sqlite");
         let mut writer = schema::open(&path)?;
         schema::migrate(&mut writer)?;
@@ -57,7 +73,39 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             chunks,
             gc: RwLock::new(()),
+            space,
         })
+    }
+
+    /// The store's free-space guard.
+    pub fn space(&self) -> &SpaceGuard {
+        &self.space
+    }
+
+    /// Below the low-water mark, after something was freed: sweeps unreferenced chunks at once
+    /// (no grace period) so that removed files' space comes back before a growing change is
+    /// refused. The grace period protects chunks a client was just told the server holds; a
+    /// client whose store then names a swept chunk hears `MissingChunks` and uploads it again,
+    /// which costs less than refusing every change until the next periodic sweep.
+    pub(crate) fn reclaim_under_pressure(&self) {
+        if !self.space.take_freed() {
+            return;
+        }
+        match self.space.retry_freeing(|| self.sweep(std::time::Duration::ZERO)) {
+            Ok(r) => {
+                for e in &r.pack_errors {
+                    tracing::warn!(error = %e, "disk nearly full: the sweep left a pack alone");
+                }
+                tracing::info!(
+                    chunks = r.chunks_removed,
+                    bytes = r.bytes_removed,
+                    packs_removed = r.packs_removed,
+                    pack_bytes_freed = r.pack_bytes_freed,
+                    "disk nearly full: swept at once"
+                )
+            }
+            Err(e) => tracing::error!(error = %e, "disk nearly full and the sweep failed"),
+        }
     }
 
     pub fn server(&self) -> ServerId {
@@ -138,19 +186,24 @@ impl Store {
         Ok(info)
     }
 
-    /// Removes a volume and everything in it. Its chunks are reclaimed by the next sweep.
+    /// Removes a volume and everything in it. Its chunks are reclaimed by the next sweep. It
+    /// frees space, so on a full disk it may use the reserve.
     pub fn remove_volume(&self, id: VolumeId) -> Result<()> {
-        let mut conn = self.lock_writer();
-        let tx = conn.transaction()?;
-        let v = id.0 as i64;
-        let n = tx.execute("DELETE FROM volumes WHERE id = ?1", params![v])?;
-        if n == 0 {
-            return refuse(RemoteError::NoSuchVolume);
-        }
-        tx.execute("DELETE FROM objects WHERE volume = ?1", params![v])?;
-        tx.execute("DELETE FROM dirents WHERE volume = ?1", params![v])?;
-        tx.execute("DELETE FROM file_chunks WHERE volume = ?1", params![v])?;
-        tx.commit()?;
+        self.space.retry_freeing(|| {
+            let mut conn = self.lock_writer();
+            let tx = conn.transaction()?;
+            let v = id.0 as i64;
+            let n = tx.execute("DELETE FROM volumes WHERE id = ?1", params![v])?;
+            if n == 0 {
+                return refuse(RemoteError::NoSuchVolume);
+            }
+            tx.execute("DELETE FROM objects WHERE volume = ?1", params![v])?;
+            tx.execute("DELETE FROM dirents WHERE volume = ?1", params![v])?;
+            tx.execute("DELETE FROM file_chunks WHERE volume = ?1", params![v])?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.space.note_freed();
         Ok(())
     }
 
@@ -385,11 +438,41 @@ impl Store {
         })
     }
 
-    /// Starts an upload of chunks; see [`ChunkUpload`].
+    /// Whether `bytes` more may be written now, reclaiming what removals freed first if the
+    /// disk is below the low-water mark (so it may block for a sweep).
+    pub fn room_for(&self, bytes: u64) -> bool {
+        if self.space.budget().allows(bytes) {
+            return true;
+        }
+        self.reclaim_under_pressure();
+        self.space.budget().allows(bytes)
+    }
+
+    /// Starts an upload of chunks; see [`ChunkUpload`]. Not checked against the free space
+    /// (admin work such as a restore); clients' uploads go through [`Store::upload_sized`].
     pub fn upload(&self) -> ChunkUpload<'_> {
+        self.new_upload(None)
+    }
+
+    /// Starts an upload of `declared` bytes if they leave the disk above the low-water mark
+    /// (reclaiming what removals freed first, if need be); refused with `NoSpace` otherwise,
+    /// before anything is written. Until written, the bytes count against the free space.
+    pub fn upload_sized(&self, declared: u64) -> Result<ChunkUpload<'_>> {
+        if let Some(admitted) = self.space.admit(declared) {
+            return Ok(self.new_upload(Some(admitted)));
+        }
+        self.reclaim_under_pressure();
+        match self.space.admit(declared) {
+            Some(admitted) => Ok(self.new_upload(Some(admitted))),
+            None => Err(space::no_space()),
+        }
+    }
+
+    fn new_upload<'a>(&'a self, admitted: Option<Admission<'a>>) -> ChunkUpload<'a> {
         ChunkUpload {
             store: self,
             _gc: self.gc.read().unwrap_or_else(|p| p.into_inner()),
+            admitted,
             pack: None,
             packed: Vec::new(),
             inline: Vec::new(),
@@ -402,9 +485,15 @@ impl Store {
 /// An upload batch: large chunks are appended to a pack of the batch's own as they arrive,
 /// small ones kept in memory; [`ChunkUpload::commit`] makes the pack durable, then records
 /// them all (small ones with their bytes) in one transaction.
+///
+/// A chunk that fails to be added (bad hash, disk full) leaves the batch as it was: the chunks
+/// before it can still be committed, and so can those of an upload cut short, so a client's
+/// retry asks only for what is still missing.
 pub struct ChunkUpload<'a> {
     store: &'a Store,
     _gc: std::sync::RwLockReadGuard<'a, ()>,
+    /// The declared bytes still to be written, for an upload admitted against free space.
+    admitted: Option<Admission<'a>>,
     pack: Option<PackWriter>,
     packed: Vec<(ChunkRef, u64)>,
     inline: Vec<SmallChunk>,
@@ -424,10 +513,13 @@ impl ChunkUpload<'_> {
         let recorded = self.store.read(|c| {
             Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?.exists(params![&chunk.hash.0[..]])?)
         })?;
-        if recorded || !self.seen.insert(chunk.hash) {
+        if recorded || self.seen.contains(&chunk.hash) {
+            self.wrote(data.len());
             return Ok(());
         }
         if chunk.len <= INLINE_MAX && self.inline_bytes + data.len() <= INLINE_BUFFER {
+            // Written with the commit's rows: still in flight until then.
+            self.seen.insert(chunk.hash);
             self.inline_bytes += data.len();
             self.inline.push(SmallChunk { chunk, data: data.to_vec() });
             return Ok(());
@@ -437,8 +529,25 @@ impl ChunkUpload<'_> {
             None => self.pack.insert(self.store.chunks.new_pack()?),
         };
         let offset = pack.append(data)?;
+        self.seen.insert(chunk.hash);
         self.packed.push((chunk, offset));
+        self.wrote(data.len());
         Ok(())
+    }
+
+    fn wrote(&mut self, bytes: usize) {
+        if let Some(a) = &mut self.admitted {
+            a.wrote(bytes as u64);
+        }
+    }
+
+    /// How many chunks the batch holds so far (to be recorded by its commit).
+    pub fn len(&self) -> usize {
+        self.packed.len() + self.inline.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Makes the batch durable and records it. Returns how many chunks were new.
@@ -480,6 +589,14 @@ pub struct SmallChunk {
 }
 
 impl SmallChunk {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub fn new(chunk: ChunkRef, data: Vec<u8>) -> Result<Self> {
         verify(chunk, &data)?;
         if chunk.len > INLINE_MAX {

@@ -35,9 +35,13 @@ impl Venus {
 
     /// The current user's rights in directory `dir`: cached, asked of the server, or (offline,
     /// never asked) what the anonymous user may do.
+    ///
+    /// While the volume has logged changes the cache is the newer state, so rights are not
+    /// asked then either: the server's answer would replace the emulated directory (and drop
+    /// its listing) in the middle of the changes being replayed.
     pub(crate) async fn dir_rights(&self, dir: GFid) -> Result<Rights> {
         let user = self.principal(dir);
-        let reachable = self.reachable(dir.cell, dir.fid.volume);
+        let reachable = !self.emulating(dir.cell, dir.fid.volume);
         match self.cache.rights(&dir, user) {
             Some((r, fresh)) if fresh || !reachable => return Ok(r),
             _ => {}

@@ -107,7 +107,7 @@ impl Venus {
         };
         // Other local users' rights here were computed from the old ACL, and so was what the
         // kernel caches for everyone.
-        self.break_object(dir);
+        let _ = self.forget(self.break_object(dir));
         self.cache.put_attr_with(dir.cell, attr.clone(), true)?;
         self.note_access(dir, &attr, access)?;
         self.promised(dir, promise);

@@ -2,78 +2,85 @@
 //! and the kernel is told to forget what it cached, so the next `open` or `stat` asks venus,
 //! which asks the server.
 //!
-//! The kernel is told before the break is acked (so the writer's call returns only once no
-//! kernel cache here shows the old state), from the push handler, never from inside a FUSE
-//! handler for the same inode.
+//! The break is acked only once the kernel has been told (so the writer's call returns only once
+//! no kernel cache here shows the old state). Telling it never blocks anyone: invalidations are
+//! delivered by their own thread without taking kernel locks (`crate::kernel`), so a break
+//! arriving while a FUSE request waits on the same directory cannot deadlock with it.
 
 use proto::msg::Push;
-use proto::{Fid, ObjectId};
+use proto::{Fid, ObjectId, ObjectKind};
 
 use super::{Venus, lock};
 use crate::counters;
 use crate::ids::{CellId, GFid};
-
-/// What the kernel must forget.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inval {
-    Inode(u64),
-    Entry { parent: u64, name: String },
-}
-
-/// Where invalidations go (the FUSE session's notifier).
-pub trait Kernel: Send + Sync {
-    fn inval_inode(&self, ino: u64);
-    fn inval_entry(&self, parent: u64, name: &str);
-}
+use crate::kernel::{Delivered, Forget};
 
 impl Venus {
-    pub(crate) fn on_push(&self, cell: CellId, push: Push) {
+    /// Takes in a push; the result resolves once the kernel has forgotten what it must.
+    pub(crate) fn on_push(&self, cell: CellId, push: Push) -> Delivered {
+        let mut forget = Forget::default();
         match push {
             Push::BreakCallbacks { fids, volumes } => {
                 self.counters.add(counters::CALLBACK_BREAKS, (fids.len() + volumes.len()) as u64);
                 for fid in fids {
                     // Something in the volume changed: it is no longer known current as a whole.
                     self.drop_volume(cell, fid.volume);
-                    self.break_object(GFid::new(cell, fid));
+                    forget.add(self.break_object(GFid::new(cell, fid)));
                 }
                 for volume in volumes {
                     self.drop_volume(cell, volume);
                 }
             }
         }
+        self.forget(forget)
     }
 
-    pub(crate) fn break_object(&self, g: GFid) {
+    /// Drops the promise on an object; returns what the kernel must forget of it.
+    #[must_use]
+    pub(crate) fn break_object(&self, g: GFid) -> Forget {
         self.unpromise(&g);
         // Its ACL may have changed: rights in it are asked again before they are trusted.
         self.cache.stale_access(g.cell, Some(g.fid.volume), Some(&g));
-        self.forget_in_kernel(g);
+        self.kernel_view(g)
     }
 
     /// Makes the kernel forget what it caches of an object (its attributes, and for a
-    /// directory the names in it), so the next use asks venus.
+    /// directory the names in it), so the next use asks venus. Returns at once.
     pub(crate) fn forget_in_kernel(&self, g: GFid) {
+        let _ = self.forget(self.kernel_view(g));
+    }
+
+    /// What the kernel may hold of an object: its attributes, and for a directory, names.
+    fn kernel_view(&self, g: GFid) -> Forget {
         let ino = g.ino();
+        let mut forget = Forget::inode(ino);
         // A directory's cached entries may name things that are gone or changed: the kernel
         // forgets them; venus keeps the listing (no longer promised, so it is fetched again
-        // while connected) because offline it is the best there is.
-        if let Some(old) = self.cache.listing(&g) {
-            for e in old.iter() {
-                self.invalidate(super::Inval::Entry { parent: ino, name: e.name.to_string() });
-            }
+        // while connected) because offline it is the best there is. Names the kernel learned
+        // before venus dropped its listing count too: a directory always makes names stale.
+        let listing = self.cache.listing(&g);
+        let is_dir = listing.is_some() || self.cache.attr(&g).is_none_or(|a| a.kind != ObjectKind::File);
+        if is_dir {
+            forget.dirs.push(ino);
         }
-        self.invalidate(super::Inval::Inode(ino));
+        if let Some(old) = listing {
+            forget.names.extend(old.iter().map(|e| (ino, e.name.to_string())));
+        }
+        forget
     }
 
     /// The server could not deliver a break to us: trust nothing from the cell until it has been
-    /// revalidated.
+    /// revalidated. Called from inside requests (a reconnection, a `CallbacksLost` answer): it
+    /// queues the kernel's invalidations and never waits for them.
     pub(crate) fn on_callbacks_lost(&self, cell: CellId) {
         tracing::info!(cell = cell.0, "callback promises lost; revalidating");
         self.cache.stale_access(cell, None, None);
         let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
+        let mut forget = Forget::default();
         for g in lost {
-            self.break_object(g);
+            forget.add(self.break_object(g));
         }
+        let _ = self.forget(forget);
         let volumes: Vec<proto::VolumeId> =
             lock(&self.vol_promises).keys().filter(|(c, _)| *c == cell).map(|(_, v)| *v).collect();
         for v in volumes {

@@ -4,8 +4,6 @@
 //! directory is gone). Each conflict is recorded for `venus conflicts` until `venus repair`
 //! settles it.
 
-use std::sync::Arc;
-
 use proto::msg::Response;
 use proto::{Applied, Base, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, RemoteError};
 use proto::{Request, Seen, Timestamp};
@@ -206,7 +204,7 @@ impl Venus {
     }
 
     /// Handles a record the server refused at reintegration.
-    pub(crate) async fn conflict(self: &Arc<Self>, cell: CellId, record: &Record, refusal: RemoteError) -> Result<()> {
+    pub(crate) async fn conflict(&self, cell: CellId, record: &Record, refusal: RemoteError) -> Result<()> {
         let volume = record.mutation.volume();
         let mut info = ConflictInfo {
             id: 0,
@@ -348,11 +346,8 @@ impl Venus {
 
     /// The local version is kept elsewhere now: the file's own name shows the server's again.
     fn show_server_version(&self, g: GFid) -> Result<()> {
-        if let Some(c) = self.cache.get(&g) {
-            self.cache.set_local(&g, c.data_size, false)?;
-            self.cache.flush(&g)?;
-            self.forget_in_kernel(g);
-        }
+        self.cache.discard(&g)?;
+        self.forget_in_kernel(g);
         Ok(())
     }
 
@@ -469,12 +464,9 @@ impl Venus {
         for d in [info.dir, info.copy_dir].into_iter().flatten() {
             let g = GFid::new(cell, d);
             self.unpromise(&g);
-            if let Ok(Some(old)) = self.cache.drop_listing(&g) {
-                for e in old.iter() {
-                    self.invalidate(super::Inval::Entry { parent: g.ino(), name: e.name.to_string() });
-                }
-            }
-            self.invalidate(super::Inval::Inode(g.ino()));
+            // The kernel forgets the names venus knew before the listing goes.
+            self.forget_in_kernel(g);
+            self.cache.drop_listing(&g)?;
         }
         Ok(info)
     }

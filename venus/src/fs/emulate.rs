@@ -30,13 +30,49 @@ impl Venus {
         };
         let record = Record { op: OpId::random(), mutation };
         let name = self.cell(cell)?.name().to_string();
-        if last_name {
-            self.cml.append_removing_last_name(&name, record.clone())?;
-        } else {
-            self.cml.append(&name, record.clone())?;
-        }
+        self.with_room(|| {
+            if last_name {
+                self.cml.append_removing_last_name(&name, record.clone())?;
+            } else {
+                self.cml.append(&name, record.clone())?;
+            }
+            Ok(())
+        })?;
         self.mark_pending(cell, volume, true);
         self.apply_local(cell, &record.mutation)
+    }
+
+    /// At start-up: a file whose container holds local changes that no logged record carries
+    /// (venus stopped with its store in flight, or before it was sent) gets a store in the log,
+    /// based on the version its contents came from. So every dirty file reaches the server (or
+    /// becomes a conflict, if the server's version moved on) instead of staying dirty for ever:
+    /// never evicted, hiding the server's newer versions.
+    pub(crate) fn log_unstored_files(&self) -> Result<()> {
+        for g in self.cache.dirty_objects() {
+            let Ok(conn) = self.cell(g.cell) else { continue };
+            let cell_name = conn.name().to_string();
+            if self.cml.base_of(&cell_name, g.fid)?.is_some() {
+                continue;
+            }
+            let (Some(base), Ok(scanned)) = (self.cache.base(&g), super::store::scan(&self.cache.container(&g))) else {
+                continue;
+            };
+            let volume = g.fid.volume;
+            // The log's owner replays it; a log without one is claimed for venus's own user.
+            if let Err(e) = self.claim_log(g.cell, volume) {
+                tracing::info!(file = %g, error = %e, "logging a dirty file in another user's log");
+            }
+            let mutation = Mutation::Store {
+                fid: g.fid,
+                base: proto::Base::Version(base),
+                chunks: scanned.chunks,
+                mtime: scanned.mtime,
+            };
+            self.cml.append(&cell_name, Record { op: OpId::random(), mutation })?;
+            self.mark_pending(g.cell, volume, true);
+            tracing::info!(file = %g, "local changes not yet stored are logged for reintegration");
+        }
+        Ok(())
     }
 
     /// Offline, a change follows the last logged change of its object, not the server version.
@@ -272,8 +308,9 @@ impl Venus {
             let g = GFid::new(cell, Fid::new(volume, *o));
             // The log may still need the data (a store replayed before the removal): keep the
             // container until reintegration; revalidation forgets it once the server has.
+            // (A file still open stays an orphan for its descriptors: see `Cache::remove`.)
             let needed = self.cml.base_of(&cell_name, g.fid)?.is_some();
-            if !needed && self.cache.get(&g).is_none_or(|c| c.open == 0) {
+            if !needed {
                 self.cache.remove(&g)?;
             }
         }

@@ -37,10 +37,11 @@ use crate::cache::Cache;
 use crate::counters::Counters;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid, ROOT_INO};
+use crate::kernel::Forget;
 use crate::net::{CellConn, Events};
 
-pub use breaks::{Inval, Kernel};
 pub use paths::WhereIs;
+pub use user::Caller;
 pub use write::SetAttrRequest;
 
 /// How venus is started.
@@ -107,13 +108,16 @@ pub struct Venus {
     forced: Mutex<modes::Forced>,
     /// Volumes with records in the modification log.
     pending: Mutex<std::collections::HashSet<(CellId, proto::VolumeId)>>,
+    /// Why each volume's last reintegration stopped short (for `venus status`).
+    postponed: Mutex<HashMap<(CellId, proto::VolumeId), String>>,
     /// Volume promises (see `volumes.rs`).
     vol_promises: Mutex<HashMap<(CellId, proto::VolumeId), Instant>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// One fetch per object at a time.
     fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
-    kernel: Mutex<Option<Arc<dyn Kernel>>>,
+    /// Where invalidations for the kernel are queued (never delivered on the caller's thread).
+    kernel: crate::kernel::Invalidator,
     pub started: Timestamp,
     pub mountpoint: PathBuf,
     pub hoarding: hoard::Hoarding,
@@ -126,9 +130,10 @@ pub struct Venus {
 struct EventSink(std::sync::Weak<Venus>);
 
 impl Events for EventSink {
-    fn push(&self, cell: CellId, push: proto::msg::Push) {
-        if let Some(v) = self.0.upgrade() {
-            v.on_push(cell, push);
+    fn push(&self, cell: CellId, push: proto::msg::Push) -> crate::kernel::Delivered {
+        match self.0.upgrade() {
+            Some(v) => v.on_push(cell, push),
+            None => crate::kernel::Delivered::now(),
         }
     }
 
@@ -187,7 +192,7 @@ impl Venus {
                 Some((ids[i], log.volume))
             })
             .collect();
-        Ok(Arc::new_cyclic(|weak| {
+        let venus = Arc::new_cyclic(|weak| {
             let events: Arc<dyn Events> = Arc::new(EventSink(weak.clone()));
             let mut cells = HashMap::new();
             let mut cell_names = Vec::new();
@@ -225,17 +230,20 @@ impl Venus {
                 vol_promises: Mutex::new(HashMap::new()),
                 forced: Mutex::new(Default::default()),
                 pending: Mutex::new(pending),
+                postponed: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 fetching: Mutex::new(HashMap::new()),
-                kernel: Mutex::new(None),
+                kernel: crate::kernel::Invalidator::default(),
                 started: Timestamp::now(),
                 mountpoint: config.mountpoint.clone(),
                 hoarding: hoard::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
                 tokens,
                 revalidating: tokio::sync::Mutex::new(()),
             }
-        }))
+        });
+        venus.log_unstored_files()?;
+        Ok(venus)
     }
 
     pub fn cell(&self, id: CellId) -> Result<&Arc<CellConn>> {
@@ -316,21 +324,24 @@ impl Venus {
     }
 
     /// Connects the kernel (set once the mount exists).
-    pub fn set_kernel(&self, kernel: Arc<dyn Kernel>) {
-        *lock(&self.kernel) = Some(kernel);
+    pub fn set_kernel(&self, kernel: Arc<dyn crate::kernel::Kernel>) -> std::io::Result<()> {
+        self.kernel.connect(kernel)
     }
 
-    /// Tells the kernel to forget something now. Callers are callback-break handlers and control
-    /// tasks, never a FUSE handler (which could deadlock on the inode it holds); a break's
-    /// invalidations reach the kernel before its ack, so once the writer's call returns no
-    /// kernel cache here still shows the old state.
-    pub(crate) fn invalidate(&self, inval: Inval) {
-        let kernel = lock(&self.kernel).clone();
-        if let Some(k) = kernel {
-            match inval {
-                Inval::Inode(ino) => k.inval_inode(ino),
-                Inval::Entry { parent, name } => k.inval_entry(parent, &name),
-            }
+    /// Tells the kernel to forget something. Returns at once, whoever calls it (a FUSE handler
+    /// included): the invalidation is delivered by a thread of its own (`crate::kernel`), and
+    /// only a callback break waits for the delivery, before its ack.
+    pub(crate) fn forget(&self, forget: Forget) -> crate::kernel::Delivered {
+        self.kernel.forget(forget)
+    }
+
+    /// Runs `f`; when it failed because the cache disk is full, makes room (the disk's reserve,
+    /// clean files: `Cache::make_room`) and runs it once more. What still does not fit fails
+    /// with `ENOSPC`.
+    pub(crate) fn with_room<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(e) if e.is_disk_full() && self.cache.make_room() => f(),
+            other => other,
         }
     }
 

@@ -22,17 +22,44 @@ pub enum Mode {
     Reintegrating,
 }
 
+/// How far `venus sync` got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// Every logged change is on a server.
+    pub done: bool,
+    /// Changes still in the log, and the bytes of file data they carry.
+    pub records: u64,
+    pub bytes: u64,
+    /// File data sent to servers since venus started.
+    pub sent: u64,
+}
+
 /// What `venus disconnect` asked for: a whole cell, or one volume of it.
 pub(crate) type Forced = HashSet<(CellId, Option<VolumeId>)>;
 
 impl Venus {
     /// Whether requests for the volume may go to the network at all.
     pub fn reachable(&self, cell: CellId, volume: VolumeId) -> bool {
-        let forced = {
-            let f = lock(&self.forced);
-            f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
+        !self.forced_off(cell, volume) && self.cell(cell).is_ok_and(|c| !c.volume_down(volume))
+    }
+
+    /// Whether `venus disconnect` keeps the volume off the network.
+    pub(crate) fn forced_off(&self, cell: CellId, volume: VolumeId) -> bool {
+        let f = lock(&self.forced);
+        f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
+    }
+
+    /// Why the volume's last reintegration stopped, if it did and nothing went since.
+    pub(crate) fn postponed(&self, cell: CellId, volume: VolumeId) -> Option<String> {
+        lock(&self.postponed).get(&(cell, volume)).cloned()
+    }
+
+    pub(crate) fn note_postponed(&self, cell: CellId, volume: VolumeId, why: Option<String>) {
+        let mut p = lock(&self.postponed);
+        match why {
+            Some(why) => p.insert((cell, volume), why),
+            None => p.remove(&(cell, volume)),
         };
-        !forced && self.cell(cell).is_ok_and(|c| !c.volume_down(volume))
     }
 
     pub fn has_pending(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -107,30 +134,41 @@ impl Venus {
         Ok(done)
     }
 
-    /// `venus sync`: waits until every logged change is on a server, or says why it cannot.
-    pub async fn sync(self: &std::sync::Arc<Self>, timeout: std::time::Duration) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + timeout;
+    /// One step of `venus sync`: waits up to `step` for every logged change to be on a server,
+    /// then says how far it got. Fails at once, saying why, when a volume with changes cannot
+    /// reach any of its servers; a volume whose server is alive is waited for however slow the
+    /// link (the caller repeats the step and shows the progress).
+    pub async fn sync(self: &std::sync::Arc<Self>, step: std::time::Duration) -> Result<SyncProgress, String> {
+        let deadline = std::time::Instant::now() + step;
+        // Probe servers believed down first ("sync now" should not trust an old verdict), and
+        // start replaying: in the background, since a long replay over a slow link must not
+        // hold this step (and its progress report) until it ends.
+        let probe = {
+            let me = self.clone();
+            tokio::spawn(async move { me.tick().await })
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), probe).await;
         loop {
-            // Probe servers believed down first: "sync now" should not trust an old verdict.
-            self.tick().await;
             let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
-            if pending.is_empty() {
-                return Ok(());
+            let logs = self.cml.summary().map_err(|e| e.to_string())?;
+            let progress = SyncProgress {
+                done: pending.is_empty(),
+                records: logs.iter().map(|l| l.records).sum(),
+                bytes: logs.iter().map(|l| l.bytes).sum(),
+                sent: self.counters.get(crate::counters::BYTES_STORED),
+            };
+            if progress.done {
+                return Ok(progress);
             }
             if let Some((cell, volume)) = pending.iter().find(|(c, v)| !self.reachable(*c, *v)) {
                 let name = self.cell(*cell).map(|c| c.name().to_string()).unwrap_or_default();
-                let records = self
-                    .cml
-                    .summary()
-                    .ok()
-                    .and_then(|s| s.into_iter().find(|l| l.cell == name && l.volume == *volume))
-                    .map_or(0, |l| l.records);
+                let records = logs.iter().find(|l| l.cell == name && l.volume == *volume).map_or(0, |l| l.records);
                 return Err(format!(
                     "volume {volume} of cell {name} is disconnected; {records} changes wait for its servers (venus reconnect, or wait for them to answer)"
                 ));
             }
             if std::time::Instant::now() > deadline {
-                return Err("timed out waiting for reintegration".into());
+                return Ok(progress);
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }

@@ -153,7 +153,7 @@ impl Venus {
         let g = self.resolve_object(components).await?;
         self.unpromise(&g);
         let dropped = self.cache.flush(&g)?;
-        self.invalidate(super::Inval::Inode(g.ino()));
+        self.forget_in_kernel(g);
         Ok(dropped)
     }
 
@@ -189,7 +189,11 @@ impl Venus {
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         let remove = Mutation::Remove { parent: parent.fid, name: e.name.clone(), seen };
         self.commit_editing(parent.cell, remove, &[super::write::ListingEdit::Remove(parent, e.name)]).await?;
-        self.invalidate(super::Inval::Entry { parent: parent.ino(), name });
+        let _ = self.forget(crate::kernel::Forget {
+            names: vec![(parent.ino(), name)],
+            dirs: vec![parent.ino()],
+            ..Default::default()
+        });
         Ok(())
     }
 }

@@ -19,9 +19,13 @@ use crate::ids::{CellId, GFid};
 impl Venus {
     /// An object's attributes: cached while its promise holds, fetched otherwise.
     pub async fn status(&self, g: GFid) -> Result<Attr> {
-        let cached = self.cache.attr(&g);
+        let (cached, orphan) = match self.cache.get(&g) {
+            Some(c) => (Some(c.attr), c.orphan),
+            None => (None, false),
+        };
+        // An unlinked file still open is what its descriptors see; the server has no more to say.
         if let Some(a) = &cached
-            && (self.valid(&g) || self.emulating(g.cell, g.fid.volume))
+            && (orphan || self.valid(&g) || self.emulating(g.cell, g.fid.volume))
         {
             self.counters.add(counters::CACHE_HITS, 1);
             return Ok(a.clone());
@@ -91,6 +95,15 @@ impl Venus {
     pub async fn data(&self, g: GFid) -> Result<Attr> {
         let lock = self.fetch_lock(g);
         let _one_at_a_time = lock.lock().await;
+        match self.fetch_whole(g).await {
+            // The cache disk filled up under the fetch: make room and fetch again (once).
+            Err(e) if e.is_disk_full() && self.cache.make_room() => self.fetch_whole(g).await,
+            other => other,
+        }
+    }
+
+    /// `data` under the object's lock.
+    async fn fetch_whole(&self, g: GFid) -> Result<Attr> {
         let attr = self.status(g).await?;
         if attr.kind != ObjectKind::File {
             return Err(if attr.kind == ObjectKind::Directory {
@@ -323,7 +336,7 @@ impl Venus {
         }
         self.data(g).await?;
         // Counted open before the container is: from here on it is neither evicted nor reused.
-        self.cache.opened(&g);
+        self.cache.opened(&g, writable);
         let truncate = writable && flags & libc::O_TRUNC != 0;
         let opened = std::fs::OpenOptions::new()
             .read(true)
@@ -333,7 +346,7 @@ impl Venus {
         let file = match opened {
             Ok(file) => file,
             Err(e) => {
-                self.cache.closed(&g);
+                let _ = self.cache.closed(&g, writable);
                 return Err(e.into());
             }
         };

@@ -37,6 +37,8 @@ impl Venus {
         if !lock(&self.pending).is_empty() {
             self.reintegrate_all().await;
         }
+        // The cache's disk: room for the databases, the reserve back when there is room.
+        self.cache.keep_room();
     }
 
     /// Replays every volume with logged changes whose servers answer.
@@ -47,8 +49,11 @@ impl Venus {
                 continue;
             }
             match self.reintegrate_volume(cell, volume).await {
-                Ok(()) => {}
-                Err(e) => tracing::info!(cell = cell.0, %volume, error = %e, "reintegration postponed"),
+                Ok(()) => self.note_postponed(cell, volume, None),
+                Err(e) => {
+                    tracing::info!(cell = cell.0, %volume, error = %e, "reintegration postponed");
+                    self.note_postponed(cell, volume, Some(e.to_string()));
+                }
             }
         }
     }
@@ -172,9 +177,12 @@ impl Venus {
             for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
                 match result {
                     Ok(applied) => {
-                        self.settled(cell, record, &applied)?;
+                        // Out of the log first: a file is clean once no record of it is left.
+                        self.cml.remove(&[entry.seq])?;
+                        self.settled(cell, &applied).await?;
                         replayed += 1;
                         self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
+                        continue;
                     }
                     // Chunks swept between upload and commit: upload again (bounded).
                     Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
@@ -246,26 +254,28 @@ impl Venus {
         Ok(rest)
     }
 
-    /// A record the server applied: files take their server versions (their data is the same);
-    /// directories are left for revalidation, as later records may still change them locally.
-    fn settled(&self, cell: CellId, record: &proto::Record, applied: &Applied) -> Result<()> {
+    /// A record the server applied (and already out of the log): files take their server
+    /// versions; a file with no logged change left is clean, its container the server's
+    /// version. Directories are left for revalidation, as later records may still change them
+    /// locally.
+    async fn settled(&self, cell: CellId, applied: &Applied) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
         for attr in &applied.attrs {
             if attr.kind == ObjectKind::Directory {
                 continue;
             }
             let g = GFid::new(cell, attr.fid);
-            let dirty_before = self.cache.get(&g).is_some_and(|c| c.dirty);
-            self.cache.put_attr(cell, attr.clone())?;
-            if let Mutation::Store { fid, .. } = &record.mutation
-                && *fid == attr.fid
-                && dirty_before
-                && self.cml.base_of(&name, *fid)?.is_none()
+            // As a close does: a store being logged for this file right now is not missed.
+            let lock = self.fetch_lock(g);
+            let _one_at_a_time = lock.lock().await;
+            // Our own change: the container is what it was made from (an attribute change, a
+            // rename), or what was sent (a store).
+            self.cache.put_attr_with(cell, attr.clone(), true)?;
+            if let Some(c) = self.cache.get(&g)
+                && c.dirty
+                && self.cml.base_of(&name, attr.fid)?.is_none()
             {
-                // Nothing more pending for this file: its container is the server's version.
-                if let Some(c) = self.cache.get(&g) {
-                    self.cache.set_local(&g, c.data_size, false)?;
-                }
+                self.cache.set_local(&g, c.data_size, false)?;
             }
         }
         Ok(())

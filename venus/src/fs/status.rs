@@ -43,6 +43,9 @@ pub struct VolumeStatus {
     pub oldest_pending: Option<proto::Timestamp>,
     /// The local user whose token the pending changes wait for (`venus login`).
     pub waiting_for_login: Option<u32>,
+    /// Why the volume is not plainly connected, in words.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Venus {
@@ -81,11 +84,27 @@ impl Venus {
                         && o.user != proto::PtsId::ANONYMOUS
                         && self.tokens.get(cell, o.uid).map(|t| t.body.user) != Some(o.user)
                 });
+                let state = self.mode(cell, volume);
+                let reason = match state {
+                    super::modes::Mode::Connected => None,
+                    super::modes::Mode::Disconnected if self.forced_off(cell, volume) => {
+                        Some("disconnected by `venus disconnect`".to_string())
+                    }
+                    super::modes::Mode::Disconnected => Some("its servers do not answer".to_string()),
+                    super::modes::Mode::Reintegrating => {
+                        Some(match (waiting_for_login, self.postponed(cell, volume)) {
+                            (Some(o), _) => format!("waiting for uid {} to `venus login`", o.uid),
+                            (None, Some(why)) => format!("reintegration postponed: {why}"),
+                            (None, None) => "reintegrating".to_string(),
+                        })
+                    }
+                };
                 Some(VolumeStatus {
                     cell: name,
                     volume: volume.0,
                     name: self.cache.volume(cell, volume).name,
-                    state: self.mode(cell, volume),
+                    state,
+                    reason,
                     pending_records: log.map_or(0, |l| l.records),
                     pending_bytes: log.map_or(0, |l| l.bytes),
                     oldest_pending: log.and_then(|l| l.oldest),

@@ -58,8 +58,46 @@ impl Venus {
     /// Stores the container of `g`. Callers hold the object's lock (`fetch_lock`), so stores
     /// and fetches of one object never overlap and the base is the version last stored.
     pub(crate) async fn store(&self, g: GFid) -> Result<Attr> {
+        let result = self.try_store(g).await;
+        match result {
+            Err(VenusError::Remote(refusal)) if kept_aside(&refusal) => {
+                self.keep_refused(g, refusal.clone()).await;
+                Err(VenusError::Remote(refusal))
+            }
+            other => other,
+        }
+    }
+
+    /// A store the server refused for good (another client changed the file, quota, space,
+    /// rights): the local version is kept as a conflict, the way reintegration keeps it — beside
+    /// the server's as `NAME.conflict-…`, or in `CACHE/kept/` when the server takes nothing —
+    /// and listed by `venus conflicts`; the file shows the server's version again. `close`
+    /// still returns the refusal. A container left dirty instead would never be stored, never
+    /// evicted, and would hide every later version of the file.
+    async fn keep_refused(&self, g: GFid, refusal: proto::RemoteError) {
         let path = self.cache.container(&g);
-        let base = self.cache.attr(&g).ok_or(VenusError::NotFound)?.version;
+        let Some(base) = self.cache.base(&g) else { return };
+        let kept = async {
+            // A copy on the server needs the chunks there (a refused small store took its
+            // chunks back with it); a refusal for space or quota keeps the copy here instead.
+            let scanned = match refusal {
+                proto::RemoteError::Conflict(_) => self.scan_and_upload(g, &path).await?.0,
+                _ => scan_off_runtime(&path, false).await?,
+            };
+            let record = proto::Record { op: proto::OpId::random(), mutation: store_of(g, base, &scanned) };
+            self.conflict(g.cell, &record, refusal).await
+        };
+        if let Err(e) = kept.await {
+            tracing::warn!(file = %g, error = %e, "a refused store could not be kept aside; the changes stay in the cache");
+        }
+    }
+
+    async fn try_store(&self, g: GFid) -> Result<Attr> {
+        let path = self.cache.container(&g);
+        // The version the container's contents came from, not the server's latest: if another
+        // client changed the file meanwhile, the server refuses the store instead of taking
+        // ours over theirs.
+        let base = self.cache.base(&g).ok_or(VenusError::NotFound)?;
         let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= SEND_WITHOUT_ASKING);
         let (applied, logged, size) = if self.emulating(g.cell, g.fid.volume) {
             // Logged; the chunks travel at reintegration.
@@ -122,10 +160,13 @@ impl Venus {
         // blocked on a full channel goes on without sending.
         let mut uploads =
             Box::pin(batches.map(|b| upload_batch(conn, g.fid.volume, path, b)).buffer_unordered(UPLOADS_IN_FLIGHT));
-        let (mut sent, mut uploaded) = (0u64, Uploaded::All);
+        let mut uploaded = Uploaded::All;
         while let Some(result) = uploads.next().await {
             match result {
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    // Counted batch by batch: `venus sync` shows a long upload moving.
+                    self.counters.add(counters::BYTES_STORED, n);
+                }
                 Err(e @ VenusError::Unreachable(_)) => {
                     uploaded = Uploaded::ServerGone(e);
                     break;
@@ -137,7 +178,6 @@ impl Venus {
             }
         }
         drop(uploads);
-        self.counters.add(counters::BYTES_STORED, sent);
         let scanned = cutter.await.map_err(|e| VenusError::Io(std::io::Error::other(e.to_string())))??;
         Ok((scanned, uploaded))
     }
@@ -165,6 +205,13 @@ async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, bat
     }
     result?;
     Ok(sent)
+}
+
+/// Whether a refused store is kept aside as a conflict: every refusal but the passing ones
+/// that `CellConn::call` retries or the caller resolves.
+fn kept_aside(refusal: &proto::RemoteError) -> bool {
+    use proto::RemoteError as E;
+    !matches!(refusal, E::VolumeBusy | E::VolumeMoved | E::CallbacksLost | E::MissingChunks(_))
 }
 
 fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> Mutation {

@@ -31,6 +31,30 @@ pub fn current_uid() -> u32 {
     UID.try_with(|u| *u).unwrap_or_else(|_| unsafe { libc::getuid() })
 }
 
+/// The local process behind a request, as the kernel names it: for the POSIX rules that depend
+/// on who asks (chmod's set-group-ID rule).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether the caller is in group `gid`: its own group, or one of its supplementary groups
+    /// (from `/proc/PID/status`; a process gone meanwhile counts as not in it).
+    pub fn in_group(&self, gid: u32) -> bool {
+        if self.gid == gid {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else { return false };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse::<u32>() == Ok(gid)))
+    }
+}
+
 /// A token as `venus tokens` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenInfo {

@@ -24,6 +24,8 @@ pub struct SetAttrRequest {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<Timestamp>,
+    /// Who asks (for the set-group-ID rule).
+    pub caller: super::Caller,
 }
 
 /// How a change edits the cached listings of its directories: applied with the server's answer,
@@ -92,7 +94,7 @@ impl Venus {
             if !self.has_pending(cell, volume) {
                 self.claim_log(cell, volume)?;
             }
-            self.cml.append(conn.name(), record.clone())?;
+            self.with_room(|| Ok(self.cml.append(conn.name(), record.clone())?))?;
             self.mark_pending(cell, volume, true);
             let applied = self.apply_local(cell, &record.mutation)?;
             self.edit_listings(edits)?;
@@ -209,7 +211,7 @@ impl Venus {
             )
             .await?;
         // A new file is empty: its container exists at once, no fetch needed.
-        self.cache.make_container(&g)?;
+        self.with_room(|| self.cache.make_container(&g))?;
         self.cache.set_local(&g, 0, false)?;
         let stat = self.stat_of(g, &attr);
         let (fh, h) = self.open(stat.ino, flags & !libc::O_TRUNC).await?;
@@ -397,14 +399,22 @@ impl Venus {
             let _one_at_a_time = lock.lock().await;
             let path = self.cache.container(&g);
             // Held open meanwhile, so the container is not evicted or reused under the change.
-            self.cache.opened(&g);
+            self.cache.opened(&g, true);
             let truncated = std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(size));
             let marked = truncated.map_err(VenusError::from).and_then(|()| self.cache.set_local(&g, size, true));
-            self.cache.closed(&g);
+            let closed = self.cache.closed(&g, true);
             marked?;
+            closed?;
             self.store(g).await?;
         }
-        let set = SetAttrs { mode: req.mode, owner: req.uid, group: req.gid, mtime: req.mtime };
+        // POSIX chmod: a caller without privileges who is not in the file's group cannot make it
+        // set-group-ID; the bit is dropped, the rest of the change stands.
+        let mode = req.mode.map(|m| {
+            let privileged = req.caller.uid == 0;
+            let keeps_sgid = privileged || attr.kind != ObjectKind::File || req.caller.in_group(attr.group);
+            if keeps_sgid { m } else { m & !libc::S_ISGID }
+        });
+        let set = SetAttrs { mode, owner: req.uid, group: req.gid, mtime: req.mtime };
         if !set.is_empty() {
             let attr = self.status(g).await?;
             if let Some(t) = req.mtime
@@ -417,6 +427,24 @@ impl Venus {
         }
         let attr = self.status(g).await?;
         Ok(self.stat_of(g, &attr))
+    }
+
+    /// `fallocate(2)` on an open file's container; stored at close like any change of it.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(VenusError::Io(std::io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        let (Ok(offset), Ok(length)) = (libc::off_t::try_from(offset), libc::off_t::try_from(length)) else {
+            return Err(VenusError::Io(std::io::Error::from_raw_os_error(libc::EFBIG)));
+        };
+        // SAFETY: a descriptor the handle owns; the kernel checks mode and range.
+        if unsafe { libc::fallocate(h.file.as_raw_fd(), mode, offset, length) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        h.written.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes to an open file's container (when the kernel does not pass writes through).
@@ -449,6 +477,20 @@ impl Venus {
         if !changed {
             return Ok(());
         }
+        if self.cache.get(&h.gfid).is_some_and(|c| c.orphan) {
+            // Removed while open: what was written goes with the file, as on a local disk.
+            *super::lock(&h.baseline) = now;
+            h.written.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.detached(h) {
+            // The file's container is no longer the one this descriptor writes: the file was
+            // removed, or its local version was kept aside as a conflict after a refused store.
+            // What is written here belongs to no file; it is not stored over the server's.
+            *super::lock(&h.baseline) = now;
+            h.written.store(false, Ordering::Relaxed);
+            return Err(VenusError::Io(std::io::Error::from_raw_os_error(libc::ESTALE)));
+        }
         self.cache.set_local(&h.gfid, now.0, true)?;
         // Cleared before the store: a write that races with it sets it again.
         h.written.store(false, Ordering::Relaxed);
@@ -458,10 +500,31 @@ impl Venus {
                 Ok(())
             }
             Err(e) => {
-                h.written.store(true, Ordering::Relaxed);
+                if self.cache.get(&h.gfid).is_some_and(|c| c.orphan) {
+                    // Removed while open: what was written goes with the file, as on a local disk.
+                    *super::lock(&h.baseline) = now;
+                    h.written.store(false, Ordering::Relaxed);
+                    return Ok(());
+                }
+                if self.detached(h) {
+                    // Kept aside: nothing is left to store again at release.
+                    *super::lock(&h.baseline) = now;
+                } else {
+                    h.written.store(true, Ordering::Relaxed);
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Whether an open file's container is no longer the file's (removed, replaced, or kept
+    /// aside since the descriptor was opened).
+    fn detached(&self, h: &super::Handle) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(mine), current) = (h.file.metadata(), std::fs::metadata(self.cache.container(&h.gfid))) else {
+            return false;
+        };
+        current.map_or(true, |c| c.ino() != mine.ino() || c.dev() != mine.dev())
     }
 
     /// `fsync(2)`: the file is on the server when it returns, even if it is being written
@@ -497,7 +560,9 @@ impl Venus {
                 tracing::warn!(file = %h.gfid, error = %e, "storing at release failed; the changes stay in the cache")
             }
         }
-        self.cache.closed(&h.gfid);
+        if let Err(e) = self.cache.closed(&h.gfid, h.writable) {
+            tracing::warn!(file = %h.gfid, error = %e, "cannot record a file closed");
+        }
     }
 }
 

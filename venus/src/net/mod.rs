@@ -27,13 +27,16 @@ mod locations;
 use locations::Learned;
 pub use locations::split_volume_name;
 
+/// How long a callback break's ack waits for the kernel to have forgotten what it touched.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 /// How long changes to a volume being moved wait before they fail with `EBUSY`.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// What a connection reports back to the cache manager.
 pub trait Events: Send + Sync {
-    /// A server broke callback promises.
-    fn push(&self, cell: CellId, push: Push);
+    /// A server broke callback promises. The result resolves once the kernel forgot what the
+    /// break touched; only then is the break acked.
+    fn push(&self, cell: CellId, push: Push) -> crate::kernel::Delivered;
     /// A server said this client lost its promises: everything cached from the cell must be
     /// revalidated before it is trusted again.
     fn callbacks_lost(&self, cell: CellId);
@@ -172,6 +175,9 @@ impl CellConn {
     fn mark(&self, server: ServerId, down: bool) {
         let changed = if down { self.down_set().insert(server) } else { self.down_set().remove(&server) };
         if changed {
+            if down {
+                self.counters.add(crate::counters::SERVERS_UNREACHABLE, 1);
+            }
             let state = if down { "unreachable: working from the cache" } else { "reachable again" };
             tracing::info!(cell = %self.name(), server = %server, "server {state}");
         }
@@ -230,7 +236,19 @@ impl CellConn {
         }
         let events = self.events.clone();
         let cell = self.id;
-        session.spawn_push_handler(Arc::new(move |push| events.push(cell, push)));
+        let late = self.counters.clone();
+        session.spawn_push_handler_async(Arc::new(move |push| {
+            let delivered = events.push(cell, push);
+            let late = late.clone();
+            Box::pin(async move {
+                // Prompt: delivery takes no kernel lock. Bounded all the same, so a kernel that
+                // stalls costs this client its promises (the server stops waiting), not a wedge.
+                if !delivered.wait(ACK_WAIT).await {
+                    late.add(crate::counters::LATE_INVALIDATIONS, 1);
+                    tracing::warn!("the kernel did not take an invalidation in time; acking the break anyway");
+                }
+            })
+        }));
         // When the connection dies, breaks may be lost with it: drop the cell's promises now.
         let (events, counters, conn, name) =
             (self.events.clone(), self.counters.clone(), session.connection().clone(), self.name().to_string());

@@ -6,6 +6,7 @@ mod fetch;
 mod location;
 mod mutate;
 mod pts;
+mod upload;
 mod volume_ops;
 
 use std::sync::Arc;

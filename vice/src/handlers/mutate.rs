@@ -3,16 +3,21 @@
 //! Data first, then metadata: chunks are uploaded (only those the server lacks) and made durable;
 //! then a record naming them commits in one transaction. The writer's reply waits until every
 //! other client holding a promise on what changed has acked its break.
+//!
+//! An upload the disk has no room for is refused by its declared size before its bytes are
+//! read: the stream is stopped (the client's writes fail at once) and the refusal, `NoSpace`,
+//! is still sent as the reply, so the client can read why.
 
 use std::sync::Arc;
 
-use proto::chunk::MAX_CHUNK;
+use proto::chunk::{MAX_CHUNK, total_len};
 use proto::msg::{Promise, Response};
 use proto::{ChunkHash, ChunkRef, ClientId, Record, RemoteError, VolumeId};
 use tokio::io::AsyncReadExt;
 use volumes::chunks::INLINE_MAX;
 use volumes::{BatchOutcome, Caller, SmallChunk};
 
+use super::upload::{self, Received, STOP_REFUSED};
 use super::{Reply, blocking, error};
 use crate::server::Shared;
 
@@ -40,37 +45,20 @@ pub async fn put_chunks(shared: &Arc<Shared>, chunks: Vec<ChunkRef>, recv: &mut 
     if let Some(bad) = chunks.iter().find(|c| c.len == 0 || c.len > MAX_CHUNK) {
         return error(RemoteError::Invalid(format!("chunk of {} bytes (limit {MAX_CHUNK})", bad.len)));
     }
-    // Network reads and disk writes overlap: a blocking task writes while the next chunk arrives.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkRef, Vec<u8>)>(4);
-    let store = shared.store.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut upload = store.upload();
-        while let Some((chunk, data)) = rx.blocking_recv() {
-            upload.add(chunk, &data)?;
+    match upload::receive(shared.store.clone(), chunks, recv).await {
+        Received::All { stored } => Response::ChunksStored { stored }.into(),
+        Received::CutShort { kept } => {
+            tracing::debug!(kept, "upload cut short; the chunks that arrived are kept");
+            error(RemoteError::Protocol("upload ended before all chunks arrived".into()))
         }
-        upload.commit()
-    });
-    let mut cut_short = false;
-    for chunk in &chunks {
-        let mut buf = vec![0u8; chunk.len as usize];
-        if AsyncReadExt::read_exact(recv, &mut buf).await.is_err() {
-            cut_short = true;
-            break;
-        }
-        if tx.send((*chunk, buf)).await.is_err() {
-            break; // the writer refused a chunk; its error is the answer
-        }
+        Received::Refused(e) => refuse_upload(recv, e),
     }
-    drop(tx);
-    let written = writer.await;
-    if cut_short {
-        return error(RemoteError::Protocol("upload ended before all chunks arrived".into()));
-    }
-    match written {
-        Ok(Ok(stored)) => Response::ChunksStored { stored }.into(),
-        Ok(Err(e)) => error(e.to_remote()),
-        Err(_) => error(RemoteError::Internal("upload task failed".into())),
-    }
+}
+
+/// Refuses an upload whose bytes are still coming: no point in reading them.
+fn refuse_upload(recv: &mut quinn::RecvStream, e: RemoteError) -> Reply {
+    let _ = recv.stop(STOP_REFUSED);
+    error(e)
 }
 
 async fn apply(
@@ -133,6 +121,15 @@ pub async fn put_and_mutate(
             }
             refused => refused,
         };
+    }
+    // At most 1 MiB, recorded in the record's own transaction (which checks the space again).
+    let declared = total_len(&chunks);
+    if !shared.store.space().measure().allows(declared) {
+        // Blocking: below the mark, the store may first sweep what removals freed.
+        let room = blocking(&shared.store, move |s| Ok(s.room_for(declared))).await;
+        if !matches!(room, Ok(true)) {
+            return refuse_upload(recv, RemoteError::NoSpace);
+        }
     }
     let mut received = Vec::with_capacity(chunks.len());
     for chunk in chunks {

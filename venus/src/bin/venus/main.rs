@@ -33,8 +33,9 @@ enum Command {
         /// Bytes of file contents to keep cached, e.g. 500M or 10G.
         #[arg(long, default_value = "4G", value_parser = proto::units::parse)]
         cache_size: u64,
-        /// Seconds a server may take to answer before venus works from the cache instead (no
-        /// process waits longer than this on a dead server).
+        /// Seconds a server may stay silent (no answer, not even to the connection's
+        /// keep-alives) before venus works from the cache instead: no process waits longer on a
+        /// dead server. A live server on a slow link is waited for as long as data moves.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
         /// Detach and run in the background once mounted (logs go to CACHE/venus.log).
@@ -364,9 +365,30 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sync { timeout } => {
             let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
-            ask(&cache, &ControlRequest::Sync { timeout_secs: timeout })?;
-            println!("everything is on the servers");
-            Ok(())
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+            let mut shown = None;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs();
+                let step = ask(&cache, &ControlRequest::Sync { timeout_secs: left.clamp(1, 2) })?;
+                let p: venus::fs::modes::SyncProgress = serde_json::from_value(step)?;
+                if p.done {
+                    println!("everything is on the servers");
+                    return Ok(());
+                }
+                // Progress on stderr, once per change of it: scripts read stdout and the status.
+                if shown != Some((p.records, p.sent)) {
+                    eprintln!(
+                        "syncing: {} changes ({}) still to send; {} sent",
+                        p.records,
+                        proto::units::show(p.bytes),
+                        proto::units::show(p.sent)
+                    );
+                    shown = Some((p.records, p.sent));
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("timed out after {timeout} s with {} changes still to send", p.records);
+                }
+            }
         }
         Command::Conflicts { json } => {
             let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
@@ -564,11 +586,22 @@ fn print_status(v: &serde_json::Value) {
     println!("rpcs: {}", if rpcs.is_empty() { "none".to_string() } else { rpcs.join(", ") });
     println!("pending changes: {} records", v["pending_records"]);
     for vol in v["volumes"].as_array().into_iter().flatten() {
-        if let Some(uid) = vol["waiting_for_login"].as_u64() {
-            println!(
-                "  volume {} waits for uid {uid} to `venus login`: its changes are reintegrated with that token",
-                vol["name"].as_str().unwrap_or("?")
-            );
+        let name = vol["name"].as_str().map_or_else(|| vol["volume"].to_string(), str::to_string);
+        let mut line = format!(
+            "  volume {name} of {}: {}",
+            vol["cell"].as_str().unwrap_or("?"),
+            vol["state"].as_str().unwrap_or("?")
+        );
+        if let Some(why) = vol["reason"].as_str() {
+            line.push_str(&format!(" ({why})"));
         }
+        let records = vol["pending_records"].as_u64().unwrap_or(0);
+        if records > 0 {
+            line.push_str(&format!(
+                "; {records} changes pending ({})",
+                proto::units::show(vol["pending_bytes"].as_u64().unwrap_or(0))
+            ));
+        }
+        println!("{line}");
     }
 }
