@@ -4,159 +4,16 @@
 //! the disk to its last byte, and removals still commit (vice gives up its reserve file for
 //! them); once that process's file is gone, the next store goes through at once.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use e2e::*;
-use proto::cell::CellFile;
 use proto::msg::Call;
-use proto::tls::Identity;
 use proto::*;
 
 const MIB: usize = 1 << 20;
 const FILE: usize = 10 * MIB;
-
-/// A tmpfs of a fixed size on a fresh directory, unmounted (lazily: a file still open must not
-/// keep it mounted) when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs> {
-        let dir = tempfile::Builder::new().prefix("vice-tmpfs-").tempdir()?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            bail!("mount -t tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Bytes free on it, as `df` says.
-    fn free(&self) -> Result<u64> {
-        let path = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes())?;
-        // SAFETY: a valid path and a zeroed out-parameter of the right type.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(st.f_bavail * st.f_frsize)
-    }
-
-    /// Fills the disk to its last byte with a file of its own (another process's), as vice's
-    /// guard cannot prevent; returns the file's path.
-    fn fill(&self) -> Result<PathBuf> {
-        let path = self.dir.path().join("ballast");
-        let mut f = std::fs::File::create(&path)?;
-        let block = vec![0x5au8; 64 * 1024];
-        for _ in 0..(1 << 14) {
-            if let Err(e) = f.write_all(&block) {
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    return Ok(path);
-                }
-                return Err(e.into());
-            }
-        }
-        bail!("the disk never filled")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()) else { return };
-        // SAFETY: a valid NUL-terminated path that outlives the call.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// `vice init` and `vice serve` with the data directory on `disk`; the log stays on the real
-/// disk, so it survives the small one filling up. Killed on drop, before the disk goes.
-struct SmallVice {
-    child: Option<Child>,
-    data: PathBuf,
-    log: PathBuf,
-    _scratch: tempfile::TempDir,
-    disk: Tmpfs,
-}
-
-impl SmallVice {
-    fn start(disk: Tmpfs) -> Result<SmallVice> {
-        let scratch = tempfile::tempdir()?;
-        let data = disk.path().join("data");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let out = Command::new(bin("vice"))
-            .args(["init", "--cell", "space.test", "--data"])
-            .arg(&data)
-            .args(["--listen", &addr])
-            .output()?;
-        if !out.status.success() {
-            bail!("vice init failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let log = scratch.path().join("vice.log");
-        let child = Command::new(bin("vice"))
-            .args(["serve", "--data"])
-            .arg(&data)
-            .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let mut vice = SmallVice { child: Some(child), data, log, _scratch: scratch, disk };
-        vice.wait_ready()?;
-        Ok(vice)
-    }
-
-    fn cell(&self) -> Result<CellFile> {
-        Ok(CellFile::load(&self.data.join("cell.toml"))?)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let cell = self.cell()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("vice exited with {status} during start-up:\n{}", self.log_text());
-            }
-            if probe(&cell) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("vice did not become ready in 30 s:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    async fn client(&self) -> Result<TestClient> {
-        TestClient::connect_as(&self.cell()?, Some(Identity::load(&self.data.join("admin.cred"))?)).await
-    }
-}
-
-impl Drop for SmallVice {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("AFS_TEST_LOGS").is_some() {
-            eprintln!("---- vice log ----\n{}", tail(&self.log_text(), 200));
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// `PutChunks` by hand, as a client that reads the server's reply even when the server stopped
 /// its stream: whether the writes were stopped, and the reply.
@@ -230,11 +87,13 @@ async fn remove(c: &TestClient, root: Fid, name: &str, f: &Attr) -> Result<Appli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_disk_refuses_stores_with_no_space_and_removals_still_free_it() -> Result<()> {
-    let vice = SmallVice::start(Tmpfs::mount("96m")?)?;
-    let reserve = vice.data.join("store").join("reserve");
+    // Declared first, dropped last: vice is killed before its disk goes.
+    let disk = TmpFs::new(96 << 20)?;
+    let vice = Vice::start_in("space.test", disk.path())?;
+    let reserve = vice.data().join("store").join("reserve");
     let held = |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
     assert!(held(&reserve)? >= 32 << 20, "vice keeps a reserve file of real blocks at {}", reserve.display());
-    let c = vice.client().await?;
+    let c = TestClient::connect_as(&vice.cell_file(), vice.admin_identity()).await?;
     let root = c.root_of("root.cell").await?;
 
     let body = async {
@@ -252,11 +111,11 @@ async fn a_full_server_disk_refuses_stores_with_no_space_and_removals_still_free
         // Refused by its declared size before a byte of it was written, with the reason sent.
         assert_eq!(refusal, ("PutChunks", RemoteError::NoSpace), "a store refused for space says so");
         assert!(stored.len() >= 3, "only {} files fit before the disk was full", stored.len());
-        let free = vice.disk.free()?;
+        let free = disk.free_bytes()?;
         assert!(free < 26 << 20, "refused with {free} bytes free: more than the low-water mark and a file");
 
         // Another process takes the rest, to the last byte: removals must still commit.
-        let ballast = vice.disk.fill()?;
+        let ballast = disk.fill(0)?;
         for (name, attr) in stored.drain(..2) {
             remove(&c, root, &name, &attr).await.with_context(|| format!("removing {name} on a full disk"))?;
         }

@@ -49,29 +49,52 @@ impl Venus {
     /// never evicted, hiding the server's newer versions.
     pub(crate) fn log_unstored_files(&self) -> Result<()> {
         for g in self.cache.dirty_objects() {
-            let Ok(conn) = self.cell(g.cell) else { continue };
-            let cell_name = conn.name().to_string();
-            if self.cml.base_of(&cell_name, g.fid)?.is_some() {
-                continue;
-            }
-            let (Some(base), Ok(scanned)) = (self.cache.base(&g), super::store::scan(&self.cache.container(&g))) else {
-                continue;
-            };
-            let volume = g.fid.volume;
-            // The log's owner replays it; a log without one is claimed for venus's own user.
-            if let Err(e) = self.claim_log(g.cell, volume) {
-                tracing::info!(file = %g, error = %e, "logging a dirty file in another user's log");
-            }
-            let mutation = Mutation::Store {
-                fid: g.fid,
-                base: proto::Base::Version(base),
-                chunks: scanned.chunks,
-                mtime: scanned.mtime,
-            };
-            self.cml.append(&cell_name, Record { op: OpId::random(), mutation })?;
-            self.mark_pending(g.cell, volume, true);
-            tracing::info!(file = %g, "local changes not yet stored are logged for reintegration");
+            self.log_unstored(g)?;
         }
+        Ok(())
+    }
+
+    /// The same while running, for dirty files nobody has open or is storing (a close whose
+    /// store could not even be logged, with the cache disk full, say): run by the heartbeat.
+    pub(crate) fn log_unstored_closed(&self) {
+        for g in self.cache.dirty_objects() {
+            let lock = self.fetch_lock(g);
+            // A store in progress holds the lock; the file is its business.
+            let Ok(_storing) = lock.try_lock() else { continue };
+            if self.cache.get(&g).is_none_or(|c| c.open > 0 || !c.dirty) {
+                continue;
+            }
+            if let Err(e) = self.log_unstored(g) {
+                tracing::info!(file = %g, error = %e, "local changes not yet stored could not be logged yet");
+            }
+        }
+    }
+
+    /// Logs a store of a dirty file's container unless a logged record already carries it.
+    fn log_unstored(&self, g: GFid) -> Result<()> {
+        let Ok(conn) = self.cell(g.cell) else { return Ok(()) };
+        let cell_name = conn.name().to_string();
+        if self.cml.base_of(&cell_name, g.fid)?.is_some() {
+            return Ok(());
+        }
+        let (Some(base), Ok(scanned)) = (self.cache.base(&g), super::store::scan(&self.cache.container(&g))) else {
+            return Ok(());
+        };
+        let volume = g.fid.volume;
+        // The log's owner replays it; a log without one is claimed for venus's own user.
+        if let Err(e) = self.claim_log(g.cell, volume) {
+            tracing::info!(file = %g, error = %e, "logging a dirty file in another user's log");
+        }
+        let mutation = Mutation::Store {
+            fid: g.fid,
+            base: proto::Base::Version(base),
+            chunks: scanned.chunks,
+            mtime: scanned.mtime,
+        };
+        let record = Record { op: OpId::random(), mutation };
+        self.with_room(|| Ok(self.cml.append(&cell_name, record.clone())?))?;
+        self.mark_pending(g.cell, volume, true);
+        tracing::info!(file = %g, "local changes not yet stored are logged for reintegration");
         Ok(())
     }
 

@@ -39,6 +39,7 @@ impl Venus {
         }
         // The cache's disk: room for the databases, the reserve back when there is room.
         self.cache.keep_room();
+        self.log_unstored_closed();
     }
 
     /// Replays every volume with logged changes whose servers answer.
@@ -120,47 +121,10 @@ impl Venus {
             if entries.is_empty() {
                 break;
             }
-            // Data first: the current contents of every stored file, only what the server lacks.
-            // Small files are cut in memory and their chunks sent together; large ones are cut
-            // and uploaded one by one.
-            let mut records = Vec::with_capacity(entries.len());
-            let mut collected = Collected::default();
-            for e in &entries {
-                let mut record = e.record.clone();
-                if let Mutation::Store { fid, chunks, mtime, .. } = &mut record.mutation {
-                    let g = GFid::new(cell, *fid);
-                    let path = self.cache.container(&g);
-                    let size = std::fs::metadata(&path).ok().map(|m| m.len());
-                    let cut = match size {
-                        Some(n) if n <= CUT_IN_MEMORY => Some(scan_off_runtime(&path, n <= SEND_WITHOUT_ASKING).await?),
-                        _ => None,
-                    };
-                    match cut {
-                        Some(Scanned { chunks: cut_chunks, offsets, mtime: cut_mtime, bytes: Some(bytes), .. }) => {
-                            collected.add(&cut_chunks, &offsets, &bytes)?;
-                            *chunks = cut_chunks;
-                            *mtime = cut_mtime;
-                            self.cml.replace(e.seq, &record)?;
-                            if collected.full() {
-                                self.upload_collected(cell, volume, std::mem::take(&mut collected)).await?;
-                            }
-                        }
-                        // Large (or grown since it was looked at).
-                        _ if size.is_some() => {
-                            let (scanned, uploaded) = self.scan_and_upload(g, &path).await?;
-                            if let Uploaded::ServerGone(e) = uploaded {
-                                return Err(e);
-                            }
-                            *chunks = scanned.chunks;
-                            *mtime = scanned.mtime;
-                            self.cml.replace(e.seq, &record)?;
-                        }
-                        _ => {}
-                    }
-                }
-                records.push(record);
-            }
-            self.upload_collected(cell, volume, collected).await?;
+            let (records, refused) = self.upload_data(cell, volume, &entries).await?;
+            // A store whose data the server would not take (no space, quota) is settled as a
+            // conflict now, its data kept on this machine; the records behind it go on.
+            let (entries, records) = self.settle_refused_uploads(cell, entries, records, refused).await?;
             let (entries, records) =
                 if rewound { self.keep_stores_aside(cell, entries, records).await? } else { (entries, records) };
             if entries.is_empty() {
@@ -228,6 +192,96 @@ impl Venus {
         Ok(())
     }
 
+    /// Data first: the current contents of every stored file of a batch, only what the server
+    /// lacks. Small files are cut in memory and their chunks sent together; large ones are cut
+    /// and uploaded one by one. Returns the records as they go (chunk lists of the data now on
+    /// the server), and the stores whose data the server refused, by index.
+    async fn upload_data(
+        &self,
+        cell: CellId,
+        volume: VolumeId,
+        entries: &[cml::Entry],
+    ) -> Result<(Vec<proto::Record>, Vec<(usize, RemoteError)>)> {
+        let mut records = Vec::with_capacity(entries.len());
+        let mut refused = Vec::new();
+        let mut collected = Collected::default();
+        // The records whose chunks are in `collected`.
+        let mut in_collected = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let mut record = e.record.clone();
+            if let Mutation::Store { fid, chunks, mtime, .. } = &mut record.mutation {
+                let g = GFid::new(cell, *fid);
+                let path = self.cache.container(&g);
+                let size = std::fs::metadata(&path).ok().map(|m| m.len());
+                let cut = match size {
+                    Some(n) if n <= CUT_IN_MEMORY => Some(scan_off_runtime(&path, n <= SEND_WITHOUT_ASKING).await?),
+                    _ => None,
+                };
+                match cut {
+                    Some(Scanned { chunks: cut_chunks, offsets, mtime: cut_mtime, bytes: Some(bytes), .. }) => {
+                        collected.add(&cut_chunks, &offsets, &bytes)?;
+                        in_collected.push(i);
+                        *chunks = cut_chunks;
+                        *mtime = cut_mtime;
+                        self.cml.replace(e.seq, &record)?;
+                        if collected.full() {
+                            let batch = std::mem::take(&mut collected);
+                            refuse_all(
+                                self.upload_collected(cell, volume, batch).await,
+                                &mut in_collected,
+                                &mut refused,
+                            )?;
+                        }
+                    }
+                    // Large (or grown since it was looked at).
+                    _ if size.is_some() => match self.scan_and_upload(g, &path).await {
+                        Ok((_, Uploaded::ServerGone(e))) => return Err(e),
+                        Ok((scanned, Uploaded::All)) => {
+                            *chunks = scanned.chunks;
+                            *mtime = scanned.mtime;
+                            self.cml.replace(e.seq, &record)?;
+                        }
+                        Err(VenusError::Remote(r)) if refuses_data(&r) => refused.push((i, r)),
+                        Err(e) => return Err(e),
+                    },
+                    _ => {}
+                }
+            }
+            records.push(record);
+        }
+        refuse_all(self.upload_collected(cell, volume, collected).await, &mut in_collected, &mut refused)?;
+        Ok((records, refused))
+    }
+
+    /// Settles the stores whose data the server refused as conflicts (their data kept here)
+    /// and takes them out of the log; returns the rest of the batch.
+    async fn settle_refused_uploads(
+        &self,
+        cell: CellId,
+        entries: Vec<cml::Entry>,
+        records: Vec<proto::Record>,
+        refused: Vec<(usize, RemoteError)>,
+    ) -> Result<(Vec<cml::Entry>, Vec<proto::Record>)> {
+        if refused.is_empty() {
+            return Ok((entries, records));
+        }
+        let mut rest = (Vec::new(), Vec::new());
+        for (i, (e, r)) in entries.into_iter().zip(records).enumerate() {
+            let Some((_, refusal)) = refused.iter().find(|(at, _)| *at == i) else {
+                rest.0.push(e);
+                rest.1.push(r);
+                continue;
+            };
+            match self.conflict(cell, &r, refusal.clone()).await {
+                Ok(()) => {}
+                Err(err @ VenusError::Unreachable(_)) => return Err(err),
+                Err(err) => self.record_failed(cell, &r, refusal, &err)?,
+            }
+            self.cml.remove(&[e.seq])?;
+        }
+        Ok(rest)
+    }
+
     /// On a rewound volume: every store becomes a kept copy beside the server's version; the
     /// other records go on to the server.
     async fn keep_stores_aside(
@@ -279,6 +333,25 @@ impl Venus {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the server refused a store's data for good (space, quota, rights), rather than
+/// for a moment: that store is then a conflict, not a reason to stop the replay.
+fn refuses_data(r: &RemoteError) -> bool {
+    !matches!(r, RemoteError::VolumeBusy | RemoteError::VolumeMoved | RemoteError::CallbacksLost)
+}
+
+/// The outcome of uploading collected small files: a refusal refuses every record in it.
+fn refuse_all(result: Result<()>, records: &mut Vec<usize>, refused: &mut Vec<(usize, RemoteError)>) -> Result<()> {
+    let taken = std::mem::take(records);
+    match result {
+        Ok(()) => Ok(()),
+        Err(VenusError::Remote(r)) if refuses_data(&r) => {
+            refused.extend(taken.into_iter().map(|i| (i, r.clone())));
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

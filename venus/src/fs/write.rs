@@ -563,6 +563,10 @@ impl Venus {
         if let Err(e) = self.cache.closed(&h.gfid, h.writable) {
             tracing::warn!(file = %h.gfid, error = %e, "cannot record a file closed");
         }
+        if h.writable {
+            // A file just written may have filled the cache disk; closed, it can be evicted.
+            self.cache.keep_room();
+        }
     }
 }
 
