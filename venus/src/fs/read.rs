@@ -54,7 +54,11 @@ impl Venus {
             Err(VenusError::Remote(RemoteError::NotFound)) => {
                 self.cache.remove(&g)?;
                 self.unpromise(&g);
-                Err(VenusError::NotFound)
+                // Removed by someone else while open here: its descriptors still see it.
+                match self.cache.get(&g) {
+                    Some(c) if c.orphan => Ok(c.attr),
+                    _ => Err(VenusError::NotFound),
+                }
             }
             Err(e) => Err(e),
         }
