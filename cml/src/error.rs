@@ -10,6 +10,9 @@ pub enum CmlError {
     /// schema from a newer version, a malformed id.
     #[error("corrupt modification log: {0}")]
     Corrupt(String),
+    /// The database file itself is damaged (it fails SQLite's check).
+    #[error("damaged modification log: {0}")]
+    Damaged(String),
 }
 
 pub type Result<T, E = CmlError> = std::result::Result<T, E>;

@@ -48,6 +48,7 @@ mod optimise;
 mod plan;
 mod rebase;
 mod rows;
+mod salvage;
 mod schema;
 mod touch;
 
@@ -69,6 +70,7 @@ use tracing::debug;
 pub use error::CmlError;
 use error::Result;
 use plan::Plan;
+pub use salvage::Salvage;
 
 /// The log: one SQLite database shared by every cell and volume venus knows.
 pub struct Cml {
@@ -103,6 +105,24 @@ impl Cml {
     /// Opens (creating if needed) the log at `path`.
     pub fn open(path: &Path) -> Result<Cml, CmlError> {
         Ok(Cml { conn: Mutex::new(schema::open(path)?) })
+    }
+
+    /// Opens the log at `path`; a damaged one is put aside and what can be read of it is
+    /// logged again in a new one (see `salvage`), and the result says so.
+    pub fn open_or_salvage(path: &Path) -> Result<(Cml, Option<Salvage>), CmlError> {
+        let reason = match Self::open(path) {
+            Ok(cml) => return Ok((cml, None)),
+            Err(e) if salvage::is_damage(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        let saved_as = salvage::set_aside(path)?;
+        let (records, cut_short) = salvage::read_back(&saved_as);
+        let cml = Self::open(path)?;
+        let kept = records.len();
+        for (cell, record) in records {
+            cml.append(&cell, record)?;
+        }
+        Ok((cml, Some(Salvage { reason, saved_as, kept, cut_short })))
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

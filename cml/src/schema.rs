@@ -70,6 +70,11 @@ pub(crate) fn open(path: &std::path::Path) -> Result<Connection> {
     // Plans that do not depend on bound values: otherwise every new value bound to a
     // statement compared with an index re-prepares it (8 % of venus's CPU in an offline copy).
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // A torn or overwritten page is found now, before anything is appended after it.
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(crate::error::CmlError::Damaged(check));
+    }
     migrate(&mut conn)?;
     Ok(conn)
 }

@@ -570,3 +570,47 @@ fn an_append_survives_sigkill() {
     let cml = Cml::open(&path).unwrap();
     assert_eq!(records(&cml), vec![Ops(0).create(P, "a", X)]);
 }
+
+#[test]
+fn a_damaged_log_is_put_aside_and_what_can_be_read_is_logged_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cml.db");
+    let mut ops = Ops(0);
+    {
+        let cml = Cml::open(&path).unwrap();
+        for i in 0..300u128 {
+            cml.append(CELL, ops.create(P, &format!("f{i}"), ObjectId(0x3_0000 + i))).unwrap();
+        }
+    }
+    // An undamaged log opens as it is.
+    let (cml, salvage) = Cml::open_or_salvage(&path).unwrap();
+    assert!(salvage.is_none());
+    assert_eq!(cml.total_records().unwrap(), 300);
+    drop(cml);
+    // Garbage over everything past the first pages: the tail of the records is lost.
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 3 * 4096, "{len}");
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&vec![0x5a; (len - len / 2) as usize]).unwrap();
+    }
+    let (cml, salvage) = Cml::open_or_salvage(&path).unwrap();
+    let salvage = salvage.expect("the damage was found");
+    assert!(salvage.saved_as.exists() && salvage.saved_as != path);
+    assert_eq!(cml.total_records().unwrap(), salvage.kept as u64);
+    assert!(salvage.kept < 300, "{salvage:?}");
+    // The records kept are the first ones, in order.
+    let kept = cml.pending(CELL, V).unwrap();
+    for (i, e) in kept.iter().enumerate() {
+        assert_eq!(e.record.op, OpId(i as u128 + 1));
+    }
+    // A log from a newer venus is not damage: it is refused, never moved aside.
+    drop(cml);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    assert!(matches!(Cml::open_or_salvage(&path), Err(CmlError::Corrupt(_))));
+    assert!(path.exists());
+}

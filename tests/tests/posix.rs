@@ -89,9 +89,8 @@ fn chmod_drops_set_group_id_for_a_caller_outside_the_files_group() -> R {
     // Root's file, group 0: carol (not in group 0) may change its mode, not make it setgid.
     let file = dir.join("tool");
     fs::write(&file, b"#!/bin/sh\n")?;
-    let chmod = |mode: &str| {
-        Command::new("chmod").arg(mode).arg(&file).uid(CAROL).gid(CAROL).output().expect("run chmod")
-    };
+    let chmod =
+        |mode: &str| Command::new("chmod").arg(mode).arg(&file).uid(CAROL).gid(CAROL).output().expect("run chmod");
     let out = chmod("2755");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::metadata(&file)?.mode() & 0o7777, 0o755, "set-group-ID kept for a non-member");

@@ -155,6 +155,59 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
+/// Opens the index in `dir` and loads what it knows.
+fn open_index(dir: &Path, disk: &Arc<crate::disk::CacheDisk>) -> Result<State> {
+    use std::os::unix::fs::PermissionsExt;
+    let db = Connection::open(dir.join("cache.sqlite"))?;
+    // This venus alone uses the database: locked for the connection's life, no file locks
+    // or shared memory per transaction (as the log, see `cml::schema::open`).
+    let _: String = db.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
+    match db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+            let msg = format!("the cache {} is in use by another venus", dir.display());
+            return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, msg).into());
+        }
+        other => other?,
+    };
+    db.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    // Plans that do not depend on bound values (see `cml::schema::open`).
+    db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // A torn or overwritten page is found now, not in the middle of serving a file.
+    let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(VenusError::Damaged(format!("cache index: {check}")));
+    }
+    db.execute_batch(SCHEMA)?;
+    add_base_column(&db)?;
+    std::fs::set_permissions(dir.join("cache.sqlite"), std::fs::Permissions::from_mode(0o600))?;
+    let mut state = State {
+        db,
+        objects: HashMap::new(),
+        dirs: HashMap::new(),
+        volumes: HashMap::new(),
+        access: HashMap::new(),
+        used: 0,
+        clock: 0,
+        disk: disk.clone(),
+    };
+    load(&mut state, dir)?;
+    Ok(state)
+}
+
+/// Moves a damaged database (and its WAL) aside under a dated name; returns that name.
+pub fn set_aside(path: &Path) -> Result<PathBuf> {
+    let stamp = crate::fs::conflicts::compact_utc(proto::Timestamp::now());
+    let saved = path.with_extension(format!("sqlite.damaged-{stamp}"));
+    std::fs::rename(path, &saved)?;
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", saved.display()))?;
+        }
+    }
+    Ok(saved)
+}
+
 impl Cache {
     /// Opens the cache in `dir` (created if missing) with a limit of `limit` bytes of containers.
     pub fn open(dir: &Path, limit: u64) -> Result<Cache> {
@@ -171,35 +224,23 @@ impl Cache {
         for e in std::fs::read_dir(dir.join("tmp"))? {
             let _ = std::fs::remove_file(e?.path());
         }
-        let db = Connection::open(dir.join("cache.sqlite"))?;
-        // This venus alone uses the database: locked for the connection's life, no file locks
-        // or shared memory per transaction (as the log, see `cml::schema::open`).
-        let _: String = db.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
-        match db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
-                let msg = format!("the cache {} is in use by another venus", dir.display());
-                return Err(std::io::Error::new(std::io::ErrorKind::ResourceBusy, msg).into());
+        let disk = Arc::new(crate::disk::CacheDisk::open(dir)?);
+        let state = match open_index(dir, &disk) {
+            Err(e) if e.is_damage() => {
+                // The index is a cache of what venus knows; the changes not yet on a server
+                // are in the log, and the containers they need stay (see `adopt`). So a damaged
+                // index is put aside (for whoever wants to look at it) and venus starts anew.
+                let saved = set_aside(&dir.join("cache.sqlite"))?;
+                tracing::error!(
+                    error = %e,
+                    saved = %saved.display(),
+                    "the cache index is damaged; it was put aside and the cache starts empty \
+                     (cached files are fetched again; changes not yet on a server are kept)"
+                );
+                open_index(dir, &disk)?
             }
             other => other?,
         };
-        db.execute_batch("PRAGMA synchronous=NORMAL;")?;
-        // Plans that do not depend on bound values (see `cml::schema::open`).
-        db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-        db.execute_batch(SCHEMA)?;
-        add_base_column(&db)?;
-        std::fs::set_permissions(dir.join("cache.sqlite"), std::fs::Permissions::from_mode(0o600))?;
-        let disk = Arc::new(crate::disk::CacheDisk::open(dir)?);
-        let mut state = State {
-            db,
-            objects: HashMap::new(),
-            dirs: HashMap::new(),
-            volumes: HashMap::new(),
-            access: HashMap::new(),
-            used: 0,
-            clock: 0,
-            disk: disk.clone(),
-        };
-        load(&mut state, dir)?;
         let recycler = Recycler::open(&dir.join("free"))?;
         let fitted = disk.fit(limit, state.used);
         if fitted < limit {
@@ -210,6 +251,49 @@ impl Cache {
             );
         }
         Ok(Cache { dir: dir.to_path_buf(), limit: fitted, disk, state: Mutex::new(state), recycler })
+    }
+
+    /// Takes in a container the index does not know but the log needs (a store not yet on a
+    /// server, after the index was lost): it is the file's local version, dirty, so nothing
+    /// fetches over it or evicts it. Its attributes stand in until the server's are known.
+    pub fn adopt(&self, g: GFid, based_on: VersionVector) -> Result<bool> {
+        let Ok(meta) = std::fs::metadata(self.container(&g)) else { return Ok(false) };
+        let mut s = self.lock();
+        if s.objects.contains_key(&g) {
+            return Ok(false);
+        }
+        let attr = Attr {
+            fid: g.fid,
+            kind: ObjectKind::File,
+            mode: 0o644,
+            owner: 0,
+            group: 0,
+            size: meta.len(),
+            nlink: 1,
+            mtime: meta.modified().map(proto::Timestamp::from_system).unwrap_or_default(),
+            ctime: proto::Timestamp::now(),
+            version: based_on.clone(),
+            parent: None,
+            link: None,
+        };
+        s.used += meta.len();
+        s.objects.insert(
+            g,
+            Cached {
+                attr,
+                has_data: true,
+                dirty: true,
+                data_size: meta.len(),
+                base: based_on,
+                last_used: 0,
+                open: 0,
+                writers: 0,
+                priority: 0,
+                orphan: false,
+            },
+        );
+        persist(&s, &g)?;
+        Ok(true)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -42,6 +42,9 @@ pub enum VenusError {
     /// Disconnected, and the object is not in the cache.
     #[error("not cached, and the servers cannot be reached")]
     NotCached,
+    /// One of venus's own files is damaged (a database that fails its check).
+    #[error("damaged: {0}")]
+    Damaged(String),
     /// The log of a volume holds another user's changes, or needs its owner's token.
     #[error("{0}")]
     LogOwner(String),
@@ -91,6 +94,7 @@ impl VenusError {
             VenusError::ChangedDuringStore => libc::EAGAIN,
             VenusError::NotCached => libc::EIO,
             VenusError::LogOwner(_) => libc::EACCES,
+            VenusError::Damaged(_) => libc::EIO,
         }
     }
 
@@ -102,6 +106,17 @@ impl VenusError {
             VenusError::Io(e) => crate::disk::is_full(e),
             VenusError::Index(e) => sqlite_full(e),
             VenusError::Log(cml::CmlError::Db(e)) => sqlite_full(e),
+            _ => false,
+        }
+    }
+
+    /// Whether a database of venus's is damaged (as opposed to busy, full or unreadable).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            VenusError::Damaged(_) => true,
+            VenusError::Index(rusqlite::Error::SqliteFailure(f, _)) => {
+                matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            }
             _ => false,
         }
     }

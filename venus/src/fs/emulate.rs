@@ -54,6 +54,27 @@ impl Venus {
         Ok(())
     }
 
+    /// At start-up: every container a logged store needs is known to the cache as dirty, so
+    /// nothing fetches over it or evicts it — even if the cache index was lost (put aside as
+    /// damaged) and knows nothing.
+    pub(crate) fn adopt_logged_containers(&self) -> Result<()> {
+        for log in self.cml.summary()? {
+            let Some(cell) = self.cell_by_name(&log.cell) else { continue };
+            for e in self.cml.pending(&log.cell, log.volume)? {
+                if let Mutation::Store { fid, base, .. } = &e.record.mutation {
+                    let based_on = match base {
+                        proto::Base::Version(v) => v.clone(),
+                        _ => VersionVector::new(),
+                    };
+                    if self.cache.adopt(GFid::new(cell, *fid), based_on)? {
+                        tracing::info!(file = %fid, "a container the log needs was taken back into the cache");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The same while running, for dirty files nobody has open or is storing (a close whose
     /// store could not even be logged, with the cache disk full, say): run by the heartbeat.
     pub(crate) fn log_unstored_closed(&self) {

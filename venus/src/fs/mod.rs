@@ -171,7 +171,17 @@ fn client_id(dir: &std::path::Path) -> Result<ClientId> {
 impl Venus {
     pub fn new(config: Config) -> Result<Arc<Venus>> {
         let cache = Cache::open(&config.cache_dir, config.cache_size)?;
-        let cml = cml::Cml::open(&config.cache_dir.join("cml.sqlite"))?;
+        let (cml, salvaged) = cml::Cml::open_or_salvage(&config.cache_dir.join("cml.sqlite"))?;
+        if let Some(s) = &salvaged {
+            tracing::error!(
+                reason = %s.reason,
+                saved = %s.saved_as.display(),
+                kept = s.kept,
+                cut_short = s.cut_short,
+                "the modification log was damaged: it was put aside and the changes that could be read \
+                 were logged again; files changed and not yet stored are logged from their cached contents"
+            );
+        }
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(config.cache_dir.join("cml.sqlite"), std::fs::Permissions::from_mode(0o600))?;
@@ -242,6 +252,7 @@ impl Venus {
                 revalidating: tokio::sync::Mutex::new(()),
             }
         });
+        venus.adopt_logged_containers()?;
         venus.log_unstored_files()?;
         Ok(venus)
     }
