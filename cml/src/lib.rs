@@ -148,6 +148,22 @@ impl Cml {
         self.append_as(cell, record, true)
     }
 
+    /// Appends a record that was already sent and whose answer was lost (the server went away
+    /// with it in flight): it may be on the server, so it goes in as it is and frozen, exactly
+    /// like a record handed out by [`Cml::first`]: no later append may optimise it away or fold
+    /// into it. Returns its seq.
+    pub fn append_sent(&self, cell: &str, record: Record) -> Result<Option<u64>, CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let plan = Plan::plain(cell, record);
+        let answer = plan.execute(&tx, Timestamp::now())?;
+        if let Some(seq) = answer {
+            tx.prepare_cached("UPDATE records SET frozen = 1 WHERE seq = ?1")?.execute(params![seq as i64])?;
+        }
+        tx.commit()?;
+        Ok(answer)
+    }
+
     fn append_as(&self, cell: &str, record: Record, last_name: bool) -> Result<Option<u64>, CmlError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;

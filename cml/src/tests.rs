@@ -614,3 +614,19 @@ fn a_damaged_log_is_put_aside_and_what_can_be_read_is_logged_again() {
     assert!(matches!(Cml::open_or_salvage(&path), Err(CmlError::Corrupt(_))));
     assert!(path.exists());
 }
+
+#[test]
+fn a_record_sent_whose_answer_was_lost_is_never_optimised_away() {
+    let (_d, cml) = open();
+    let mut ops = Ops(0);
+    // A store of a file the server had, in flight when the server went away: it may be there.
+    let s = ops.store(OLD, v0(), 1);
+    cml.append_sent(CELL, s.clone()).unwrap();
+    // Removing the file's last name would drop a pending store; not this one.
+    let r = ops.remove(P, "old", OLD, Base::AfterOp(s.op));
+    cml.append_removing_last_name(CELL, r.clone()).unwrap();
+    let log = records(&cml);
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0], s);
+    assert!(matches!(&log[1].mutation, Mutation::Remove { seen, .. } if seen.base == Base::AfterOp(s.op)));
+}

@@ -92,17 +92,9 @@ fn created(store: &Store, n: &str) -> Attr {
     applied.attrs.into_iter().find(|a| a.fid.object == object).unwrap()
 }
 
-/// Distinct bytes for each seed (xorshift needs an odd start).
+/// Distinct bytes for each seed.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = (seed << 1) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    proto::samples::pseudo_random(len, seed << 1)
 }
 
 /// Uploads through the client path (admitted by declared size).

@@ -94,7 +94,9 @@ impl Venus {
             if !self.has_pending(cell, volume) {
                 self.claim_log(cell, volume)?;
             }
-            self.with_room(|| Ok(self.cml.append(conn.name(), record.clone())?))?;
+            // Frozen: it may be on the server, so nothing logged later may optimise it away
+            // (a removal dropping a store the server did apply would then conflict with it).
+            self.with_room(|| Ok(self.cml.append_sent(conn.name(), record.clone())?))?;
             self.mark_pending(cell, volume, true);
             let applied = self.apply_local(cell, &record.mutation)?;
             self.edit_listings(edits)?;

@@ -112,15 +112,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn data(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        proto::samples::pseudo_random(len, 0x9e37_79b9_7f4a_7c15)
     }
 
     #[tokio::test]
