@@ -66,6 +66,16 @@ pub fn probe(cell: &CellFile) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether a child we started is alive; a dead one's pid is cleared from `live` (what
+/// `Watched` reads at report time).
+fn child_alive(child: &mut Option<Child>, live: &AtomicU32) -> bool {
+    let alive = child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    if !alive {
+        live.store(0, Ordering::Relaxed);
+    }
+    alive
+}
+
 /// SIGTERM a child we started and wait (bounded) for it to exit; whether it exited cleanly.
 fn terminate(mut c: Child, what: &str, log: impl Fn() -> String) -> Result<bool> {
     // SAFETY: kill(2) on our own child's pid.
@@ -247,11 +257,7 @@ impl Vice {
     /// Whether the server process we started is alive (it may have exited on its own: a
     /// crash at start-up over a damaged data directory, say).
     pub fn is_running(&mut self) -> bool {
-        let alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if !alive {
-            self.live.store(0, Ordering::Relaxed);
-        }
-        alive
+        child_alive(&mut self.child, &self.live)
     }
 
     /// The log file vice writes (kept outside the data directory).
@@ -640,11 +646,7 @@ impl VenusMount {
 
     /// Whether the venus process is alive (it may have exited on its own).
     pub fn is_running(&mut self) -> bool {
-        let alive = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        if !alive {
-            self.live.store(0, Ordering::Relaxed);
-        }
-        alive
+        child_alive(&mut self.child, &self.live)
     }
 
     /// The log file venus writes.

@@ -8,9 +8,9 @@ use proto::*;
 
 use crate::store::Store;
 
-const CLIENT: ClientId = ClientId(7);
-const VOL: VolumeId = VolumeId(10);
-static ADMIN: std::sync::LazyLock<crate::Caller> = std::sync::LazyLock::new(crate::Caller::administrator);
+pub(crate) const CLIENT: ClientId = ClientId(7);
+pub(crate) const VOL: VolumeId = VolumeId(10);
+pub(crate) static ADMIN: std::sync::LazyLock<crate::Caller> = std::sync::LazyLock::new(crate::Caller::administrator);
 
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -23,15 +23,16 @@ fn root() -> Fid {
     Fid::root(VOL)
 }
 
-fn name(s: &str) -> Name {
+pub(crate) fn name(s: &str) -> Name {
     Name::new(s).unwrap()
 }
 
-fn rec(m: Mutation) -> Record {
+pub(crate) fn rec(m: Mutation) -> Record {
     Record { op: OpId::random(), mutation: m }
 }
 
-fn apply1(store: &Store, m: Mutation) -> RecordResult {
+/// Applies one record as the administrator (for the other test modules too).
+pub(crate) fn apply1(store: &Store, m: Mutation) -> RecordResult {
     store.apply(&ADMIN, CLIENT, None, &[rec(m)]).unwrap().results.remove(0)
 }
 

@@ -12,12 +12,10 @@ use proto::*;
 
 use crate::space::Limits;
 use crate::store::Store;
+use crate::tests::{ADMIN, CLIENT, VOL, apply1, name, rec};
 
-const CLIENT: ClientId = ClientId(7);
-const VOL: VolumeId = VolumeId(10);
 const MIB: u64 = 1 << 20;
 const LIMITS: Limits = Limits { low_water: 2 * MIB, reserve: 2 * MIB };
-static ADMIN: std::sync::LazyLock<crate::Caller> = std::sync::LazyLock::new(crate::Caller::administrator);
 
 /// A store whose free space is whatever the test sets.
 fn with_free(free: u64) -> (tempfile::TempDir, Arc<AtomicU64>, Store) {
@@ -54,18 +52,6 @@ fn usage(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-fn rec(m: Mutation) -> Record {
-    Record { op: OpId::random(), mutation: m }
-}
-
-fn apply1(store: &Store, m: Mutation) -> RecordResult {
-    store.apply(&ADMIN, CLIENT, None, &[rec(m)]).unwrap().results.remove(0)
 }
 
 fn root() -> Fid {
