@@ -166,6 +166,10 @@ fn a_network_cut_by_a_proxy_then_mended_reintegrates_by_itself() -> R {
     proxy.cut(true);
     offline_work(a)?;
     assert_eq!(a.status()["volumes"][0]["state"], "disconnected");
+    // What waits for the server says so, on the file and in the status.
+    assert_eq!(xattr(&a.path("edit.txt"), "user.afs.state").as_deref(), Some("pending"));
+    let status = a.venus_ok(&["status"]);
+    assert!(status.contains("disconnected (its servers do not answer)"), "{status}");
     proxy.cut(false);
     a.wait_reintegrated()?;
     check_seen_by(&b)?;
