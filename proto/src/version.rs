@@ -78,6 +78,12 @@ impl VersionVector {
         self.compare(other) == VvOrder::Equal
     }
 
+    /// Whether `self` is `earlier` changed by exactly one operation: a server bumps an object's
+    /// vector once per operation that touches it, so nobody else's change came in between.
+    pub fn directly_follows(&self, earlier: &VersionVector) -> bool {
+        self.compare(earlier) == VvOrder::Dominates && self.total() == earlier.total() + 1
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = (ServerId, u64)> + '_ {
         self.0.iter().map(|(k, v)| (*k, *v))
     }

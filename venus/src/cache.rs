@@ -354,6 +354,16 @@ impl Cache {
         self.lock().objects.get(g).map(|c| c.attr.clone())
     }
 
+    /// An object's attributes, and whether it is an orphan (removed while open), in one look.
+    pub fn attr_and_orphan(&self, g: &GFid) -> Option<(Attr, bool)> {
+        self.lock().objects.get(g).map(|c| (c.attr.clone(), c.orphan))
+    }
+
+    /// Whether `g` was removed while open (see [`Cached::orphan`]).
+    pub fn is_orphan(&self, g: &GFid) -> bool {
+        self.lock().objects.get(g).is_some_and(|c| c.orphan)
+    }
+
     /// Records an object's attributes as the server gave them. If the version changed, a clean
     /// container is stale and dropped; a dirty one is kept (local changes are never discarded).
     pub fn put_attr(&self, cell: CellId, attr: Attr) -> Result<()> {
@@ -363,7 +373,8 @@ impl Cache {
     /// As `put_attr`; `ours` says the new version is our own change, made from the state this
     /// cache holds: the container is that version's contents (an attribute change or a rename
     /// leaves them as they were; a store sent them), and the caller applies the change's effect
-    /// on a cached listing itself. So neither is dropped.
+    /// on a cached listing itself. So neither is dropped, unless the version shows that another
+    /// change came in between (then it is as if `ours` were false).
     pub fn put_attr_with(&self, cell: CellId, attr: Attr, ours: bool) -> Result<()> {
         let g = GFid::new(cell, attr.fid);
         let mut s = self.lock();
@@ -882,6 +893,9 @@ impl State {
             orphan: false,
         });
         let changed = !entry.attr.version.same_as(&attr.version);
+        // Our change, but another client's came in between (its break may still be on the
+        // way): what we hold is not that version's, so it is treated as theirs.
+        let ours = ours && attr.version.directly_follows(&entry.attr.version);
         let held = entry.dirty || entry.writers > 0;
         if entry.has_data && !held && changed && !ours {
             retire = Some(entry.open > 0);
@@ -1237,6 +1251,39 @@ mod tests {
         assert_eq!(cache.attr(&parent).map(|a| a.size), Some(99));
         assert!(cache.attr(&gone).is_none());
         assert_eq!(names(&cache.listing(&parent).unwrap()), ["kept"]);
+    }
+
+    #[test]
+    fn an_own_change_keeps_the_listing_only_when_nobody_elses_came_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let g = GFid::new(CellId(1), Fid::new(VolumeId(7), ObjectId(1)));
+        let at = |n: u64| {
+            let mut version = proto::VersionVector::new();
+            (0..n).for_each(|_| version.bump(proto::ServerId(1)));
+            Attr {
+                fid: g.fid,
+                kind: ObjectKind::Directory,
+                mode: 0o755,
+                owner: 0,
+                group: 0,
+                size: 1,
+                nlink: 2,
+                mtime: proto::Timestamp::now(),
+                ctime: proto::Timestamp::now(),
+                version,
+                parent: None,
+                link: None,
+            }
+        };
+        cache.put_attr(CellId(1), at(1)).unwrap();
+        cache.put_listing(g, vec![entry("a", 2)]).unwrap();
+        // Our create made version 2 out of 1: the caller edits the listing itself.
+        cache.put_attr_with(CellId(1), at(2), true).unwrap();
+        assert!(cache.listing(&g).is_some(), "our own change keeps the listing");
+        // Version 4 out of 2: another client's change came in between ours.
+        cache.put_attr_with(CellId(1), at(4), true).unwrap();
+        assert!(cache.listing(&g).is_none(), "a listing that misses another client's entry is dropped");
     }
 
     #[test]

@@ -143,23 +143,7 @@ async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
         let store = shared.store.clone();
         // The sweep frees space: on a full disk it may use the reserve (see `volumes::space`).
         match tokio::task::spawn_blocking(move || store.space().retry_freeing(|| store.sweep(CHUNK_GRACE))).await {
-            Ok(Ok(r))
-                if r.chunks_removed + r.orphan_files_removed + r.packs_removed + r.packs_rewritten > 0
-                    || !r.pack_errors.is_empty() =>
-            {
-                for e in &r.pack_errors {
-                    tracing::error!(error = %e, "sweep left a pack alone");
-                }
-                tracing::info!(
-                    chunks = r.chunks_removed,
-                    bytes = r.bytes_removed,
-                    orphans = r.orphan_files_removed,
-                    packs_removed = r.packs_removed,
-                    packs_rewritten = r.packs_rewritten,
-                    pack_bytes_freed = r.pack_bytes_freed,
-                    "swept"
-                )
-            }
+            Ok(Ok(r)) if r.did_anything() => r.log("periodic"),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
             Err(e) => tracing::error!(error = %e, "sweep panicked"),

@@ -529,9 +529,13 @@ impl Ctx<'_> {
         rows::lookup_entry(self.c, dir, name.as_str())
     }
 
-    /// The object's contents or attributes changed: new version, remembered op.
+    /// The object's contents or attributes changed: new version, remembered op. One operation
+    /// bumps an object's version once, however many of its entries it changes (a rename inside a
+    /// directory, over a name), so a client can tell its own change from one that overtook it.
     fn changed(&self, obj: &mut Object) {
-        obj.attr.version.bump(self.server);
+        if obj.last_op != Some(self.op) {
+            obj.attr.version.bump(self.server);
+        }
         obj.attr.ctime = self.now;
         obj.last_op = Some(self.op);
     }

@@ -44,6 +44,31 @@ pub struct SweepReport {
     pub op_results_pruned: u64,
 }
 
+impl SweepReport {
+    /// Whether the sweep changed anything or met a pack it had to leave alone.
+    pub fn did_anything(&self) -> bool {
+        self.chunks_removed + self.orphan_files_removed + self.packs_removed + self.packs_rewritten > 0
+            || !self.pack_errors.is_empty()
+    }
+
+    /// Logs what the sweep did, `why` saying which sweep it was.
+    pub fn log(&self, why: &str) {
+        for e in &self.pack_errors {
+            tracing::error!(error = %e, why, "sweep left a pack alone");
+        }
+        tracing::info!(
+            chunks = self.chunks_removed,
+            bytes = self.bytes_removed,
+            orphans = self.orphan_files_removed,
+            packs_removed = self.packs_removed,
+            packs_rewritten = self.packs_rewritten,
+            pack_bytes_freed = self.pack_bytes_freed,
+            why,
+            "swept"
+        );
+    }
+}
+
 impl Store {
     /// Removes unreferenced chunks older than `grace`, chunk files and packs with no record,
     /// rewrites mostly dead packs, and prunes op results older than [`OP_RESULT_TTL`].

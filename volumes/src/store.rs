@@ -92,18 +92,7 @@ impl Store {
             return;
         }
         match self.space.retry_freeing(|| self.sweep(std::time::Duration::ZERO)) {
-            Ok(r) => {
-                for e in &r.pack_errors {
-                    tracing::warn!(error = %e, "disk nearly full: the sweep left a pack alone");
-                }
-                tracing::info!(
-                    chunks = r.chunks_removed,
-                    bytes = r.bytes_removed,
-                    packs_removed = r.packs_removed,
-                    pack_bytes_freed = r.pack_bytes_freed,
-                    "disk nearly full: swept at once"
-                )
-            }
+            Ok(r) => r.log("disk nearly full: swept at once"),
             Err(e) => tracing::error!(error = %e, "disk nearly full and the sweep failed"),
         }
     }

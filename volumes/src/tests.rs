@@ -359,6 +359,7 @@ fn directories_rename_and_rmdir_follow_posix() {
     )
     .unwrap_err();
     assert!(matches!(err, RemoteError::Conflict(ConflictKind::NameTaken { .. })));
+    let before = store.fetch_status(&ADMIN, d2.fid).unwrap().0.version;
     let applied = apply1(
         &store,
         Mutation::Rename {
@@ -372,6 +373,10 @@ fn directories_rename_and_rmdir_follow_posix() {
     )
     .unwrap();
     assert_eq!(applied.removed, vec![h.fid.object]);
+    // Three entry changes, one operation: the directory's version moves once, so the client
+    // that made it can tell that nobody else's change came in between.
+    let after = store.fetch_status(&ADMIN, d2.fid).unwrap().0.version;
+    assert!(after.directly_follows(&before), "{before} -> {after}");
     assert!(matches!(store.fetch_status(&ADMIN, h.fid), Err(crate::StoreError::Refused(RemoteError::NotFound))));
 
     // Now d1 is empty and can go.

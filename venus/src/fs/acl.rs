@@ -102,6 +102,7 @@ impl Venus {
         let dir = self.acl_dir(components).await?;
         let conn = self.cell(dir.cell)?;
         let req = Request::SetAclEntry { fid: dir.fid, who: who.to_string(), rights, negative };
+        let ticket = self.ticket();
         let Response::Status { attr, promise, access } = conn.call(Some(dir.fid.volume), &req).await? else {
             return Err(VenusError::Protocol("unexpected reply to SetAclEntry".into()));
         };
@@ -110,7 +111,7 @@ impl Venus {
         let _ = self.forget(self.break_object(dir));
         self.cache.put_attr_with(dir.cell, attr.clone(), true)?;
         self.note_access(dir, &attr, access)?;
-        self.promised(dir, promise);
+        self.promised(dir, promise, ticket);
         self.listacl(components).await
     }
 }

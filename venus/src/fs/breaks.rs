@@ -8,7 +8,7 @@
 //! arriving while a FUSE request waits on the same directory cannot deadlock with it.
 
 use proto::msg::Push;
-use proto::{Fid, ObjectId, ObjectKind};
+use proto::{Fid, ObjectId};
 
 use super::{Venus, lock};
 use crate::counters;
@@ -24,11 +24,11 @@ impl Venus {
                 self.counters.add(counters::CALLBACK_BREAKS, (fids.len() + volumes.len()) as u64);
                 for fid in fids {
                     // Something in the volume changed: it is no longer known current as a whole.
-                    self.drop_volume(cell, fid.volume);
+                    self.volume_broken(cell, fid.volume);
                     forget.add(self.break_object(GFid::new(cell, fid)));
                 }
                 for volume in volumes {
-                    self.drop_volume(cell, volume);
+                    self.volume_broken(cell, volume);
                 }
             }
         }
@@ -38,7 +38,12 @@ impl Venus {
     /// Drops the promise on an object; returns what the kernel must forget of it.
     #[must_use]
     pub(crate) fn break_object(&self, g: GFid) -> Forget {
-        self.unpromise(&g);
+        {
+            // Recorded with the promise dropped, so a reply it overtook cannot restore it.
+            let mut breaks = lock(&self.breaks);
+            breaks.object_broken(g);
+            self.unpromise(&g);
+        }
         // Its ACL may have changed: rights in it are asked again before they are trusted.
         self.cache.stale_access(g.cell, Some(g.fid.volume), Some(&g));
         self.kernel_view(g)
@@ -59,7 +64,7 @@ impl Venus {
         // while connected) because offline it is the best there is. Names the kernel learned
         // before venus dropped its listing count too: a directory always makes names stale.
         let listing = self.cache.listing(&g);
-        let is_dir = listing.is_some() || self.cache.attr(&g).is_none_or(|a| a.kind != ObjectKind::File);
+        let is_dir = listing.is_some() || self.cache.attr(&g).is_none_or(|a| crate::cache::shows_as_dir(a.kind));
         if is_dir {
             forget.dirs.push(ino);
         }
@@ -74,6 +79,7 @@ impl Venus {
     /// queues the kernel's invalidations and never waits for them.
     pub(crate) fn on_callbacks_lost(&self, cell: CellId) {
         tracing::info!(cell = cell.0, "callback promises lost; revalidating");
+        lock(&self.breaks).cell_broken(cell);
         self.cache.stale_access(cell, None, None);
         let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
         let mut forget = Forget::default();
@@ -86,6 +92,13 @@ impl Venus {
         for v in volumes {
             lock(&self.vol_promises).remove(&(cell, v));
         }
+    }
+
+    /// A break touched the volume: it is no longer known current as a whole, and a volume
+    /// promise in a reply it overtook does not count.
+    fn volume_broken(&self, cell: CellId, volume: proto::VolumeId) {
+        lock(&self.breaks).volume_broken(cell, volume);
+        self.drop_volume(cell, volume);
     }
 
     /// The inode number of an object, for callers outside the core.

@@ -14,6 +14,7 @@ pub mod conflicts;
 mod emulate;
 pub mod hoard;
 pub mod modes;
+mod overtaken;
 mod paths;
 mod read;
 mod reintegrate;
@@ -104,6 +105,8 @@ pub struct Venus {
     cell_names: Vec<(String, CellId)>,
     inodes: Mutex<HashMap<u64, GFid>>,
     promises: Mutex<HashMap<GFid, Instant>>,
+    /// Breaks by sequence, so a reply they overtook cannot restore a promise (`overtaken.rs`).
+    breaks: Mutex<overtaken::BreakLog>,
     /// `venus disconnect` (see `modes.rs`).
     forced: Mutex<modes::Forced>,
     /// Volumes with records in the modification log.
@@ -237,6 +240,7 @@ impl Venus {
                 cell_names,
                 inodes: Mutex::new(HashMap::new()),
                 promises: Mutex::new(HashMap::new()),
+                breaks: Mutex::new(overtaken::BreakLog::default()),
                 vol_promises: Mutex::new(HashMap::new()),
                 forced: Mutex::new(Default::default()),
                 pending: Mutex::new(pending),
@@ -297,8 +301,17 @@ impl Venus {
         lock(&self.promises).get(g).is_some_and(|exp| *exp > Instant::now()) || self.volume_valid(g.cell, g.fid.volume)
     }
 
-    pub(crate) fn promised(&self, g: GFid, p: Promise) {
-        if p.secs > 0 {
+    /// Taken before a request that may bring promises is sent.
+    pub(crate) fn ticket(&self) -> overtaken::Ticket {
+        lock(&self.breaks).ticket()
+    }
+
+    /// Takes a promise on `g` from a request sent with `ticket`, unless a break of `g` came
+    /// since (it overtook the reply: what the reply says may already be old).
+    pub(crate) fn promised(&self, g: GFid, p: Promise, ticket: overtaken::Ticket) {
+        // Under the break log's lock, as breaks are recorded: none can slip in between.
+        let breaks = lock(&self.breaks);
+        if p.secs > 0 && breaks.object_holds(&g, ticket) {
             lock(&self.promises).insert(g, Instant::now() + Duration::from_secs(u64::from(p.secs)));
         }
     }
@@ -468,6 +481,14 @@ impl Venus {
             return Err(VenusError::Remote(proto::RemoteError::ReadOnly));
         }
         Ok(())
+    }
+}
+
+impl Handle {
+    /// Nothing this handle wrote up to `now` (the container's size and mtime) is left to store.
+    fn settled_at(&self, now: (u64, i64)) {
+        *lock(&self.baseline) = now;
+        self.written.store(false, Ordering::Relaxed);
     }
 }
 

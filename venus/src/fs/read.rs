@@ -19,8 +19,8 @@ use crate::ids::{CellId, GFid};
 impl Venus {
     /// An object's attributes: cached while its promise holds, fetched otherwise.
     pub async fn status(&self, g: GFid) -> Result<Attr> {
-        let (cached, orphan) = match self.cache.get(&g) {
-            Some(c) => (Some(c.attr), c.orphan),
+        let (cached, orphan) = match self.cache.attr_and_orphan(&g) {
+            Some((attr, orphan)) => (Some(attr), orphan),
             None => (None, false),
         };
         // An unlinked file still open is what its descriptors see; the server has no more to say.
@@ -43,11 +43,12 @@ impl Venus {
     /// Asks the server for an object's attributes (and the current user's rights).
     pub(crate) async fn fetch_status(&self, g: GFid) -> Result<Attr> {
         let conn = self.cell(g.cell)?;
+        let ticket = self.ticket();
         match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
             Ok(Response::Status { attr, promise, access }) => {
                 self.cache.put_attr(g.cell, attr.clone())?;
                 self.note_access(g, &attr, access)?;
-                self.promised(g, promise);
+                self.promised(g, promise, ticket);
                 Ok(attr)
             }
             Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
@@ -55,8 +56,8 @@ impl Venus {
                 self.cache.remove(&g)?;
                 self.unpromise(&g);
                 // Removed by someone else while open here: its descriptors still see it.
-                match self.cache.get(&g) {
-                    Some(c) if c.orphan => Ok(c.attr),
+                match self.cache.attr_and_orphan(&g) {
+                    Some((attr, true)) => Ok(attr),
                     _ => Err(VenusError::NotFound),
                 }
             }
@@ -77,13 +78,14 @@ impl Venus {
             return Err(self.miss(g));
         }
         let conn = self.cell(g.cell)?;
+        let ticket = self.ticket();
         match conn.call(Some(g.fid.volume), &Request::FetchDir { fid: g.fid }).await {
             Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
             Ok(Response::Dir { attr, entries, promise, access }) => {
                 self.note_access(g, &attr, access)?;
                 self.cache.put_attr(g.cell, attr)?;
                 let listing = self.cache.put_listing(g, entries)?;
-                self.promised(g, promise);
+                self.promised(g, promise, ticket);
                 Ok(listing)
             }
             Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
@@ -132,6 +134,7 @@ impl Venus {
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         let conn = self.cell(g.cell)?;
         let mut fetched = 0u64;
+        let ticket = self.ticket();
         let result = conn
             .fetch_data(g.fid, |bytes| {
                 fetched += bytes.len() as u64;
@@ -155,7 +158,7 @@ impl Venus {
         self.counters.add(counters::BYTES_FETCHED, fetched);
         self.cache.put_attr(g.cell, attr.clone())?;
         self.cache.install(&g, &tmp, fetched)?;
-        self.promised(g, promise);
+        self.promised(g, promise, ticket);
         Ok(attr)
     }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use proto::msg::Response;
 use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
 
-use super::store::{CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, scan_off_runtime};
+use super::store::{
+    CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, refused_for_good, scan_off_runtime,
+};
 use super::{Venus, lock, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
@@ -124,9 +126,20 @@ impl Venus {
             let (records, refused) = self.upload_data(cell, volume, &entries).await?;
             // A store whose data the server would not take (no space, quota) is settled as a
             // conflict now, its data kept on this machine; the records behind it go on.
-            let (entries, records) = self.settle_refused_uploads(cell, entries, records, refused).await?;
-            let (entries, records) =
-                if rewound { self.keep_stores_aside(cell, entries, records).await? } else { (entries, records) };
+            let refused_at =
+                |i: usize, _: &proto::Record| refused.iter().find(|(at, _)| *at == i).map(|(_, r)| r.clone());
+            let (entries, records) = self.settle_aside(cell, entries, records, refused_at).await?;
+            // A server restored from an older dump: every store becomes a kept copy beside the
+            // server's version; the other records go on to the server.
+            let (entries, records) = if rewound {
+                let rewound_store = |_: usize, r: &proto::Record| {
+                    matches!(r.mutation, Mutation::Store { .. })
+                        .then_some(RemoteError::Conflict(proto::ConflictKind::VolumeRewound))
+                };
+                self.settle_aside(cell, entries, records, rewound_store).await?
+            } else {
+                (entries, records)
+            };
             if entries.is_empty() {
                 continue;
             }
@@ -241,7 +254,7 @@ impl Venus {
                             *mtime = scanned.mtime;
                             self.cml.replace(e.seq, &record)?;
                         }
-                        Err(VenusError::Remote(r)) if refuses_data(&r) => refused.push((i, r)),
+                        Err(VenusError::Remote(r)) if refused_for_good(&r) => refused.push((i, r)),
                         Err(e) => return Err(e),
                     },
                     _ => {}
@@ -253,51 +266,22 @@ impl Venus {
         Ok((records, refused))
     }
 
-    /// Settles the stores whose data the server refused as conflicts (their data kept here)
-    /// and takes them out of the log; returns the rest of the batch.
-    async fn settle_refused_uploads(
+    /// Settles as conflicts the records of a batch that `refusal_of` names (their data kept),
+    /// takes them out of the log, and returns the rest of the batch.
+    async fn settle_aside(
         &self,
         cell: CellId,
         entries: Vec<cml::Entry>,
         records: Vec<proto::Record>,
-        refused: Vec<(usize, RemoteError)>,
+        refusal_of: impl Fn(usize, &proto::Record) -> Option<RemoteError>,
     ) -> Result<(Vec<cml::Entry>, Vec<proto::Record>)> {
-        if refused.is_empty() {
-            return Ok((entries, records));
-        }
         let mut rest = (Vec::new(), Vec::new());
         for (i, (e, r)) in entries.into_iter().zip(records).enumerate() {
-            let Some((_, refusal)) = refused.iter().find(|(at, _)| *at == i) else {
+            let Some(refusal) = refusal_of(i, &r) else {
                 rest.0.push(e);
                 rest.1.push(r);
                 continue;
             };
-            match self.conflict(cell, &r, refusal.clone()).await {
-                Ok(()) => {}
-                Err(err @ VenusError::Unreachable(_)) => return Err(err),
-                Err(err) => self.record_failed(cell, &r, refusal, &err)?,
-            }
-            self.cml.remove(&[e.seq])?;
-        }
-        Ok(rest)
-    }
-
-    /// On a rewound volume: every store becomes a kept copy beside the server's version; the
-    /// other records go on to the server.
-    async fn keep_stores_aside(
-        self: &Arc<Self>,
-        cell: CellId,
-        entries: Vec<cml::Entry>,
-        records: Vec<proto::Record>,
-    ) -> Result<(Vec<cml::Entry>, Vec<proto::Record>)> {
-        let mut rest = (Vec::new(), Vec::new());
-        for (e, r) in entries.into_iter().zip(records) {
-            if !matches!(r.mutation, Mutation::Store { .. }) {
-                rest.0.push(e);
-                rest.1.push(r);
-                continue;
-            }
-            let refusal = RemoteError::Conflict(proto::ConflictKind::VolumeRewound);
             match self.conflict(cell, &r, refusal.clone()).await {
                 Ok(()) => {}
                 Err(err @ VenusError::Unreachable(_)) => return Err(err),
@@ -336,18 +320,12 @@ impl Venus {
     }
 }
 
-/// Whether the server refused a store's data for good (space, quota, rights), rather than
-/// for a moment: that store is then a conflict, not a reason to stop the replay.
-fn refuses_data(r: &RemoteError) -> bool {
-    !matches!(r, RemoteError::VolumeBusy | RemoteError::VolumeMoved | RemoteError::CallbacksLost)
-}
-
 /// The outcome of uploading collected small files: a refusal refuses every record in it.
 fn refuse_all(result: Result<()>, records: &mut Vec<usize>, refused: &mut Vec<(usize, RemoteError)>) -> Result<()> {
     let taken = std::mem::take(records);
     match result {
         Ok(()) => Ok(()),
-        Err(VenusError::Remote(r)) if refuses_data(&r) => {
+        Err(VenusError::Remote(r)) if refused_for_good(&r) => {
             refused.extend(taken.into_iter().map(|i| (i, r.clone())));
             Ok(())
         }

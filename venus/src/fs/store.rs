@@ -60,7 +60,7 @@ impl Venus {
     pub(crate) async fn store(&self, g: GFid) -> Result<Attr> {
         let result = self.try_store(g).await;
         match result {
-            Err(VenusError::Remote(refusal)) if kept_aside(&refusal) => {
+            Err(VenusError::Remote(refusal)) if refused_for_good(&refusal) => {
                 self.keep_refused(g, refusal.clone()).await;
                 Err(VenusError::Remote(refusal))
             }
@@ -207,9 +207,10 @@ async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, bat
     Ok(sent)
 }
 
-/// Whether a refused store is kept aside as a conflict: every refusal but the passing ones
-/// that `CellConn::call` retries or the caller resolves.
-fn kept_aside(refusal: &proto::RemoteError) -> bool {
+/// Whether the server refused a store (or its data) for good, so that it is kept aside as a
+/// conflict: every refusal but the passing ones that `CellConn::call` retries or the caller
+/// resolves.
+pub(crate) fn refused_for_good(refusal: &proto::RemoteError) -> bool {
     use proto::RemoteError as E;
     !matches!(refusal, E::VolumeBusy | E::VolumeMoved | E::CallbacksLost | E::MissingChunks(_))
 }

@@ -113,8 +113,10 @@ impl Venus {
         Ok(self.validate(cell, vec![(volume, known)]).await?.into_iter().next().and_then(|a| a.stamp))
     }
 
-    fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise) {
-        if p.secs > 0 {
+    /// Takes a volume promise from a request sent with `ticket` (see `overtaken.rs`).
+    fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise, ticket: super::overtaken::Ticket) {
+        let breaks = lock(&self.breaks);
+        if p.secs > 0 && breaks.volume_holds(cell, volume, ticket) {
             lock(&self.vol_promises).insert((cell, volume), Instant::now() + Duration::from_secs(u64::from(p.secs)));
         }
     }
@@ -180,6 +182,7 @@ impl Venus {
         if volumes.is_empty() {
             return Ok(());
         }
+        let ticket = self.ticket();
         let answers = self.validate(cell, volumes).await?;
         let mut changed = Vec::new();
         for answer in answers {
@@ -194,7 +197,7 @@ impl Venus {
             }
             match (answer.valid, answer.promise, answer.stamp) {
                 (true, Some(p), _) => {
-                    self.volume_promised(cell, answer.volume, p);
+                    self.volume_promised(cell, answer.volume, p, ticket);
                     self.counters.add(crate::counters::VOLUMES_VALIDATED, 1);
                 }
                 (_, _, Some(current)) => {
@@ -225,12 +228,13 @@ impl Venus {
         held: Option<&proto::Attr>,
         result: AttrCheck,
         promise: Promise,
+        ticket: super::overtaken::Ticket,
     ) -> Result<bool> {
         match result {
             AttrCheck::Same { access } => {
                 if let Some(attr) = held {
                     self.note_access(g, attr, access)?;
-                    self.promised(g, promise);
+                    self.promised(g, promise, ticket);
                 }
                 Ok(false)
             }
@@ -240,7 +244,7 @@ impl Venus {
                     self.forget_in_kernel(g);
                 }
                 self.cache.put_attr(g.cell, now)?;
-                self.promised(g, promise);
+                self.promised(g, promise, ticket);
                 Ok(true)
             }
             AttrCheck::Gone => {
@@ -276,6 +280,7 @@ impl Venus {
         let held: Vec<(GFid, Option<proto::Attr>)> = batch.iter().map(|g| (*g, self.cache.attr(g))).collect();
         let objects = held.iter().map(|(g, a)| (g.fid, a.as_ref().map(|a| a.version.clone()).unwrap_or_default()));
         let req = Request::ValidateAttrs { objects: objects.collect() };
+        let ticket = self.ticket();
         let answer = match ask {
             Ask::Server(server) => conn.call_on(server, &req).await?,
             Ask::ServerOf(volume) => conn.call(Some(volume), &req).await?,
@@ -288,7 +293,7 @@ impl Venus {
         }
         let mut changed = Vec::new();
         for ((g, attr), result) in held.into_iter().zip(results) {
-            if self.settle_check(g, attr.as_ref(), result, promise)? {
+            if self.settle_check(g, attr.as_ref(), result, promise, ticket)? {
                 changed.push(g);
             }
         }
@@ -323,13 +328,14 @@ impl Venus {
                 Err(e) => return Err(e),
             }
         }
+        let ticket = self.ticket();
         for a in self.validate(cell, volumes.clone()).await? {
             let Some(&(_, current)) = volumes.iter().find(|(v, _)| *v == a.volume) else { continue };
             if let (true, Some(p)) = (a.valid, a.promise) {
                 let mut state = self.cache.volume(cell, a.volume);
                 state.stamp = Some(current);
                 self.cache.set_volume(cell, a.volume, state)?;
-                self.volume_promised(cell, a.volume, p);
+                self.volume_promised(cell, a.volume, p, ticket);
                 self.counters.add(crate::counters::VOLUMES_VALIDATED, 1);
             }
         }

@@ -80,6 +80,7 @@ impl Venus {
         let record = Record { op: OpId::random(), mutation };
         // Not logged first: until the server answers, the system call has not returned, so a
         // crash meanwhile loses nothing acknowledged (and the server may well have it).
+        let ticket = self.ticket();
         let answer = match chunks {
             None => conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await,
             Some((chunks, mut read)) => {
@@ -124,8 +125,16 @@ impl Venus {
         }
         apply_edits(&mut batch, edits)?;
         batch.finish()?;
+        // The server promises the writer everything the change touched, but that only means
+        // our cached state is current where it was current before (the reply knows nothing of
+        // other clients' changes we have not fetched): a promise we held is extended, a new
+        // object is promised, and nothing else is.
+        let created = created_by(&record.mutation);
         for attr in &applied.attrs {
-            self.promised(GFid::new(cell, attr.fid), promise);
+            let g = GFid::new(cell, attr.fid);
+            if Some(attr.fid.object) == created || self.valid(&g) {
+                self.promised(g, promise, ticket);
+            }
         }
         for g in &removed {
             self.unpromise(g);
@@ -479,18 +488,16 @@ impl Venus {
         if !changed {
             return Ok(());
         }
-        if self.cache.get(&h.gfid).is_some_and(|c| c.orphan) {
+        if self.cache.is_orphan(&h.gfid) {
             // Removed while open: what was written goes with the file, as on a local disk.
-            *super::lock(&h.baseline) = now;
-            h.written.store(false, Ordering::Relaxed);
+            h.settled_at(now);
             return Ok(());
         }
         if self.detached(h) {
             // The file's container is no longer the one this descriptor writes: the file was
             // removed, or its local version was kept aside as a conflict after a refused store.
             // What is written here belongs to no file; it is not stored over the server's.
-            *super::lock(&h.baseline) = now;
-            h.written.store(false, Ordering::Relaxed);
+            h.settled_at(now);
             return Err(VenusError::Io(std::io::Error::from_raw_os_error(libc::ESTALE)));
         }
         self.cache.set_local(&h.gfid, now.0, true)?;
@@ -502,15 +509,14 @@ impl Venus {
                 Ok(())
             }
             Err(e) => {
-                if self.cache.get(&h.gfid).is_some_and(|c| c.orphan) {
-                    // Removed while open: what was written goes with the file, as on a local disk.
-                    *super::lock(&h.baseline) = now;
-                    h.written.store(false, Ordering::Relaxed);
+                if self.cache.is_orphan(&h.gfid) {
+                    // Removed during the store: nothing to keep, as above.
+                    h.settled_at(now);
                     return Ok(());
                 }
                 if self.detached(h) {
                     // Kept aside: nothing is left to store again at release.
-                    *super::lock(&h.baseline) = now;
+                    h.settled_at(now);
                 } else {
                     h.written.store(true, Ordering::Relaxed);
                 }
@@ -586,6 +592,17 @@ fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
+}
+
+/// The object a mutation creates, if any.
+fn created_by(m: &Mutation) -> Option<ObjectId> {
+    match m {
+        Mutation::Create { object, .. }
+        | Mutation::MakeDir { object, .. }
+        | Mutation::Symlink { object, .. }
+        | Mutation::MakeMountPoint { object, .. } => Some(*object),
+        _ => None,
+    }
 }
 
 fn apply_edits(batch: &mut crate::cache::Batch<'_>, edits: &[ListingEdit]) -> Result<()> {

@@ -1,0 +1,126 @@
+//! Breaks that overtake replies. A reply carrying a promise and a callback break of the same
+//! object travel on different streams, so venus can hear the break first: the server applied
+//! another client's change after it answered us, broke our promise, and our reply (with the
+//! promise granted before that change) arrives afterwards. Taken as it comes, that reply would
+//! restore the promise over state venus knows to be old: a listing missing the other client's
+//! new file, trusted for hours. AFS clients guard against this with a callback-break counter;
+//! so does venus: every break gets a sequence number, each request notes the number before it
+//! is sent (a [`Ticket`]), and a promise is taken only if no break of its object (or of the
+//! whole cell, when promises were lost) came after the ticket.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proto::VolumeId;
+
+use crate::ids::{CellId, GFid};
+
+/// Taken before a request is sent; its promises count only if nothing broke them since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// How long a break is remembered. A request still unanswered after this long finds its
+/// promises refused (see `forgotten_below`), which only costs asking again.
+const REMEMBER: Duration = Duration::from_secs(600);
+/// Breaks remembered before old ones are forgotten.
+const MOST: usize = 16_384;
+
+#[derive(Default)]
+pub struct BreakLog {
+    seq: u64,
+    objects: HashMap<GFid, (u64, Instant)>,
+    volumes: HashMap<(CellId, VolumeId), u64>,
+    cells: HashMap<CellId, u64>,
+    /// Breaks before this were forgotten: a ticket older than that trusts nothing.
+    forgotten_below: u64,
+}
+
+impl BreakLog {
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.seq)
+    }
+
+    pub fn object_broken(&mut self, g: GFid) {
+        self.seq += 1;
+        self.objects.insert(g, (self.seq, Instant::now()));
+        if self.objects.len() > MOST {
+            let now = Instant::now();
+            let mut forgotten = self.forgotten_below;
+            self.objects.retain(|_, (seq, at)| {
+                let keep = now.duration_since(*at) < REMEMBER;
+                if !keep {
+                    forgotten = forgotten.max(*seq);
+                }
+                keep
+            });
+            self.forgotten_below = forgotten;
+        }
+    }
+
+    pub fn volume_broken(&mut self, cell: CellId, volume: VolumeId) {
+        self.seq += 1;
+        self.volumes.insert((cell, volume), self.seq);
+    }
+
+    /// Every promise of the cell was lost.
+    pub fn cell_broken(&mut self, cell: CellId) {
+        self.seq += 1;
+        self.cells.insert(cell, self.seq);
+    }
+
+    /// Whether a promise on `g` from a request with `ticket` still stands.
+    pub fn object_holds(&self, g: &GFid, ticket: Ticket) -> bool {
+        let after = |seq: Option<u64>| seq.is_some_and(|s| s > ticket.0);
+        ticket.0 >= self.forgotten_below
+            && !after(self.objects.get(g).map(|(s, _)| *s))
+            && !after(self.cells.get(&g.cell).copied())
+    }
+
+    /// Whether a volume promise from a request with `ticket` still stands.
+    pub fn volume_holds(&self, cell: CellId, volume: VolumeId, ticket: Ticket) -> bool {
+        let after = |seq: Option<u64>| seq.is_some_and(|s| s > ticket.0);
+        !after(self.volumes.get(&(cell, volume)).copied()) && !after(self.cells.get(&cell).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Fid, ObjectId};
+
+    fn g(n: u128) -> GFid {
+        GFid::new(CellId(1), Fid::new(VolumeId(2), ObjectId(n)))
+    }
+
+    #[test]
+    fn a_break_after_the_request_was_sent_voids_its_promise_and_only_that_one() {
+        let mut log = BreakLog::default();
+        let before = log.ticket();
+        log.object_broken(g(1));
+        let after = log.ticket();
+        assert!(!log.object_holds(&g(1), before), "the break overtook the reply");
+        assert!(log.object_holds(&g(2), before), "another object is not concerned");
+        assert!(log.object_holds(&g(1), after), "a request sent after the break stands");
+        log.volume_broken(CellId(1), VolumeId(2));
+        assert!(!log.volume_holds(CellId(1), VolumeId(2), after));
+        assert!(log.volume_holds(CellId(1), VolumeId(3), after));
+        log.cell_broken(CellId(1));
+        assert!(!log.object_holds(&g(2), after), "lost promises void every reply in flight");
+    }
+
+    #[test]
+    fn forgetting_old_breaks_never_lets_an_old_request_trust_them() {
+        let mut log = BreakLog::default();
+        let old = log.ticket();
+        log.object_broken(g(1));
+        // Age every entry, then overflow the log so it prunes.
+        for (_, at) in log.objects.values_mut() {
+            *at -= REMEMBER * 2;
+        }
+        for n in 0..=MOST as u128 {
+            log.object_broken(g(1000 + n));
+        }
+        assert!(!log.objects.contains_key(&g(1)));
+        assert!(!log.object_holds(&g(1), old), "forgotten, and still not trusted");
+    }
+}
