@@ -232,6 +232,9 @@ async fn answer(
             json(core.hoarding.load(&text, &label).map(|n| serde_json::json!({ "commands": n })))
         }
         ControlRequest::HoardWalk => {
+            // A walk asked for right after a profile was saved walks that profile, whether or
+            // not its change was noticed yet.
+            core.hoarding.reload_profiles();
             let walker = core.clone();
             let request = core.hoarding.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let uid = crate::fs::user::current_uid();

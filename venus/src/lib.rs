@@ -2,8 +2,9 @@
 //! files on local disk, keeps the callback promises servers give it, sends every change through
 //! the client modification log, and answers the `venus` command on a control socket.
 //!
-//! `fs` is the core (testable without a mount); `fuse` is the thin kernel adapter; `cache`,
-//! `net` and `control` are its parts.
+//! `fs` is the core (testable without a mount); `fuse` is the thin kernel adapter; `remote` is
+//! what the core asks of the servers, which `net` does over QUIC; `cache` and `control` are its
+//! other parts.
 
 pub mod cache;
 pub mod control;
@@ -18,3 +19,4 @@ pub mod mount;
 pub mod mounts;
 pub mod net;
 pub mod recycle;
+pub mod remote;

@@ -140,7 +140,12 @@ fn watch_profiles(core: &Arc<Venus>) -> Option<notify::RecommendedWatcher> {
     }
     let weak = Arc::downgrade(core);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = event.is_ok_and(|e| e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "hoard")));
+        // Not reads: reloading reads the profiles, and on inotify a read is an event (a loop).
+        let relevant = event.is_ok_and(|e| {
+            !e.kind.is_access()
+                && !e.kind.is_other()
+                && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "hoard"))
+        });
         if relevant && let Some(core) = weak.upgrade() {
             core.hoarding.reload_profiles();
         }

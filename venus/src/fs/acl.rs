@@ -1,15 +1,14 @@
 //! Tokens and ACLs as the `venus` command sees them: `login`, `tokens`, `logout`, `listacl`,
 //! `setacl`. Each runs as the local user who asked (the control socket knows who that is).
 
-use proto::Request;
 use proto::auth::Rights;
-use proto::msg::Response;
 use serde::Serialize;
 
 use super::access::governing;
 use super::{Venus, user};
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
+use crate::remote;
 
 /// One entry of an ACL as `venus listacl` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +31,7 @@ impl Venus {
     fn cell_named(&self, cell: Option<&str>) -> Result<CellId> {
         match cell {
             Some(name) => self.cell_by_name(name).ok_or_else(|| VenusError::Protocol(format!("no cell named {name}"))),
-            None => self.cells().next().map(|(_, c)| c.id).ok_or(VenusError::NotFound),
+            None => self.cells().next().map(|(_, c)| c.id()).ok_or(VenusError::NotFound),
         }
     }
 
@@ -82,11 +81,7 @@ impl Venus {
     pub async fn listacl(&self, components: &[String]) -> Result<AclView> {
         let dir = self.acl_dir(components).await?;
         let conn = self.cell(dir.cell)?;
-        let Response::Acl { acl, names, access } =
-            conn.call(Some(dir.fid.volume), &Request::FetchAcl { fid: dir.fid }).await?
-        else {
-            return Err(VenusError::Protocol("unexpected reply to FetchAcl".into()));
-        };
+        let remote::AclView { acl, names, access } = conn.fetch_acl(dir.fid).await?;
         let name = |id: proto::PtsId| names.iter().find(|(i, _)| *i == id).map_or(id.to_string(), |(_, n)| n.clone());
         let lines = |entries: &[(proto::PtsId, Rights)]| {
             entries.iter().map(|(id, r)| AclLine { who: name(*id), id: id.0, rights: r.to_string() }).collect()
@@ -101,11 +96,8 @@ impl Venus {
         let rights = Rights::parse(rights).map_err(|e| VenusError::Remote(proto::RemoteError::Invalid(e)))?;
         let dir = self.acl_dir(components).await?;
         let conn = self.cell(dir.cell)?;
-        let req = Request::SetAclEntry { fid: dir.fid, who: who.to_string(), rights, negative };
         let ticket = self.ticket();
-        let Response::Status { attr, promise, access } = conn.call(Some(dir.fid.volume), &req).await? else {
-            return Err(VenusError::Protocol("unexpected reply to SetAclEntry".into()));
-        };
+        let remote::Status { attr, promise, access } = conn.set_acl_entry(dir.fid, who, rights, negative).await?;
         // Other local users' rights here were computed from the old ACL, and so was what the
         // kernel caches for everyone.
         let _ = self.forget(self.break_object(dir));

@@ -4,9 +4,8 @@
 //! directory is gone). Each conflict is recorded for `venus conflicts` until `venus repair`
 //! settles it.
 
-use proto::msg::Response;
 use proto::{Applied, Base, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, RemoteError};
-use proto::{Request, Seen, Timestamp};
+use proto::{Seen, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::Venus;
@@ -156,10 +155,7 @@ impl Venus {
     async fn send_as(&self, cell: CellId, op: OpId, mutation: Mutation) -> Result<Applied> {
         let volume = mutation.volume();
         let record = Record { op, mutation };
-        match self.cell(cell)?.call(Some(volume), &Request::Mutate { record }).await? {
-            Response::Applied { result, .. } => Ok(result?),
-            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-        }
+        Ok(self.cell(cell)?.mutate(volume, record).await?.result?)
     }
 
     /// The directory entry naming `object`, from the cached listings of its volume.
@@ -178,9 +174,7 @@ impl Venus {
     async fn conflict_dir(&self, cell: CellId, volume: proto::VolumeId) -> Result<Fid> {
         let root = Fid::root(volume);
         let conn = self.cell(cell)?.clone();
-        if let Response::Dir { entries, .. } = conn.call(Some(volume), &Request::FetchDir { fid: root }).await?
-            && let Some(e) = entries.iter().find(|e| e.name.as_str() == CONFLICT_DIR)
-        {
+        if let Some(e) = conn.fetch_dir(root).await?.entries.iter().find(|e| e.name.as_str() == CONFLICT_DIR) {
             return Ok(Fid::new(volume, e.object));
         }
         let object = ObjectId::random();
@@ -388,12 +382,7 @@ impl Venus {
         let conn = self.cell(cell)?.clone();
         let status = |fid: Fid| {
             let conn = conn.clone();
-            async move {
-                match conn.call(Some(fid.volume), &Request::FetchStatus { fid }).await? {
-                    Response::Status { attr, .. } => Ok::<_, VenusError>(attr),
-                    other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-                }
-            }
+            async move { Ok::<_, VenusError>(conn.fetch_status(fid).await?.attr) }
         };
         match keep {
             "both" => {}
@@ -414,10 +403,7 @@ impl Venus {
             }
             "local" => match (info.dir, &info.name, info.copy_dir, &info.copy_name, info.copy) {
                 (Some(odir), Some(oname), Some(cdir), Some(cname), Some(copy)) => {
-                    let entries = match conn.call(Some(odir.volume), &Request::FetchDir { fid: odir }).await? {
-                        Response::Dir { entries, .. } => entries,
-                        other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-                    };
+                    let entries = conn.fetch_dir(odir).await?.entries;
                     let replaced = match entries.iter().find(|e| e.name.as_str() == oname) {
                         Some(e) => Some(Seen {
                             object: e.object,
@@ -441,10 +427,7 @@ impl Venus {
                 _ if info.kind == "remove/update" => {
                     // Keep the local removal: remove the server's copy after all.
                     if let (Some(odir), Some(oname)) = (info.dir, &info.name) {
-                        let entries = match conn.call(Some(odir.volume), &Request::FetchDir { fid: odir }).await? {
-                            Response::Dir { entries, .. } => entries,
-                            other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-                        };
+                        let entries = conn.fetch_dir(odir).await?.entries;
                         if let Some(e) = entries.iter().find(|e| e.name.as_str() == oname) {
                             let version = status(Fid::new(odir.volume, e.object)).await?.version;
                             let seen = Seen { object: e.object, base: Base::Version(version) };

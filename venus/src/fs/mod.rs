@@ -40,6 +40,7 @@ use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid, ROOT_INO};
 use crate::kernel::Forget;
 use crate::net::{CellConn, Events};
+use crate::remote::Remote;
 
 pub use paths::WhereIs;
 pub use user::Caller;
@@ -100,7 +101,7 @@ pub struct Venus {
     pub cml: cml::Cml,
     pub counters: Arc<Counters>,
     pub client: ClientId,
-    cells: HashMap<CellId, Arc<CellConn>>,
+    cells: HashMap<CellId, Arc<dyn Remote>>,
     /// Cells in the order their names are listed at the mount root.
     cell_names: Vec<(String, CellId)>,
     inodes: Mutex<HashMap<u64, GFid>>,
@@ -172,7 +173,21 @@ fn client_id(dir: &std::path::Path) -> Result<ClientId> {
 }
 
 impl Venus {
+    /// A core talking to the cells' servers over the network.
     pub fn new(config: Config) -> Result<Arc<Venus>> {
+        let cache_dir = config.cache_dir.clone();
+        Venus::with_remotes(config, move |id, file, with| {
+            let known = cache_dir.join(format!("servers-{}", file.cell));
+            Ok(Arc::new(CellConn::new(id, file.clone(), with, Some(known))?))
+        })
+    }
+
+    /// A core whose cells' servers are reached through `connect` (a test's in-memory servers,
+    /// or the network's `CellConn`).
+    pub fn with_remotes(
+        config: Config,
+        connect: impl Fn(CellId, &CellFile, crate::net::Context) -> Result<Arc<dyn Remote>>,
+    ) -> Result<Arc<Venus>> {
         let cache = Cache::open(&config.cache_dir, config.cache_size)?;
         let (cml, salvaged) = cml::Cml::open_or_salvage(&config.cache_dir.join("cml.sqlite"))?;
         if let Some(s) = &salvaged {
@@ -217,16 +232,10 @@ impl Venus {
                     events: events.clone(),
                     tokens: tokens.clone(),
                 };
-                let conn = CellConn::new(
-                    id,
-                    file.clone(),
-                    with,
-                    Some(config.cache_dir.join(format!("servers-{}", file.cell))),
-                );
-                match conn {
+                match connect(id, file, with) {
                     Ok(conn) => {
                         cell_names.push((file.cell.clone(), id));
-                        cells.insert(id, Arc::new(conn));
+                        cells.insert(id, conn);
                     }
                     Err(e) => tracing::error!(cell = %file.cell, error = %e, "cannot set up the cell"),
                 }
@@ -261,11 +270,11 @@ impl Venus {
         Ok(venus)
     }
 
-    pub fn cell(&self, id: CellId) -> Result<&Arc<CellConn>> {
+    pub fn cell(&self, id: CellId) -> Result<&Arc<dyn Remote>> {
         self.cells.get(&id).ok_or(VenusError::NotFound)
     }
 
-    pub fn cells(&self) -> impl Iterator<Item = (&str, &Arc<CellConn>)> {
+    pub fn cells(&self) -> impl Iterator<Item = (&str, &Arc<dyn Remote>)> {
         self.cell_names.iter().filter_map(|(n, id)| self.cells.get(id).map(|c| (n.as_str(), c)))
     }
 

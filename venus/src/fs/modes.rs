@@ -106,7 +106,7 @@ impl Venus {
     pub fn disconnect(&self, volume: Option<&str>) -> crate::error::Result<Vec<String>> {
         let mut done = Vec::new();
         for (name, conn) in self.cells() {
-            let cell = conn.id;
+            let cell = conn.id();
             match volume {
                 None => {
                     self.force_disconnect(cell, None);

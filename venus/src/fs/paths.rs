@@ -144,7 +144,7 @@ impl Venus {
         Ok(WhereIs {
             cell: conn.name().to_string(),
             volume: g.fid.volume.0,
-            servers: conn.file.servers.iter().map(|s| s.address.clone()).collect(),
+            servers: conn.servers().into_iter().map(|(_, address)| address).collect(),
         })
     }
 

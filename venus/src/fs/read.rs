@@ -7,14 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use proto::auth::Rights;
-use proto::msg::Response;
-use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError, Request};
+use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError};
 
 use super::{Handle, Node, Stat, Venus, container_times};
 use crate::cache::Listing;
 use crate::counters;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
+use crate::remote::{Dir, Status};
 
 impl Venus {
     /// An object's attributes: cached while its promise holds, fetched otherwise.
@@ -44,14 +44,13 @@ impl Venus {
     pub(crate) async fn fetch_status(&self, g: GFid) -> Result<Attr> {
         let conn = self.cell(g.cell)?;
         let ticket = self.ticket();
-        match conn.call(Some(g.fid.volume), &Request::FetchStatus { fid: g.fid }).await {
-            Ok(Response::Status { attr, promise, access }) => {
+        match conn.fetch_status(g.fid).await {
+            Ok(Status { attr, promise, access }) => {
                 self.cache.put_attr(g.cell, attr.clone())?;
                 self.note_access(g, &attr, access)?;
                 self.promised(g, promise, ticket);
                 Ok(attr)
             }
-            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             Err(VenusError::Remote(RemoteError::NotFound)) => {
                 self.cache.remove(&g)?;
                 self.unpromise(&g);
@@ -79,16 +78,15 @@ impl Venus {
         }
         let conn = self.cell(g.cell)?;
         let ticket = self.ticket();
-        match conn.call(Some(g.fid.volume), &Request::FetchDir { fid: g.fid }).await {
+        match conn.fetch_dir(g.fid).await {
             Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
-            Ok(Response::Dir { attr, entries, promise, access }) => {
+            Ok(Dir { attr, entries, promise, access }) => {
                 self.note_access(g, &attr, access)?;
                 self.cache.put_attr(g.cell, attr)?;
                 let listing = self.cache.put_listing(g, entries)?;
                 self.promised(g, promise, ticket);
                 Ok(listing)
             }
-            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             Err(VenusError::Remote(RemoteError::NotFound)) => {
                 self.cache.remove(&g)?;
                 Err(VenusError::NotFound)
@@ -136,7 +134,7 @@ impl Venus {
         let mut fetched = 0u64;
         let ticket = self.ticket();
         let result = conn
-            .fetch_data(g.fid, |bytes| {
+            .fetch_data(g.fid, &mut |bytes: &[u8]| {
                 fetched += bytes.len() as u64;
                 file.write_all(bytes)
             })
@@ -290,10 +288,10 @@ impl Venus {
             Node::Root => {
                 let mut out = Vec::new();
                 for (name, conn) in self.cells() {
-                    let ino = match self.cell_root(conn.id, false).await {
+                    let ino = match self.cell_root(conn.id(), false).await {
                         Ok(g) => self.register(g),
                         // An unreachable cell is still listed; looking inside will say why.
-                        Err(_) => GFid::new(conn.id, Fid::root(proto::VolumeId(0))).ino(),
+                        Err(_) => GFid::new(conn.id(), Fid::root(proto::VolumeId(0))).ino(),
                     };
                     out.push((ino, ObjectKind::Directory, name.to_string()));
                 }

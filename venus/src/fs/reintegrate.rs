@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use proto::msg::Response;
-use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, Request, VolumeId};
+use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, VolumeId};
 
 use super::store::{
     CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, refused_for_good, scan_off_runtime,
@@ -19,6 +18,7 @@ use super::{Venus, lock, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
+use crate::remote::Remote;
 
 /// Records per Reintegrate request.
 const BATCH: usize = 200;
@@ -27,7 +27,7 @@ impl Venus {
     /// The background heartbeat: notices unreachable servers answering again, and drains the
     /// logs of volumes whose servers answer.
     pub async fn tick(self: &Arc<Self>) {
-        let cells: Vec<(CellId, Arc<crate::net::CellConn>)> = self.cells().map(|(_, c)| (c.id, c.clone())).collect();
+        let cells: Vec<(CellId, Arc<dyn Remote>)> = self.cells().map(|(_, c)| (c.id(), c.clone())).collect();
         for (cell, conn) in cells {
             let forced = lock(&self.forced).contains(&(cell, None));
             if conn.any_down() && !forced && conn.probe().await {
@@ -143,13 +143,7 @@ impl Venus {
             if entries.is_empty() {
                 continue;
             }
-            let answer = conn.call(Some(volume), &Request::Reintegrate { volume, records: records.clone() }).await?;
-            let Response::Reintegrated { results, .. } = answer else {
-                return Err(VenusError::Protocol("unexpected reply to Reintegrate".into()));
-            };
-            if results.len() != records.len() {
-                return Err(VenusError::Protocol("Reintegrate answered a different number of records".into()));
-            }
+            let results = conn.reintegrate(volume, records.clone()).await?;
             let mut retry = false;
             for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
                 match result {

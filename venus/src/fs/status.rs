@@ -56,14 +56,9 @@ impl Venus {
             cells.push(CellStatus {
                 name: name.to_string(),
                 servers: conn
-                    .file
-                    .servers
-                    .iter()
-                    .map(|s| ServerStatus {
-                        id: s.id,
-                        address: s.address.clone(),
-                        connected: connected.contains(&s.server_id()),
-                    })
+                    .servers()
+                    .into_iter()
+                    .map(|(id, address)| ServerStatus { id: id.0, address, connected: connected.contains(&id) })
                     .collect(),
             });
         }

@@ -20,7 +20,7 @@ use super::Venus;
 use crate::counters;
 use crate::error::{Result, VenusError};
 use crate::ids::GFid;
-use crate::net::CellConn;
+use crate::remote::Remote;
 
 /// Chunks per upload request: a lost connection loses at most this much work.
 const UPLOAD_BATCH: usize = 256;
@@ -158,8 +158,9 @@ impl Venus {
         let batches = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         // Boxed, not pinned in place: dropping it must drop the receiver, so that a cutter
         // blocked on a full channel goes on without sending.
-        let mut uploads =
-            Box::pin(batches.map(|b| upload_batch(conn, g.fid.volume, path, b)).buffer_unordered(UPLOADS_IN_FLIGHT));
+        let mut uploads = Box::pin(
+            batches.map(|b| upload_batch(conn.as_ref(), g.fid.volume, path, b)).buffer_unordered(UPLOADS_IN_FLIGHT),
+        );
         let mut uploaded = Uploaded::All;
         while let Some(result) = uploads.next().await {
             match result {
@@ -191,7 +192,7 @@ struct Batch {
 
 /// Sends the server the chunks of `batch` it lacks (all of them for a small file: asking would
 /// cost a round trip). Returns the bytes sent.
-async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, batch: Batch) -> Result<u64> {
+async fn upload_batch(conn: &dyn Remote, volume: proto::VolumeId, path: &Path, batch: Batch) -> Result<u64> {
     let missing = to_send(conn, volume, &batch.chunks).await?;
     if missing.is_empty() {
         return Ok(0);
@@ -199,7 +200,7 @@ async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, bat
     let (refs, offs): (Vec<ChunkRef>, Vec<u64>) = missing.iter().map(|&i| (batch.chunks[i], batch.offsets[i])).unzip();
     let sent = refs.iter().map(|c| u64::from(c.len)).sum();
     let (mut read, changed) = ChunkReader::new(path, &refs, &offs)?;
-    let result = conn.put_chunks(volume, refs, move |i| read.read(i)).await;
+    let result = conn.put_chunks(volume, refs, Box::new(move |i| read.read(i))).await;
     if changed.load(Ordering::Relaxed) {
         return Err(VenusError::ChangedDuringStore);
     }
@@ -208,7 +209,7 @@ async fn upload_batch(conn: &CellConn, volume: proto::VolumeId, path: &Path, bat
 }
 
 /// Whether the server refused a store (or its data) for good, so that it is kept aside as a
-/// conflict: every refusal but the passing ones that `CellConn::call` retries or the caller
+/// conflict: every refusal but the passing ones that the connection retries or the caller
 /// resolves.
 pub(crate) fn refused_for_good(refusal: &proto::RemoteError) -> bool {
     use proto::RemoteError as E;
@@ -221,7 +222,7 @@ fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> 
 
 /// Which of `chunks` to send: all of a small set, else those the server says it lacks (each
 /// index checked: it comes from the network).
-async fn to_send(conn: &CellConn, volume: proto::VolumeId, chunks: &[ChunkRef]) -> Result<Vec<usize>> {
+async fn to_send(conn: &dyn Remote, volume: proto::VolumeId, chunks: &[ChunkRef]) -> Result<Vec<usize>> {
     let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
     if total <= SEND_WITHOUT_ASKING {
         return Ok((0..chunks.len()).collect());
@@ -286,7 +287,7 @@ impl Venus {
         }
         let conn = self.cell(cell)?;
         let mut all = c.bytes;
-        let (refs, mut bytes): (Vec<ChunkRef>, Vec<Vec<u8>>) = to_send(conn, volume, &c.chunks)
+        let (refs, mut bytes): (Vec<ChunkRef>, Vec<Vec<u8>>) = to_send(conn.as_ref(), volume, &c.chunks)
             .await?
             .into_iter()
             .map(|i| (c.chunks[i], std::mem::take(&mut all[i])))
@@ -295,10 +296,9 @@ impl Venus {
             return Ok(());
         }
         let sent: u64 = refs.iter().map(|c| u64::from(c.len)).sum();
-        conn.put_chunks(volume, refs, |i| {
-            bytes.get_mut(i).map(std::mem::take).ok_or_else(|| std::io::Error::other("no such chunk"))
-        })
-        .await?;
+        let read =
+            move |i: usize| bytes.get_mut(i).map(std::mem::take).ok_or_else(|| std::io::Error::other("no such chunk"));
+        conn.put_chunks(volume, refs, Box::new(read)).await?;
         self.counters.add(counters::BYTES_STORED, sent);
         Ok(())
     }

@@ -14,23 +14,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::msg::{AttrCheck, Promise, Response, VolumeValidation};
-use proto::{Request, VolumeId, VolumeStamp};
+use proto::msg::{AttrCheck, Promise, VolumeValidation};
+use proto::{VolumeId, VolumeStamp};
 
 use super::{Venus, lock};
 use crate::cache::VolState;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
+use crate::remote::{At, Checked};
 
 /// Objects per `ValidateAttrs` request.
 const VALIDATE_BATCH: usize = 5000;
-
-/// Where a batch of attribute checks goes: a given server (revalidation groups volumes by
-/// server), or whichever server serves a volume (with its retries and failover).
-enum Ask {
-    Server(proto::ServerId),
-    ServerOf(VolumeId),
-}
 
 impl Venus {
     pub(crate) fn volume_valid(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -132,10 +126,7 @@ impl Venus {
         let mut out = Vec::new();
         for (server, volumes) in by_server {
             let stamps = volumes.clone();
-            let answers = match conn.call_on(server, &Request::ValidateVolumes { volumes }).await? {
-                Response::Validated { volumes } => volumes,
-                other => return Err(crate::error::VenusError::Protocol(format!("unexpected reply {other:?}"))),
-            };
+            let answers = conn.validate_volumes(server, volumes).await?;
             for a in answers {
                 // Not there any more: it may have moved. Ask where it is, and ask there.
                 let moved_to = match a.stamp {
@@ -145,12 +136,7 @@ impl Venus {
                 match moved_to {
                     Some(to) => {
                         let known: Vec<_> = stamps.iter().filter(|(v, _)| *v == a.volume).copied().collect();
-                        match conn.call_on(to, &Request::ValidateVolumes { volumes: known }).await? {
-                            Response::Validated { volumes } => out.extend(volumes),
-                            other => {
-                                return Err(crate::error::VenusError::Protocol(format!("unexpected reply {other:?}")));
-                            }
-                        }
+                        out.extend(conn.validate_volumes(to, known).await?);
                     }
                     None => out.push(a),
                 }
@@ -162,7 +148,7 @@ impl Venus {
     /// Revalidates every volume venus has cached objects of, in every cell: one request per cell
     /// when the stamps still hold, and a full revalidation of the volumes whose stamps do not.
     pub async fn revalidate_all(self: &Arc<Self>) {
-        let cells: Vec<CellId> = self.cells().map(|(_, c)| c.id).collect();
+        let cells: Vec<CellId> = self.cells().map(|(_, c)| c.id()).collect();
         for cell in cells {
             if let Err(e) = self.revalidate_cell(cell).await {
                 tracing::info!(cell = cell.0, error = %e, "revalidation postponed");
@@ -268,29 +254,19 @@ impl Venus {
     /// listing a directory with attributes.
     pub(crate) async fn bulk_status(&self, cell: CellId, volume: VolumeId, objects: &[GFid]) -> Result<()> {
         for batch in objects.chunks(VALIDATE_BATCH) {
-            self.check_attrs(cell, Ask::ServerOf(volume), batch).await?;
+            self.check_attrs(cell, At::ServerOf(volume), batch).await?;
         }
         Ok(())
     }
 
     /// One `ValidateAttrs` for `batch` (at most `VALIDATE_BATCH` objects), its answers taken
     /// in; returns the objects that changed or went away.
-    async fn check_attrs(&self, cell: CellId, ask: Ask, batch: &[GFid]) -> Result<Vec<GFid>> {
+    async fn check_attrs(&self, cell: CellId, at: At, batch: &[GFid]) -> Result<Vec<GFid>> {
         let conn = self.cell(cell)?.clone();
         let held: Vec<(GFid, Option<proto::Attr>)> = batch.iter().map(|g| (*g, self.cache.attr(g))).collect();
         let objects = held.iter().map(|(g, a)| (g.fid, a.as_ref().map(|a| a.version.clone()).unwrap_or_default()));
-        let req = Request::ValidateAttrs { objects: objects.collect() };
         let ticket = self.ticket();
-        let answer = match ask {
-            Ask::Server(server) => conn.call_on(server, &req).await?,
-            Ask::ServerOf(volume) => conn.call(Some(volume), &req).await?,
-        };
-        let Response::AttrsValidated { results, promise } = answer else {
-            return Err(VenusError::Protocol("unexpected reply to ValidateAttrs".into()));
-        };
-        if results.len() != held.len() {
-            return Err(VenusError::Protocol("ValidateAttrs answered a different count".into()));
-        }
+        let Checked { results, promise } = conn.validate_attrs(at, objects.collect()).await?;
         let mut changed = Vec::new();
         for ((g, attr), result) in held.into_iter().zip(results) {
             if self.settle_check(g, attr.as_ref(), result, promise, ticket)? {
@@ -319,7 +295,7 @@ impl Venus {
         for (server, batch) in batches {
             // A changed directory whose listing we hold gets it refreshed below: the cache
             // stays useful for the next disconnection.
-            let changed = self.check_attrs(cell, Ask::Server(server), &batch).await?;
+            let changed = self.check_attrs(cell, At::Server(server), &batch).await?;
             relist.extend(changed.into_iter().filter(|g| self.cache.has_listing(g)));
         }
         for g in relist {

@@ -6,8 +6,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use proto::msg::Response;
-use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, Request};
+use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record};
 use proto::{RemoteError, Seen, SetAttrs, Timestamp};
 
 use proto::auth::Rights;
@@ -15,6 +14,7 @@ use proto::auth::Rights;
 use super::{Stat, Venus};
 use crate::error::{Result, VenusError};
 use crate::ids::GFid;
+use crate::remote::Mutated;
 
 /// The attribute changes of a `setattr` call.
 #[derive(Debug, Clone, Default)]
@@ -82,10 +82,9 @@ impl Venus {
         // crash meanwhile loses nothing acknowledged (and the server may well have it).
         let ticket = self.ticket();
         let answer = match chunks {
-            None => conn.call(Some(volume), &Request::Mutate { record: record.clone() }).await,
+            None => conn.mutate(volume, record.clone()).await,
             Some((chunks, mut read)) => {
-                let req = Request::PutChunksAndMutate { chunks, record: record.clone() };
-                conn.send_chunks(volume, req, move |i| read.read(i)).await
+                conn.mutate_with_chunks(volume, chunks, record.clone(), Box::new(move |i| read.read(i))).await
             }
         };
         if let Err(VenusError::Unreachable(_)) = answer {
@@ -105,10 +104,8 @@ impl Venus {
         }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error, and the data it carried stays in the container.
-        let (applied, promise) = match answer? {
-            Response::Applied { result, promise } => (result?, promise),
-            other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-        };
+        let Mutated { result, promise } = answer?;
+        let applied = result?;
         // Everything the change did to the cache, in one transaction: the volume's stamp is
         // never recorded without the changes it vouches for.
         let volume_state = self.own_change(cell, volume, applied.stamp, 1);

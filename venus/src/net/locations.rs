@@ -71,7 +71,7 @@ impl CellConn {
     }
 
     /// The server holding `volume`'s read-write site.
-    pub async fn server_of(&self, volume: VolumeId) -> Result<ServerId> {
+    pub(super) async fn server_of(&self, volume: VolumeId) -> Result<ServerId> {
         self.server_for(Some(volume)).await
     }
 
@@ -106,7 +106,7 @@ impl CellConn {
     }
 
     /// Asks the location service where `volume` lives now.
-    pub async fn locate(&self, volume: VolumeId) -> Result<ServerId> {
+    pub(super) async fn locate(&self, volume: VolumeId) -> Result<ServerId> {
         let (entry, servers) =
             match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
                 Response::Location { entry, servers } => (entry, servers),
@@ -137,7 +137,7 @@ impl CellConn {
     /// The volume a name means, and the name it goes by: `NAME`, `NAME.readonly` (its released
     /// replica) or `NAME.backup`. With `prefer_ro`, a plain `NAME` means its released replica
     /// when it has one (a mount point reached through a read-only volume, as in AFS).
-    pub async fn resolve_volume(&self, name: &str, prefer_ro: bool) -> Result<(VolumeId, String)> {
+    pub(super) async fn resolve_volume(&self, name: &str, prefer_ro: bool) -> Result<(VolumeId, String)> {
         let (base, _) = split_volume_name(name);
         match pick_volume(&self.entry(base).await?, name, prefer_ro) {
             Some(found) => Ok(found),

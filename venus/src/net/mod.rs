@@ -15,7 +15,7 @@ use proto::cell::{CellFile, CellServer};
 use proto::client::{Connector, FetchedData, Session};
 use proto::msg::Push;
 use proto::tls::TransportTuning;
-use proto::{ChunkHash, ChunkRef, ClientId, ProtoError, RemoteError, Request, Response, ServerId, VolumeId};
+use proto::{ClientId, ProtoError, RemoteError, Request, Response, ServerId, VolumeId};
 
 use crate::counters::Counters;
 use crate::error::{Result, VenusError};
@@ -23,6 +23,7 @@ use crate::fs::user::Tokens;
 use crate::ids::CellId;
 
 mod locations;
+mod typed;
 
 use locations::Learned;
 pub use locations::split_volume_name;
@@ -114,7 +115,7 @@ impl CellConn {
     }
 
     /// One request to one server.
-    pub async fn call_on(&self, server: ServerId, req: &Request) -> Result<Response> {
+    async fn call_on(&self, server: ServerId, req: &Request) -> Result<Response> {
         self.raw(server, req).await
     }
 
@@ -129,7 +130,7 @@ impl CellConn {
     }
 
     /// Trades a password for a token (`venus login`).
-    pub async fn login(&self, user: &str, password: &str, lifetime: u32) -> Result<proto::Token> {
+    async fn login(&self, user: &str, password: &str, lifetime: u32) -> Result<proto::Token> {
         let req = Request::Login { user: user.into(), password: password.into(), lifetime };
         let (session, _) = self.session(self.any_server()).await?;
         self.counters.rpc("Login");
@@ -147,17 +148,17 @@ impl CellConn {
 
     /// Whether the cell's location server is believed unreachable (volume lookups would only
     /// time out).
-    pub fn is_down(&self) -> bool {
+    fn is_down(&self) -> bool {
         self.down_set().contains(&self.any_server())
     }
 
     /// Whether some server of the cell is believed unreachable.
-    pub fn any_down(&self) -> bool {
+    fn any_down(&self) -> bool {
         !self.down_set().is_empty()
     }
 
     /// Whether no server that could serve `volume` is believed to answer.
-    pub fn volume_down(&self, volume: VolumeId) -> bool {
+    fn volume_down(&self, volume: VolumeId) -> bool {
         // Asked before every cached read: the usual answer (nothing is down) costs one lock.
         if self.down_set().is_empty() {
             return false;
@@ -185,7 +186,7 @@ impl CellConn {
 
     /// Checks whether the servers that stopped answering answer again, each with a fresh
     /// connection and a short timeout; says whether any did.
-    pub async fn probe(&self) -> bool {
+    async fn probe(&self) -> bool {
         let down: Vec<ServerId> = self.down_set().iter().copied().collect();
         let mut any = false;
         for server in down {
@@ -197,7 +198,7 @@ impl CellConn {
         any
     }
 
-    pub fn name(&self) -> &str {
+    fn name(&self) -> &str {
         &self.file.cell
     }
 
@@ -274,14 +275,14 @@ impl CellConn {
     }
 
     /// Closes every connection (venus is exiting).
-    pub async fn close_all(&self) {
+    async fn close_all(&self) {
         for s in self.sessions.lock().await.values() {
             s.close();
         }
     }
 
     /// Servers currently connected.
-    pub async fn connected(&self) -> Vec<ServerId> {
+    async fn connected(&self) -> Vec<ServerId> {
         self.sessions.lock().await.iter().filter(|(_, s)| !s.is_closed()).map(|(id, _)| *id).collect()
     }
 
@@ -333,7 +334,7 @@ impl CellConn {
     /// forgot it moved, `NoSuchVolume`): it is looked up again and the request goes to its new
     /// server. A replica whose server does not answer is left for the next one. In each case
     /// the caller sees no error.
-    pub async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
+    async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
         let busy_until = std::time::Instant::now() + BUSY_WAIT;
         let mut relocated = false;
         loop {
@@ -360,7 +361,7 @@ impl CellConn {
     }
 
     /// Streams a whole file to `sink`, chunk by verified chunk.
-    pub async fn fetch_data(
+    async fn fetch_data(
         &self,
         fid: proto::Fid,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
@@ -412,28 +413,9 @@ impl CellConn {
         }
     }
 
-    pub async fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Result<Vec<u32>> {
-        match self.call(Some(volume), &Request::MissingChunks { volume, hashes }).await? {
-            Response::Missing { indices } => Ok(indices),
-            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    pub async fn put_chunks(
-        &self,
-        volume: VolumeId,
-        chunks: Vec<ChunkRef>,
-        read: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
-    ) -> Result<u32> {
-        match self.send_chunks(volume, Request::PutChunks { volume, chunks }, read).await? {
-            Response::ChunksStored { stored } => Ok(stored),
-            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-        }
-    }
-
     /// A request followed by chunks' bytes (`PutChunks`, `PutChunksAndMutate`), with the
     /// retries of `call` for a volume being moved.
-    pub async fn send_chunks(
+    async fn send_chunks(
         &self,
         volume: VolumeId,
         req: Request,
