@@ -493,12 +493,6 @@ impl Cache {
         self.lock().remove_entry(g, name)
     }
 
-    /// Makes room for `size` more bytes of containers, evicting clean, unopened files in LRU
-    /// order. Fails if the file cannot fit even in an empty cache.
-    pub fn reserve(&self, size: u64) -> Result<u64> {
-        self.reserve_at(size, 0)
-    }
-
     /// Makes room for a file of hoard priority `priority`: only files of no higher priority are
     /// evicted (lowest priority first, then least recently used), so reading unrelated files
     /// never pushes hoarded ones out.

@@ -8,9 +8,8 @@
 //! arriving while a FUSE request waits on the same directory cannot deadlock with it.
 
 use proto::msg::Push;
-use proto::{Fid, ObjectId};
 
-use super::{Venus, lock};
+use super::Venus;
 use crate::counters;
 use crate::ids::{CellId, GFid};
 use crate::kernel::{Delivered, Forget};
@@ -38,12 +37,7 @@ impl Venus {
     /// Drops the promise on an object; returns what the kernel must forget of it.
     #[must_use]
     pub(crate) fn break_object(&self, g: GFid) -> Forget {
-        {
-            // Recorded with the promise dropped, so a reply it overtook cannot restore it.
-            let mut breaks = lock(&self.breaks);
-            breaks.object_broken(g);
-            self.unpromise(&g);
-        }
+        self.promises.object_broken(g);
         // Its ACL may have changed: rights in it are asked again before they are trusted.
         self.cache.stale_access(g.cell, Some(g.fid.volume), Some(&g));
         self.kernel_view(g)
@@ -79,30 +73,18 @@ impl Venus {
     /// queues the kernel's invalidations and never waits for them.
     pub(crate) fn on_callbacks_lost(&self, cell: CellId) {
         tracing::info!(cell = cell.0, "callback promises lost; revalidating");
-        lock(&self.breaks).cell_broken(cell);
         self.cache.stale_access(cell, None, None);
-        let lost: Vec<GFid> = lock(&self.promises).keys().filter(|g| g.cell == cell).copied().collect();
         let mut forget = Forget::default();
-        for g in lost {
-            forget.add(self.break_object(g));
+        for g in self.promises.cell_lost(cell) {
+            forget.add(self.kernel_view(g));
         }
         let _ = self.forget(forget);
-        let volumes: Vec<proto::VolumeId> =
-            lock(&self.vol_promises).keys().filter(|(c, _)| *c == cell).map(|(_, v)| *v).collect();
-        for v in volumes {
-            lock(&self.vol_promises).remove(&(cell, v));
-        }
     }
 
     /// A break touched the volume: it is no longer known current as a whole, and a volume
     /// promise in a reply it overtook does not count.
     fn volume_broken(&self, cell: CellId, volume: proto::VolumeId) {
-        lock(&self.breaks).volume_broken(cell, volume);
+        self.promises.volume_broken(cell, volume);
         self.drop_volume(cell, volume);
-    }
-
-    /// The inode number of an object, for callers outside the core.
-    pub fn ino_of(&self, cell: CellId, volume: proto::VolumeId, object: ObjectId) -> u64 {
-        GFid::new(cell, Fid::new(volume, object)).ino()
     }
 }

@@ -12,10 +12,12 @@ pub mod acl;
 mod breaks;
 pub mod conflicts;
 mod emulate;
+mod handles;
 pub mod hoard;
 pub mod modes;
-mod overtaken;
+mod namespace;
 mod paths;
+mod promises;
 mod read;
 mod reintegrate;
 pub mod status;
@@ -26,9 +28,8 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proto::cell::CellFile;
 use proto::msg::Promise;
@@ -42,6 +43,8 @@ use crate::kernel::Forget;
 use crate::net::{CellConn, Events};
 use crate::remote::Remote;
 
+pub use handles::Handle;
+pub use namespace::{Node, Stat};
 pub use paths::WhereIs;
 pub use user::Caller;
 pub use write::SetAttrRequest;
@@ -60,42 +63,6 @@ pub struct Config {
     pub hoard_dir: PathBuf,
 }
 
-/// What the kernel is told about an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stat {
-    pub ino: u64,
-    /// `Directory` for directories and crossed mount points, `File`, or `Symlink`.
-    pub kind: ObjectKind,
-    pub size: u64,
-    pub mode: u32,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: Timestamp,
-    pub ctime: Timestamp,
-    /// Anyone may look this up: the kernel may cache it for everyone.
-    pub public: bool,
-}
-
-/// A node of the namespace: the mount root (listing cells) or an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Node {
-    Root,
-    Object(GFid),
-}
-
-/// An open file.
-pub struct Handle {
-    pub gfid: GFid,
-    pub file: std::fs::File,
-    pub writable: bool,
-    /// Set by writes venus sees (the non-passthrough path) and by O_TRUNC.
-    pub written: AtomicBool,
-    /// The container's (size, mtime) when last stored or opened: writes that bypass venus
-    /// (kernel passthrough) are detected by comparing.
-    baseline: Mutex<(u64, i64)>,
-}
-
 pub struct Venus {
     pub cache: Cache,
     pub cml: cml::Cml,
@@ -104,20 +71,12 @@ pub struct Venus {
     cells: HashMap<CellId, Arc<dyn Remote>>,
     /// Cells in the order their names are listed at the mount root.
     cell_names: Vec<(String, CellId)>,
-    inodes: Mutex<HashMap<u64, GFid>>,
-    promises: Mutex<HashMap<GFid, Instant>>,
-    /// Breaks by sequence, so a reply they overtook cannot restore a promise (`overtaken.rs`).
-    breaks: Mutex<overtaken::BreakLog>,
-    /// `venus disconnect` (see `modes.rs`).
-    forced: Mutex<modes::Forced>,
-    /// Volumes with records in the modification log.
-    pending: Mutex<std::collections::HashSet<(CellId, proto::VolumeId)>>,
-    /// Why each volume's last reintegration stopped short (for `venus status`).
-    postponed: Mutex<HashMap<(CellId, proto::VolumeId), String>>,
-    /// Volume promises (see `volumes.rs`).
-    vol_promises: Mutex<HashMap<(CellId, proto::VolumeId), Instant>>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    next_fh: AtomicU64,
+    inodes: namespace::Inodes,
+    /// Promises per object and per volume, and the breaks that ended them.
+    promises: promises::Promises,
+    /// Forced disconnections, volumes with logged changes (see `modes.rs`).
+    links: modes::Links,
+    handles: handles::Handles,
     /// One fetch per object at a time.
     fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
     /// Where invalidations for the kernel are queued (never delivered on the caller's thread).
@@ -247,15 +206,10 @@ impl Venus {
                 client,
                 cells,
                 cell_names,
-                inodes: Mutex::new(HashMap::new()),
-                promises: Mutex::new(HashMap::new()),
-                breaks: Mutex::new(overtaken::BreakLog::default()),
-                vol_promises: Mutex::new(HashMap::new()),
-                forced: Mutex::new(Default::default()),
-                pending: Mutex::new(pending),
-                postponed: Mutex::new(HashMap::new()),
-                handles: Mutex::new(HashMap::new()),
-                next_fh: AtomicU64::new(1),
+                inodes: namespace::Inodes::default(),
+                promises: promises::Promises::default(),
+                links: modes::Links::new(pending),
+                handles: handles::Handles::default(),
                 fetching: Mutex::new(HashMap::new()),
                 kernel: crate::kernel::Invalidator::default(),
                 started: Timestamp::now(),
@@ -283,10 +237,7 @@ impl Venus {
     }
 
     pub fn node(&self, ino: u64) -> Result<Node> {
-        if ino == ROOT_INO {
-            return Ok(Node::Root);
-        }
-        lock(&self.inodes).get(&ino).copied().map(Node::Object).ok_or(VenusError::NotFound)
+        self.inodes.node(ino)
     }
 
     pub fn object(&self, ino: u64) -> Result<GFid> {
@@ -297,9 +248,7 @@ impl Venus {
     }
 
     pub(crate) fn register(&self, g: GFid) -> u64 {
-        let ino = g.ino();
-        lock(&self.inodes).insert(ino, g);
-        ino
+        self.inodes.register(g)
     }
 
     // ----- promises -----
@@ -307,49 +256,40 @@ impl Venus {
     /// Whether the cached state of `g` may be used without asking: its own promise holds, or
     /// its volume is known current.
     pub(crate) fn valid(&self, g: &GFid) -> bool {
-        lock(&self.promises).get(g).is_some_and(|exp| *exp > Instant::now()) || self.volume_valid(g.cell, g.fid.volume)
+        self.promises.holds(g) || self.volume_valid(g.cell, g.fid.volume)
     }
 
     /// Taken before a request that may bring promises is sent.
-    pub(crate) fn ticket(&self) -> overtaken::Ticket {
-        lock(&self.breaks).ticket()
+    pub(crate) fn ticket(&self) -> promises::Ticket {
+        self.promises.ticket()
     }
 
-    /// Takes a promise on `g` from a request sent with `ticket`, unless a break of `g` came
-    /// since (it overtook the reply: what the reply says may already be old).
-    pub(crate) fn promised(&self, g: GFid, p: Promise, ticket: overtaken::Ticket) {
-        // Under the break log's lock, as breaks are recorded: none can slip in between.
-        let breaks = lock(&self.breaks);
-        if p.secs > 0 && breaks.object_holds(&g, ticket) {
-            lock(&self.promises).insert(g, Instant::now() + Duration::from_secs(u64::from(p.secs)));
-        }
+    /// Takes a promise on `g` from a request sent with `ticket` (see `promises.rs`).
+    pub(crate) fn promised(&self, g: GFid, p: Promise, ticket: promises::Ticket) {
+        self.promises.promise(g, p, ticket);
     }
 
     pub(crate) fn unpromise(&self, g: &GFid) {
-        lock(&self.promises).remove(g);
+        self.promises.drop_object(g);
     }
 
     /// Number of objects holding an unexpired promise.
     pub fn promise_count(&self) -> usize {
-        let now = Instant::now();
-        lock(&self.promises).values().filter(|e| **e > now).count()
+        self.promises.count()
     }
 
     // ----- handles -----
 
     pub(crate) fn add_handle(&self, h: Handle) -> (u64, Arc<Handle>) {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = Arc::new(h);
-        lock(&self.handles).insert(fh, h.clone());
-        (fh, h)
+        self.handles.add(h)
     }
 
     pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
-        lock(&self.handles).get(&fh).cloned().ok_or(VenusError::Io(std::io::Error::from_raw_os_error(libc::EBADF)))
+        self.handles.get(fh)
     }
 
     pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<Handle>> {
-        lock(&self.handles).remove(&fh)
+        self.handles.take(fh)
     }
 
     pub(crate) fn fetch_lock(&self, g: GFid) -> Arc<tokio::sync::Mutex<()>> {
@@ -437,7 +377,7 @@ impl Venus {
     /// server at all (a laptop started on a train).
     pub async fn volume_id(&self, cell: CellId, name: &str, prefer_ro: bool) -> Result<proto::VolumeId> {
         let conn = self.cell(cell)?;
-        let cell_forced = lock(&self.forced).contains(&(cell, None));
+        let cell_forced = self.links.cell_forced(cell);
         if !conn.is_down() && !cell_forced {
             match conn.resolve_volume(name, prefer_ro).await {
                 Ok((id, known_as)) => {
@@ -490,20 +430,5 @@ impl Venus {
             return Err(VenusError::Remote(proto::RemoteError::ReadOnly));
         }
         Ok(())
-    }
-}
-
-impl Handle {
-    /// Nothing this handle wrote up to `now` (the container's size and mtime) is left to store.
-    fn settled_at(&self, now: (u64, i64)) {
-        *lock(&self.baseline) = now;
-        self.written.store(false, Ordering::Relaxed);
-    }
-}
-
-fn container_times(file: &std::fs::File) -> (u64, i64) {
-    match file.metadata() {
-        Ok(m) => (m.len(), m.modified().map(|t| Timestamp::from_system(t).as_nanos()).unwrap_or(0)),
-        Err(_) => (0, 0),
     }
 }

@@ -6,7 +6,8 @@
 //! coming back, and reintegration drains the log. While a volume has logged changes, reads are
 //! served from the cache even if the server answers: the cache holds the newer state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use proto::VolumeId;
 use serde::{Deserialize, Serialize};
@@ -34,8 +35,74 @@ pub struct SyncProgress {
     pub sent: u64,
 }
 
-/// What `venus disconnect` asked for: a whole cell, or one volume of it.
-pub(crate) type Forced = HashSet<(CellId, Option<VolumeId>)>;
+/// Which volumes are kept off the network, which have logged changes, and why replaying them
+/// stopped: the state behind each volume's mode. Reachability itself is the connection's.
+#[derive(Default)]
+pub(crate) struct Links {
+    /// What `venus disconnect` asked for: a whole cell, or one volume of it.
+    forced: Mutex<HashSet<(CellId, Option<VolumeId>)>>,
+    /// Volumes with records in the modification log.
+    pending: Mutex<HashSet<(CellId, VolumeId)>>,
+    /// Why each volume's last reintegration stopped short (for `venus status`).
+    postponed: Mutex<HashMap<(CellId, VolumeId), String>>,
+}
+
+impl Links {
+    pub fn new(pending: HashSet<(CellId, VolumeId)>) -> Links {
+        Links { pending: Mutex::new(pending), ..Links::default() }
+    }
+
+    pub fn forced_off(&self, cell: CellId, volume: VolumeId) -> bool {
+        let f = lock(&self.forced);
+        f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
+    }
+
+    /// Whether the whole cell is kept off the network.
+    pub fn cell_forced(&self, cell: CellId) -> bool {
+        lock(&self.forced).contains(&(cell, None))
+    }
+
+    pub fn force(&self, cell: CellId, volume: Option<VolumeId>) {
+        lock(&self.forced).insert((cell, volume));
+    }
+
+    pub fn clear_forced(&self) {
+        lock(&self.forced).clear();
+    }
+
+    pub fn has_pending(&self, cell: CellId, volume: VolumeId) -> bool {
+        lock(&self.pending).contains(&(cell, volume))
+    }
+
+    pub fn any_pending(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    pub fn pending(&self) -> Vec<(CellId, VolumeId)> {
+        lock(&self.pending).iter().copied().collect()
+    }
+
+    pub fn mark_pending(&self, cell: CellId, volume: VolumeId, pending: bool) {
+        let mut p = lock(&self.pending);
+        if pending {
+            p.insert((cell, volume));
+        } else {
+            p.remove(&(cell, volume));
+        }
+    }
+
+    pub fn postponed(&self, cell: CellId, volume: VolumeId) -> Option<String> {
+        lock(&self.postponed).get(&(cell, volume)).cloned()
+    }
+
+    pub fn note_postponed(&self, cell: CellId, volume: VolumeId, why: Option<String>) {
+        let mut p = lock(&self.postponed);
+        match why {
+            Some(why) => p.insert((cell, volume), why),
+            None => p.remove(&(cell, volume)),
+        };
+    }
+}
 
 impl Venus {
     /// Whether requests for the volume may go to the network at all.
@@ -45,25 +112,20 @@ impl Venus {
 
     /// Whether `venus disconnect` keeps the volume off the network.
     pub(crate) fn forced_off(&self, cell: CellId, volume: VolumeId) -> bool {
-        let f = lock(&self.forced);
-        f.contains(&(cell, None)) || f.contains(&(cell, Some(volume)))
+        self.links.forced_off(cell, volume)
     }
 
     /// Why the volume's last reintegration stopped, if it did and nothing went since.
     pub(crate) fn postponed(&self, cell: CellId, volume: VolumeId) -> Option<String> {
-        lock(&self.postponed).get(&(cell, volume)).cloned()
+        self.links.postponed(cell, volume)
     }
 
     pub(crate) fn note_postponed(&self, cell: CellId, volume: VolumeId, why: Option<String>) {
-        let mut p = lock(&self.postponed);
-        match why {
-            Some(why) => p.insert((cell, volume), why),
-            None => p.remove(&(cell, volume)),
-        };
+        self.links.note_postponed(cell, volume, why);
     }
 
     pub fn has_pending(&self, cell: CellId, volume: VolumeId) -> bool {
-        lock(&self.pending).contains(&(cell, volume))
+        self.links.has_pending(cell, volume)
     }
 
     pub fn mode(&self, cell: CellId, volume: VolumeId) -> Mode {
@@ -80,23 +142,18 @@ impl Venus {
     }
 
     pub(crate) fn mark_pending(&self, cell: CellId, volume: VolumeId, pending: bool) {
-        let mut p = lock(&self.pending);
-        if pending {
-            p.insert((cell, volume));
-        } else {
-            p.remove(&(cell, volume));
-        }
+        self.links.mark_pending(cell, volume, pending);
     }
 
     /// `venus disconnect [--volume V]`.
     pub fn force_disconnect(&self, cell: CellId, volume: Option<VolumeId>) {
-        lock(&self.forced).insert((cell, volume));
+        self.links.force(cell, volume);
         tracing::info!(cell = cell.0, volume = ?volume, "disconnected by request");
     }
 
     /// `venus reconnect`: lifts every forced disconnection.
     pub fn clear_forced(&self) {
-        lock(&self.forced).clear();
+        self.links.clear_forced();
     }
 }
 
@@ -149,7 +206,7 @@ impl Venus {
         };
         let _ = tokio::time::timeout(std::time::Duration::from_millis(500), probe).await;
         loop {
-            let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
+            let pending: Vec<(CellId, VolumeId)> = self.links.pending();
             let logs = self.cml.summary().map_err(|e| e.to_string())?;
             let progress = SyncProgress {
                 done: pending.is_empty(),

@@ -3,13 +3,11 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
 
 use proto::auth::Rights;
 use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError};
 
-use super::{Handle, Node, Stat, Venus, container_times};
+use super::{Handle, Node, Stat, Venus};
 use crate::cache::Listing;
 use crate::counters;
 use crate::error::{Result, VenusError};
@@ -355,9 +353,7 @@ impl Venus {
                 return Err(e.into());
             }
         };
-        let written = AtomicBool::new(truncate);
-        let baseline = Mutex::new(container_times(&file));
-        Ok(self.add_handle(Handle { gfid: g, file, writable, written, baseline }))
+        Ok(self.add_handle(Handle::new(g, file, writable, truncate)))
     }
 
     /// Reads from an open file's container (when the kernel does not pass reads through).

@@ -14,7 +14,7 @@ use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, VolumeId};
 use super::store::{
     CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, refused_for_good, scan_off_runtime,
 };
-use super::{Venus, lock, user};
+use super::{Venus, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
@@ -29,14 +29,14 @@ impl Venus {
     pub async fn tick(self: &Arc<Self>) {
         let cells: Vec<(CellId, Arc<dyn Remote>)> = self.cells().map(|(_, c)| (c.id(), c.clone())).collect();
         for (cell, conn) in cells {
-            let forced = lock(&self.forced).contains(&(cell, None));
+            let forced = self.links.cell_forced(cell);
             if conn.any_down() && !forced && conn.probe().await {
                 tracing::info!(cell = %conn.name(), "servers answer again");
                 // Refresh the hoard: things may have changed while we were away.
                 self.hoarding.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        if !lock(&self.pending).is_empty() {
+        if self.links.any_pending() {
             self.reintegrate_all().await;
         }
         // The cache's disk: room for the databases, the reserve back when there is room.
@@ -46,7 +46,7 @@ impl Venus {
 
     /// Replays every volume with logged changes whose servers answer.
     pub async fn reintegrate_all(self: &Arc<Self>) {
-        let pending: Vec<(CellId, VolumeId)> = lock(&self.pending).iter().copied().collect();
+        let pending = self.links.pending();
         for (cell, volume) in pending {
             if !self.reachable(cell, volume) {
                 continue;

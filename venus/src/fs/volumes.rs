@@ -12,12 +12,11 @@
 //! changes advance it only when the server's stamp follows ours directly.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use proto::msg::{AttrCheck, Promise, VolumeValidation};
 use proto::{VolumeId, VolumeStamp};
 
-use super::{Venus, lock};
+use super::Venus;
 use crate::cache::VolState;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
@@ -28,13 +27,12 @@ const VALIDATE_BATCH: usize = 5000;
 
 impl Venus {
     pub(crate) fn volume_valid(&self, cell: CellId, volume: VolumeId) -> bool {
-        lock(&self.vol_promises).get(&(cell, volume)).is_some_and(|exp| *exp > Instant::now())
-            && self.cache.volume(cell, volume).stamp.is_some()
+        self.promises.volume_holds(cell, volume) && self.cache.volume(cell, volume).stamp.is_some()
     }
 
     /// Forgets that a volume is known current (a break touched it).
     pub(crate) fn drop_volume(&self, cell: CellId, volume: VolumeId) {
-        lock(&self.vol_promises).remove(&(cell, volume));
+        self.promises.drop_volume(cell, volume);
         let mut state = self.cache.volume(cell, volume);
         if state.stamp.take().is_some()
             && let Err(e) = self.cache.set_volume(cell, volume, state)
@@ -62,7 +60,7 @@ impl Venus {
                 changed = true;
             }
             Some(_) => {
-                lock(&self.vol_promises).remove(&(cell, volume));
+                self.promises.drop_volume(cell, volume);
                 state.stamp = None;
                 changed = true;
             }
@@ -107,12 +105,9 @@ impl Venus {
         Ok(self.validate(cell, vec![(volume, known)]).await?.into_iter().next().and_then(|a| a.stamp))
     }
 
-    /// Takes a volume promise from a request sent with `ticket` (see `overtaken.rs`).
-    fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise, ticket: super::overtaken::Ticket) {
-        let breaks = lock(&self.breaks);
-        if p.secs > 0 && breaks.volume_holds(cell, volume, ticket) {
-            lock(&self.vol_promises).insert((cell, volume), Instant::now() + Duration::from_secs(u64::from(p.secs)));
-        }
+    /// Takes a volume promise from a request sent with `ticket` (see `promises.rs`).
+    fn volume_promised(&self, cell: CellId, volume: VolumeId, p: Promise, ticket: super::promises::Ticket) {
+        self.promises.promise_volume(cell, volume, p, ticket);
     }
 
     /// Compares volume stamps: one request per server holding some of the volumes.
@@ -214,7 +209,7 @@ impl Venus {
         held: Option<&proto::Attr>,
         result: AttrCheck,
         promise: Promise,
-        ticket: super::overtaken::Ticket,
+        ticket: super::promises::Ticket,
     ) -> Result<bool> {
         match result {
             AttrCheck::Same { access } => {

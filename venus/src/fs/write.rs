@@ -4,7 +4,6 @@
 //! place (we keep our promises on what we changed; the server broke everyone else's).
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 
 use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record};
 use proto::{RemoteError, Seen, SetAttrs, Timestamp};
@@ -36,9 +35,10 @@ pub(crate) enum ListingEdit {
 }
 
 impl Venus {
-    /// The one write path: connected, the record goes to the server while the system call
-    /// waits, and the answer is the call's; disconnected (or if the server goes away with the
-    /// record in flight), it goes into the log for reintegration.
+    /// The one write path: every change goes into the log. Connected, the record is sent while
+    /// the system call waits, the answer is the call's, and the record leaves the log;
+    /// disconnected (or if the server goes away with the record in flight), it stays there for
+    /// reintegration.
     pub(crate) async fn commit(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<Applied> {
         Ok(self.commit_ex(cell, mutation).await?.0)
     }
@@ -78,8 +78,15 @@ impl Venus {
         }
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
-        // Not logged first: until the server answers, the system call has not returned, so a
-        // crash meanwhile loses nothing acknowledged (and the server may well have it).
+        // In the log first, as every change is, and frozen: it is on its way to the server, so
+        // nothing logged later may optimise it away (a removal dropping a store the server did
+        // apply would then conflict with it). The log is where the change lives until the
+        // server has it: if the server goes away with it in flight, or venus dies, it is
+        // replayed (its op id makes a replay of an applied record harmless).
+        self.claim_log(cell, volume)?;
+        let Some(seq) = self.with_room(|| Ok(self.cml.append_sent(conn.name(), record.clone())?))? else {
+            return Err(VenusError::Protocol("the log did not keep a record".into()));
+        };
         let ticket = self.ticket();
         let answer = match chunks {
             None => conn.mutate(volume, record.clone()).await,
@@ -88,22 +95,17 @@ impl Venus {
             }
         };
         if let Err(VenusError::Unreachable(_)) = answer {
-            // The server went away with the record in flight. It goes into the log and is
-            // replayed at reintegration (if it did reach the server, its op id makes the replay
-            // harmless); meanwhile the cache shows it done.
-            if !self.has_pending(cell, volume) {
-                self.claim_log(cell, volume)?;
-            }
-            // Frozen: it may be on the server, so nothing logged later may optimise it away
-            // (a removal dropping a store the server did apply would then conflict with it).
-            self.with_room(|| Ok(self.cml.append_sent(conn.name(), record.clone())?))?;
+            // The server went away with the record in flight: it waits in the log for
+            // reintegration; meanwhile the cache shows it done.
             self.mark_pending(cell, volume, true);
             let applied = self.apply_local(cell, &record.mutation)?;
             self.edit_listings(edits)?;
             return Ok((applied, true));
         }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
-        // system call's error, and the data it carried stays in the container.
+        // system call's error (the data it carried stays in the container), and either way the
+        // record leaves the log.
+        self.cml.remove(&[seq])?;
         let Mutated { result, promise } = answer?;
         let applied = result?;
         // Everything the change did to the cache, in one transaction: the volume's stamp is
@@ -451,7 +453,7 @@ impl Venus {
         if unsafe { libc::fallocate(h.file.as_raw_fd(), mode, offset, length) } != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        h.written.store(true, Ordering::Relaxed);
+        h.wrote();
         Ok(())
     }
 
@@ -459,7 +461,7 @@ impl Venus {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         h.file.write_all_at(data, offset)?;
-        h.written.store(true, Ordering::Relaxed);
+        h.wrote();
         Ok(data.len())
     }
 
@@ -480,11 +482,9 @@ impl Venus {
         }
         let lock = self.fetch_lock(h.gfid);
         let _one_at_a_time = lock.lock().await;
-        let now = super::container_times(&h.file);
-        let changed = h.written.load(Ordering::Relaxed) || *super::lock(&h.baseline) != now;
-        if !changed {
+        let Some(now) = h.unstored() else {
             return Ok(());
-        }
+        };
         if self.cache.is_orphan(&h.gfid) {
             // Removed while open: what was written goes with the file, as on a local disk.
             h.settled_at(now);
@@ -498,11 +498,10 @@ impl Venus {
             return Err(VenusError::Io(std::io::Error::from_raw_os_error(libc::ESTALE)));
         }
         self.cache.set_local(&h.gfid, now.0, true)?;
-        // Cleared before the store: a write that races with it sets it again.
-        h.written.store(false, Ordering::Relaxed);
+        h.storing();
         match self.store(h.gfid).await {
             Ok(_) => {
-                *super::lock(&h.baseline) = now;
+                h.stored(now);
                 Ok(())
             }
             Err(e) => {
@@ -515,7 +514,7 @@ impl Venus {
                     // Kept aside: nothing is left to store again at release.
                     h.settled_at(now);
                 } else {
-                    h.written.store(true, Ordering::Relaxed);
+                    h.store_failed();
                 }
                 Err(e)
             }

@@ -1,4 +1,7 @@
-//! Breaks that overtake replies. A reply carrying a promise and a callback break of the same
+//! Callback promises: what venus may use without asking, per object and per volume, and the
+//! breaks that end them. This part owns that state; the rest of the core asks it.
+//!
+//! Breaks can overtake replies. A reply carrying a promise and a callback break of the same
 //! object travel on different streams, so venus can hear the break first: the server applied
 //! another client's change after it answered us, broke our promise, and our reply (with the
 //! promise granted before that change) arrives afterwards. Taken as it comes, that reply would
@@ -9,11 +12,103 @@
 //! whole cell, when promises were lost) came after the ticket.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proto::VolumeId;
+use proto::msg::Promise;
 
+use super::lock;
 use crate::ids::{CellId, GFid};
+
+/// The promises venus holds, and the breaks that ended them.
+#[derive(Default)]
+pub struct Promises {
+    objects: Mutex<HashMap<GFid, Instant>>,
+    volumes: Mutex<HashMap<(CellId, VolumeId), Instant>>,
+    /// Taken first whenever a promise is given or broken, so none slips in between.
+    breaks: Mutex<BreakLog>,
+}
+
+fn expiry(p: Promise) -> Instant {
+    Instant::now() + Duration::from_secs(u64::from(p.secs))
+}
+
+impl Promises {
+    /// Whether `g`'s own promise holds.
+    pub fn holds(&self, g: &GFid) -> bool {
+        lock(&self.objects).get(g).is_some_and(|exp| *exp > Instant::now())
+    }
+
+    /// Whether the volume's promise holds (everything cached from it is current).
+    pub fn volume_holds(&self, cell: CellId, volume: VolumeId) -> bool {
+        lock(&self.volumes).get(&(cell, volume)).is_some_and(|exp| *exp > Instant::now())
+    }
+
+    /// Taken before a request that may bring promises is sent.
+    pub fn ticket(&self) -> Ticket {
+        lock(&self.breaks).ticket()
+    }
+
+    /// Takes a promise on `g` from a request sent with `ticket`, unless a break of `g` came
+    /// since (it overtook the reply: what the reply says may already be old).
+    pub fn promise(&self, g: GFid, p: Promise, ticket: Ticket) {
+        let breaks = lock(&self.breaks);
+        if p.secs > 0 && breaks.object_holds(&g, ticket) {
+            lock(&self.objects).insert(g, expiry(p));
+        }
+    }
+
+    /// As [`Promises::promise`], for a volume.
+    pub fn promise_volume(&self, cell: CellId, volume: VolumeId, p: Promise, ticket: Ticket) {
+        let breaks = lock(&self.breaks);
+        if p.secs > 0 && breaks.volume_holds(cell, volume, ticket) {
+            lock(&self.volumes).insert((cell, volume), expiry(p));
+        }
+    }
+
+    /// Stops trusting `g` (venus itself found it changed or gone).
+    pub fn drop_object(&self, g: &GFid) {
+        lock(&self.objects).remove(g);
+    }
+
+    /// Stops trusting the volume as a whole.
+    pub fn drop_volume(&self, cell: CellId, volume: VolumeId) {
+        lock(&self.volumes).remove(&(cell, volume));
+    }
+
+    /// A server broke the promise on `g`: recorded with the promise dropped, so a reply it
+    /// overtook cannot restore it.
+    pub fn object_broken(&self, g: GFid) {
+        let mut breaks = lock(&self.breaks);
+        breaks.object_broken(g);
+        lock(&self.objects).remove(&g);
+    }
+
+    /// A break touched the volume.
+    pub fn volume_broken(&self, cell: CellId, volume: VolumeId) {
+        let mut breaks = lock(&self.breaks);
+        breaks.volume_broken(cell, volume);
+        lock(&self.volumes).remove(&(cell, volume));
+    }
+
+    /// Every promise of the cell is lost; returns the objects that held one.
+    pub fn cell_lost(&self, cell: CellId) -> Vec<GFid> {
+        let mut breaks = lock(&self.breaks);
+        breaks.cell_broken(cell);
+        lock(&self.volumes).retain(|(c, _), _| *c != cell);
+        let mut objects = lock(&self.objects);
+        let lost = objects.keys().filter(|g| g.cell == cell).copied().collect();
+        objects.retain(|g, _| g.cell != cell);
+        lost
+    }
+
+    /// Number of objects holding an unexpired promise.
+    pub fn count(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.objects).values().filter(|e| **e > now).count()
+    }
+}
 
 /// Taken before a request is sent; its promises count only if nothing broke them since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,7 +121,7 @@ const REMEMBER: Duration = Duration::from_secs(600);
 const MOST: usize = 16_384;
 
 #[derive(Default)]
-pub struct BreakLog {
+struct BreakLog {
     seq: u64,
     objects: HashMap<GFid, (u64, Instant)>,
     volumes: HashMap<(CellId, VolumeId), u64>,
@@ -36,11 +131,11 @@ pub struct BreakLog {
 }
 
 impl BreakLog {
-    pub fn ticket(&self) -> Ticket {
+    fn ticket(&self) -> Ticket {
         Ticket(self.seq)
     }
 
-    pub fn object_broken(&mut self, g: GFid) {
+    fn object_broken(&mut self, g: GFid) {
         self.seq += 1;
         self.objects.insert(g, (self.seq, Instant::now()));
         if self.objects.len() > MOST {
@@ -57,19 +152,19 @@ impl BreakLog {
         }
     }
 
-    pub fn volume_broken(&mut self, cell: CellId, volume: VolumeId) {
+    fn volume_broken(&mut self, cell: CellId, volume: VolumeId) {
         self.seq += 1;
         self.volumes.insert((cell, volume), self.seq);
     }
 
     /// Every promise of the cell was lost.
-    pub fn cell_broken(&mut self, cell: CellId) {
+    fn cell_broken(&mut self, cell: CellId) {
         self.seq += 1;
         self.cells.insert(cell, self.seq);
     }
 
     /// Whether a promise on `g` from a request with `ticket` still stands.
-    pub fn object_holds(&self, g: &GFid, ticket: Ticket) -> bool {
+    fn object_holds(&self, g: &GFid, ticket: Ticket) -> bool {
         let after = |seq: Option<u64>| seq.is_some_and(|s| s > ticket.0);
         ticket.0 >= self.forgotten_below
             && !after(self.objects.get(g).map(|(s, _)| *s))
@@ -77,7 +172,7 @@ impl BreakLog {
     }
 
     /// Whether a volume promise from a request with `ticket` still stands.
-    pub fn volume_holds(&self, cell: CellId, volume: VolumeId, ticket: Ticket) -> bool {
+    fn volume_holds(&self, cell: CellId, volume: VolumeId, ticket: Ticket) -> bool {
         let after = |seq: Option<u64>| seq.is_some_and(|s| s > ticket.0);
         !after(self.volumes.get(&(cell, volume)).copied()) && !after(self.cells.get(&cell).copied())
     }
