@@ -13,6 +13,7 @@ pub mod ids;
 pub mod msg;
 pub mod name;
 pub mod record;
+#[cfg(any(test, feature = "samples"))]
 pub mod samples;
 pub mod tls;
 pub mod udp;
