@@ -541,34 +541,86 @@ fn the_log_can_be_shared_between_threads() {
     shareable::<Cml>();
 }
 
-/// Runs in a child process for `an_append_survives_sigkill`; does nothing otherwise.
-#[test]
-fn sigkill_child() {
-    let Some(path) = std::env::var_os("CML_SIGKILL_DB") else { return };
-    let cml = Cml::open(std::path::Path::new(&path)).unwrap();
-    let mut ops = Ops(0);
-    append(&cml, &ops.create(P, "a", X));
-    println!("appended");
-    std::thread::sleep(std::time::Duration::from_secs(30));
+/// Set in the child process of `a_process_killed_mid_append_loses_no_append_that_returned`: the
+/// log the child appends to.
+const KILLED_CHILD_DB: &str = "CML_SIGKILL_DB";
+
+/// The `n`th record the killed child appends (from 1): a create of its own name and object.
+fn nth_create(n: u128) -> Record {
+    Record {
+        op: OpId(n),
+        mutation: Mutation::Create {
+            parent: fid(P),
+            name: name(&format!("f{n}")),
+            object: ObjectId(0x3_0000 + n),
+            mode: 0o644,
+            owner: 1,
+            group: 1,
+            mtime: Timestamp::default(),
+        },
+    }
 }
 
+/// The child: continues the log at `path` with one append after another, and reports each once
+/// it has returned (`committed N`, flushed), until it is killed. It never ends by itself.
+fn append_until_killed(path: &std::path::Path) -> ! {
+    use std::io::Write;
+    let cml = Cml::open(path).unwrap();
+    let mut n = u128::from(cml.total_records().unwrap());
+    let mut out = std::io::stdout();
+    loop {
+        n += 1;
+        append(&cml, &nth_create(n));
+        writeln!(out, "committed {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// An append is committed before it returns (the log's promise to venus): a process killed with
+/// SIGKILL in the middle of a stream of appends keeps every append that returned, in order, at
+/// most the one it was killed in beyond them, and an undamaged log that takes more. The test runs
+/// itself again as the child (told so by `CML_SIGKILL_DB`), kills it with appends in flight,
+/// reopens the log, and does so three times over one log.
 #[test]
-fn an_append_survives_sigkill() {
+fn a_process_killed_mid_append_loses_no_append_that_returned() {
     use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(path) = std::env::var_os(KILLED_CHILD_DB) {
+        append_until_killed(std::path::Path::new(&path));
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cml.db");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "tests::sigkill_child", "--nocapture", "--test-threads=1"])
-        .env("CML_SIGKILL_DB", &path)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("appended")), "child never appended");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let cml = Cml::open(&path).unwrap();
-    assert_eq!(records(&cml), vec![Ops(0).create(P, "a", X)]);
+    let mut logged = 0u128;
+    for round in 0..3u128 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::a_process_killed_mid_append_loses_no_append_that_returned"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(KILLED_CHILD_DB, &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let committed = |line: std::io::Result<String>| -> Option<u128> {
+            line.unwrap().strip_prefix("committed ").map(|n| n.parse().unwrap())
+        };
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // Kill at a different point each round, while the child is appending without pause.
+        let kill_after = logged + 40 + 17 * round;
+        let reported = lines.by_ref().filter_map(committed).find(|&n| n >= kill_after);
+        assert_eq!(reported, Some(kill_after), "the child stopped appending before it was killed");
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the child was not killed: {status}");
+        // What the child had reported before it died is still in the pipe.
+        let reported = lines.filter_map(committed).last().unwrap_or(kill_after);
+
+        let (cml, salvage) = Cml::open_or_salvage(&path).unwrap();
+        assert!(salvage.is_none(), "the killed log was damaged: {salvage:?}");
+        let got = records(&cml);
+        let n = got.len() as u128;
+        assert!((reported..=reported + 1).contains(&n), "round {round}: {n} records, {reported} appends had returned");
+        assert_eq!(got, (1..=n).map(nth_create).collect::<Vec<_>>(), "round {round}");
+        logged = n;
+    }
 }
 
 #[test]

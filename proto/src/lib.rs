@@ -1,6 +1,9 @@
 //! The wire vocabulary shared by `vice` (servers) and `venus` (clients): identifiers, attributes,
 //! version vectors, mutation records, RPC messages, framing over QUIC, TLS identities and the
 //! cell file. Nothing else in the workspace defines bytes that cross the network.
+//!
+//! Two features, off by default: `logging` (`logging::init`, the programs' one logging set-up)
+//! and `samples` (test data for other crates' tests, enabled from `[dev-dependencies]` only).
 
 pub mod attr;
 pub mod auth;
@@ -10,9 +13,12 @@ pub mod client;
 pub mod error;
 pub mod frame;
 pub mod ids;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod msg;
 pub mod name;
 pub mod record;
+#[cfg(any(test, feature = "samples"))]
 pub mod samples;
 pub mod tls;
 pub mod udp;

@@ -1,6 +1,9 @@
 //! One well-formed example of every message shape that crosses the network, for the fuzzers
 //! (which mutate them) and for tests that replay malformed frames against a live server; and
 //! reproducible file contents for chunking tests.
+//!
+//! Test data only: compiled for this crate's tests, and for other crates' tests through the
+//! `samples` feature, which they enable in their `[dev-dependencies]`. Programs never contain it.
 
 use crate::attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};
 use crate::auth::{Access, Acl, PtsId, Rights, TokenBody, TokenKey};

@@ -1,6 +1,7 @@
 //! The server side of storage: the volume store (SQLite metadata plus a blake3 chunk store),
 //! certification and application of mutation records, space reclamation, and the volume
-//! location database. The `vos` admin CLI is this crate's binary.
+//! location database. The `vos` and `pts` admin CLIs are this crate's binaries; [`admin`] is
+//! what they share: finding the cell and calling its servers with the admin credential.
 //!
 //! Durability: a chunk is recorded only after its file is synced; a mutation commits in one
 //! SQLite transaction (WAL, `synchronous=FULL`) that references recorded chunks only. A crash at
@@ -10,6 +11,7 @@
 //! removals go on, and a reserve file is given up so they can commit (see [`space`]).
 
 pub mod access;
+pub mod admin;
 pub mod apply;
 pub mod chunks;
 mod clone;

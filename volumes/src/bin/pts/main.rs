@@ -1,22 +1,19 @@
 //! `pts`: the cell's protection database: users, groups, memberships and passwords. Changes
 //! need the admin credential (or an administrator's connection); looking needs nothing.
 
-#[path = "../vos/session.rs"]
-#[allow(dead_code)] // shared with vos, which uses all of it
-mod session;
-
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use proto::msg::{PtsEntry, Request, Response};
+use volumes::admin;
 
 /// Manage the users and groups of an AFS-style cell.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
-    cell: session::CellArgs,
+    cell: admin::CellArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +54,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    session::main_of("pts", run(Cli::parse()))
+    admin::main_of("pts", run(Cli::parse()))
 }
 
 fn password(file: Option<&Path>) -> Result<String> {
@@ -75,7 +72,7 @@ fn password(file: Option<&Path>) -> Result<String> {
 fn entry(r: Response) -> Result<PtsEntry> {
     match r {
         Response::PtsEntry { entry } => Ok(entry),
-        other => Err(session::unexpected(other)),
+        other => Err(admin::unexpected(other)),
     }
 }
 
@@ -88,7 +85,7 @@ fn show(e: &PtsEntry) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = session::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
+    let ctx = admin::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
     match cli.command {
         Command::Createuser { name, password_file } => {
             let password = password(password_file.as_deref())?;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use proto::msg::VolumeKind;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use proto::cell::CellServer;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

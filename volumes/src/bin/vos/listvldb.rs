@@ -3,7 +3,7 @@
 use anyhow::Result;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,8 +3,8 @@
 use anyhow::Result;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
 use proto::units::show;
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -14,17 +14,17 @@ mod remove;
 mod rename;
 mod replicas;
 mod restore;
-mod session;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use volumes::admin;
 
 /// Administer the volumes of an AFS-style cell.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
-    cell: session::CellArgs,
+    cell: admin::CellArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,11 +66,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    session::main_of("vos", run(Cli::parse()))
+    admin::main_of("vos", run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = session::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
+    let ctx = admin::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
     match cli.command {
         Command::Create(a) => create::run(&ctx, a).await,
         Command::Remove(a) => remove::run(&ctx, a).await,

@@ -13,7 +13,7 @@ use proto::cell::CellServer;
 use proto::msg::{SiteRole, VolumeKind};
 use proto::{Request, Timestamp, VolumeId};
 
-use crate::session::Context;
+use volumes::admin::Context;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use proto::units::show;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct SetArgs {

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use proto::msg::SiteRole;
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

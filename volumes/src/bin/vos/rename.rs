@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use proto::msg::SiteRole;
 use proto::{Request, VolumeId};
 
-use crate::session::Context;
+use volumes::admin::Context;
 
 #[derive(clap::Args)]
 pub struct Args {

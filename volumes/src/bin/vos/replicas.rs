@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use proto::msg::{Site, SiteRole, VolumeKind};
 use proto::{Request, Response};
 
-use crate::session::{Context, unexpected};
+use volumes::admin::{Context, unexpected};
 
 #[derive(clap::Args)]
 pub struct SiteArgs {

@@ -7,7 +7,7 @@ use proto::cell::CellServer;
 use proto::msg::{Site, SiteRole, VldbEntry, VolumeKind};
 use proto::{Request, Response};
 
-use crate::session::{Context, no_such_volume, unexpected};
+use volumes::admin::{Context, no_such_volume, unexpected};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,4 +1,6 @@
-//! Finding the cell and connecting to its servers with the admin credential.
+//! The admin commands' side of a cell (`vos`, `pts`): finding the cell and connecting to its
+//! servers with the admin credential, locating volumes, and the `main` they share. Client code,
+//! kept out of the store: nothing else in this crate uses it.
 
 use std::path::PathBuf;
 use std::time::Duration;
