@@ -18,6 +18,7 @@ pub mod logging;
 pub mod msg;
 pub mod name;
 pub mod record;
+pub mod rules;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
 pub mod tls;

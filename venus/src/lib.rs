@@ -19,4 +19,6 @@ pub mod mount;
 pub mod mounts;
 pub mod net;
 pub mod recycle;
+#[cfg(test)]
+mod reftest;
 pub mod remote;

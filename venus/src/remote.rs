@@ -16,6 +16,9 @@ pub use proto::client::FetchedData as Data;
 use crate::error::Result;
 use crate::ids::CellId;
 
+#[cfg(test)]
+pub mod fake;
+
 /// A call to the servers: resolves to the typed answer, or the error venus shows for it.
 pub type Call<'a, T> = BoxFuture<'a, Result<T>>;
 

@@ -65,6 +65,10 @@ impl Venus {
     /// A directory's entries: cached while its promise holds, fetched whole otherwise.
     pub async fn listing(&self, g: GFid) -> Result<Listing> {
         let cached = self.cache.listing(&g);
+        // Known not to be a directory: say so, whether or not the server can be asked.
+        if cached.is_none() && self.cache.attr(&g).is_some_and(|a| !crate::cache::shows_as_dir(a.kind)) {
+            return Err(VenusError::NotDirectory);
+        }
         if let Some(entries) = &cached
             && (self.valid(&g) || self.emulating(g.cell, g.fid.volume))
         {

@@ -150,7 +150,7 @@ impl Venus {
                     Ok(applied) => {
                         // Out of the log first: a file is clean once no record of it is left.
                         self.cml.remove(&[entry.seq])?;
-                        self.settled(cell, &applied).await?;
+                        self.settled(cell, &record.mutation, &applied).await?;
                         replayed += 1;
                         self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
                         continue;
@@ -290,8 +290,9 @@ impl Venus {
     /// versions; a file with no logged change left is clean, its container the server's
     /// version. Directories are left for revalidation, as later records may still change them
     /// locally.
-    async fn settled(&self, cell: CellId, applied: &Applied) -> Result<()> {
+    async fn settled(&self, cell: CellId, mutation: &Mutation, applied: &Applied) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
+        let stamped = super::write::stamped_by(mutation);
         for attr in &applied.attrs {
             if attr.kind == ObjectKind::Directory {
                 continue;
@@ -300,9 +301,9 @@ impl Venus {
             // As a close does: a store being logged for this file right now is not missed.
             let lock = self.fetch_lock(g);
             let _one_at_a_time = lock.lock().await;
-            // Our own change: the container is what it was made from (an attribute change, a
-            // rename), or what was sent (a store).
-            self.cache.put_attr_with(cell, attr.clone(), true)?;
+            // Our own change: the container is what it was made from (an attribute change), or
+            // what was sent (a store). A rename or link made no new version of the file.
+            self.cache.put_attr_with(cell, attr.clone(), stamped.contains(&Some(attr.fid.object)))?;
             if let Some(c) = self.cache.get(&g)
                 && c.dirty
                 && self.cml.base_of(&name, attr.fid)?.is_none()

@@ -1,0 +1,545 @@
+//! A reference-model property test of the core, without FUSE or a server process: random
+//! operations on two cores sharing one in-memory cell (`remote::fake`), compared step by step
+//! with a model of what a POSIX file system with session semantics must show.
+//!
+//! Client A also goes offline (`venus disconnect`, or its link cut as a dead network would),
+//! works from its cache, comes back and reintegrates; and it is restarted from its cache
+//! mid-sequence (dropped without a clean shutdown, as a crash would). While A is offline the
+//! two clients change different areas (`a/` and `b/`), so the model stays exact: A sees the tree
+//! as it was when it left plus its own changes, B sees the server, and after reintegration both
+//! see the union. Every operation's outcome (success or errno) and, at each `Check`, every name
+//! and every byte both clients see, must match the model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proto::cell::{CellFile, CellServer};
+
+use crate::fs::{Config, Venus};
+use crate::ids::ROOT_INO;
+use crate::remote::Remote;
+use crate::remote::fake::{FakeCell, Link};
+
+const CELL: &str = "fake.test";
+
+// ----- the model -----
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Dir(BTreeMap<String, Node>),
+    File(Vec<u8>),
+}
+
+/// A path below the cell's root, as names.
+type Path = Vec<String>;
+
+/// The tree both clients must show, and the errors POSIX gives.
+#[derive(Debug, Clone, PartialEq)]
+struct Model {
+    root: Node,
+}
+
+fn split(path: &[String]) -> (&[String], &str) {
+    let (last, dir) = path.split_last().expect("paths are never empty");
+    (dir, last)
+}
+
+impl Model {
+    fn new() -> Model {
+        let area = || Node::Dir(BTreeMap::new());
+        Model { root: Node::Dir(BTreeMap::from([("a".into(), area()), ("b".into(), area())])) }
+    }
+
+    fn get(&self, path: &[String]) -> Option<&Node> {
+        path.iter().try_fold(&self.root, |n, name| match n {
+            Node::Dir(m) => m.get(name),
+            Node::File(_) => None,
+        })
+    }
+
+    /// The directory `path` names, or the errno of looking it up.
+    fn dir_mut(&mut self, path: &[String]) -> Result<&mut BTreeMap<String, Node>, i32> {
+        let mut at = &mut self.root;
+        for name in path {
+            at = match at {
+                Node::Dir(m) => m.get_mut(name).ok_or(libc::ENOENT)?,
+                Node::File(_) => return Err(libc::ENOTDIR),
+            };
+        }
+        match at {
+            Node::Dir(m) => Ok(m),
+            Node::File(_) => Err(libc::ENOTDIR),
+        }
+    }
+
+    fn write(&mut self, path: &[String], data: &[u8]) -> Result<(), i32> {
+        let (dir, name) = split(path);
+        let d = self.dir_mut(dir)?;
+        match d.get(name) {
+            Some(Node::Dir(_)) => Err(libc::EISDIR),
+            _ => {
+                d.insert(name.into(), Node::File(data.to_vec()));
+                Ok(())
+            }
+        }
+    }
+
+    fn mkdir(&mut self, path: &[String]) -> Result<(), i32> {
+        let (dir, name) = split(path);
+        let d = self.dir_mut(dir)?;
+        if d.contains_key(name) {
+            return Err(libc::EEXIST);
+        }
+        d.insert(name.into(), Node::Dir(BTreeMap::new()));
+        Ok(())
+    }
+
+    fn unlink(&mut self, path: &[String]) -> Result<(), i32> {
+        let (dir, name) = split(path);
+        let d = self.dir_mut(dir)?;
+        match d.get(name) {
+            None => Err(libc::ENOENT),
+            Some(Node::Dir(_)) => Err(libc::EISDIR),
+            Some(Node::File(_)) => {
+                d.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    fn rmdir(&mut self, path: &[String]) -> Result<(), i32> {
+        let (dir, name) = split(path);
+        let d = self.dir_mut(dir)?;
+        match d.get(name) {
+            None => Err(libc::ENOENT),
+            Some(Node::File(_)) => Err(libc::ENOTDIR),
+            Some(Node::Dir(m)) if !m.is_empty() => Err(libc::ENOTEMPTY),
+            Some(Node::Dir(_)) => {
+                d.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    fn rename(&mut self, from: &[String], to: &[String]) -> Result<(), i32> {
+        let (fdir, fname) = split(from);
+        let (tdir, tname) = split(to);
+        // Both parents are walked first, then the source looked up (as Linux does).
+        self.dir_mut(fdir)?;
+        self.dir_mut(tdir)?;
+        let moving = self.dir_mut(fdir)?.get(fname).cloned().ok_or(libc::ENOENT)?;
+        if from == to {
+            return Ok(());
+        }
+        if matches!(moving, Node::Dir(_)) && to.starts_with(from) {
+            return Err(libc::EINVAL);
+        }
+        match (&moving, self.get(to)) {
+            (Node::Dir(_), Some(Node::File(_))) => return Err(libc::ENOTDIR),
+            (Node::File(_), Some(Node::Dir(_))) => return Err(libc::EISDIR),
+            (Node::Dir(_), Some(Node::Dir(m))) if !m.is_empty() => return Err(libc::ENOTEMPTY),
+            _ => {}
+        }
+        self.dir_mut(fdir)?.remove(fname);
+        self.dir_mut(tdir)?.insert(tname.into(), moving);
+        Ok(())
+    }
+
+    /// The model after a reintegration: `a/` as the client that was away left it.
+    fn merged(&self, away: &Model) -> Model {
+        let mut out = self.clone();
+        if let (Node::Dir(root), Some(a)) = (&mut out.root, away.get(&["a".to_string()])) {
+            root.insert("a".into(), a.clone());
+        }
+        out
+    }
+}
+
+// ----- operations -----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    A,
+    B,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        who: Who,
+        path: Path,
+        seed: u8,
+        len: usize,
+    },
+    Mkdir {
+        who: Who,
+        path: Path,
+    },
+    Unlink {
+        who: Who,
+        path: Path,
+    },
+    Rmdir {
+        who: Who,
+        path: Path,
+    },
+    Rename {
+        who: Who,
+        from: Path,
+        to: Path,
+    },
+    /// Both clients show exactly the model.
+    Check,
+    /// A goes offline: by `venus disconnect`, or its network cut.
+    Leave {
+        cut: bool,
+    },
+    /// A comes back and reintegrates.
+    Return,
+    /// A dies and starts again from its cache.
+    Restart,
+}
+
+fn who() -> impl Strategy<Value = Who> {
+    prop_oneof![Just(Who::A), Just(Who::B)]
+}
+
+fn path() -> impl Strategy<Value = Path> {
+    let area = prop_oneof![Just("a"), Just("b")];
+    let child = prop_oneof![Just("x"), Just("y"), Just("z")];
+    let below = proptest::option::of(prop_oneof![Just("p"), Just("q")]);
+    (area, child, below).prop_map(|(a, c, b)| {
+        let mut p = vec![a.to_string(), c.to_string()];
+        p.extend(b.map(str::to_string));
+        p
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (who(), path(), any::<u8>(), 0usize..3000).prop_map(|(who, path, seed, len)| Op::Write { who, path, seed, len }),
+        4 => (who(), path()).prop_map(|(who, path)| Op::Mkdir { who, path }),
+        2 => (who(), path()).prop_map(|(who, path)| Op::Unlink { who, path }),
+        2 => (who(), path()).prop_map(|(who, path)| Op::Rmdir { who, path }),
+        3 => (who(), path(), path()).prop_map(|(who, from, to)| Op::Rename { who, from, to }),
+        2 => Just(Op::Check),
+        1 => any::<bool>().prop_map(|cut| Op::Leave { cut }),
+        1 => Just(Op::Return),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn contents(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
+}
+
+// ----- the system under test -----
+
+/// One client: a core on its own runtime, so a crash can drop both.
+struct Client {
+    cache: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    core: Arc<Venus>,
+    link: Arc<Link>,
+}
+
+fn config(cache: &std::path::Path) -> Config {
+    let server = CellServer { id: 1, address: "memory".into(), fingerprint: String::new() };
+    Config {
+        cache_dir: cache.to_path_buf(),
+        cache_size: 64 << 20,
+        cells: vec![CellFile { cell: CELL.into(), servers: vec![server] }],
+        rpc_timeout: Duration::from_secs(5),
+        mountpoint: cache.join("mnt"),
+        hoard_dir: cache.join("hoard"),
+    }
+}
+
+impl Client {
+    fn start(cell: &Arc<FakeCell>, cache: tempfile::TempDir) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let link_slot: Arc<std::sync::Mutex<Option<Arc<Link>>>> = Arc::default();
+        let slot = link_slot.clone();
+        let core = Venus::with_remotes(config(cache.path()), move |id, _, with| {
+            let link = cell.link(id, with);
+            *slot.lock().expect("slot") = Some(link.clone());
+            Ok(link as Arc<dyn Remote>)
+        })
+        .expect("the core starts");
+        let link = link_slot.lock().expect("slot").take().expect("the cell was connected");
+        Client { cache, rt, core, link }
+    }
+
+    /// Drops the core and everything running for it, with no shutdown, and starts again from
+    /// the same cache.
+    fn restart(self, cell: &Arc<FakeCell>) -> Client {
+        let Client { cache, rt, core, link } = self;
+        let down = link.is_down();
+        drop(rt);
+        drop(core);
+        let again = Client::start(cell, cache);
+        again.link.set_down(down);
+        again
+    }
+
+    fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(crate::fs::user::as_user(0, f))
+    }
+}
+
+/// The errno of a failed call, or success.
+fn outcome<T>(r: crate::error::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| e.to_errno())
+}
+
+impl Client {
+    /// The directory `path` names, walked as the kernel walks it: every step must be a
+    /// directory (`ENOTDIR`).
+    async fn resolve(&self, path: &[String]) -> Result<u64, i32> {
+        let mut at = outcome(self.core.lookup(ROOT_INO, CELL).await)?;
+        for name in path {
+            if at.kind != proto::ObjectKind::Directory {
+                return Err(libc::ENOTDIR);
+            }
+            at = outcome(self.core.lookup(at.ino, name).await)?;
+        }
+        if at.kind != proto::ObjectKind::Directory {
+            return Err(libc::ENOTDIR);
+        }
+        Ok(at.ino)
+    }
+
+    async fn write(&self, path: &[String], data: &[u8]) -> Result<(), i32> {
+        let (dir, name) = split(path);
+        let parent = self.resolve(dir).await?;
+        let fh = match self.core.lookup(parent, name).await {
+            Ok(st) => outcome(self.core.open(st.ino, libc::O_WRONLY | libc::O_TRUNC).await)?.0,
+            Err(crate::error::VenusError::NotFound) => {
+                outcome(self.core.create(parent, name, 0o644, 0, 0, libc::O_WRONLY).await)?.1
+            }
+            Err(e) => return Err(e.to_errno()),
+        };
+        let written = outcome(self.core.write(fh, 0, data));
+        let flushed = outcome(self.core.flush(fh).await);
+        self.core.release(fh).await;
+        written.and(flushed)
+    }
+
+    async fn read(&self, ino: u64) -> Result<Vec<u8>, i32> {
+        let (fh, _) = outcome(self.core.open(ino, libc::O_RDONLY).await)?;
+        let data = outcome(self.core.read(fh, 0, 1 << 20));
+        self.core.release(fh).await;
+        data
+    }
+
+    /// Everything the client shows below `ino`, as a model node.
+    fn tree(&self, ino: u64) -> futures_util::future::BoxFuture<'_, Result<Node, i32>> {
+        Box::pin(async move {
+            let mut out = BTreeMap::new();
+            for (child, kind, name) in outcome(self.core.readdir(ino).await)? {
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let node = match kind {
+                    proto::ObjectKind::Directory => self.tree(child).await?,
+                    _ => Node::File(self.read(child).await?),
+                };
+                out.insert(name, node);
+            }
+            Ok(Node::Dir(out))
+        })
+    }
+
+    async fn sync(&self) {
+        self.core.clear_forced();
+        self.core.tick().await;
+        for _ in 0..20 {
+            match self.core.sync(Duration::from_millis(200)).await {
+                Ok(p) if p.done => return,
+                _ => self.core.tick().await,
+            }
+        }
+        panic!("the log did not drain: {:?}", self.core.cml.summary());
+    }
+}
+
+struct World {
+    cell: Arc<FakeCell>,
+    a: Option<Client>,
+    b: Client,
+    /// What the server has (and B shows).
+    model: Model,
+    /// While A is away: what A shows.
+    away: Option<Model>,
+}
+
+impl World {
+    fn new() -> World {
+        let cell = FakeCell::new(CELL);
+        let a = Client::start(&cell, tempfile::tempdir().expect("a cache"));
+        let b = Client::start(&cell, tempfile::tempdir().expect("a cache"));
+        for area in ["a", "b"] {
+            let root = b.run(b.resolve(&[])).expect("the cell's root");
+            b.run(b.core.mkdir(root, area, 0o755, 0, 0)).expect("an area");
+        }
+        World { cell, a: Some(a), b, model: Model::new(), away: None }
+    }
+
+    fn a(&self) -> &Client {
+        self.a.as_ref().expect("A is running")
+    }
+
+    fn client(&self, who: Who) -> &Client {
+        match who {
+            Who::A => self.a(),
+            Who::B => &self.b,
+        }
+    }
+
+    /// While A is away each client keeps to its own area; others' operations are skipped.
+    fn allowed(&self, who: Who, paths: &[&Path]) -> bool {
+        let area = match who {
+            Who::A => "a",
+            Who::B => "b",
+        };
+        self.away.is_none() || paths.iter().all(|p| p[0] == area)
+    }
+
+    fn model_for(&mut self, who: Who) -> &mut Model {
+        match (who, &mut self.away) {
+            (Who::A, Some(m)) => m,
+            _ => &mut self.model,
+        }
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match op {
+            Op::Write { who, path, seed, len } => {
+                if !self.allowed(*who, &[path]) {
+                    return Ok(());
+                }
+                let data = contents(*seed, *len);
+                let c = self.client(*who);
+                let got = c.run(c.write(path, &data));
+                let want = self.model_for(*who).write(path, &data);
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Mkdir { who, path } => {
+                if !self.allowed(*who, &[path]) {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let (dir, name) = split(path);
+                let got = c.run(async {
+                    c.core.mkdir(c.resolve(dir).await?, name, 0o755, 0, 0).await.map_err(|e| e.to_errno())
+                });
+                let want = self.model_for(*who).mkdir(path);
+                prop_assert_eq!(got.map(|_| ()), want, "{:?}", op);
+            }
+            Op::Unlink { who, path } => {
+                if !self.allowed(*who, &[path]) {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let (dir, name) = split(path);
+                let got = c.run(async { outcome(c.core.unlink(c.resolve(dir).await?, name).await) });
+                let want = self.model_for(*who).unlink(path);
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Rmdir { who, path } => {
+                if !self.allowed(*who, &[path]) {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let (dir, name) = split(path);
+                let got = c.run(async { outcome(c.core.rmdir(c.resolve(dir).await?, name).await) });
+                let want = self.model_for(*who).rmdir(path);
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Rename { who, from, to } => {
+                if !self.allowed(*who, &[from, to]) {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let ((fdir, fname), (tdir, tname)) = (split(from), split(to));
+                let got = c.run(async {
+                    let (f, t) = (c.resolve(fdir).await?, c.resolve(tdir).await?);
+                    outcome(c.core.rename(f, fname, t, tname, false).await)
+                });
+                let want = self.model_for(*who).rename(from, to);
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Check => self.check()?,
+            Op::Leave { cut } => {
+                if self.away.is_some() {
+                    return Ok(());
+                }
+                // Everything is cached before leaving (a hoard walk would do it): reading the
+                // whole tree is the check.
+                self.check()?;
+                let a = self.a();
+                if *cut {
+                    a.link.set_down(true);
+                } else {
+                    a.core.force_disconnect(a.link.id(), None);
+                }
+                self.away = Some(self.model.clone());
+            }
+            Op::Return => {
+                let Some(away) = self.away.take() else {
+                    return Ok(());
+                };
+                let a = self.a();
+                a.link.set_down(false);
+                a.run(a.sync());
+                self.model = self.model.merged(&away);
+                self.check()?;
+            }
+            Op::Restart => {
+                let forced = self.away.is_some() && !self.a().link.is_down();
+                let a = self.a.take().expect("A is running");
+                let a = a.restart(&self.cell);
+                if forced {
+                    a.core.force_disconnect(a.link.id(), None);
+                }
+                self.a = Some(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        let want_a = self.away.as_ref().unwrap_or(&self.model);
+        for (who, want) in [(Who::A, want_a), (Who::B, &self.model)] {
+            let c = self.client(who);
+            let got = c.run(async { c.tree(c.resolve(&[]).await?).await });
+            prop_assert_eq!(got.as_ref(), Ok(&want.root), "{:?} shows something else", who);
+        }
+        Ok(())
+    }
+
+    /// The end of a case: A comes back, and both show the same, the server's.
+    fn finish(&mut self) -> Result<(), TestCaseError> {
+        self.step(&Op::Return)?;
+        self.check()
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("VENUS_REFTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn two_cores_on_one_cell_show_what_the_model_shows(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut world = World::new();
+        for op in &ops {
+            world.step(op)?;
+        }
+        world.finish()?;
+    }
+}
