@@ -196,7 +196,7 @@ fn open_index(dir: &Path, disk: &Arc<crate::disk::CacheDisk>) -> Result<State> {
 
 /// Moves a damaged database (and its WAL) aside under a dated name; returns that name.
 pub fn set_aside(path: &Path) -> Result<PathBuf> {
-    let stamp = crate::fs::conflicts::compact_utc(proto::Timestamp::now());
+    let stamp = crate::conflict::compact_utc(proto::Timestamp::now());
     let saved = path.with_extension(format!("sqlite.damaged-{stamp}"));
     std::fs::rename(path, &saved)?;
     for suffix in ["-wal", "-shm"] {
@@ -745,7 +745,7 @@ impl Cache {
     }
 
     /// Records a conflict (its id is assigned here).
-    pub fn add_conflict(&self, mut info: crate::fs::conflicts::ConflictInfo) -> Result<u64> {
+    pub fn add_conflict(&self, mut info: crate::conflict::ConflictInfo) -> Result<u64> {
         let s = self.lock();
         s.db.prepare_cached("INSERT INTO conflicts (info) VALUES ('{}')")?.execute([])?;
         let id = s.db.last_insert_rowid() as u64;
@@ -755,7 +755,7 @@ impl Cache {
         Ok(id)
     }
 
-    pub fn conflicts(&self) -> Result<Vec<crate::fs::conflicts::ConflictInfo>> {
+    pub fn conflicts(&self) -> Result<Vec<crate::conflict::ConflictInfo>> {
         let s = self.lock();
         let mut stmt = s.db.prepare("SELECT info FROM conflicts ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;

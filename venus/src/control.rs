@@ -237,8 +237,8 @@ async fn answer(
             core.hoarding.reload_profiles();
             let walker = core.clone();
             let request = core.hoarding.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            let uid = crate::fs::user::current_uid();
-            tokio::spawn(crate::fs::user::as_user(uid, async move {
+            let uid = crate::user::current_uid();
+            tokio::spawn(crate::user::as_user(uid, async move {
                 if let Err(e) = walker.hoard_walk().await {
                     tracing::warn!(error = %e, "hoard walk failed");
                     if let Ok(mut p) = walker.hoarding.progress.lock() {
@@ -297,7 +297,7 @@ pub async fn serve(core: Arc<Venus>, mountpoint: PathBuf, stop: Arc<tokio::sync:
         let (stream, _) = listener.accept().await?;
         let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { continue };
         let (core, mountpoint, stop) = (core.clone(), mountpoint.clone(), stop.clone());
-        tokio::spawn(crate::fs::user::as_user(uid, async move {
+        tokio::spawn(crate::user::as_user(uid, async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));

@@ -93,7 +93,7 @@ impl VenusFs {
 
     /// Runs a request's work as the local user who made it (see `fs::user`).
     fn spawn(&self, req: &Request, f: impl Future<Output = ()> + Send + 'static) {
-        self.rt.spawn(crate::fs::user::as_user(req.uid(), f));
+        self.rt.spawn(crate::user::as_user(req.uid(), f));
     }
 
     /// As `spawn`, for requests the cache usually answers on its own (lookups, attributes,
@@ -102,7 +102,7 @@ impl VenusFs {
     /// hit then costs no hand-over between threads. Not for work that may compute at length
     /// before its first wait (a store): that would hold up every other request.
     fn run_or_spawn(&self, req: &Request, f: impl Future<Output = ()> + Send + 'static) {
-        let mut task = Box::pin(crate::fs::user::as_user(req.uid(), f));
+        let mut task = Box::pin(crate::user::as_user(req.uid(), f));
         let ready = {
             let _runtime = self.rt.enter();
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

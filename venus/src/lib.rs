@@ -7,6 +7,7 @@
 //! other parts.
 
 pub mod cache;
+pub mod conflict;
 pub mod control;
 pub mod counters;
 pub mod disk;
@@ -22,3 +23,4 @@ pub mod recycle;
 #[cfg(test)]
 mod reftest;
 pub mod remote;
+pub mod user;

@@ -285,7 +285,7 @@ impl Client {
     }
 
     fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.rt.block_on(crate::fs::user::as_user(0, f))
+        self.rt.block_on(crate::user::as_user(0, f))
     }
 }
 

@@ -4,11 +4,12 @@
 use proto::auth::Rights;
 use serde::Serialize;
 
+use super::Venus;
 use super::access::governing;
-use super::{Venus, user};
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 use crate::remote;
+use crate::user;
 
 /// One entry of an ACL as `venus listacl` shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -6,7 +6,6 @@
 
 use proto::{Applied, Base, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, RemoteError};
 use proto::{Seen, Timestamp};
-use serde::{Deserialize, Serialize};
 
 use super::Venus;
 use crate::error::{Result, VenusError};
@@ -15,65 +14,7 @@ use crate::ids::{CellId, GFid};
 /// The directory in a volume's root where local versions go when their own directory is gone.
 pub const CONFLICT_DIR: &str = ".conflicts";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConflictInfo {
-    pub id: u64,
-    pub cell: String,
-    pub volume: u64,
-    /// What happened, e.g. `update/update`, `update/remove`, `name taken`, `remove/update`.
-    pub kind: String,
-    /// The server's reason.
-    pub detail: String,
-    /// The original name and its directory.
-    #[serde(with = "fid_text")]
-    pub dir: Option<Fid>,
-    pub name: Option<String>,
-    /// Where the local version was kept, if the change carried data or a new object.
-    #[serde(with = "fid_text")]
-    pub copy_dir: Option<Fid>,
-    pub copy_name: Option<String>,
-    #[serde(with = "fid_text")]
-    pub copy: Option<Fid>,
-    pub local_size: Option<u64>,
-    pub at: Timestamp,
-    /// A local file holding the local version, when the server refused to keep it anywhere
-    /// (no right to write there any more, quota, read-only): in the cache directory, owned by
-    /// the user who made the change.
-    #[serde(default)]
-    pub local_copy: Option<String>,
-}
-
-/// Fids as text (`volume.object`, as `venus fid` prints them): 128-bit ids do not fit JSON
-/// numbers.
-mod fid_text {
-    use proto::Fid;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(f: &Option<Fid>, s: S) -> Result<S::Ok, S::Error> {
-        f.map(|f| f.to_string()).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Fid>, D::Error> {
-        Option::<String>::deserialize(d)?.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
-    }
-}
-
-/// `20261122T045959` for a Unix time, in UTC.
-pub fn compact_utc(t: Timestamp) -> String {
-    let days = t.secs.div_euclid(86_400);
-    let secs = t.secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
-}
+pub use crate::conflict::{ConflictInfo, compact_utc};
 
 impl Venus {
     /// `<name>.conflict-<client>-<yyyymmddThhmmss>`; `salt` (from the record) tells apart two
@@ -353,7 +294,7 @@ impl Venus {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         let dest = dir.join(format!("{}.{}", self.conflict_name(name, op)?, op));
         std::fs::copy(self.cache.container(g), &dest)?;
-        let uid = super::user::current_uid();
+        let uid = crate::user::current_uid();
         std::os::unix::fs::chown(&dest, Some(uid), None)?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
         Ok(dest)

@@ -13,7 +13,7 @@ mod breaks;
 pub mod conflicts;
 mod emulate;
 mod handles;
-pub mod hoard;
+pub mod hoarding;
 pub mod modes;
 mod namespace;
 mod paths;
@@ -22,7 +22,7 @@ mod read;
 mod reintegrate;
 pub mod status;
 mod store;
-pub mod user;
+
 mod volumes;
 mod write;
 
@@ -43,10 +43,11 @@ use crate::kernel::Forget;
 use crate::net::{CellConn, Events};
 use crate::remote::Remote;
 
+use crate::user;
+pub use crate::user::Caller;
 pub use handles::Handle;
 pub use namespace::{Node, Stat};
 pub use paths::WhereIs;
-pub use user::Caller;
 pub use write::SetAttrRequest;
 
 /// How venus is started.
@@ -83,7 +84,7 @@ pub struct Venus {
     kernel: crate::kernel::Invalidator,
     pub started: Timestamp,
     pub mountpoint: PathBuf,
-    pub hoarding: hoard::Hoarding,
+    pub hoarding: hoarding::Hoarding,
     pub tokens: Arc<user::Tokens>,
     /// One revalidation at a time: a second request (say, promises lost while one runs) waits
     /// and then finds the stamps it established.
@@ -214,7 +215,7 @@ impl Venus {
                 kernel: crate::kernel::Invalidator::default(),
                 started: Timestamp::now(),
                 mountpoint: config.mountpoint.clone(),
-                hoarding: hoard::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
+                hoarding: hoarding::Hoarding::new(config.hoard_dir.clone(), &config.cache_dir),
                 tokens,
                 revalidating: tokio::sync::Mutex::new(()),
             }

@@ -188,7 +188,8 @@ impl Venus {
         let attr = self.status(GFid::new(parent.cell, Fid::new(parent.fid.volume, e.object))).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         let remove = Mutation::Remove { parent: parent.fid, name: e.name.clone(), seen };
-        self.commit_editing(parent.cell, remove, &[super::write::ListingEdit::Remove(parent, e.name)]).await?;
+        let edits = vec![super::write::ListingEdit::Remove(parent, e.name)];
+        self.commit(super::write::Change::new(parent.cell, remove).editing(edits)).await?;
         let _ = self.forget(crate::kernel::Forget {
             names: vec![(parent.ino(), name)],
             dirs: vec![parent.ino()],

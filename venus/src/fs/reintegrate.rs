@@ -11,14 +11,15 @@ use std::sync::Arc;
 
 use proto::{Applied, Fid, Mutation, ObjectKind, RemoteError, VolumeId};
 
+use super::Venus;
 use super::store::{
     CUT_IN_MEMORY, Collected, SEND_WITHOUT_ASKING, Scanned, Uploaded, refused_for_good, scan_off_runtime,
 };
-use super::{Venus, user};
 use crate::cache::LogOwner;
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 use crate::remote::Remote;
+use crate::user;
 
 /// Records per Reintegrate request.
 const BATCH: usize = 200;

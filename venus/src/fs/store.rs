@@ -17,6 +17,7 @@ use proto::chunk::{chunk_bytes, chunk_stream};
 use proto::{Attr, Base, ChunkRef, Mutation, Timestamp};
 
 use super::Venus;
+use super::write::{Change, Committed};
 use crate::counters;
 use crate::error::{Result, VenusError};
 use crate::ids::GFid;
@@ -103,7 +104,7 @@ impl Venus {
             // Logged; the chunks travel at reintegration.
             let scanned = scan_off_runtime(&path, small).await?;
             let store = store_of(g, base, &scanned);
-            let (applied, logged) = self.commit_ex(g.cell, store).await?;
+            let Committed { applied, logged } = self.commit(Change::new(g.cell, store)).await?;
             (applied, logged, scanned.size)
         } else if small {
             // Cut and hashed in microseconds, right here; sent whole, with the Store, in one
@@ -114,11 +115,11 @@ impl Venus {
                 Some(bytes) => ChunkReader::in_memory(bytes, &scanned.chunks, &scanned.offsets),
                 None => ChunkReader::new(&path, &scanned.chunks, &scanned.offsets)?,
             };
-            let result = self.commit_with(g.cell, store, Some((scanned.chunks, read)), &[]).await;
+            let result = self.commit(Change::new(g.cell, store).with_chunks(scanned.chunks, read)).await;
             if changed.load(Ordering::Relaxed) {
                 return Err(VenusError::ChangedDuringStore);
             }
-            let (applied, logged) = result?;
+            let Committed { applied, logged } = result?;
             if !logged {
                 self.counters.add(counters::BYTES_STORED, scanned.size);
             }
@@ -126,7 +127,7 @@ impl Venus {
         } else {
             // Gone while uploading: the store is logged and uploaded at reintegration.
             let (scanned, _) = self.scan_and_upload(g, &path).await?;
-            let (applied, logged) = self.commit_ex(g.cell, store_of(g, base, &scanned)).await?;
+            let Committed { applied, logged } = self.commit(Change::new(g.cell, store_of(g, base, &scanned))).await?;
             (applied, logged, scanned.size)
         };
         // Logged only: the container stays dirty (never evicted) until reintegrated.

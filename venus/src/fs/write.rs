@@ -12,7 +12,7 @@ use proto::auth::Rights;
 
 use super::{Stat, Venus};
 use crate::error::{Result, VenusError};
-use crate::ids::GFid;
+use crate::ids::{CellId, GFid};
 use crate::remote::Mutated;
 
 /// The attribute changes of a `setattr` call.
@@ -34,47 +34,54 @@ pub(crate) enum ListingEdit {
     Remove(GFid, Name),
 }
 
+/// One change on its way through the log to the server.
+pub(crate) struct Change {
+    cell: CellId,
+    mutation: Mutation,
+    /// Connected, the chunks it needs (with the reader of their bytes) go in the same request,
+    /// ahead of the record (`PutChunksAndMutate`: a small file's store in one round trip).
+    chunks: Option<(Vec<proto::ChunkRef>, super::store::ChunkReader)>,
+    edits: Vec<ListingEdit>,
+}
+
+impl Change {
+    pub fn new(cell: CellId, mutation: Mutation) -> Change {
+        Change { cell, mutation, chunks: None, edits: Vec::new() }
+    }
+
+    /// Edits cached listings as the change does.
+    pub fn editing(mut self, edits: Vec<ListingEdit>) -> Change {
+        self.edits = edits;
+        self
+    }
+
+    pub fn with_chunks(mut self, chunks: Vec<proto::ChunkRef>, read: super::store::ChunkReader) -> Change {
+        self.chunks = Some((chunks, read));
+        self
+    }
+}
+
+/// What became of a change.
+pub(crate) struct Committed {
+    pub applied: Applied,
+    /// It is only in the log (disconnected), waiting for reintegration.
+    pub logged: bool,
+}
+
 impl Venus {
     /// The one write path: every change goes into the log. Connected, the record is sent while
     /// the system call waits, the answer is the call's, and the record leaves the log;
     /// disconnected (or if the server goes away with the record in flight), it stays there for
     /// reintegration.
-    pub(crate) async fn commit(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<Applied> {
-        Ok(self.commit_ex(cell, mutation).await?.0)
-    }
-
-    /// As `commit`, editing cached listings as the change does.
-    pub(crate) async fn commit_editing(
-        &self,
-        cell: crate::ids::CellId,
-        mutation: Mutation,
-        edits: &[ListingEdit],
-    ) -> Result<Applied> {
-        Ok(self.commit_with(cell, mutation, None, edits).await?.0)
-    }
-
-    /// As `commit`; also says whether the change only went into the log (disconnected), so it
-    /// waits for reintegration.
-    pub(crate) async fn commit_ex(&self, cell: crate::ids::CellId, mutation: Mutation) -> Result<(Applied, bool)> {
-        self.commit_with(cell, mutation, None, &[]).await
-    }
-
-    /// As `commit_ex`; connected, `chunks` (with the reader of their bytes) go in the same
-    /// request, ahead of the record (`PutChunksAndMutate`: a small file's store in one round
-    /// trip).
-    pub(crate) async fn commit_with(
-        &self,
-        cell: crate::ids::CellId,
-        mutation: Mutation,
-        chunks: Option<(Vec<proto::ChunkRef>, super::store::ChunkReader)>,
-        edits: &[ListingEdit],
-    ) -> Result<(Applied, bool)> {
+    pub(crate) async fn commit(&self, change: Change) -> Result<Committed> {
+        let Change { cell, mutation, chunks, edits } = change;
+        let edits = &edits[..];
         let volume = mutation.volume();
         self.writable(GFid::new(cell, Fid::root(volume)))?;
         if self.emulating(cell, volume) {
             let applied = self.log_offline(cell, mutation)?;
             self.edit_listings(edits)?;
-            return Ok((applied, true));
+            return Ok(Committed { applied, logged: true });
         }
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
@@ -100,7 +107,7 @@ impl Venus {
             self.mark_pending(cell, volume, true);
             let applied = self.apply_local(cell, &record.mutation)?;
             self.edit_listings(edits)?;
-            return Ok((applied, true));
+            return Ok(Committed { applied, logged: true });
         }
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error (the data it carried stays in the container), and either way the
@@ -142,7 +149,7 @@ impl Venus {
         for g in &removed {
             self.unpromise(g);
         }
-        Ok((applied, false))
+        Ok(Committed { applied, logged: false })
     }
 
     /// The listing edits of a change that went into the log (the cache shows it done).
@@ -196,7 +203,7 @@ impl Venus {
             _ => ObjectKind::File,
         };
         let entry = DirEntry { name: name.clone(), object, kind };
-        let applied = self.commit_editing(p.cell, m, &[ListingEdit::Add(p, entry)]).await?;
+        let applied = self.commit(Change::new(p.cell, m).editing(vec![ListingEdit::Add(p, entry)])).await?.applied;
         let attr = Self::new_attr(&applied, object)?;
         if kind == ObjectKind::Directory {
             self.cache.inherit_access(&p, GFid::new(p.cell, attr.fid))?;
@@ -288,8 +295,10 @@ impl Venus {
         if self.status(g).await?.parent != Some(p.fid.object) {
             return Err(VenusError::Remote(RemoteError::CrossDirectoryLink));
         }
-        let applied =
-            self.commit(p.cell, Mutation::Link { parent: p.fid, name: name.clone(), target: g.fid.object }).await?;
+        let applied = self
+            .commit(Change::new(p.cell, Mutation::Link { parent: p.fid, name: name.clone(), target: g.fid.object }))
+            .await?
+            .applied;
         let attr = Self::new_attr(&applied, g.fid.object)?;
         let entry = DirEntry { name, object: g.fid.object, kind: attr.kind };
         self.cache.add_entry(&p, entry)?;
@@ -314,7 +323,7 @@ impl Venus {
         self.require_in(p, Rights::DELETE).await?;
         let seen = Seen { object: e.object, base: Base::Version(attr.version) };
         let remove = Mutation::Remove { parent: p.fid, name: e.name.clone(), seen };
-        self.commit_editing(p.cell, remove, &[ListingEdit::Remove(p, e.name)]).await?;
+        self.commit(Change::new(p.cell, remove).editing(vec![ListingEdit::Remove(p, e.name)])).await?;
         Ok(())
     }
 
@@ -327,7 +336,7 @@ impl Venus {
         }
         self.require_in(p, Rights::DELETE).await?;
         let remove = Mutation::RemoveDir { parent: p.fid, name: e.name.clone(), object: e.object };
-        self.commit_editing(p.cell, remove, &[ListingEdit::Remove(p, e.name)]).await?;
+        self.commit(Change::new(p.cell, remove).editing(vec![ListingEdit::Remove(p, e.name)])).await?;
         Ok(())
     }
 
@@ -381,8 +390,11 @@ impl Venus {
             to_name: new_name,
             replaced,
         };
-        self.commit_editing(from.cell, rename, &[ListingEdit::Remove(from, src.name), ListingEdit::Add(to, moved)])
-            .await?;
+        self.commit(
+            Change::new(from.cell, rename)
+                .editing(vec![ListingEdit::Remove(from, src.name), ListingEdit::Add(to, moved)]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -437,7 +449,8 @@ impl Venus {
                 // A later store carries the container's mtime: keep it in step.
                 set_mtime(&self.cache.container(&g), t)?;
             }
-            self.commit(g.cell, Mutation::SetAttr { fid: g.fid, base: Base::Version(attr.version), set }).await?;
+            self.commit(Change::new(g.cell, Mutation::SetAttr { fid: g.fid, base: Base::Version(attr.version), set }))
+                .await?;
         }
         let attr = self.status(g).await?;
         Ok(self.stat_of(g, &attr))

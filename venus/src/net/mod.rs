@@ -19,8 +19,8 @@ use proto::{ClientId, ProtoError, RemoteError, Request, Response, ServerId, Volu
 
 use crate::counters::Counters;
 use crate::error::{Result, VenusError};
-use crate::fs::user::Tokens;
 use crate::ids::CellId;
+use crate::user::Tokens;
 
 mod locations;
 mod typed;
@@ -123,7 +123,7 @@ impl CellConn {
     /// told so by the error.
     fn token_refused(&self, e: &RemoteError) {
         if let RemoteError::BadToken(reason) = e {
-            let uid = crate::fs::user::current_uid();
+            let uid = crate::user::current_uid();
             tracing::info!(cell = %self.name(), uid, reason, "token refused; dropping it");
             self.tokens.remove(Some(self.id), uid);
         }
