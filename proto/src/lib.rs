@@ -1,6 +1,7 @@
 //! The wire vocabulary shared by `vice` (servers) and `venus` (clients): identifiers, attributes,
-//! version vectors, mutation records, RPC messages, framing over QUIC, TLS identities and the
-//! cell file. Nothing else in the workspace defines bytes that cross the network.
+//! version vectors, mutation records and the rules they follow ([`rules`]), RPC messages, framing
+//! over QUIC, TLS identities and the cell file. Nothing else in the workspace defines bytes that
+//! cross the network.
 
 pub mod attr;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod msg;
 pub mod name;
 pub mod record;
+pub mod rules;
 pub mod samples;
 pub mod tls;
 pub mod udp;
