@@ -28,8 +28,9 @@
 //!    that names the object's last op in its next base still names the right one.
 //! 5. **Renames of offline-created objects fold** into the creation, which moves to the new name
 //!    (when the rename replaces nothing, and nothing in between uses either name; across
-//!    directories, when the target directory existed at creation and, for a directory, no other
-//!    rename lies between).
+//!    directories, when the target directory existed at creation, the object has no Link
+//!    records (its other names stay in the creation's directory, and the server refuses links
+//!    across directories) and, for a directory, no other rename lies between).
 
 use proto::{Base, Mutation, ObjectId, Record, SetAttrs};
 use rusqlite::Connection;
@@ -174,6 +175,11 @@ fn fold_rename(c: &Connection, plan: &mut Plan, rename: &Mutation) -> Result<()>
         }
     }
     if from != to {
+        // Its links name the directory it was created in, and all names of a file live in one
+        // directory: moved there before them, the file would take them across directories.
+        if subjects.iter().any(|r| is_kind(r, Kind::Link)) {
+            return Ok(());
+        }
         // The target directory must exist when the object is created there...
         let target_created = rows::touching(c, &plan.cell, plan.volume, to.object, SUBJECT, after)?
             .iter()

@@ -1,6 +1,7 @@
 //! The wire vocabulary shared by `vice` (servers) and `venus` (clients): identifiers, attributes,
-//! version vectors, mutation records, RPC messages, framing over QUIC, TLS identities and the
-//! cell file. Nothing else in the workspace defines bytes that cross the network.
+//! version vectors, mutation records and the rules they follow ([`rules`]), RPC messages, framing
+//! over QUIC, TLS identities and the cell file. Nothing else in the workspace defines bytes that
+//! cross the network.
 //!
 //! Two features, off by default: `logging` (`logging::init`, the programs' one logging set-up)
 //! and `samples` (test data for other crates' tests, enabled from `[dev-dependencies]` only).

@@ -2,14 +2,13 @@
 //!
 //! A batch (one connected mutation, or a chunk of a client's modification log) is applied in
 //! one SQLite transaction; each record runs in a savepoint, so a record that does not certify
-//! leaves nothing behind while the others still apply. Certification follows Coda: a file record
-//! certifies when the object is still in the state the client saw (`Base`); a directory record
-//! certifies per name (the name is still free, or still names the object the client saw), so
-//! changes to different names in one directory never conflict.
+//! leaves nothing behind while the others still apply.
 //!
-//! Only records that change an object's contents or attributes (Store, SetAttr, creation) bump
-//! its version vector and set its `last_op`; renames and links change names, not the object, so
-//! a rename on one client never conflicts with an edit on another.
+//! What certifies, and what a record does to the tree (entries, link counts, which objects get
+//! a new version), are the mutation rules of [`proto::rules`], shared with venus's emulation and
+//! the log's model; the store gives them a view of its rows and carries out their plan. What is
+//! the server's alone stays here: ACLs (asked between the rules' two phases, as always), quotas
+//! and disk space, chunk lists, the volume's counters, ACL inheritance and ownership.
 //!
 //! Space: free space is measured once per batch, and each record that would grow the store is
 //! refused with `NoSpace` below the low-water mark before it touches anything, while the
@@ -18,24 +17,19 @@
 
 use std::collections::BTreeSet;
 
-use proto::attr::MODE_MASK;
-use proto::chunk::total_len;
-use proto::msg::VolumeKind;
-use proto::{Applied, Attr, ChunkRef, ClientId, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId};
-use proto::{Record, RecordResult, RemoteError, Timestamp, VersionVector, VolumeId, VolumeStamp};
-use rusqlite::{Connection, OptionalExtension, params};
-
-use proto::SetAttrs;
 use proto::auth::Rights;
+use proto::chunk::total_len;
+use proto::msg::{VolumeInfo, VolumeKind};
+use proto::rules::{self, Dirent, Entry, New, Node, Plan, Touch};
+use proto::{Applied, Attr, ChunkRef, ClientId, ConflictKind, Fid, Mutation, Name, ObjectId, ObjectKind, OpId};
+use proto::{Record, RecordResult, RemoteError, SetAttrs, Timestamp, VersionVector, VolumeId, VolumeStamp};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::access::{self, Caller};
 use crate::error::{Result, StoreError, refuse};
 use crate::rows::{self, Object};
 use crate::space::{self, Budget, Cost};
-use crate::store::{SmallChunk, Store, file_chunks, record_chunks};
-
-/// The longest symlink target accepted.
-pub const MAX_LINK_LEN: usize = 4096;
+use crate::store::{SmallChunk, Store, record_chunks};
 
 /// What a batch did.
 #[derive(Debug, Default)]
@@ -245,237 +239,12 @@ fn apply_one(
         return refuse(RemoteError::ReadOnly);
     }
     let ctx = Ctx { c, server, caller, op: record.op, now, volume };
-    let mut fx = Effect::default();
-    match &record.mutation {
-        Mutation::Store { fid, base, chunks, mtime } => {
-            let mut obj = ctx.load(*fid)?;
-            if obj.kind() != ObjectKind::File {
-                return refuse(if obj.kind() == ObjectKind::Directory {
-                    RemoteError::IsDirectory
-                } else {
-                    RemoteError::Invalid("not a regular file".into())
-                });
-            }
-            access::require(c, caller, &obj, Rights::WRITE)?;
-            if !obj.matches(base) {
-                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
-            }
-            let new_size = total_len(chunks);
-            let grow = new_size as i64 - obj.attr.size as i64;
-            if info.quota > 0 && grow > 0 && info.used.saturating_add(grow as u64) > info.quota {
-                return refuse(RemoteError::QuotaExceeded);
-            }
-            // Its chunks were admitted when they were uploaded; what is refused here is a file
-            // that gets larger on a full disk. A truncation frees space and goes through.
-            if grow > 0 && !budget.allows(0) {
-                return refuse(RemoteError::NoSpace);
-            }
-            ctx.set_chunks(*fid, chunks)?;
-            obj.attr.size = new_size;
-            obj.attr.mtime = *mtime;
-            ctx.changed(&mut obj);
-            rows::put_object(c, &obj)?;
-            fx.delta.used = grow;
-            fx.touch(&obj);
-        }
-        Mutation::SetAttr { fid, base, set } => {
-            let mut obj = ctx.load(*fid)?;
-            ctx.may_set_attrs(&obj, set)?;
-            if !obj.matches(base) {
-                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
-            }
-            if let Some(m) = set.mode {
-                obj.attr.mode = m & MODE_MASK;
-            }
-            if let Some(o) = set.owner {
-                obj.attr.owner = o;
-            }
-            if let Some(g) = set.group {
-                obj.attr.group = g;
-            }
-            if let Some(t) = set.mtime {
-                obj.attr.mtime = t;
-            }
-            ctx.changed(&mut obj);
-            rows::put_object(c, &obj)?;
-            fx.touch(&obj);
-        }
-        Mutation::Create { parent, name, object, mode, owner: _, group, mtime } => {
-            let obj = ctx.new_object(*object, *parent, ObjectKind::File, *mode, *group, *mtime, None)?;
-            ctx.add_entry(*parent, name, &obj, &mut fx)?;
-            fx.delta.files += 1;
-        }
-        Mutation::MakeDir { parent, name, object, mode, owner: _, group, mtime } => {
-            let mut obj = ctx.new_object(*object, *parent, ObjectKind::Directory, *mode, *group, *mtime, None)?;
-            obj.attr.nlink = 2;
-            // A new directory starts with its parent's ACL, as in AFS.
-            obj.acl = Some(ctx.load_dir(*parent)?.acl.unwrap_or_default());
-            ctx.add_entry(*parent, name, &obj, &mut fx)?;
-            fx.delta.dirs += 1;
-        }
-        Mutation::Symlink { parent, name, object, target, owner: _, group, mtime } => {
-            if target.is_empty() || target.len() > MAX_LINK_LEN || target.contains('\0') {
-                return refuse(RemoteError::Invalid("symlink target must be 1-4096 bytes without NUL".into()));
-            }
-            let obj =
-                ctx.new_object(*object, *parent, ObjectKind::Symlink, 0o777, *group, *mtime, Some(target.clone()))?;
-            ctx.add_entry(*parent, name, &obj, &mut fx)?;
-        }
-        Mutation::MakeMountPoint { parent, name, object, target, owner: _, mtime } => {
-            validate_mount_target(target)?;
-            // Mounting a volume changes what the directory means: it takes `a` as well as `i`.
-            access::require_on_dir(caller, &ctx.load_dir(*parent)?, Rights::ADMINISTER)?;
-            let obj =
-                ctx.new_object(*object, *parent, ObjectKind::MountPoint, 0o755, 0, *mtime, Some(target.clone()))?;
-            ctx.add_entry(*parent, name, &obj, &mut fx)?;
-        }
-        Mutation::Link { parent, name, target } => {
-            let mut obj = ctx.load(Fid::new(volume, *target))?;
-            if obj.kind() != ObjectKind::File {
-                return refuse(RemoteError::Invalid("only files can have several names".into()));
-            }
-            // One directory's ACL governs a file: all its names live in that directory.
-            if obj.attr.parent != Some(parent.object) {
-                return refuse(RemoteError::CrossDirectoryLink);
-            }
-            obj.attr.nlink += 1;
-            obj.attr.ctime = now;
-            rows::put_object(c, &obj)?;
-            ctx.add_entry(*parent, name, &obj, &mut fx)?;
-        }
-        Mutation::Remove { parent, name, seen } => {
-            let mut dir = ctx.load_dir(*parent)?;
-            access::require_on_dir(caller, &dir, Rights::DELETE)?;
-            let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
-            if child != seen.object {
-                return conflict(ConflictKind::NameChanged);
-            }
-            if kind == ObjectKind::Directory {
-                return refuse(RemoteError::IsDirectory);
-            }
-            let obj = ctx.load(Fid::new(volume, child))?;
-            if !obj.matches(&seen.base) {
-                return conflict(ConflictKind::VersionChanged { current: obj.attr.version.clone() });
-            }
-            ctx.remove_entry(&mut dir, name)?;
-            ctx.unlink(obj, &mut fx)?;
-            rows::put_object(c, &dir)?;
-            fx.touch(&dir);
-        }
-        Mutation::RemoveDir { parent, name, object } => {
-            let mut dir = ctx.load_dir(*parent)?;
-            access::require_on_dir(caller, &dir, Rights::DELETE)?;
-            let (child, kind) = ctx.entry(*parent, name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
-            if child != *object {
-                return conflict(ConflictKind::NameChanged);
-            }
-            if kind != ObjectKind::Directory {
-                return refuse(RemoteError::NotDirectory);
-            }
-            let obj = ctx.load(Fid::new(volume, child))?;
-            ctx.remove_entry(&mut dir, name)?;
-            dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
-            ctx.unlink(obj, &mut fx)?;
-            rows::put_object(c, &dir)?;
-            fx.touch(&dir);
-        }
-        Mutation::Rename { from, from_name, object, to, to_name, replaced } => {
-            if from.volume != to.volume {
-                return refuse(RemoteError::CrossVolume);
-            }
-            let mut src = ctx.load_dir(*from)?;
-            let mut dst = if to == from { None } else { Some(ctx.load_dir(*to)?) };
-            access::require_on_dir(caller, &src, Rights::DELETE)?;
-            let need = if replaced.is_some() { Rights::INSERT | Rights::DELETE } else { Rights::INSERT };
-            access::require_on_dir(caller, dst.as_ref().unwrap_or(&src), need)?;
-            let (child, kind) = ctx.entry(*from, from_name)?.ok_or(StoreError::Refused(RemoteError::NotFound))?;
-            if child != *object {
-                return conflict(ConflictKind::NameChanged);
-            }
-            if from == to && from_name == to_name {
-                fx.touch(&src);
-                return Ok(fx);
-            }
-            if kind == ObjectKind::Directory {
-                ctx.check_no_loop(*object, *to)?;
-            }
-            if let Some((existing, ekind)) = ctx.entry(*to, to_name)? {
-                if existing == *object {
-                    // Two names of one file: POSIX says rename does nothing.
-                    fx.touch(&src);
-                    return Ok(fx);
-                }
-                let seen = match replaced {
-                    Some(seen) if seen.object == existing => seen,
-                    _ => return conflict(ConflictKind::NameTaken { existing }),
-                };
-                let victim = ctx.load(Fid::new(volume, existing))?;
-                if !victim.matches(&seen.base) {
-                    return conflict(ConflictKind::VersionChanged { current: victim.attr.version.clone() });
-                }
-                match (kind == ObjectKind::Directory, ekind == ObjectKind::Directory) {
-                    (true, false) => return refuse(RemoteError::NotDirectory),
-                    (false, true) => return refuse(RemoteError::IsDirectory),
-                    _ => {}
-                }
-                let target_dir = dst.as_mut().unwrap_or(&mut src);
-                ctx.remove_entry(target_dir, to_name)?;
-                if ekind == ObjectKind::Directory {
-                    target_dir.attr.nlink = target_dir.attr.nlink.saturating_sub(1);
-                }
-                ctx.unlink(victim, &mut fx)?;
-            }
-            ctx.remove_entry(&mut src, from_name)?;
-            let mut moved = ctx.load(Fid::new(volume, *object))?;
-            {
-                let target_dir = dst.as_mut().unwrap_or(&mut src);
-                ctx.insert_entry(target_dir, to_name, &moved)?;
-            }
-            moved.attr.ctime = now;
-            if let Some(d) = dst.as_mut() {
-                if moved.attr.nlink > 1 && kind == ObjectKind::File {
-                    // Its other names stay behind: one directory must govern all of them.
-                    return refuse(RemoteError::CrossDirectoryLink);
-                }
-                moved.attr.parent = Some(d.id());
-                if kind == ObjectKind::Directory {
-                    d.attr.nlink += 1;
-                    src.attr.nlink = src.attr.nlink.saturating_sub(1);
-                }
-            }
-            rows::put_object(c, &moved)?;
-            fx.touch(&moved);
-            rows::put_object(c, &src)?;
-            fx.touch(&src);
-            if let Some(d) = dst {
-                rows::put_object(c, &d)?;
-                fx.touch(&d);
-            }
-        }
-    }
-    Ok(fx)
-}
-
-fn conflict<T>(kind: ConflictKind) -> Result<T> {
-    refuse(RemoteError::Conflict(kind))
-}
-
-/// Mount point targets: `#volume` or `#cell:volume`, optionally ending in `.` (AFS style).
-pub fn validate_mount_target(target: &str) -> Result<()> {
-    let body = target.strip_prefix(['#', '%']).unwrap_or("");
-    let body = body.strip_suffix('.').unwrap_or(body);
-    let volume = body.rsplit(':').next().unwrap_or("");
-    let cell_ok = match body.split_once(':') {
-        Some((cell, _)) => proto::cell::validate_cell_name(cell).is_ok(),
-        None => true,
-    };
-    if body.is_empty()
-        || !cell_ok
-        || proto::msg::validate_volume_name(volume.trim_end_matches(".readonly").trim_end_matches(".backup")).is_err()
-    {
-        return refuse(RemoteError::Invalid(format!("mount point target {target:?}: use #volume or #cell:volume")));
-    }
-    Ok(())
+    let m = &record.mutation;
+    let located = rules::locate(&ctx, m)?;
+    ctx.authorize(m)?;
+    let plan = rules::certify(&ctx, located)?;
+    ctx.admit(m, &info, budget)?;
+    ctx.carry_out(m, plan)
 }
 
 /// Everything one record needs to reach the database.
@@ -488,7 +257,36 @@ struct Ctx<'a> {
     volume: VolumeId,
 }
 
+/// The volume's rows as the mutation rules see them.
+impl rules::Tree for Ctx<'_> {
+    type Error = StoreError;
+
+    fn node(&self, id: ObjectId) -> Result<Option<Node>> {
+        let node = rows::load_object(self.c, self.fid(id))?.map(|o| Node {
+            kind: o.attr.kind,
+            nlink: o.attr.nlink,
+            parent: o.attr.parent,
+            version: o.attr.version,
+            last_op: o.last_op,
+        });
+        Ok(node)
+    }
+
+    fn entry(&self, dir: ObjectId, name: &Name) -> Result<Option<Entry>> {
+        let entry = rows::lookup_entry(self.c, self.fid(dir), name.as_str())?;
+        Ok(entry.map(|(object, kind)| Entry { object, kind }))
+    }
+
+    fn is_empty(&self, dir: ObjectId) -> Result<bool> {
+        Ok(rows::count_entries(self.c, self.fid(dir))? == 0)
+    }
+}
+
 impl Ctx<'_> {
+    fn fid(&self, o: ObjectId) -> Fid {
+        Fid::new(self.volume, o)
+    }
+
     fn load(&self, fid: Fid) -> Result<Object> {
         if fid.volume != self.volume {
             return refuse(RemoteError::CrossVolume);
@@ -508,6 +306,38 @@ impl Ctx<'_> {
         Ok(dir)
     }
 
+    /// The ACL checks, where they have always been: once what the record names is found, before
+    /// its names and versions are certified, so a caller without rights learns nothing of the
+    /// names in a directory from the answer.
+    fn authorize(&self, m: &Mutation) -> Result<()> {
+        match m {
+            Mutation::Store { fid, .. } => access::require(self.c, self.caller, &self.load(*fid)?, Rights::WRITE),
+            Mutation::SetAttr { fid, set, .. } => self.may_set_attrs(&self.load(*fid)?, set),
+            Mutation::Create { parent, .. } | Mutation::MakeDir { parent, .. } | Mutation::Symlink { parent, .. } => {
+                self.require_in(*parent, Rights::INSERT)
+            }
+            Mutation::MakeMountPoint { parent, .. } => {
+                // Mounting a volume changes what the directory means: it takes `a` as well as `i`.
+                self.require_in(*parent, Rights::ADMINISTER)?;
+                self.require_in(*parent, Rights::INSERT)
+            }
+            // No right is asked of a new name for a file (venus asks for `i` before it sends one).
+            Mutation::Link { .. } => Ok(()),
+            Mutation::Remove { parent, .. } | Mutation::RemoveDir { parent, .. } => {
+                self.require_in(*parent, Rights::DELETE)
+            }
+            Mutation::Rename { from, to, replaced, .. } => {
+                self.require_in(*from, Rights::DELETE)?;
+                let need = if replaced.is_some() { Rights::INSERT | Rights::DELETE } else { Rights::INSERT };
+                self.require_in(*to, need)
+            }
+        }
+    }
+
+    fn require_in(&self, dir: Fid, need: Rights) -> Result<()> {
+        access::require_on_dir(self.caller, &self.load_dir(dir)?, need)
+    }
+
     /// chmod and utimes need `w` (or ownership); chown and chgrp are for administrators.
     fn may_set_attrs(&self, obj: &Object, set: &SetAttrs) -> Result<()> {
         let changes_owner = set.owner.is_some_and(|o| o != obj.attr.owner);
@@ -525,146 +355,134 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn entry(&self, dir: Fid, name: &Name) -> Result<Option<(ObjectId, ObjectKind)>> {
-        rows::lookup_entry(self.c, dir, name.as_str())
-    }
-
-    /// The object's contents or attributes changed: new version, remembered op. One operation
-    /// bumps an object's version once, however many of its entries it changes (a rename inside a
-    /// directory, over a name), so a client can tell its own change from one that overtook it.
-    fn changed(&self, obj: &mut Object) {
-        if obj.last_op != Some(self.op) {
-            obj.attr.version.bump(self.server);
+    /// A store that makes a file larger needs room, in the quota and on the disk. Its chunks
+    /// were admitted when they were uploaded; what is refused here is a file that grows on a full
+    /// disk, while a truncation frees space and goes through. Asked once the record certifies: a
+    /// conflict is the better answer.
+    fn admit(&self, m: &Mutation, info: &VolumeInfo, budget: Budget) -> Result<()> {
+        let Mutation::Store { fid, chunks, .. } = m else { return Ok(()) };
+        let grow = total_len(chunks) as i64 - self.load(*fid)?.attr.size as i64;
+        if info.quota > 0 && grow > 0 && info.used.saturating_add(grow as u64) > info.quota {
+            return refuse(RemoteError::QuotaExceeded);
         }
-        obj.attr.ctime = self.now;
-        obj.last_op = Some(self.op);
-    }
-
-    /// A new object in `parent`, owned by the caller (never by whom the client names: the
-    /// owner matters for the file rules), after checking `i` on the directory.
-    #[allow(clippy::too_many_arguments)]
-    fn new_object(
-        &self,
-        id: ObjectId,
-        parent: Fid,
-        kind: ObjectKind,
-        mode: u32,
-        group: u32,
-        mtime: Timestamp,
-        link: Option<String>,
-    ) -> Result<Object> {
-        access::require_on_dir(self.caller, &self.load_dir(parent)?, Rights::INSERT)?;
-        let owner = self.caller.user.as_owner();
-        if id.0 <= 0xffff {
-            return refuse(RemoteError::Invalid("object ids up to 0xffff are reserved".into()));
+        if grow > 0 && !budget.allows(0) {
+            return refuse(RemoteError::NoSpace);
         }
-        if rows::load_object(self.c, Fid::new(self.volume, id))?.is_some() {
-            return refuse(RemoteError::DuplicateObject);
-        }
-        let size = link.as_ref().map_or(0, |l| l.len() as u64);
-        let obj = Object {
-            attr: Attr {
-                fid: Fid::new(self.volume, id),
-                kind,
-                mode: mode & MODE_MASK,
-                owner,
-                group,
-                size,
-                nlink: 1,
-                mtime,
-                ctime: self.now,
-                version: VersionVector::first(self.server),
-                parent: Some(parent.object),
-                link,
-            },
-            last_op: Some(self.op),
-            acl: None,
-        };
-        Ok(obj)
-    }
-
-    /// Enters a new object (or a new name of an existing file) into a directory.
-    fn add_entry(&self, parent: Fid, name: &Name, obj: &Object, fx: &mut Effect) -> Result<()> {
-        let mut dir = self.load_dir(parent)?;
-        if let Some((existing, _)) = self.entry(parent, name)? {
-            return conflict(ConflictKind::NameTaken { existing });
-        }
-        if rows::load_object(self.c, obj.attr.fid)?.is_none() {
-            rows::put_object(self.c, obj)?;
-        }
-        self.insert_entry(&mut dir, name, obj)?;
-        if obj.kind() == ObjectKind::Directory {
-            dir.attr.nlink += 1;
-        }
-        rows::put_object(self.c, &dir)?;
-        fx.touch(obj);
-        fx.touch(&dir);
         Ok(())
     }
 
-    fn insert_entry(&self, dir: &mut Object, name: &Name, obj: &Object) -> Result<()> {
+    /// Carries a certified record's plan out on the rows.
+    fn carry_out(&self, m: &Mutation, plan: Plan) -> Result<Effect> {
+        let mut fx = Effect::default();
+        if let Some(new) = &plan.created {
+            self.create(new, &mut fx)?;
+        }
+        for e in &plan.unlinked {
+            self.remove_entry(e)?;
+        }
+        for e in &plan.linked {
+            self.insert_entry(e)?;
+        }
+        for t in &plan.touched {
+            self.touch(m, t, &mut fx)?;
+        }
+        for &o in &plan.deleted {
+            self.delete(o, &mut fx)?;
+        }
+        Ok(fx)
+    }
+
+    /// A new object, owned by the caller: never by whom the client names, since the owner
+    /// matters for the file rules.
+    fn create(&self, new: &New, fx: &mut Effect) -> Result<()> {
+        let mut attr = new.attr(self.volume, self.now, VersionVector::first(self.server));
+        attr.owner = self.caller.user.as_owner();
+        // A new directory starts with its parent's ACL, as in AFS.
+        let acl = match new.kind {
+            ObjectKind::Directory => Some(self.load_dir(self.fid(new.parent))?.acl.unwrap_or_default()),
+            _ => None,
+        };
+        rows::put_object(self.c, &Object { attr, last_op: Some(self.op), acl })?;
+        match new.kind {
+            ObjectKind::File => fx.delta.files += 1,
+            ObjectKind::Directory => fx.delta.dirs += 1,
+            ObjectKind::Symlink | ObjectKind::MountPoint => {}
+        }
+        Ok(())
+    }
+
+    fn insert_entry(&self, e: &Dirent) -> Result<()> {
         self.c
             .prepare_cached("INSERT INTO dirents (volume, dir, name, child, kind) VALUES (?1, ?2, ?3, ?4, ?5)")?
             .execute(params![
                 self.volume.0 as i64,
-                rows::oid(dir.id()),
-                name.as_str(),
-                rows::oid(obj.id()),
-                rows::kind_code(obj.kind())
+                rows::oid(e.dir),
+                e.name.as_str(),
+                rows::oid(e.object),
+                rows::kind_code(e.kind)
             ])?;
-        dir.attr.size += 1;
-        self.dir_changed(dir);
         Ok(())
     }
 
-    fn remove_entry(&self, dir: &mut Object, name: &Name) -> Result<()> {
+    fn remove_entry(&self, e: &Dirent) -> Result<()> {
         self.c.prepare_cached("DELETE FROM dirents WHERE volume = ?1 AND dir = ?2 AND name = ?3")?.execute(params![
             self.volume.0 as i64,
-            rows::oid(dir.id()),
-            name.as_str()
+            rows::oid(e.dir),
+            e.name.as_str()
         ])?;
-        dir.attr.size = dir.attr.size.saturating_sub(1);
-        self.dir_changed(dir);
         Ok(())
     }
 
-    fn dir_changed(&self, dir: &mut Object) {
-        dir.attr.mtime = self.now;
-        self.changed(dir);
+    /// One object the record touches: what the plan changes, and its new version.
+    fn touch(&self, m: &Mutation, t: &Touch, fx: &mut Effect) -> Result<()> {
+        let mut obj = self.load(self.fid(t.object))?;
+        if t.changes {
+            self.own_change(m, &mut obj, fx)?;
+            t.apply(&mut obj.attr, self.now);
+            if t.stamp {
+                rules::stamp(&mut obj.attr.version, &mut obj.last_op, self.op, self.server);
+            }
+            rows::put_object(self.c, &obj)?;
+        }
+        fx.touch(&obj);
+        Ok(())
     }
 
-    /// Drops one name of `obj`; deletes it when that was the last. Directories must be empty.
-    fn unlink(&self, mut obj: Object, fx: &mut Effect) -> Result<()> {
-        if obj.kind() == ObjectKind::Directory {
-            if rows::count_entries(self.c, obj.attr.fid)? > 0 {
-                return conflict(ConflictKind::DirectoryNotEmpty);
+    /// What a Store or SetAttr changes in the object it is about.
+    fn own_change(&self, m: &Mutation, obj: &mut Object, fx: &mut Effect) -> Result<()> {
+        match m {
+            Mutation::Store { fid, chunks, mtime, .. } if fid.object == obj.id() => {
+                self.set_chunks(*fid, chunks)?;
+                let size = total_len(chunks);
+                fx.delta.used += size as i64 - obj.attr.size as i64;
+                obj.attr.size = size;
+                obj.attr.mtime = *mtime;
             }
-            self.delete(&obj)?;
-            fx.delta.dirs -= 1;
-            fx.removed.push(obj.id());
-            return Ok(());
+            Mutation::SetAttr { fid, set, .. } if fid.object == obj.id() => {
+                let a = &mut obj.attr;
+                rules::set_attrs(set, &mut a.mode, &mut a.owner, &mut a.group, &mut a.mtime);
+            }
+            _ => {}
         }
-        obj.attr.nlink = obj.attr.nlink.saturating_sub(1);
-        if obj.attr.nlink == 0 {
-            self.delete(&obj)?;
-            if obj.kind() == ObjectKind::File {
+        Ok(())
+    }
+
+    /// An object gone for good (its last name went), with its chunk list.
+    fn delete(&self, id: ObjectId, fx: &mut Effect) -> Result<()> {
+        let obj = self.load(self.fid(id))?;
+        match obj.kind() {
+            ObjectKind::Directory => fx.delta.dirs -= 1,
+            ObjectKind::File => {
                 fx.delta.files -= 1;
                 fx.delta.used -= obj.attr.size as i64;
             }
-            fx.removed.push(obj.id());
-        } else {
-            obj.attr.ctime = self.now;
-            rows::put_object(self.c, &obj)?;
-            fx.touch(&obj);
+            ObjectKind::Symlink | ObjectKind::MountPoint => {}
         }
-        Ok(())
-    }
-
-    fn delete(&self, obj: &Object) -> Result<()> {
         let v = self.volume.0 as i64;
-        let id = rows::oid(obj.id());
-        self.c.prepare_cached("DELETE FROM objects WHERE volume = ?1 AND id = ?2")?.execute(params![v, id])?;
-        self.c.prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?.execute(params![v, id])?;
+        let oid = rows::oid(id);
+        self.c.prepare_cached("DELETE FROM objects WHERE volume = ?1 AND id = ?2")?.execute(params![v, oid])?;
+        self.c.prepare_cached("DELETE FROM file_chunks WHERE volume = ?1 AND object = ?2")?.execute(params![v, oid])?;
+        fx.removed.push(id);
         Ok(())
     }
 
@@ -693,27 +511,4 @@ impl Ctx<'_> {
         }
         Ok(())
     }
-
-    /// A directory may not move into itself or below itself.
-    fn check_no_loop(&self, moving: ObjectId, mut target: Fid) -> Result<()> {
-        for _ in 0..100_000 {
-            if target.object == moving {
-                return refuse(RemoteError::WouldLoop);
-            }
-            if target.object == ObjectId::ROOT {
-                return Ok(());
-            }
-            let dir = self.load_dir(target)?;
-            match dir.attr.parent {
-                Some(p) => target = Fid::new(self.volume, p),
-                None => return Ok(()),
-            }
-        }
-        Err(StoreError::Corrupt("directory parents form a cycle".into()))
-    }
-}
-
-/// Exposed for tests and dumps: a file's chunk list.
-pub fn chunks_of(store: &Store, fid: Fid) -> Result<Vec<ChunkRef>> {
-    store.read(|c| file_chunks(c, fid))
 }

@@ -39,3 +39,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub(crate) fn refuse<T>(e: RemoteError) -> Result<T> {
     Err(StoreError::Refused(e))
 }
+
+/// Directory parents that never reach the root: the rows are damaged, not the request wrong.
+impl From<proto::rules::Cycle> for StoreError {
+    fn from(c: proto::rules::Cycle) -> Self {
+        StoreError::Corrupt(c.to_string())
+    }
+}

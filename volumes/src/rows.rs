@@ -3,7 +3,7 @@
 use proto::Acl;
 use proto::attr::MODE_MASK;
 use proto::msg::{VolumeInfo, VolumeKind};
-use proto::{Attr, Base, Fid, ObjectId, ObjectKind, OpId, Timestamp, VersionVector, VolumeId, VolumeStamp};
+use proto::{Attr, Fid, ObjectId, ObjectKind, OpId, Timestamp, VersionVector, VolumeId, VolumeStamp};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::{Result, StoreError};
@@ -82,14 +82,6 @@ impl Object {
 
     pub fn kind(&self) -> ObjectKind {
         self.attr.kind
-    }
-
-    /// Whether the object is still in the state a record was based on.
-    pub fn matches(&self, base: &Base) -> bool {
-        match base {
-            Base::Version(v) => self.attr.version.same_as(v),
-            Base::AfterOp(op) => self.last_op == Some(*op),
-        }
     }
 }
 

@@ -1,17 +1,19 @@
 //! Emulation: applying a mutation to the cache alone, while the volume is disconnected (or
 //! still has logged changes to reintegrate).
 //!
-//! The change is checked against the cached state with the server's rules, logged in the client
-//! modification log (durably, before the system call returns), and applied to the cached
-//! attributes; callers edit the cached listings as they do when connected. Records logged while
-//! disconnected take their bases from the log (the last logged change of an object) so a chain
-//! of offline changes certifies at reintegration.
+//! The change is checked against the cached state with the server's own rules ([`proto::rules`],
+//! over the cache: see `CachedTree` for what a cache cannot know), logged in the client
+//! modification log (durably, before the system call returns), and the rules' plan is carried
+//! out on the cached attributes; callers edit the cached listings as they do when connected.
+//! Records logged while disconnected take their bases from the log (the last logged change of
+//! an object) so a chain of offline changes certifies at reintegration.
 
-use proto::attr::MODE_MASK;
-use proto::{Applied, Attr, Fid, Mutation, ObjectId, ObjectKind, OpId, Record, RemoteError, Timestamp};
-use proto::{ConflictKind, VersionVector, VolumeStamp};
+use proto::rules::{self, Entry, Node, Plan};
+use proto::{Applied, Attr, Base, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record, Timestamp};
+use proto::{VersionVector, VolumeId, VolumeStamp};
 
 use super::Venus;
+use crate::cache::{Cache, Listing};
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
@@ -19,15 +21,11 @@ impl Venus {
     /// Logs a mutation without sending it and applies it to the cache.
     pub(crate) fn log_offline(&self, cell: CellId, mut mutation: Mutation) -> Result<Applied> {
         self.rebase(cell, &mut mutation)?;
-        self.check_local(cell, &mutation)?;
         let volume = mutation.volume();
+        let plan = rules::check(&self.cached(cell, volume), &mutation)?;
         self.claim_log(cell, volume)?;
-        let last_name = match &mutation {
-            Mutation::Remove { parent, seen, .. } => {
-                self.cache.attr(&GFid::new(cell, Fid::new(parent.volume, seen.object))).is_none_or(|a| a.nlink <= 1)
-            }
-            _ => false,
-        };
+        // The rules delete a file with its last name.
+        let last_name = matches!(mutation, Mutation::Remove { .. }) && !plan.deleted.is_empty();
         let record = Record { op: OpId::random(), mutation };
         let name = self.cell(cell)?.name().to_string();
         self.with_room(|| {
@@ -39,7 +37,7 @@ impl Venus {
             Ok(())
         })?;
         self.mark_pending(cell, volume, true);
-        self.apply_local(cell, &record.mutation)
+        self.carry_out(cell, &record.mutation, &plan)
     }
 
     /// At start-up: a file whose container holds local changes that no logged record carries
@@ -144,211 +142,59 @@ impl Venus {
         Ok(())
     }
 
-    fn cached_dir(&self, g: GFid) -> Result<(Attr, crate::cache::Listing)> {
-        let attr = self.cache.attr(&g).ok_or(VenusError::NotCached)?;
-        if attr.kind != ObjectKind::Directory {
-            return Err(VenusError::NotDirectory);
-        }
-        let entries = self.cache.listing(&g).ok_or(VenusError::NotCached)?;
-        Ok((attr, entries))
+    fn cached(&self, cell: CellId, volume: VolumeId) -> CachedTree<'_> {
+        CachedTree { cache: &self.cache, cell, volume }
     }
 
-    /// The server's rules, applied to what the cache knows.
-    fn check_local(&self, cell: CellId, m: &Mutation) -> Result<()> {
-        let taken = |dir: Fid, name: &proto::Name| -> Result<()> {
-            let (_, entries) = self.cached_dir(GFid::new(cell, dir))?;
-            match entries.iter().find(|e| &e.name == name) {
-                Some(e) => {
-                    Err(VenusError::Remote(RemoteError::Conflict(ConflictKind::NameTaken { existing: e.object })))
-                }
-                None => Ok(()),
-            }
-        };
-        match m {
-            Mutation::Create { parent, name, .. }
-            | Mutation::MakeDir { parent, name, .. }
-            | Mutation::Symlink { parent, name, .. }
-            | Mutation::MakeMountPoint { parent, name, .. }
-            | Mutation::Link { parent, name, .. } => taken(*parent, name),
-            Mutation::RemoveDir { parent, object, .. } => {
-                let (_, entries) = self.cached_dir(GFid::new(cell, Fid::new(parent.volume, *object)))?;
-                if entries.is_empty() { Ok(()) } else { Err(VenusError::Remote(RemoteError::NotEmpty)) }
-            }
-            Mutation::Rename { object, to, to_name, replaced, .. } => {
-                let moving =
-                    self.cache.attr(&GFid::new(cell, Fid::new(to.volume, *object))).ok_or(VenusError::NotCached)?;
-                if moving.kind == ObjectKind::Directory {
-                    // Not into itself or below itself.
-                    let mut at = *to;
-                    for _ in 0..10_000 {
-                        if at.object == *object {
-                            return Err(VenusError::Remote(RemoteError::WouldLoop));
-                        }
-                        match self.cache.attr(&GFid::new(cell, at)).and_then(|a| a.parent) {
-                            Some(p) if p != at.object => at = Fid::new(at.volume, p),
-                            _ => break,
-                        }
-                    }
-                }
-                match replaced {
-                    None => taken(*to, to_name),
-                    Some(seen) => {
-                        let victim = GFid::new(cell, Fid::new(to.volume, seen.object));
-                        let v = self.cache.attr(&victim).ok_or(VenusError::NotCached)?;
-                        match (moving.kind == ObjectKind::Directory, v.kind == ObjectKind::Directory) {
-                            (true, false) => Err(VenusError::NotDirectory),
-                            (false, true) => Err(VenusError::IsDirectory),
-                            (true, true) if !self.cached_dir(victim)?.1.is_empty() => {
-                                Err(VenusError::Remote(RemoteError::NotEmpty))
-                            }
-                            _ => Ok(()),
-                        }
-                    }
-                }
-            }
-            Mutation::Store { .. } | Mutation::SetAttr { .. } | Mutation::Remove { .. } => Ok(()),
-        }
-    }
-
-    /// A directory whose entries changed: new mtime, entry count and link count.
-    fn touch_dir(&self, cell: CellId, dir: Fid, entries: i64, links: i64, now: Timestamp, out: &mut Vec<Attr>) {
-        if let Some(mut a) = self.cache.attr(&GFid::new(cell, dir)) {
-            a.mtime = now;
-            a.ctime = now;
-            a.size = (a.size as i64 + entries).max(0) as u64;
-            a.nlink = (i64::from(a.nlink) + links).max(2) as u32;
-            out.retain(|x| x.fid != a.fid);
-            out.push(a);
-        }
-    }
-
-    /// Applies a mutation to the cached attributes. Versions of new objects stay empty: the
-    /// server assigns them at reintegration.
+    /// Shows a change sent to a server that went away before it answered: the record is in the
+    /// log, and the cache shows it done. Where the cache cannot confirm it by the rules (it lacks
+    /// a listing, say, or holds a stale one), it shows only the object the change creates, so the
+    /// call can answer; reintegration and revalidation settle the rest.
     pub(crate) fn apply_local(&self, cell: CellId, m: &Mutation) -> Result<Applied> {
+        match rules::check(&self.cached(cell, m.volume()), m) {
+            Ok(plan) => self.carry_out(cell, m, &plan),
+            Err(e) => {
+                tracing::info!(verb = m.verb(), error = %e, "a change in flight the cache cannot confirm waits for reintegration");
+                let now = Timestamp::now();
+                let created: Vec<Attr> =
+                    rules::New::of(m).map(|new| new.attr(m.volume(), now, VersionVector::new())).into_iter().collect();
+                for a in &created {
+                    self.cache.put_attr(cell, a.clone())?;
+                }
+                Ok(Applied { attrs: created, removed: Vec::new(), stamp: VolumeStamp::default() })
+            }
+        }
+    }
+
+    /// Carries a plan out on the cached attributes. Versions stay as the server gave them, and a
+    /// new object has none: the server assigns versions at reintegration. Callers edit the cached
+    /// listings, as they do when connected.
+    fn carry_out(&self, cell: CellId, m: &Mutation, plan: &Plan) -> Result<Applied> {
         let now = Timestamp::now();
-        let mut attrs: Vec<Attr> = Vec::new();
-        let mut removed: Vec<ObjectId> = Vec::new();
         let volume = m.volume();
-        let fresh = |parent: Fid, object: ObjectId, kind, mode: u32, owner, group, mtime, link: Option<String>| Attr {
-            fid: Fid::new(volume, object),
-            kind,
-            mode: mode & MODE_MASK,
-            owner,
-            group,
-            size: link.as_ref().map_or(0, |l| l.len() as u64),
-            nlink: if kind == ObjectKind::Directory { 2 } else { 1 },
-            mtime,
-            ctime: now,
-            version: VersionVector::new(),
-            parent: Some(parent.object),
-            link,
-        };
-        match m {
-            Mutation::Store { fid, mtime, chunks, .. } => {
-                if let Some(mut a) = self.cache.attr(&GFid::new(cell, *fid)) {
-                    a.size = proto::chunk::total_len(chunks);
-                    a.mtime = *mtime;
-                    a.ctime = now;
-                    attrs.push(a);
+        let mut attrs: Vec<Attr> = Vec::new();
+        for t in &plan.touched {
+            let cached = match &plan.created {
+                Some(new) if new.object == t.object => Some(new.attr(volume, now, VersionVector::new())),
+                _ => self.cache.attr(&GFid::new(cell, Fid::new(volume, t.object))),
+            };
+            // Gone from the cache since the rules looked at it: nothing to show.
+            let Some(mut a) = cached else { continue };
+            if t.changes {
+                own_change(m, &mut a);
+                t.apply(&mut a, now);
+                if t.listing && a.kind == ObjectKind::Directory {
+                    // A cached link count may be short; a directory has at least `.` and its name.
+                    a.nlink = a.nlink.max(2);
                 }
             }
-            Mutation::SetAttr { fid, set, .. } => {
-                if let Some(mut a) = self.cache.attr(&GFid::new(cell, *fid)) {
-                    if let Some(v) = set.mode {
-                        a.mode = v & MODE_MASK;
-                    }
-                    if let Some(v) = set.owner {
-                        a.owner = v;
-                    }
-                    if let Some(v) = set.group {
-                        a.group = v;
-                    }
-                    if let Some(v) = set.mtime {
-                        a.mtime = v;
-                    }
-                    a.ctime = now;
-                    attrs.push(a);
-                }
-            }
-            Mutation::Create { parent, object, mode, owner, group, mtime, .. } => {
-                attrs.push(fresh(*parent, *object, ObjectKind::File, *mode, *owner, *group, *mtime, None));
-                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
-            }
-            Mutation::MakeDir { parent, object, mode, owner, group, mtime, .. } => {
-                attrs.push(fresh(*parent, *object, ObjectKind::Directory, *mode, *owner, *group, *mtime, None));
-                self.touch_dir(cell, *parent, 1, 1, now, &mut attrs);
-            }
-            Mutation::Symlink { parent, object, target, owner, group, mtime, .. } => {
-                attrs.push(fresh(
-                    *parent,
-                    *object,
-                    ObjectKind::Symlink,
-                    0o777,
-                    *owner,
-                    *group,
-                    *mtime,
-                    Some(target.clone()),
-                ));
-                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
-            }
-            Mutation::MakeMountPoint { parent, object, target, owner, mtime, .. } => {
-                attrs.push(fresh(
-                    *parent,
-                    *object,
-                    ObjectKind::MountPoint,
-                    0o755,
-                    *owner,
-                    0,
-                    *mtime,
-                    Some(target.clone()),
-                ));
-                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
-            }
-            Mutation::Link { parent, target, .. } => {
-                if let Some(mut a) = self.cache.attr(&GFid::new(cell, Fid::new(volume, *target))) {
-                    a.nlink += 1;
-                    a.ctime = now;
-                    attrs.push(a);
-                }
-                self.touch_dir(cell, *parent, 1, 0, now, &mut attrs);
-            }
-            Mutation::Remove { parent, seen, .. } => {
-                self.unlink_local(cell, Fid::new(volume, seen.object), now, &mut attrs, &mut removed);
-                self.touch_dir(cell, *parent, -1, 0, now, &mut attrs);
-            }
-            Mutation::RemoveDir { parent, object, .. } => {
-                removed.push(*object);
-                self.touch_dir(cell, *parent, -1, -1, now, &mut attrs);
-            }
-            Mutation::Rename { from, object, to, replaced, .. } => {
-                let moved = GFid::new(cell, Fid::new(volume, *object));
-                let is_dir = self.cache.attr(&moved).is_some_and(|a| a.kind == ObjectKind::Directory);
-                if let Some(seen) = replaced {
-                    let victim = Fid::new(volume, seen.object);
-                    let victim_dir =
-                        self.cache.attr(&GFid::new(cell, victim)).is_some_and(|a| a.kind == ObjectKind::Directory);
-                    if victim_dir {
-                        removed.push(seen.object);
-                    } else {
-                        self.unlink_local(cell, victim, now, &mut attrs, &mut removed);
-                    }
-                    self.touch_dir(cell, *to, -1, if victim_dir { -1 } else { 0 }, now, &mut attrs);
-                }
-                let links = i64::from(is_dir && from != to);
-                self.touch_dir(cell, *from, -1, -links, now, &mut attrs);
-                self.touch_dir(cell, *to, 1, links, now, &mut attrs);
-                if let Some(mut a) = self.cache.attr(&moved) {
-                    a.ctime = now;
-                    a.parent = Some(to.object);
-                    attrs.push(a);
-                }
-            }
+            attrs.push(a);
         }
         for a in &attrs {
             self.cache.put_attr(cell, a.clone())?;
         }
         let cell_name = self.cell(cell)?.name().to_string();
-        for o in &removed {
+        for o in &plan.deleted {
             let g = GFid::new(cell, Fid::new(volume, *o));
             // The log may still need the data (a store replayed before the removal): keep the
             // container until reintegration; revalidation forgets it once the server has.
@@ -358,18 +204,199 @@ impl Venus {
                 self.cache.remove(&g)?;
             }
         }
-        Ok(Applied { attrs, removed, stamp: VolumeStamp::default() })
+        Ok(Applied { attrs, removed: plan.deleted.clone(), stamp: VolumeStamp::default() })
+    }
+}
+
+/// What a Store or SetAttr changes in the object it is about, as the cache shows it.
+fn own_change(m: &Mutation, a: &mut Attr) {
+    match m {
+        Mutation::Store { fid, chunks, mtime, .. } if fid.object == a.fid.object => {
+            a.size = proto::chunk::total_len(chunks);
+            a.mtime = *mtime;
+        }
+        Mutation::SetAttr { fid, set, .. } if fid.object == a.fid.object => {
+            rules::set_attrs(set, &mut a.mode, &mut a.owner, &mut a.group, &mut a.mtime);
+        }
+        _ => {}
+    }
+}
+
+/// What the cache holds of one volume, as the mutation rules see it. The cache holds part of the
+/// tree, and the server certifies every record again when it arrives: what the cache lacks, it
+/// says it lacks (`NotCached`, as emulation always has), and what it cannot know it leaves to
+/// the server.
+struct CachedTree<'a> {
+    cache: &'a Cache,
+    cell: CellId,
+    volume: VolumeId,
+}
+
+impl CachedTree<'_> {
+    fn attr(&self, o: ObjectId) -> Option<Attr> {
+        self.cache.attr(&GFid::new(self.cell, Fid::new(self.volume, o)))
     }
 
-    fn unlink_local(&self, cell: CellId, fid: Fid, now: Timestamp, attrs: &mut Vec<Attr>, removed: &mut Vec<ObjectId>) {
-        if let Some(mut a) = self.cache.attr(&GFid::new(cell, fid)) {
-            if a.nlink <= 1 {
-                removed.push(fid.object);
-            } else {
-                a.nlink -= 1;
-                a.ctime = now;
-                attrs.push(a);
-            }
-        }
+    fn listing(&self, dir: ObjectId) -> Result<Listing> {
+        self.cache.listing(&GFid::new(self.cell, Fid::new(self.volume, dir))).ok_or(VenusError::NotCached)
+    }
+}
+
+impl rules::Tree for CachedTree<'_> {
+    type Error = VenusError;
+
+    /// An object the cache does not hold may be gone or merely not cached: either way the cache
+    /// cannot vouch for the change.
+    fn node(&self, id: ObjectId) -> Result<Option<Node>> {
+        let a = self.attr(id).ok_or(VenusError::NotCached)?;
+        Ok(Some(Node { kind: a.kind, nlink: a.nlink, parent: a.parent, version: a.version, last_op: None }))
+    }
+
+    fn entry(&self, dir: ObjectId, name: &Name) -> Result<Option<Entry>> {
+        let listing = self.listing(dir)?;
+        Ok(listing.iter().find(|e| &e.name == name).map(|e| Entry { object: e.object, kind: e.kind }))
+    }
+
+    fn is_empty(&self, dir: ObjectId) -> Result<bool> {
+        Ok(self.listing(dir)?.is_empty())
+    }
+
+    /// New ids are random and the server refuses a duplicate; the cache can only say whether it
+    /// holds one.
+    fn is_free(&self, id: ObjectId) -> Result<bool> {
+        Ok(self.attr(id).is_none())
+    }
+
+    /// A record's base is the last logged change of its object (see `rebase`) or the version the
+    /// server last gave: whether that still holds is for the server to say at reintegration.
+    fn certifies(&self, _: &Node, _: &Base) -> bool {
+        true
+    }
+
+    /// Where the cache's knowledge of the tree ends, so does the walk up (the server walks it
+    /// again); a directory that is its own parent is a volume's root.
+    fn parent(&self, dir: ObjectId) -> Result<Option<ObjectId>> {
+        Ok(self.attr(dir).and_then(|a| a.parent).filter(|&p| p != dir))
+    }
+}
+
+/// Cached parents that never reach the root (stale views of moves made elsewhere): the change
+/// cannot be checked, and is refused as the server refuses one on a damaged tree.
+impl From<rules::Cycle> for VenusError {
+    fn from(c: rules::Cycle) -> Self {
+        VenusError::Remote(c.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::{ConflictKind, DirEntry, RemoteError, Seen, ServerId};
+
+    use super::*;
+
+    const CELL: CellId = CellId(1);
+    const V: VolumeId = VolumeId(2);
+    const D: ObjectId = ObjectId(0x1_0001);
+    const SUB: ObjectId = ObjectId(0x1_0002);
+    const F: ObjectId = ObjectId(0x1_0003);
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn attr(o: ObjectId, kind: ObjectKind, parent: ObjectId) -> Attr {
+        let new = rules::New {
+            object: o,
+            parent,
+            name: name("x"),
+            kind,
+            mode: 0o755,
+            owner: 0,
+            group: 0,
+            mtime: Timestamp::default(),
+            link: None,
+        };
+        new.attr(V, Timestamp::default(), VersionVector::first(ServerId(1)))
+    }
+
+    fn entry(n: &str, object: ObjectId, kind: ObjectKind) -> DirEntry {
+        DirEntry { name: name(n), object, kind }
+    }
+
+    /// `/d/sub` and `/d/f` with every attribute cached, and the listings of `/` and `/d`.
+    fn cache() -> (tempfile::TempDir, Cache) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let g = |o| GFid::new(CELL, Fid::new(V, o));
+        cache.put_attr(CELL, attr(ObjectId::ROOT, ObjectKind::Directory, ObjectId::ROOT)).unwrap();
+        cache.put_attr(CELL, attr(D, ObjectKind::Directory, ObjectId::ROOT)).unwrap();
+        cache.put_attr(CELL, attr(SUB, ObjectKind::Directory, D)).unwrap();
+        cache.put_attr(CELL, attr(F, ObjectKind::File, D)).unwrap();
+        cache.put_listing(g(ObjectId::ROOT), vec![entry("d", D, ObjectKind::Directory)]).unwrap();
+        cache
+            .put_listing(g(D), vec![entry("sub", SUB, ObjectKind::Directory), entry("f", F, ObjectKind::File)])
+            .unwrap();
+        (dir, cache)
+    }
+
+    fn check(cache: &Cache, m: &Mutation) -> Result<Plan> {
+        rules::check(&CachedTree { cache, cell: CELL, volume: V }, m)
+    }
+
+    fn rename(from: ObjectId, from_name: &str, object: ObjectId, to: ObjectId, to_name: &str) -> Mutation {
+        let (from, to) = (Fid::new(V, from), Fid::new(V, to));
+        Mutation::Rename { from, from_name: name(from_name), object, to, to_name: name(to_name), replaced: None }
+    }
+
+    #[test]
+    fn the_servers_refusals_offline() {
+        let (_d, cache) = cache();
+        let err = check(&cache, &rename(ObjectId::ROOT, "d", D, SUB, "x")).unwrap_err();
+        assert_eq!(err.to_errno(), libc::EINVAL, "{err}");
+        let rmdir = Mutation::RemoveDir { parent: Fid::root(V), name: name("d"), object: D };
+        let err = check(&cache, &rmdir).unwrap_err();
+        assert!(matches!(err, VenusError::Remote(RemoteError::Conflict(ConflictKind::DirectoryNotEmpty))), "{err}");
+        assert_eq!(err.to_errno(), libc::ENOTEMPTY);
+        let err = check(&cache, &rename(D, "f", F, D, "sub")).unwrap_err();
+        assert_eq!(err.to_errno(), libc::EEXIST, "{err}");
+    }
+
+    #[test]
+    fn what_the_cache_does_not_hold_it_cannot_vouch_for() {
+        let (_d, cache) = cache();
+        // `sub`'s listing is not cached: whether it is empty is unknown.
+        let rmdir = Mutation::RemoveDir { parent: Fid::new(V, D), name: name("sub"), object: SUB };
+        assert!(matches!(check(&cache, &rmdir), Err(VenusError::NotCached)));
+        let gone = Mutation::SetAttr {
+            fid: Fid::new(V, ObjectId(0x9_9999)),
+            base: Base::AfterOp(OpId(1)),
+            set: Default::default(),
+        };
+        assert!(matches!(check(&cache, &gone), Err(VenusError::NotCached)));
+    }
+
+    #[test]
+    fn what_only_the_server_knows_is_left_to_it() {
+        let (_d, cache) = cache();
+        // A base naming a logged op certifies at reintegration, not here.
+        let store = Mutation::Store {
+            fid: Fid::new(V, F),
+            base: Base::AfterOp(OpId(7)),
+            chunks: vec![],
+            mtime: Timestamp::default(),
+        };
+        check(&cache, &store).unwrap();
+        let seen = Seen { object: F, base: Base::AfterOp(OpId(7)) };
+        let plan = check(&cache, &Mutation::Remove { parent: Fid::new(V, D), name: name("f"), seen }).unwrap();
+        assert_eq!(plan.deleted, vec![F]);
+        // Above a directory the cache does not hold, the walk up ends: `/e/s` may move into
+        // `sub` with `/d` gone from the cache.
+        let (e, s) = (ObjectId(0x1_0009), ObjectId(0x1_000a));
+        cache.put_attr(CELL, attr(e, ObjectKind::Directory, ObjectId::ROOT)).unwrap();
+        cache.put_attr(CELL, attr(s, ObjectKind::Directory, e)).unwrap();
+        cache.put_listing(GFid::new(CELL, Fid::new(V, e)), vec![entry("s", s, ObjectKind::Directory)]).unwrap();
+        cache.put_listing(GFid::new(CELL, Fid::new(V, SUB)), vec![]).unwrap();
+        cache.remove(&GFid::new(CELL, Fid::new(V, D))).unwrap();
+        check(&cache, &rename(e, "s", s, SUB, "s")).unwrap();
     }
 }
