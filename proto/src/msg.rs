@@ -16,7 +16,8 @@ use crate::version::VolumeStamp;
 ///
 /// 2: every request travels in a [`Call`] with the caller's token; replies that carry attributes
 /// also carry the caller's access rights.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `ValidateAttrs` answers a current version with the attributes (`AttrCheck::Current`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The frame a client sends to open every RPC: who is asking, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +322,7 @@ pub enum Request {
 /// What `ValidateAttrs` says of one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttrCheck {
-    /// The client's version is current.
+    /// The client's version is current. (Protocol 2; servers now answer `Current`.)
     Same {
         access: Access,
     },
@@ -332,6 +333,12 @@ pub enum AttrCheck {
     Gone,
     /// The caller may not look it up any more.
     Denied,
+    /// The client's version is current, and these are the attributes: what changes names but
+    /// not the object (its link count, its directory, its ctime) moves without a new version.
+    Current {
+        attr: Attr,
+        access: Access,
+    },
 }
 
 /// Append-only (see module docs).

@@ -326,6 +326,27 @@ pub fn stamp(version: &mut VersionVector, last_op: &mut Option<OpId>, op: OpId, 
     *last_op = Some(op);
 }
 
+/// The existing objects whose version a mutation moves on when it applies, known from the
+/// mutation alone: what [`check`] stamps, but for the object a creation makes (it starts at its
+/// first version). Not the object a rename moves or a link names: their versions stay. A client
+/// holding one of these at version `v` sees `v` [directly followed](VersionVector::directly_follows)
+/// if its change was the only one; any other object whose version moved was changed by someone
+/// else. (A rename that does nothing stamps nothing: a client finding no move treats it as
+/// someone else's change, which only costs a refetch.)
+pub fn restamped(m: &Mutation) -> [Option<ObjectId>; 2] {
+    match m {
+        Mutation::Store { fid, .. } | Mutation::SetAttr { fid, .. } => [Some(fid.object), None],
+        Mutation::Create { parent, .. }
+        | Mutation::MakeDir { parent, .. }
+        | Mutation::Symlink { parent, .. }
+        | Mutation::MakeMountPoint { parent, .. }
+        | Mutation::Link { parent, .. }
+        | Mutation::Remove { parent, .. }
+        | Mutation::RemoveDir { parent, .. } => [Some(parent.object), None],
+        Mutation::Rename { from, to, .. } => [Some(from.object), (to != from).then_some(to.object)],
+    }
+}
+
 /// What a SetAttr changes, field by field.
 pub fn set_attrs(set: &SetAttrs, mode: &mut u32, owner: &mut u32, group: &mut u32, mtime: &mut Timestamp) {
     if let Some(m) = set.mode {

@@ -287,6 +287,7 @@ pub fn responses() -> Vec<Response> {
                 AttrCheck::Changed { attr: attr(), access },
                 AttrCheck::Gone,
                 AttrCheck::Denied,
+                AttrCheck::Current { attr: attr(), access },
             ],
             promise,
         },

@@ -29,16 +29,35 @@ const CELL: &str = "fake.test";
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Dir(BTreeMap<String, Node>),
-    File(Vec<u8>),
+    /// A file, by identity: hard links are two names of one.
+    File(u64),
+    Symlink(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct File {
+    data: Vec<u8>,
+    mode: u32,
+}
+
+/// What a client shows of a tree, and what the model says it must show.
+#[derive(Debug, Clone, PartialEq)]
+enum View {
+    Dir(BTreeMap<String, View>),
+    File { data: Vec<u8>, mode: u32, nlink: u32 },
+    Symlink(String),
 }
 
 /// A path below the cell's root, as names.
 type Path = Vec<String>;
 
-/// The tree both clients must show, and the errors POSIX gives.
+/// The tree both clients must show, and the errors POSIX (and AFS: all names of a file in one
+/// directory) give.
 #[derive(Debug, Clone, PartialEq)]
 struct Model {
     root: Node,
+    files: BTreeMap<u64, File>,
+    next: u64,
 }
 
 fn split(path: &[String]) -> (&[String], &str) {
@@ -49,51 +68,119 @@ fn split(path: &[String]) -> (&[String], &str) {
 impl Model {
     fn new() -> Model {
         let area = || Node::Dir(BTreeMap::new());
-        Model { root: Node::Dir(BTreeMap::from([("a".into(), area()), ("b".into(), area())])) }
+        let root = Node::Dir(BTreeMap::from([("a".into(), area()), ("b".into(), area())]));
+        Model { root, files: BTreeMap::new(), next: 1 }
     }
 
     fn get(&self, path: &[String]) -> Option<&Node> {
         path.iter().try_fold(&self.root, |n, name| match n {
             Node::Dir(m) => m.get(name),
-            Node::File(_) => None,
+            _ => None,
         })
     }
 
-    /// The directory `path` names, or the errno of looking it up.
+    /// The directory `path` names, or the errno of walking to it.
     fn dir_mut(&mut self, path: &[String]) -> Result<&mut BTreeMap<String, Node>, i32> {
         let mut at = &mut self.root;
         for name in path {
             at = match at {
                 Node::Dir(m) => m.get_mut(name).ok_or(libc::ENOENT)?,
-                Node::File(_) => return Err(libc::ENOTDIR),
+                _ => return Err(libc::ENOTDIR),
             };
         }
         match at {
             Node::Dir(m) => Ok(m),
-            Node::File(_) => Err(libc::ENOTDIR),
+            _ => Err(libc::ENOTDIR),
         }
+    }
+
+    fn names_of(&self, id: u64) -> u32 {
+        fn count(n: &Node, id: u64) -> u32 {
+            match n {
+                Node::Dir(m) => m.values().map(|c| count(c, id)).sum(),
+                Node::File(f) => u32::from(*f == id),
+                Node::Symlink(_) => 0,
+            }
+        }
+        count(&self.root, id)
+    }
+
+    fn view(&self) -> View {
+        fn of(m: &Model, n: &Node) -> View {
+            match n {
+                Node::Dir(d) => View::Dir(d.iter().map(|(k, c)| (k.clone(), of(m, c))).collect()),
+                Node::File(id) => {
+                    let f = &m.files[id];
+                    View::File { data: f.data.clone(), mode: f.mode, nlink: m.names_of(*id) }
+                }
+                Node::Symlink(t) => View::Symlink(t.clone()),
+            }
+        }
+        of(self, &self.root)
     }
 
     fn write(&mut self, path: &[String], data: &[u8]) -> Result<(), i32> {
         let (dir, name) = split(path);
-        let d = self.dir_mut(dir)?;
-        match d.get(name) {
+        let existing = self.dir_mut(dir)?.get(name).cloned();
+        match existing {
             Some(Node::Dir(_)) => Err(libc::EISDIR),
-            _ => {
-                d.insert(name.into(), Node::File(data.to_vec()));
+            Some(Node::File(id)) => {
+                self.files.entry(id).and_modify(|f| f.data = data.to_vec());
+                Ok(())
+            }
+            Some(Node::Symlink(_)) => unreachable!("writes through symlinks are not generated"),
+            None => {
+                let id = self.next;
+                self.next += 1;
+                self.files.insert(id, File { data: data.to_vec(), mode: 0o644 });
+                self.dir_mut(dir)?.insert(name.into(), Node::File(id));
                 Ok(())
             }
         }
     }
 
-    fn mkdir(&mut self, path: &[String]) -> Result<(), i32> {
+    /// A new entry (`mkdir`, `symlink`): the name must be free.
+    fn make(&mut self, path: &[String], node: Node) -> Result<(), i32> {
         let (dir, name) = split(path);
         let d = self.dir_mut(dir)?;
         if d.contains_key(name) {
             return Err(libc::EEXIST);
         }
-        d.insert(name.into(), Node::Dir(BTreeMap::new()));
+        d.insert(name.into(), node);
         Ok(())
+    }
+
+    fn link(&mut self, from: &[String], to: &[String]) -> Result<(), i32> {
+        let ((fdir, _), (tdir, tname)) = (split(from), split(to));
+        // As Linux: the source, the new name's directory, the new name, then the kinds.
+        self.dir_mut(fdir)?;
+        let source = self.get(from).cloned().ok_or(libc::ENOENT)?;
+        if self.dir_mut(tdir)?.contains_key(tname) {
+            return Err(libc::EEXIST);
+        }
+        let id = match source {
+            Node::Dir(_) => return Err(libc::EPERM),
+            Node::Symlink(_) => unreachable!("links of symlinks are not generated"),
+            Node::File(id) => id,
+        };
+        if fdir != tdir {
+            return Err(libc::EXDEV);
+        }
+        self.dir_mut(tdir)?.insert(tname.into(), Node::File(id));
+        Ok(())
+    }
+
+    fn chmod(&mut self, path: &[String], mode: u32) -> Result<(), i32> {
+        self.dir_mut(split(path).0)?;
+        match self.get(path) {
+            None => Err(libc::ENOENT),
+            Some(Node::File(id)) => {
+                let id = *id;
+                self.files.entry(id).and_modify(|f| f.mode = mode);
+                Ok(())
+            }
+            Some(_) => unreachable!("only files are changed mode"),
+        }
     }
 
     fn unlink(&mut self, path: &[String]) -> Result<(), i32> {
@@ -102,7 +189,7 @@ impl Model {
         match d.get(name) {
             None => Err(libc::ENOENT),
             Some(Node::Dir(_)) => Err(libc::EISDIR),
-            Some(Node::File(_)) => {
+            Some(_) => {
                 d.remove(name);
                 Ok(())
             }
@@ -114,12 +201,12 @@ impl Model {
         let d = self.dir_mut(dir)?;
         match d.get(name) {
             None => Err(libc::ENOENT),
-            Some(Node::File(_)) => Err(libc::ENOTDIR),
             Some(Node::Dir(m)) if !m.is_empty() => Err(libc::ENOTEMPTY),
             Some(Node::Dir(_)) => {
                 d.remove(name);
                 Ok(())
             }
+            Some(_) => Err(libc::ENOTDIR),
         }
     }
 
@@ -133,26 +220,50 @@ impl Model {
         if from == to {
             return Ok(());
         }
-        if matches!(moving, Node::Dir(_)) && to.starts_with(from) {
+        let is_dir = matches!(moving, Node::Dir(_));
+        if is_dir && to.starts_with(from) {
             return Err(libc::EINVAL);
         }
         match (&moving, self.get(to)) {
-            (Node::Dir(_), Some(Node::File(_))) => return Err(libc::ENOTDIR),
-            (Node::File(_), Some(Node::Dir(_))) => return Err(libc::EISDIR),
+            // Two names of one file: rename does nothing.
+            (Node::File(a), Some(Node::File(b))) if a == b => return Ok(()),
             (Node::Dir(_), Some(Node::Dir(m))) if !m.is_empty() => return Err(libc::ENOTEMPTY),
+            (Node::Dir(_), Some(Node::File(_) | Node::Symlink(_))) => return Err(libc::ENOTDIR),
+            (Node::File(_) | Node::Symlink(_), Some(Node::Dir(_))) => return Err(libc::EISDIR),
             _ => {}
+        }
+        if let Node::File(id) = moving
+            && fdir != tdir
+            && self.names_of(id) > 1
+        {
+            return Err(libc::EXDEV);
         }
         self.dir_mut(fdir)?.remove(fname);
         self.dir_mut(tdir)?.insert(tname.into(), moving);
         Ok(())
     }
 
-    /// The model after a reintegration: `a/` as the client that was away left it.
+    /// The model after a reintegration: `a/` as the client that was away left it (its files
+    /// with what it wrote to them; nothing in `b/` names a file of `a/`, links stay in one
+    /// directory).
     fn merged(&self, away: &Model) -> Model {
+        fn ids(n: &Node, out: &mut Vec<u64>) {
+            match n {
+                Node::Dir(m) => m.values().for_each(|c| ids(c, out)),
+                Node::File(id) => out.push(*id),
+                Node::Symlink(_) => {}
+            }
+        }
         let mut out = self.clone();
         if let (Node::Dir(root), Some(a)) = (&mut out.root, away.get(&["a".to_string()])) {
             root.insert("a".into(), a.clone());
+            let mut in_a = Vec::new();
+            ids(a, &mut in_a);
+            for id in in_a {
+                out.files.insert(id, away.files[&id].clone());
+            }
         }
+        out.next = out.next.max(away.next);
         out
     }
 }
@@ -176,6 +287,21 @@ enum Op {
     Mkdir {
         who: Who,
         path: Path,
+    },
+    Symlink {
+        who: Who,
+        path: Path,
+        target: u8,
+    },
+    Link {
+        who: Who,
+        from: Path,
+        to: Path,
+    },
+    Chmod {
+        who: Who,
+        path: Path,
+        mode: u32,
     },
     Unlink {
         who: Who,
@@ -209,7 +335,7 @@ fn who() -> impl Strategy<Value = Who> {
 fn path() -> impl Strategy<Value = Path> {
     let area = prop_oneof![Just("a"), Just("b")];
     let child = prop_oneof![Just("x"), Just("y"), Just("z")];
-    let below = proptest::option::of(prop_oneof![Just("p"), Just("q")]);
+    let below = proptest::option::of(prop_oneof![Just("p"), Just("q"), Just("s")]);
     (area, child, below).prop_map(|(a, c, b)| {
         let mut p = vec![a.to_string(), c.to_string()];
         p.extend(b.map(str::to_string));
@@ -217,10 +343,20 @@ fn path() -> impl Strategy<Value = Path> {
     })
 }
 
+/// Sizes around the edges: empty, one chunk, sent whole with its store (up to 64 KiB), and
+/// several chunks uploaded ahead of the store.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => 0usize..3000, 1 => 60_000usize..70_000, 1 => 300_000usize..400_000]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (who(), path(), any::<u8>(), 0usize..3000).prop_map(|(who, path, seed, len)| Op::Write { who, path, seed, len }),
+        6 => (who(), path(), any::<u8>(), size()).prop_map(|(who, path, seed, len)| Op::Write { who, path, seed, len }),
         4 => (who(), path()).prop_map(|(who, path)| Op::Mkdir { who, path }),
+        1 => (who(), path(), any::<u8>()).prop_map(|(who, path, target)| Op::Symlink { who, path, target }),
+        2 => (who(), path(), path()).prop_map(|(who, from, to)| Op::Link { who, from, to }),
+        1 => (who(), path(), prop_oneof![Just(0o600), Just(0o640), Just(0o755)])
+            .prop_map(|(who, path, mode)| Op::Chmod { who, path, mode }),
         2 => (who(), path()).prop_map(|(who, path)| Op::Unlink { who, path }),
         2 => (who(), path()).prop_map(|(who, path)| Op::Rmdir { who, path }),
         3 => (who(), path(), path()).prop_map(|(who, from, to)| Op::Rename { who, from, to }),
@@ -329,26 +465,30 @@ impl Client {
 
     async fn read(&self, ino: u64) -> Result<Vec<u8>, i32> {
         let (fh, _) = outcome(self.core.open(ino, libc::O_RDONLY).await)?;
-        let data = outcome(self.core.read(fh, 0, 1 << 20));
+        let data = outcome(self.core.read(fh, 0, 1 << 22));
         self.core.release(fh).await;
         data
     }
 
-    /// Everything the client shows below `ino`, as a model node.
-    fn tree(&self, ino: u64) -> futures_util::future::BoxFuture<'_, Result<Node, i32>> {
+    /// Everything the client shows below `ino`.
+    fn tree(&self, ino: u64) -> futures_util::future::BoxFuture<'_, Result<View, i32>> {
         Box::pin(async move {
             let mut out = BTreeMap::new();
             for (child, kind, name) in outcome(self.core.readdir(ino).await)? {
                 if name == "." || name == ".." {
                     continue;
                 }
-                let node = match kind {
+                let view = match kind {
                     proto::ObjectKind::Directory => self.tree(child).await?,
-                    _ => Node::File(self.read(child).await?),
+                    proto::ObjectKind::Symlink => View::Symlink(outcome(self.core.readlink(child).await)?),
+                    _ => {
+                        let st = outcome(self.core.getattr(child).await)?;
+                        View::File { data: self.read(child).await?, mode: st.mode & 0o7777, nlink: st.nlink }
+                    }
                 };
-                out.insert(name, node);
+                out.insert(name, view);
             }
-            Ok(Node::Dir(out))
+            Ok(View::Dir(out))
         })
     }
 
@@ -417,7 +557,8 @@ impl World {
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match op {
             Op::Write { who, path, seed, len } => {
-                if !self.allowed(*who, &[path]) {
+                let symlink = matches!(self.model_for(*who).get(path), Some(Node::Symlink(_)));
+                if !self.allowed(*who, &[path]) || symlink {
                     return Ok(());
                 }
                 let data = contents(*seed, *len);
@@ -435,7 +576,56 @@ impl World {
                 let got = c.run(async {
                     c.core.mkdir(c.resolve(dir).await?, name, 0o755, 0, 0).await.map_err(|e| e.to_errno())
                 });
-                let want = self.model_for(*who).mkdir(path);
+                let want = self.model_for(*who).make(path, Node::Dir(BTreeMap::new()));
+                prop_assert_eq!(got.map(|_| ()), want, "{:?}", op);
+            }
+            Op::Symlink { who, path, target } => {
+                if !self.allowed(*who, &[path]) {
+                    return Ok(());
+                }
+                let target = format!("t{target}");
+                let c = self.client(*who);
+                let (dir, name) = split(path);
+                let got = c.run(async { outcome(c.core.symlink(c.resolve(dir).await?, name, &target, 0, 0).await) });
+                let want = self.model_for(*who).make(path, Node::Symlink(target));
+                prop_assert_eq!(got.map(|_| ()), want, "{:?}", op);
+            }
+            Op::Link { who, from, to } => {
+                let symlink = matches!(self.model_for(*who).get(from), Some(Node::Symlink(_)));
+                if !self.allowed(*who, &[from, to]) || symlink {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let ((fdir, fname), (tdir, tname)) = (split(from), split(to));
+                let got = c.run(async {
+                    let source = outcome(c.core.lookup(c.resolve(fdir).await?, fname).await)?;
+                    let dir = c.resolve(tdir).await?;
+                    // As the kernel does before asking the file system.
+                    if c.core.lookup(dir, tname).await.is_ok() {
+                        return Err(libc::EEXIST);
+                    }
+                    if source.kind == proto::ObjectKind::Directory {
+                        return Err(libc::EPERM);
+                    }
+                    outcome(c.core.link(source.ino, dir, tname).await)
+                });
+                let want = self.model_for(*who).link(from, to);
+                prop_assert_eq!(got.map(|_| ()), want, "{:?}", op);
+            }
+            Op::Chmod { who, path, mode } => {
+                let file = matches!(self.model_for(*who).get(path), Some(Node::File(_)) | None);
+                if !self.allowed(*who, &[path]) || !file {
+                    return Ok(());
+                }
+                let c = self.client(*who);
+                let (dir, name) = split(path);
+                let got = c.run(async {
+                    let st = outcome(c.core.lookup(c.resolve(dir).await?, name).await)?;
+                    let caller = crate::fs::Caller { uid: 0, gid: 0, pid: std::process::id() };
+                    let req = crate::fs::SetAttrRequest { mode: Some(*mode), caller, ..Default::default() };
+                    outcome(c.core.setattr(st.ino, req).await)
+                });
+                let want = self.model_for(*who).chmod(path, *mode);
                 prop_assert_eq!(got.map(|_| ()), want, "{:?}", op);
             }
             Op::Unlink { who, path } => {
@@ -485,7 +675,10 @@ impl World {
                 } else {
                     a.core.force_disconnect(a.link.id(), None);
                 }
-                self.away = Some(self.model.clone());
+                // Files A makes while away get ids of their own.
+                let mut away = self.model.clone();
+                away.next += 1 << 32;
+                self.away = Some(away);
             }
             Op::Return => {
                 let Some(away) = self.away.take() else {
@@ -515,7 +708,7 @@ impl World {
         for (who, want) in [(Who::A, want_a), (Who::B, &self.model)] {
             let c = self.client(who);
             let got = c.run(async { c.tree(c.resolve(&[]).await?).await });
-            prop_assert_eq!(got.as_ref(), Ok(&want.root), "{:?} shows something else", who);
+            prop_assert_eq!(got, Ok(want.view()), "{:?} shows something else", who);
         }
         Ok(())
     }

@@ -319,7 +319,7 @@ impl Store {
                 out.push(if !access.caller.contains(Rights::LOOKUP) {
                     AttrCheck::Denied
                 } else if obj.attr.version.same_as(version) {
-                    AttrCheck::Same { access }
+                    AttrCheck::Current { attr: obj.attr, access }
                 } else {
                     AttrCheck::Changed { attr: obj.attr, access }
                 });

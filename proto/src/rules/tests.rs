@@ -415,6 +415,32 @@ fn rename_refusals() {
 }
 
 #[test]
+fn restamped_names_exactly_what_a_plan_stamps_of_what_existed() {
+    let t = Mem::sample();
+    let link = Mutation::Link { parent: fid(D1), name: n("h"), target: G };
+    let remove = Mutation::Remove { parent: fid(D1), name: n("f2"), seen: t.seen(F) };
+    let cases = [
+        create(D2, "x", NEW),
+        mkdir(D1, "y"),
+        link,
+        remove,
+        rename(D1, "g", G, D2, "g"),
+        rename(D1, "g", G, D1, "h"),
+        rename_over(&t, (D1, "g"), G, (D1, "l"), L),
+    ];
+    for m in cases {
+        let plan = check(&t, &m).unwrap();
+        let created = plan.created.as_ref().map(|c| c.object);
+        let mut stamped: Vec<ObjectId> =
+            plan.touched.iter().filter(|t| t.stamp && Some(t.object) != created).map(|t| t.object).collect();
+        stamped.sort();
+        let mut named: Vec<ObjectId> = restamped(&m).into_iter().flatten().collect();
+        named.sort();
+        assert_eq!(stamped, named, "{m:?}");
+    }
+}
+
+#[test]
 fn an_operation_stamps_each_object_once() {
     let t = Mem::sample();
     let plan = check(&t, &rename_over(&t, (D1, "g"), G, (D1, "l"), L)).unwrap();

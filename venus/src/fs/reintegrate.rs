@@ -293,7 +293,7 @@ impl Venus {
     /// locally.
     async fn settled(&self, cell: CellId, mutation: &Mutation, applied: &Applied) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
-        let stamped = super::write::stamped_by(mutation);
+        let stamped = proto::rules::restamped(mutation);
         for attr in &applied.attrs {
             if attr.kind == ObjectKind::Directory {
                 continue;

@@ -219,6 +219,17 @@ impl Venus {
                 }
                 Ok(false)
             }
+            AttrCheck::Current { attr: now, access } => {
+                // The same version: what is cached stays; names-only changes (a link made, the
+                // file moved) show in the attributes.
+                self.note_access(g, &now, access)?;
+                if held.is_some_and(|a| a.nlink != now.nlink || a.parent != now.parent) {
+                    self.forget_in_kernel(g);
+                }
+                self.cache.put_attr(g.cell, now)?;
+                self.promised(g, promise, ticket);
+                Ok(false)
+            }
             AttrCheck::Changed { attr: now, access } => {
                 self.note_access(g, &now, access)?;
                 if held.is_some() {

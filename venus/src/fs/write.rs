@@ -126,7 +126,7 @@ impl Venus {
         // Our change gave new versions to the objects it stamps: what we hold of those is that
         // version's, if nobody else's change came in between. Of the others (a file renamed
         // or linked) our change made no new version, so a new one is someone else's.
-        let stamped = stamped_by(&record.mutation);
+        let stamped = proto::rules::restamped(&record.mutation);
         for attr in &applied.attrs {
             batch.put_attr_with(cell, attr.clone(), stamped.contains(&Some(attr.fid.object)))?;
         }
@@ -605,22 +605,6 @@ fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
-}
-
-/// The objects whose version a mutation changes (their contents, attributes or entries), as
-/// the server stamps them: not the object a rename moves or a link names.
-pub(crate) fn stamped_by(m: &Mutation) -> [Option<ObjectId>; 2] {
-    match m {
-        Mutation::Store { fid, .. } | Mutation::SetAttr { fid, .. } => [Some(fid.object), None],
-        Mutation::Create { parent, .. }
-        | Mutation::MakeDir { parent, .. }
-        | Mutation::Symlink { parent, .. }
-        | Mutation::MakeMountPoint { parent, .. }
-        | Mutation::Link { parent, .. }
-        | Mutation::Remove { parent, .. }
-        | Mutation::RemoveDir { parent, .. } => [Some(parent.object), None],
-        Mutation::Rename { from, to, .. } => [Some(from.object), Some(to.object)],
-    }
 }
 
 /// The object a mutation creates, if any.

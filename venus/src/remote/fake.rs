@@ -540,7 +540,7 @@ impl Remote for Link {
                     Ok(attr) => {
                         s.promise(client, fid.object);
                         if attr.version.same_as(&version) {
-                            AttrCheck::Same { access: access() }
+                            AttrCheck::Current { attr, access: access() }
                         } else {
                             AttrCheck::Changed { attr, access: access() }
                         }

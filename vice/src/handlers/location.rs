@@ -57,7 +57,7 @@ pub async fn validate_attrs(
     };
     let mut promise = Promise { secs: u32::MAX };
     for (fid, r) in ids.iter().zip(&results) {
-        if matches!(r, AttrCheck::Same { .. } | AttrCheck::Changed { .. }) {
+        if matches!(r, AttrCheck::Same { .. } | AttrCheck::Current { .. } | AttrCheck::Changed { .. }) {
             let p = shared.callbacks.grant(client, *fid);
             promise.secs = promise.secs.min(p.secs);
         }
