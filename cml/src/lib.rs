@@ -75,6 +75,9 @@ pub use salvage::Salvage;
 /// The log: one SQLite database shared by every cell and volume venus knows.
 pub struct Cml {
     conn: Mutex<Connection>,
+    /// Records the server answered ([`Cml::answered`]), deleted in the next transaction of any
+    /// kind: a connected change then costs one commit (its append), not two.
+    answered: Mutex<Vec<u64>>,
 }
 
 /// One pending record.
@@ -104,7 +107,10 @@ pub struct VolumeLog {
 impl Cml {
     /// Opens (creating if needed) the log at `path`.
     pub fn open(path: &Path) -> Result<Cml, CmlError> {
-        Ok(Cml { conn: Mutex::new(schema::open(path)?) })
+        let cml = Cml { conn: Mutex::new(schema::open(path)?), answered: Mutex::new(Vec::new()) };
+        // Records that were in flight when the last venus stopped are pending like the others.
+        cml.keep_in_flight()?;
+        Ok(cml)
     }
 
     /// Opens the log at `path`; a damaged one is put aside and what can be read of it is
@@ -125,7 +131,23 @@ impl Cml {
         Ok((cml, Some(Salvage { reason, saved_as, kept, cut_short })))
     }
 
+    /// The connection, with the answered records gone: nothing reads or changes a log that
+    /// still holds them.
     fn lock(&self) -> MutexGuard<'_, Connection> {
+        let mut conn = self.raw_lock();
+        let answered = std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()));
+        if !answered.is_empty()
+            && let Err(e) = delete_all(&mut conn, &answered)
+        {
+            // Kept for the next try: until then they are replayed, which their op ids make
+            // harmless.
+            debug!(error = %e, "cml: answered records not deleted yet");
+            self.answered.lock().unwrap_or_else(|p| p.into_inner()).extend(answered);
+        }
+        conn
+    }
+
+    fn raw_lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half done (it rolls back
         // on drop), so the connection is fine to use.
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -162,6 +184,44 @@ impl Cml {
         }
         tx.commit()?;
         Ok(answer)
+    }
+
+    /// Appends a record that is being sent now, while its system call waits for the answer:
+    /// frozen, as [`Cml::append_sent`], and in the same commit as the deletion of the records
+    /// answered since the last one. Returns its seq.
+    pub fn append_in_flight(&self, cell: &str, record: Record) -> Result<u64, CmlError> {
+        let mut conn = self.raw_lock();
+        let answered = std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()));
+        let tx = conn.transaction()?;
+        for &seq in &answered {
+            rows::delete(&tx, seq)?;
+        }
+        // Not indexed: it leaves again with the answer, and only a record that stays needs
+        // what the optimiser and `base_of` look up ([`Cml::keep_in_flight`]).
+        let seq = rows::insert_as(&tx, cell, &record, Timestamp::now(), false)?;
+        tx.prepare_cached("UPDATE records SET frozen = 1 WHERE seq = ?1")?.execute(params![seq as i64])?;
+        let committed = tx.commit();
+        if committed.is_err() {
+            self.answered.lock().unwrap_or_else(|p| p.into_inner()).extend(answered);
+        }
+        committed?;
+        Ok(seq)
+    }
+
+    /// A record appended in flight stays (its answer was lost): it is indexed like any other.
+    pub fn keep_in_flight(&self) -> Result<(), CmlError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        rows::index_unindexed(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The server applied (or refused) a record appended in flight: it leaves the log with the
+    /// next transaction. Until then it is still there for a crash to replay, which its op id
+    /// makes harmless.
+    pub fn answered(&self, seq: u64) {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
     }
 
     fn append_as(&self, cell: &str, record: Record, last_name: bool) -> Result<Option<u64>, CmlError> {
@@ -287,6 +347,22 @@ impl Cml {
     pub fn sync(&self) -> Result<(), CmlError> {
         schema::sync(&self.lock())
     }
+}
+
+impl Drop for Cml {
+    fn drop(&mut self) {
+        // A clean stop leaves no answered record behind to replay.
+        drop(self.lock());
+    }
+}
+
+fn delete_all(conn: &mut Connection, seqs: &[u64]) -> Result<()> {
+    let tx = conn.transaction()?;
+    for &seq in seqs {
+        rows::delete(&tx, seq)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn entry(row: rows::Row) -> Entry {

@@ -69,6 +69,12 @@ fn seq_param(seq: u64) -> Result<i64> {
 
 /// Appends a record; returns its seq.
 pub(crate) fn insert(c: &Connection, cell: &str, record: &Record, created: Timestamp) -> Result<u64> {
+    insert_as(c, cell, record, created, true)
+}
+
+/// As [`insert`]; `indexed: false` leaves out the `touches` rows (what the optimiser and
+/// `base_of` consult), for a record in flight that leaves again at once.
+pub(crate) fn insert_as(c: &Connection, cell: &str, record: &Record, created: Timestamp, indexed: bool) -> Result<u64> {
     let m = &record.mutation;
     let volume = m.volume().0 as i64;
     c.prepare_cached(
@@ -87,8 +93,25 @@ pub(crate) fn insert(c: &Connection, cell: &str, record: &Record, created: Times
     ])?;
     let seq = c.last_insert_rowid();
     let seq = u64::try_from(seq).map_err(|_| CmlError::Corrupt(format!("negative seq {seq}")))?;
-    index(c, cell, seq, record)?;
+    if indexed {
+        index(c, cell, seq, record)?;
+    }
     Ok(seq)
+}
+
+/// Indexes the records that have no `touches` rows yet (appended in flight, see
+/// `Cml::append_in_flight`). Every record touches at least its subject.
+pub(crate) fn index_unindexed(c: &Connection) -> Result<usize> {
+    let missing: Vec<i64> = c
+        .prepare_cached("SELECT seq FROM records r WHERE NOT EXISTS (SELECT 1 FROM touches t WHERE t.seq = r.seq)")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for &seq in &missing {
+        if let Some(row) = load(c, seq as u64)? {
+            index(c, &row.cell, row.seq, &row.record)?;
+        }
+    }
+    Ok(missing.len())
 }
 
 /// Rewrites a stored record in place (same seq, same place in the order).

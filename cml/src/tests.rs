@@ -682,3 +682,48 @@ fn a_record_sent_whose_answer_was_lost_is_never_optimised_away() {
     assert_eq!(log[0], s);
     assert!(matches!(&log[1].mutation, Mutation::Remove { seen, .. } if seen.base == Base::AfterOp(s.op)));
 }
+
+#[test]
+fn an_answered_record_is_gone_for_every_reader_and_leaves_with_the_next_commit() {
+    let (dir, cml) = open();
+    let mut ops = Ops(0);
+    let sent: Vec<u64> = (0..3)
+        .map(|i| cml.append_in_flight("c", ops.create(ObjectId::ROOT, &format!("f{i}"), ObjectId(100 + i))).unwrap())
+        .collect();
+    cml.answered(sent[0]);
+    cml.answered(sent[1]);
+    // Frozen: a later removal of the file cannot optimise the record away.
+    let e = cml.first("c", V, 10).unwrap();
+    assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![sent[2]], "only the unanswered one is pending");
+    assert_eq!(cml.total_records().unwrap(), 1);
+    cml.answered(sent[2]);
+    drop(cml);
+    let cml = Cml::open(&dir.path().join("cml.db")).unwrap();
+    assert_eq!(cml.total_records().unwrap(), 0, "a clean stop deletes what was answered");
+}
+
+#[test]
+fn a_record_in_flight_that_stays_is_indexed_like_any_other() {
+    let (dir, cml) = open();
+    let mut ops = Ops(0);
+    let create = ops.create(ObjectId::ROOT, "f", ObjectId(100));
+    let store = ops.rec(Mutation::Store {
+        fid: fid(ObjectId(100)),
+        base: after(&create),
+        chunks: vec![],
+        mtime: Timestamp::default(),
+    });
+    cml.append_in_flight("c", create).unwrap();
+    cml.append_in_flight("c", store.clone()).unwrap();
+    // Its answer was lost: it stays, and later records chain on it.
+    cml.keep_in_flight().unwrap();
+    assert_eq!(cml.base_of("c", fid(ObjectId(100))).unwrap(), Some(after(&store)));
+    // Left unindexed by a venus that died: indexed when the log is opened.
+    let mkdir = ops.mkdir(ObjectId::ROOT, "d", ObjectId(200));
+    cml.append_in_flight("c", mkdir.clone()).unwrap();
+    assert_eq!(cml.base_of("c", fid(ObjectId(200))).unwrap(), None, "in flight, not indexed");
+    drop(cml);
+    let cml = Cml::open(&dir.path().join("cml.db")).unwrap();
+    assert_eq!(cml.total_records().unwrap(), 3);
+    assert_eq!(cml.base_of("c", fid(ObjectId(200))).unwrap(), Some(after(&mkdir)));
+}

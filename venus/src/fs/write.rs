@@ -91,9 +91,7 @@ impl Venus {
         // server has it: if the server goes away with it in flight, or venus dies, it is
         // replayed (its op id makes a replay of an applied record harmless).
         self.claim_log(cell, volume)?;
-        let Some(seq) = self.with_room(|| Ok(self.cml.append_sent(conn.name(), record.clone())?))? else {
-            return Err(VenusError::Protocol("the log did not keep a record".into()));
-        };
+        let seq = self.with_room(|| Ok(self.cml.append_in_flight(conn.name(), record.clone())?))?;
         let ticket = self.ticket();
         let answer = match chunks {
             None => conn.mutate(volume, record.clone()).await,
@@ -104,6 +102,7 @@ impl Venus {
         if let Err(VenusError::Unreachable(_)) = answer {
             // The server went away with the record in flight: it waits in the log for
             // reintegration; meanwhile the cache shows it done.
+            self.with_room(|| Ok(self.cml.keep_in_flight()?))?;
             self.mark_pending(cell, volume, true);
             let applied = self.apply_local(cell, &record.mutation)?;
             self.edit_listings(edits)?;
@@ -112,7 +111,7 @@ impl Venus {
         // Connected, the record's fate is decided by this answer either way: a refusal is the
         // system call's error (the data it carried stays in the container), and either way the
         // record leaves the log.
-        self.cml.remove(&[seq])?;
+        self.cml.answered(seq);
         let Mutated { result, promise } = answer?;
         let applied = result?;
         // Everything the change did to the cache, in one transaction: the volume's stamp is
