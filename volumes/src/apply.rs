@@ -321,8 +321,8 @@ impl Ctx<'_> {
                 self.require_in(*parent, Rights::ADMINISTER)?;
                 self.require_in(*parent, Rights::INSERT)
             }
-            // No right is asked of a new name for a file (venus asks for `i` before it sends one).
-            Mutation::Link { .. } => Ok(()),
+            // A new name is an insertion in the directory (the file's own: links stay there).
+            Mutation::Link { parent, .. } => self.require_in(*parent, Rights::INSERT),
             Mutation::Remove { parent, .. } | Mutation::RemoveDir { parent, .. } => {
                 self.require_in(*parent, Rights::DELETE)
             }

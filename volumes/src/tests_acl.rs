@@ -164,3 +164,19 @@ fn hard_links_stay_in_their_directory() {
     };
     assert_eq!(apply(&store, &admin, mv), Err(RemoteError::CrossDirectoryLink));
 }
+
+#[test]
+fn a_new_name_for_a_file_takes_the_insert_right() {
+    let (_d, store) = setup();
+    let admin = Caller::administrator();
+    let root = Fid::root(VOL);
+    let a = created(make(&store, &admin, root, "a", true)).fid;
+    let f = created(make(&store, &admin, a, "f", false));
+    set(&store, &admin, a, BOB, "rl", false);
+    let link = |who: &Caller| {
+        apply(&store, who, Mutation::Link { parent: a, name: Name::new("g").unwrap(), target: f.fid.object })
+    };
+    assert_eq!(link(&bob()), Err(RemoteError::PermissionDenied), "read and lookup are not enough");
+    set(&store, &admin, a, BOB, "rli", false);
+    assert!(link(&bob()).is_ok());
+}

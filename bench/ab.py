@@ -1,0 +1,47 @@
+"""A/B of two builds on the bench's MakeDir, Copy and Remove phases (2,000 files), connected and
+disconnected, a fresh cell per side and round, the rounds interleaved so drift hits both:
+
+    python3 bench/ab.py OLD_RELEASE_DIR NEW_RELEASE_DIR ROUNDS
+
+(each directory holds `vice` and `venus` release binaries, e.g. a worktree's target/release).
+Needs root and fuse3, as bench/run does."""
+import os, shutil, sys, tempfile, statistics
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench
+
+old, new, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+root = tempfile.mkdtemp(prefix="afs-ab-")
+src = os.path.join(root, "src")
+bench.make_tree(src, 100, 2000)
+results = {"old": {}, "new": {}}
+
+
+def phases(src, target):
+    """The bench's MakeDir, Copy and Remove phases (no Make)."""
+    out = {}
+    out["MakeDir"] = bench.timed(lambda: [os.makedirs(os.path.join(target, os.path.relpath(d, src)), exist_ok=True)
+                                          for d, _, _ in os.walk(src)])
+    out["Copy"] = bench.timed(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
+                                       for d, _, fs in os.walk(src) for f in fs])
+    out["Remove"] = bench.timed(lambda: shutil.rmtree(target))
+    return out
+
+
+for r in range(rounds):
+    for side, bins in (("old", old), ("new", new)):
+        cell = bench.Cell(bins, os.path.join(root, f"{side}{r}"))
+        try:
+            for setup in ("connected", "disconnected"):
+                if setup == "disconnected":
+                    cell.run_venus("disconnect")
+                t = phases(src, cell.path(f"t-{setup}"))
+                for k in ("Copy", "Remove"):
+                    results[side].setdefault((setup, k), []).append(t[k])
+            cell.run_venus("reconnect")
+        finally:
+            cell.stop()
+for setup, k in results["old"]:
+    o, n = results["old"][(setup, k)], results["new"][(setup, k)]
+    print(f"{setup:13} {k:7} old {' '.join(f'{x:.3f}' for x in o)}  new {' '.join(f'{x:.3f}' for x in n)}  "
+          f"median ratio {statistics.median(n) / statistics.median(o):.3f}")
+shutil.rmtree(root, ignore_errors=True)
