@@ -1,11 +1,11 @@
-"""A/B of two builds on the bench's MakeDir, Copy and Remove phases (2,000 files), connected and
-disconnected, a fresh cell per side and round, the rounds interleaved so drift hits both:
+"""A/B of two builds on the bench's MakeDir, Copy and Remove phases (2,000 files) and eight
+writers creating 250 files each at once, connected and disconnected, a fresh cell per side and round, the rounds interleaved so drift hits both:
 
     python3 bench/ab.py OLD_RELEASE_DIR NEW_RELEASE_DIR ROUNDS
 
 (each directory holds `vice` and `venus` release binaries, e.g. a worktree's target/release).
 Needs root and fuse3, as bench/run does."""
-import os, shutil, sys, tempfile, statistics
+import concurrent.futures, os, shutil, sys, tempfile, statistics
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench
 
@@ -24,6 +24,22 @@ def phases(src, target):
     out["Copy"] = bench.timed(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
                                        for d, _, fs in os.walk(src) for f in fs])
     out["Remove"] = bench.timed(lambda: shutil.rmtree(target))
+    # Eight writers at once, 250 new empty files each, each in a directory of its own (the
+    # kernel runs one create at a time per directory), all in one volume.
+    par = target + "-par"
+    for w in range(8):
+        os.makedirs(os.path.join(par, f"w{w}"))
+
+    def writer(w):
+        for i in range(250):
+            os.close(os.open(os.path.join(par, f"w{w}", f"{i}"), os.O_CREAT | os.O_WRONLY, 0o644))
+
+    def parallel():
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(writer, range(8)))
+
+    out["Create×8"] = bench.timed(parallel)
+    shutil.rmtree(par)
     return out
 
 
@@ -35,7 +51,7 @@ for r in range(rounds):
                 if setup == "disconnected":
                     cell.run_venus("disconnect")
                 t = phases(src, cell.path(f"t-{setup}"))
-                for k in ("Copy", "Remove"):
+                for k in ("Copy", "Remove", "Create×8"):
                     results[side].setdefault((setup, k), []).append(t[k])
             cell.run_venus("reconnect")
         finally:

@@ -731,6 +731,26 @@ impl World {
     }
 }
 
+#[test]
+fn changes_queued_behind_one_in_flight_go_to_the_server_together() {
+    let cell = FakeCell::new(CELL);
+    let a = Client::start(&cell, tempfile::tempdir().expect("a cache"));
+    let b = Client::start(&cell, tempfile::tempdir().expect("a cache"));
+    let root = a.run(a.resolve(&[])).expect("the cell's root");
+    cell.set_latency(Duration::from_millis(50));
+    let before = cell.change_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let names: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+    let made = a.run(futures_util::future::join_all(names.iter().map(|n| a.core.mkdir(root, n, 0o755, 0, 0))));
+    assert!(made.iter().all(|r| r.is_ok()), "{made:?}");
+    let requests = cell.change_requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // The first goes alone; the 19 that queued behind it go in one request.
+    assert_eq!(requests, 2, "20 changes at once took {requests} requests");
+    cell.set_latency(Duration::ZERO);
+    let listed = b.run(async { outcome(b.core.readdir(b.resolve(&[]).await?).await) }).expect("B lists the root");
+    let dirs = listed.iter().filter(|(_, _, n)| names.contains(n)).count();
+    assert_eq!(dirs, 20, "every change is on the server");
+}
+
 fn cases() -> u32 {
     std::env::var("VENUS_REFTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500)
 }

@@ -52,6 +52,13 @@ pub struct Mutated {
     pub promise: Promise,
 }
 
+/// One result per record sent, in order; `promise` covers every object they touched.
+#[derive(Debug, Clone)]
+pub struct Reintegrated {
+    pub results: Vec<RecordResult>,
+    pub promise: Promise,
+}
+
 /// A directory's ACL, the names of the ids in it, and the caller's rights.
 #[derive(Debug, Clone)]
 pub struct AclView {
@@ -131,7 +138,7 @@ pub trait Remote: Send + Sync {
         read: ChunkSource<'a>,
     ) -> Call<'a, Mutated>;
     /// Logged records, in order: one result each.
-    fn reintegrate(&self, volume: VolumeId, records: Vec<Record>) -> Call<'_, Vec<RecordResult>>;
+    fn reintegrate(&self, volume: VolumeId, records: Vec<Record>) -> Call<'_, Reintegrated>;
     /// Which of `hashes` the volume's server lacks (indices into `hashes`).
     fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Call<'_, Vec<u32>>;
     /// Sends chunks' bytes; returns how many were stored.

@@ -20,6 +20,7 @@ mod paths;
 mod promises;
 mod read;
 mod reintegrate;
+mod sender;
 pub mod status;
 mod store;
 
@@ -78,6 +79,8 @@ pub struct Venus {
     /// Forced disconnections, volumes with logged changes (see `modes.rs`).
     links: modes::Links,
     handles: handles::Handles,
+    /// Each volume's queue of changes on their way to the server.
+    senders: sender::Senders,
     /// One fetch per object at a time.
     fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
     /// Where invalidations for the kernel are queued (never delivered on the caller's thread).
@@ -211,6 +214,7 @@ impl Venus {
                 promises: promises::Promises::default(),
                 links: modes::Links::new(pending),
                 handles: handles::Handles::default(),
+                senders: sender::Senders::default(),
                 fetching: Mutex::new(HashMap::new()),
                 kernel: crate::kernel::Invalidator::default(),
                 started: Timestamp::now(),

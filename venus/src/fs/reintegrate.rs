@@ -144,7 +144,7 @@ impl Venus {
             if entries.is_empty() {
                 continue;
             }
-            let results = conn.reintegrate(volume, records.clone()).await?;
+            let results = conn.reintegrate(volume, records.clone()).await?.results;
             let mut retry = false;
             for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
                 match result {

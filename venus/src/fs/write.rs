@@ -90,15 +90,15 @@ impl Venus {
         // apply would then conflict with it). The log is where the change lives until the
         // server has it: if the server goes away with it in flight, or venus dies, it is
         // replayed (its op id makes a replay of an applied record harmless).
+        // It leaves with the volume's other changes in log order (`sender.rs`).
         self.claim_log(cell, volume)?;
-        let seq = self.with_room(|| Ok(self.cml.append_in_flight(conn.name(), record.clone())?))?;
+        let mut seq = 0;
         let ticket = self.ticket();
-        let answer = match chunks {
-            None => conn.mutate(volume, record.clone()).await,
-            Some((chunks, mut read)) => {
-                conn.mutate_with_chunks(volume, chunks, record.clone(), Box::new(move |i| read.read(i))).await
-            }
+        let log = |r: &Record| {
+            seq = self.with_room(|| Ok(self.cml.append_in_flight(conn.name(), r.clone())?))?;
+            Ok(())
         };
+        let answer = self.senders.send(conn.as_ref(), volume, record.clone(), chunks, log).await;
         if let Err(VenusError::Unreachable(_)) = answer {
             // The server went away with the record in flight: it waits in the log for
             // reintegration; meanwhile the cache shows it done.

@@ -4,13 +4,15 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use proto::msg::VolumeValidation;
-use proto::{ChunkHash, ChunkRef, Fid, Record, RecordResult, Request, Response, Rights, ServerId};
+use proto::{ChunkHash, ChunkRef, Fid, Record, Request, Response, Rights, ServerId};
 use proto::{Token, VersionVector, VolumeId, VolumeStamp};
 
 use super::CellConn;
 use crate::error::{Result, VenusError};
 use crate::ids::CellId;
-use crate::remote::{AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Remote, Status};
+use crate::remote::{
+    AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Reintegrated, Remote, Status,
+};
 
 fn unexpected<T>(asked: &str, other: Response) -> Result<T> {
     Err(VenusError::Protocol(format!("unexpected reply to {asked}: {other:?}")))
@@ -140,11 +142,13 @@ impl Remote for CellConn {
         .boxed()
     }
 
-    fn reintegrate(&self, volume: VolumeId, records: Vec<Record>) -> Call<'_, Vec<RecordResult>> {
+    fn reintegrate(&self, volume: VolumeId, records: Vec<Record>) -> Call<'_, Reintegrated> {
         async move {
             let sent = records.len();
             match self.call(Some(volume), &Request::Reintegrate { volume, records }).await? {
-                Response::Reintegrated { results, .. } if results.len() == sent => Ok(results),
+                Response::Reintegrated { results, promise } if results.len() == sent => {
+                    Ok(Reintegrated { results, promise })
+                }
                 Response::Reintegrated { .. } => {
                     Err(VenusError::Protocol("Reintegrate answered a different number of records".into()))
                 }

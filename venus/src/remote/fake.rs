@@ -17,7 +17,7 @@ use proto::{Access, Applied, Attr, ChunkHash, ChunkRef, ClientId, DirEntry, Fid,
 use proto::{ObjectKind, OpId, Record, RecordResult, RemoteError, Rights, ServerId, Timestamp, Token};
 use proto::{VersionVector, VolumeId, VolumeStamp};
 
-use super::{AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Remote, Status};
+use super::{AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Reintegrated, Remote, Status};
 use crate::error::{Result, VenusError};
 use crate::ids::CellId;
 use crate::net::{Context, Events};
@@ -67,6 +67,10 @@ pub struct FakeCell {
     state: Mutex<State>,
     /// Requests answered, by every client.
     pub calls: AtomicU64,
+    /// Requests that carried changes (`Mutate`, `PutChunksAndMutate`, `Reintegrate`).
+    pub change_requests: AtomicU64,
+    /// How long a request carrying changes waits before it is answered (a slow link).
+    latency_ms: AtomicU64,
 }
 
 /// One client's way to the cell.
@@ -100,11 +104,22 @@ impl FakeCell {
         state
             .objects
             .insert(ObjectId::ROOT, Obj { attr: root, entries: BTreeMap::new(), chunks: vec![], last_op: None });
-        Arc::new(FakeCell { name: name.to_string(), state: Mutex::new(state), calls: AtomicU64::new(0) })
+        Arc::new(FakeCell {
+            name: name.to_string(),
+            state: Mutex::new(state),
+            calls: AtomicU64::new(0),
+            change_requests: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes are answered this long after they arrive (they apply at once).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.latency_ms.store(latency.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A client's link, for `Venus::with_remotes`; breaks for the client go to `with.events`.
@@ -341,9 +356,14 @@ impl Link {
                 .collect();
             (results, breaks)
         });
+        self.cell.change_requests.fetch_add(1, Ordering::Relaxed);
+        let latency = std::time::Duration::from_millis(self.cell.latency_ms.load(Ordering::Relaxed));
         async move {
             let (results, breaks) = applied?;
             breaks.deliver().await;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             Ok(results)
         }
         .boxed()
@@ -480,9 +500,13 @@ impl Remote for Link {
         .boxed()
     }
 
-    fn reintegrate(&self, _volume: VolumeId, records: Vec<Record>) -> Call<'_, Vec<RecordResult>> {
+    fn reintegrate(&self, _volume: VolumeId, records: Vec<Record>) -> Call<'_, Reintegrated> {
         let applied = self.apply_all(records);
-        async move { Ok(applied.await?.into_iter().map(|(r, _)| r).collect()) }.boxed()
+        async move {
+            let results = applied.await?.into_iter().map(|(r, _)| r).collect();
+            Ok(Reintegrated { results, promise: PROMISE })
+        }
+        .boxed()
     }
 
     fn missing_chunks(&self, _volume: VolumeId, hashes: Vec<ChunkHash>) -> Call<'_, Vec<u32>> {
