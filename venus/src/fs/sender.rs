@@ -48,12 +48,16 @@ pub(crate) struct Senders {
     queues: Mutex<HashMap<(CellId, VolumeId), Shared>>,
 }
 
-/// Hands the queue back if the sender stops early (its task dropped): the next change sends.
-struct Sending<'a>(&'a Mutex<Queue>);
+/// Hands the queue back if the sender stops early (its task dropped mid-request): the next
+/// change sends. Disarmed once the queue was found empty, which hands it back itself (another
+/// change may be sending by then).
+struct Sending<'a>(Option<&'a Mutex<Queue>>);
 
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        lock(self.0).sending = false;
+        if let Some(queue) = self.0 {
+            lock(queue).sending = false;
+        }
     }
 }
 
@@ -79,11 +83,12 @@ impl Senders {
             !std::mem::replace(&mut q.sending, true)
         };
         if lead {
-            let _sending = Sending(&queue);
+            let mut sending = Sending(Some(&queue));
             while let Some(batch) = next_batch(&queue) {
                 let uid = batch[0].uid;
                 crate::user::as_user(uid, ship(conn, volume, batch)).await;
             }
+            sending.0 = None;
         }
         answered.await.unwrap_or_else(|_| Err(VenusError::Unreachable("the change's sender stopped".into())))
     }
