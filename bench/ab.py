@@ -4,7 +4,9 @@ writers creating 250 files each at once, connected and disconnected, a fresh cel
     python3 bench/ab.py OLD_RELEASE_DIR NEW_RELEASE_DIR ROUNDS
 
 (each directory holds `vice` and `venus` release binaries, e.g. a worktree's target/release).
-Needs root and fuse3, as bench/run does."""
+Needs root and fuse3, as bench/run does. Besides seconds, each phase reports the CPU time venus
+itself used (user + system, from /proc): what the client's own work costs, which the disk's
+noise (the server's fsyncs) does not reach."""
 import concurrent.futures, os, shutil, sys, tempfile, statistics
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench
@@ -14,16 +16,32 @@ root = tempfile.mkdtemp(prefix="afs-ab-")
 src = os.path.join(root, "src")
 bench.make_tree(src, 100, 2000)
 results = {"old": {}, "new": {}}
+cpu_results = {"old": {}, "new": {}}
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def phases(src, target):
+def cpu_of(pid):
+    """User + system seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def measured(fn, pid):
+    """Seconds, and venus's CPU seconds, of one phase."""
+    before = cpu_of(pid)
+    t = bench.timed(fn)
+    return t, cpu_of(pid) - before
+
+
+def phases(src, target, pid):
     """The bench's MakeDir, Copy and Remove phases (no Make)."""
     out = {}
-    out["MakeDir"] = bench.timed(lambda: [os.makedirs(os.path.join(target, os.path.relpath(d, src)), exist_ok=True)
-                                          for d, _, _ in os.walk(src)])
-    out["Copy"] = bench.timed(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
-                                       for d, _, fs in os.walk(src) for f in fs])
-    out["Remove"] = bench.timed(lambda: shutil.rmtree(target))
+    out["MakeDir"] = measured(lambda: [os.makedirs(os.path.join(target, os.path.relpath(d, src)), exist_ok=True)
+                                       for d, _, _ in os.walk(src)], pid)
+    out["Copy"] = measured(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
+                                    for d, _, fs in os.walk(src) for f in fs], pid)
+    out["Remove"] = measured(lambda: shutil.rmtree(target), pid)
     # Eight writers at once, 250 new empty files each, each in a directory of its own (the
     # kernel runs one create at a time per directory), all in one volume.
     par = target + "-par"
@@ -38,7 +56,7 @@ def phases(src, target):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(writer, range(8)))
 
-    out["Create×8"] = bench.timed(parallel)
+    out["Create×8"] = measured(parallel, pid)
     shutil.rmtree(par)
     return out
 
@@ -50,9 +68,10 @@ for r in range(rounds):
             for setup in ("connected", "disconnected"):
                 if setup == "disconnected":
                     cell.run_venus("disconnect")
-                t = phases(src, cell.path(f"t-{setup}"))
+                t = phases(src, cell.path(f"t-{setup}"), cell.venus.pid)
                 for k in ("Copy", "Remove", "Create×8"):
-                    results[side].setdefault((setup, k), []).append(t[k])
+                    results[side].setdefault((setup, k), []).append(t[k][0])
+                    cpu_results[side].setdefault((setup, k), []).append(t[k][1])
             cell.run_venus("reconnect")
         finally:
             cell.stop()
@@ -60,4 +79,9 @@ for setup, k in results["old"]:
     o, n = results["old"][(setup, k)], results["new"][(setup, k)]
     print(f"{setup:13} {k:7} old {' '.join(f'{x:.3f}' for x in o)}  new {' '.join(f'{x:.3f}' for x in n)}  "
           f"median ratio {statistics.median(n) / statistics.median(o):.3f}")
+print("venus CPU seconds:")
+for setup, k in cpu_results["old"]:
+    o, n = cpu_results["old"][(setup, k)], cpu_results["new"][(setup, k)]
+    print(f"{setup:13} {k:7} old {' '.join(f'{x:.2f}' for x in o)}  new {' '.join(f'{x:.2f}' for x in n)}  "
+          f"median ratio {statistics.median(n) / max(statistics.median(o), 1e-9):.3f}")
 shutil.rmtree(root, ignore_errors=True)

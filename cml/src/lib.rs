@@ -44,6 +44,7 @@
 //!   the same file): the server does not stamp the directories for them, the log assumes it does.
 
 mod error;
+mod in_flight;
 mod optimise;
 mod plan;
 mod rebase;
@@ -187,19 +188,18 @@ impl Cml {
     }
 
     /// Appends a record that is being sent now, while its system call waits for the answer:
-    /// frozen, as [`Cml::append_sent`], and in the same commit as the deletion of the records
-    /// answered since the last one. Returns its seq.
+    /// it goes where records in flight wait (`in_flight`: one unindexed row, one page per
+    /// commit), in the same commit as the deletion of the records answered since the last one.
+    /// Until it is answered or kept, no reader of pending records sees it, and nothing
+    /// optimises it away. Returns its seq.
     pub fn append_in_flight(&self, cell: &str, record: Record) -> Result<u64, CmlError> {
         let mut conn = self.raw_lock();
         let answered = std::mem::take(&mut *self.answered.lock().unwrap_or_else(|p| p.into_inner()));
         let tx = conn.transaction()?;
         for &seq in &answered {
-            rows::delete(&tx, seq)?;
+            in_flight::delete(&tx, seq)?;
         }
-        // Not indexed: it leaves again with the answer, and only a record that stays needs
-        // what the optimiser and `base_of` look up ([`Cml::keep_in_flight`]).
-        let seq = rows::insert_as(&tx, cell, &record, Timestamp::now(), false)?;
-        tx.prepare_cached("UPDATE records SET frozen = 1 WHERE seq = ?1")?.execute(params![seq as i64])?;
+        let seq = in_flight::insert(&tx, cell, &record, Timestamp::now())?;
         let committed = tx.commit();
         if committed.is_err() {
             self.answered.lock().unwrap_or_else(|p| p.into_inner()).extend(answered);
@@ -208,11 +208,12 @@ impl Cml {
         Ok(seq)
     }
 
-    /// A record appended in flight stays (its answer was lost): it is indexed like any other.
+    /// The records in flight stay (an answer was lost): they become pending records, frozen,
+    /// in their place in the log's order.
     pub fn keep_in_flight(&self) -> Result<(), CmlError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        rows::index_unindexed(&tx)?;
+        in_flight::keep_all(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -359,7 +360,7 @@ impl Drop for Cml {
 fn delete_all(conn: &mut Connection, seqs: &[u64]) -> Result<()> {
     let tx = conn.transaction()?;
     for &seq in seqs {
-        rows::delete(&tx, seq)?;
+        in_flight::delete(&tx, seq)?;
     }
     tx.commit()?;
     Ok(())

@@ -52,7 +52,7 @@ pub(crate) fn query(c: &Connection, sql: &str, params: impl rusqlite::Params) ->
     raw.into_iter().map(decode).collect()
 }
 
-fn encode(record: &Record) -> Result<Vec<u8>> {
+pub(crate) fn encode(record: &Record) -> Result<Vec<u8>> {
     postcard::to_stdvec(record).map_err(|e| CmlError::Corrupt(format!("encoding a record: {e}")))
 }
 
@@ -63,44 +63,65 @@ fn bytes_of(m: &Mutation) -> i64 {
     }
 }
 
-fn seq_param(seq: u64) -> Result<i64> {
+pub(crate) fn seq_param(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| CmlError::Corrupt(format!("seq {seq} out of range")))
 }
 
 /// Appends a record; returns its seq.
 pub(crate) fn insert(c: &Connection, cell: &str, record: &Record, created: Timestamp) -> Result<u64> {
-    insert_as(c, cell, record, created, true)
+    let seq = next_seq(c)?;
+    insert_at(c, seq, cell, record, created, false)?;
+    Ok(seq)
 }
 
-/// As [`insert`]; `indexed: false` leaves out the `touches` rows (what the optimiser and
-/// `base_of` consult), for a record in flight that leaves again at once.
-pub(crate) fn insert_as(c: &Connection, cell: &str, record: &Record, created: Timestamp, indexed: bool) -> Result<u64> {
+/// The seq the next record gets, in `records` or in flight: after every seq either table
+/// has held (`records` is AUTOINCREMENT, so its counter remembers deleted ones) and every record
+/// in flight now. Every write to the log holds its one connection, so two callers never get
+/// the same seq.
+pub(crate) fn next_seq(c: &Connection) -> Result<u64> {
+    let last: i64 = c
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'records'), 0),
+                        COALESCE((SELECT MAX(seq) FROM in_flight), 0))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let last = u64::try_from(last).map_err(|_| CmlError::Corrupt(format!("negative seq {last}")))?;
+    Ok(last + 1)
+}
+
+/// Stores a record under `seq` (a new one from [`next_seq`], or the seq it had in flight),
+/// indexed; `frozen` for one that may already be on the server.
+pub(crate) fn insert_at(
+    c: &Connection,
+    seq: u64,
+    cell: &str,
+    record: &Record,
+    created: Timestamp,
+    frozen: bool,
+) -> Result<()> {
     let m = &record.mutation;
     let volume = m.volume().0 as i64;
     c.prepare_cached(
-        "INSERT INTO records (cell, volume, kind, object, op, bytes, created, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO records (seq, cell, volume, kind, object, op, frozen, bytes, created, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
+        seq_param(seq)?,
         cell,
         volume,
         touch::kind(m) as i64,
         &object_bytes(touch::subject(m))[..],
         &op_bytes(record.op)[..],
+        frozen,
         bytes_of(m),
         created.as_nanos(),
         encode(record)?,
     ])?;
-    let seq = c.last_insert_rowid();
-    let seq = u64::try_from(seq).map_err(|_| CmlError::Corrupt(format!("negative seq {seq}")))?;
-    if indexed {
-        index(c, cell, seq, record)?;
-    }
-    Ok(seq)
+    index(c, cell, seq, record)
 }
 
-/// Indexes the records that have no `touches` rows yet (appended in flight, see
-/// `Cml::append_in_flight`). Every record touches at least its subject.
+/// Indexes the records that have no `touches` rows yet: records a venus of log version 1 left
+/// in flight (it kept them in `records`, unindexed). Every record touches at least its subject.
 pub(crate) fn index_unindexed(c: &Connection) -> Result<usize> {
     let missing: Vec<i64> = c
         .prepare_cached("SELECT seq FROM records r WHERE NOT EXISTS (SELECT 1 FROM touches t WHERE t.seq = r.seq)")?

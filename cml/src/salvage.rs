@@ -60,14 +60,19 @@ pub(crate) fn read_back(path: &Path) -> (Vec<(String, Record)>, bool) {
         return (Vec::new(), true);
     };
     let mut out = Vec::new();
-    let Ok(mut stmt) = conn.prepare("SELECT cell, record FROM records ORDER BY seq") else {
+    // Records in flight when the log was damaged are read back in their place too (a log of
+    // version 1 has no such table).
+    let both = "SELECT seq, cell, record FROM records UNION ALL SELECT seq, cell, record FROM in_flight ORDER BY seq";
+    let Ok(mut stmt) =
+        conn.prepare(both).or_else(|_| conn.prepare("SELECT seq, cell, record FROM records ORDER BY seq"))
+    else {
         return (out, true);
     };
     let Ok(mut rows) = stmt.query([]) else { return (out, true) };
     loop {
         match rows.next() {
             Ok(Some(row)) => {
-                let (Ok(cell), Ok(blob)) = (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)) else { continue };
+                let (Ok(cell), Ok(blob)) = (row.get::<_, String>(1), row.get::<_, Vec<u8>>(2)) else { continue };
                 if let Ok(record) = postcard::from_bytes::<Record>(&blob) {
                     out.push((cell, record));
                 }

@@ -14,7 +14,8 @@ use rusqlite::Connection;
 
 use crate::error::{Result, corrupt};
 
-const VERSION: i64 = 1;
+/// 1: `records`, `touches`, `meta`. 2: `in_flight` (see `crate::in_flight`).
+const VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE records (
@@ -85,6 +86,17 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         0 => {
             let tx = conn.transaction()?;
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(crate::in_flight::SCHEMA)?;
+            tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
+            tx.commit()?;
+            Ok(())
+        }
+        1 => {
+            // Version 1 kept records in flight in `records`, unindexed: a venus that died
+            // left them there, so they are indexed as the pending records they now are.
+            let tx = conn.transaction()?;
+            tx.execute_batch(crate::in_flight::SCHEMA)?;
+            crate::rows::index_unindexed(&tx)?;
             tx.execute_batch(&format!("PRAGMA user_version={VERSION}"))?;
             tx.commit()?;
             Ok(())

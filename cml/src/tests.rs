@@ -684,22 +684,72 @@ fn a_record_sent_whose_answer_was_lost_is_never_optimised_away() {
 }
 
 #[test]
-fn an_answered_record_is_gone_for_every_reader_and_leaves_with_the_next_commit() {
+fn a_record_in_flight_is_no_readers_until_it_stays_and_an_answered_one_leaves_with_the_next_commit() {
     let (dir, cml) = open();
     let mut ops = Ops(0);
     let sent: Vec<u64> = (0..3)
         .map(|i| cml.append_in_flight("c", ops.create(ObjectId::ROOT, &format!("f{i}"), ObjectId(100 + i))).unwrap())
         .collect();
+    assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
     cml.answered(sent[0]);
     cml.answered(sent[1]);
-    // Frozen: a later removal of the file cannot optimise the record away.
-    let e = cml.first("c", V, 10).unwrap();
-    assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![sent[2]], "only the unanswered one is pending");
-    assert_eq!(cml.total_records().unwrap(), 1);
-    cml.answered(sent[2]);
+    // On its way, a record is its system call's: reintegration does not see it.
+    assert!(cml.first("c", V, 10).unwrap().is_empty());
+    assert_eq!(cml.total_records().unwrap(), 0);
+    // venus dies with the third unanswered: it is pending when the log is opened again,
+    // frozen (it may be on the server), and the answered ones are gone.
     drop(cml);
     let cml = Cml::open(&dir.path().join("cml.db")).unwrap();
-    assert_eq!(cml.total_records().unwrap(), 0, "a clean stop deletes what was answered");
+    let e = cml.first("c", V, 10).unwrap();
+    assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![sent[2]]);
+    cml.append("c", ops.remove(ObjectId::ROOT, "f2", ObjectId(102), Base::AfterOp(e[0].record.op))).unwrap();
+    assert_eq!(cml.total_records().unwrap(), 2, "frozen: a later removal cannot optimise it away");
+}
+
+#[test]
+fn records_kept_from_flight_keep_their_place_before_later_ones_and_leave_when_answered_late() {
+    let (_dir, cml) = open();
+    let mut ops = Ops(0);
+    let a = ops.create(ObjectId::ROOT, "a", ObjectId(100));
+    let b = ops.create(ObjectId::ROOT, "b", ObjectId(101));
+    let c = ops.mkdir(ObjectId::ROOT, "c", ObjectId(102));
+    let sa = cml.append_in_flight("c", a.clone()).unwrap();
+    let sb = cml.append_in_flight("c", b.clone()).unwrap();
+    // Logged offline (a forced disconnection) while both are on their way.
+    let sc = cml.append("c", c.clone()).unwrap().unwrap();
+    assert!(sa < sb && sb < sc, "{sa} {sb} {sc}");
+    // One answer was lost: both in flight stay, before the offline one.
+    cml.keep_in_flight().unwrap();
+    let pending: Vec<Record> = cml.pending("c", V).unwrap().into_iter().map(|e| e.record).collect();
+    assert_eq!(pending, vec![a, b.clone(), c.clone()]);
+    // The other's answer came after all: it leaves from where it was moved.
+    cml.answered(sa);
+    let pending: Vec<Record> = cml.pending("c", V).unwrap().into_iter().map(|e| e.record).collect();
+    assert_eq!(pending, vec![b, c]);
+    // Seqs are never handed out twice, whichever table they were in.
+    let sd = cml.append_in_flight("c", ops.mkdir(ObjectId::ROOT, "d", ObjectId(103))).unwrap();
+    assert!(sd > sc, "{sd} {sc}");
+}
+
+#[test]
+fn a_log_of_version_1_is_upgraded_and_its_records_left_in_flight_are_indexed() {
+    let (dir, cml) = open();
+    let mut ops = Ops(0);
+    let mkdir = ops.mkdir(ObjectId::ROOT, "d", ObjectId(200));
+    cml.append("c", mkdir.clone()).unwrap();
+    drop(cml);
+    // What a venus of version 1 left when it died with the record in flight: no `touches`
+    // rows, no `in_flight` table.
+    let path = dir.path().join("cml.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DELETE FROM touches; DROP TABLE in_flight; PRAGMA user_version = 1")
+        .unwrap();
+    let cml = Cml::open(&path).unwrap();
+    assert_eq!(cml.base_of("c", fid(ObjectId(200))).unwrap(), Some(after(&mkdir)));
+    let seq = cml.append_in_flight("c", ops.mkdir(ObjectId::ROOT, "e", ObjectId(201))).unwrap();
+    cml.answered(seq);
+    assert_eq!(cml.total_records().unwrap(), 1);
 }
 
 #[test]

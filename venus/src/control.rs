@@ -221,10 +221,10 @@ async fn answer(
                 .into_iter()
                 .map(|(e, from)| serde_json::json!({ "line": hoard::format_entry(&e), "entry": e, "from": from }))
                 .collect();
-            let error = core.hoarding.profile_error.lock().map(|e| e.clone()).unwrap_or_default();
+            let error = core.hoarding.profile_error();
             ControlResponse::Ok(serde_json::json!({
                 "entries": entries,
-                "profile_dir": core.hoarding.profile_dir.display().to_string(),
+                "profile_dir": core.hoarding.profile_dir().display().to_string(),
                 "profile_error": error,
             }))
         }
@@ -236,21 +236,18 @@ async fn answer(
             // not its change was noticed yet.
             core.hoarding.reload_profiles();
             let walker = core.clone();
-            let request = core.hoarding.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let request = core.hoarding.request_walk();
             let uid = crate::user::current_uid();
             tokio::spawn(crate::user::as_user(uid, async move {
                 if let Err(e) = walker.hoard_walk().await {
                     tracing::warn!(error = %e, "hoard walk failed");
-                    if let Ok(mut p) = walker.hoarding.progress.lock() {
-                        p.running = false;
-                        p.completed = p.completed.max(request);
-                    }
+                    walker.hoarding.walk_failed(request);
                 }
             }));
             ControlResponse::Ok(serde_json::json!({ "request": request }))
         }
         ControlRequest::HoardProgress => {
-            let p = core.hoarding.progress.lock().map(|p| p.clone()).unwrap_or_default();
+            let p = core.hoarding.progress();
             json(serde_json::to_value(p).map_err(|e| e.to_string()))
         }
         ControlRequest::HoardVerify => json(serde_json::to_value(core.hoard_verify().await).map_err(|e| e.to_string())),

@@ -133,7 +133,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
 /// files by rename, so the directory is watched, not the files).
 fn watch_profiles(core: &Arc<Venus>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let dir = core.hoarding.profile_dir.clone();
+    let dir = core.hoarding.profile_dir().to_path_buf();
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the hoard profile directory");
         return None;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,22 +47,60 @@ pub struct Progress {
     pub last: Option<WalkReport>,
 }
 
-/// Hoard state held by venus.
+/// The hoard: its entries (profiles and commands), the expansions fixed at first walks, and
+/// the walks' progress. The walk itself runs in the core (`impl Venus` below), which reaches
+/// this state only through these methods.
 pub struct Hoarding {
-    pub profile_dir: PathBuf,
+    profile_dir: PathBuf,
     store: PathBuf,
     commands: Mutex<HoardDb>,
     profiles: Mutex<HoardDb>,
-    pub profile_error: Mutex<Option<String>>,
+    profile_error: Mutex<Option<String>>,
     /// Expansions of entries without `+`, fixed at their first walk.
     snapshots: Mutex<HashMap<String, Vec<PlanItem>>>,
-    pub progress: Mutex<Progress>,
+    progress: Mutex<Progress>,
     walking: tokio::sync::Mutex<()>,
-    pub last_walk: Mutex<Option<Instant>>,
+    last_walk: Mutex<Option<Instant>>,
     /// Set when something asks for a walk soon (a profile edit, a reconnection).
-    pub wanted: std::sync::atomic::AtomicBool,
+    wanted: AtomicBool,
     /// Walk requests so far; a walk covers every request made before it started.
-    pub requested: std::sync::atomic::AtomicU64,
+    requested: AtomicU64,
+}
+
+/// A walk under way: the only one (see [`Hoarding::begin_walk`]).
+pub(crate) struct Walk<'a> {
+    hoarding: &'a Hoarding,
+    _one_walk: tokio::sync::MutexGuard<'a, ()>,
+    /// The newest request this walk covers.
+    covers: u64,
+    started: Instant,
+}
+
+impl Walk<'_> {
+    pub fn planned(&self, items: usize) {
+        lock(&self.hoarding.progress).total = items as u64;
+    }
+
+    /// One more object done; `bytes` fetched by the walk so far.
+    pub fn step(&self, bytes: u64) {
+        let mut p = lock(&self.hoarding.progress);
+        p.done += 1;
+        p.bytes = bytes;
+    }
+
+    pub fn bytes(&self) -> u64 {
+        lock(&self.hoarding.progress).bytes
+    }
+
+    pub fn finish(self, mut report: WalkReport) -> WalkReport {
+        report.seconds = self.started.elapsed().as_secs_f64();
+        *lock(&self.hoarding.last_walk) = Some(Instant::now());
+        let mut p = lock(&self.hoarding.progress);
+        p.running = false;
+        p.completed = p.completed.max(self.covers);
+        p.last = Some(report.clone());
+        report
+    }
 }
 
 impl Hoarding {
@@ -79,11 +118,77 @@ impl Hoarding {
             progress: Mutex::new(Progress::default()),
             walking: tokio::sync::Mutex::new(()),
             last_walk: Mutex::new(None),
-            wanted: std::sync::atomic::AtomicBool::new(true),
-            requested: std::sync::atomic::AtomicU64::new(0),
+            wanted: AtomicBool::new(true),
+            requested: AtomicU64::new(0),
         };
         h.reload_profiles();
         h
+    }
+
+    pub fn profile_dir(&self) -> &Path {
+        &self.profile_dir
+    }
+
+    /// Why the profiles in force are not the files' (the error that kept the last edit out).
+    pub fn profile_error(&self) -> Option<String> {
+        lock(&self.profile_error).clone()
+    }
+
+    /// Asks for a walk soon (profiles changed, the servers answer again).
+    pub fn want_walk(&self) {
+        self.wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Numbers a walk request (`hoard walk`): the walk that covers it says so in
+    /// [`Progress::completed`].
+    pub fn request_walk(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// A walk for `request` failed before it finished: the request counts as answered.
+    pub fn walk_failed(&self, request: u64) {
+        let mut p = lock(&self.progress);
+        p.running = false;
+        p.completed = p.completed.max(request);
+    }
+
+    pub fn progress(&self) -> Progress {
+        lock(&self.progress).clone()
+    }
+
+    /// Whether a walk is due: asked for, or `interval` since the last one.
+    pub fn walk_due(&self, interval: std::time::Duration) -> bool {
+        self.wanted.load(Ordering::Relaxed) || lock(&self.last_walk).is_none_or(|t| t.elapsed() >= interval)
+    }
+
+    /// Starts a walk, after the one running (if any) has finished.
+    pub(crate) async fn begin_walk(&self) -> Walk<'_> {
+        let one_walk = self.walking.lock().await;
+        let covers = self.requested.load(Ordering::SeqCst);
+        self.wanted.store(false, Ordering::Relaxed);
+        let mut p = lock(&self.progress);
+        p.running = true;
+        p.done = 0;
+        p.total = 0;
+        p.bytes = 0;
+        Walk { hoarding: self, _one_walk: one_walk, covers, started: Instant::now() }
+    }
+
+    /// Why each path the last walk could not bring in was missing.
+    fn last_missing(&self) -> HashMap<String, String> {
+        lock(&self.progress).last.as_ref().map(|r| r.missing.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// An entry without `+` covers what it covered at its first walk: the first expansion is
+    /// kept, and later ones are cut down to it.
+    fn as_first_expanded(&self, entry: &str, items: &mut Vec<PlanItem>) {
+        let mut snaps = lock(&self.snapshots);
+        match snaps.get(entry) {
+            Some(first) => items.retain(|i| first.iter().any(|f| f.path == i.path)),
+            None => {
+                snaps.insert(entry.to_string(), items.clone());
+            }
+        }
     }
 
     /// Re-reads every `*.hoard` file of the profile directory. All or nothing: a profile with an
@@ -110,7 +215,7 @@ impl Hoarding {
             Ok(db) => {
                 *lock(&self.profiles) = db;
                 *lock(&self.profile_error) = None;
-                self.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.want_walk();
                 tracing::info!(files = files.len(), "hoard profiles loaded");
             }
             Err(e) => {
@@ -141,7 +246,7 @@ impl Hoarding {
         let mut db = lock(&self.commands);
         db.add(e);
         self.save(&db)?;
-        self.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.want_walk();
         Ok(())
     }
 
@@ -167,7 +272,7 @@ impl Hoarding {
         db.apply(label, &lines).map_err(|e| e.to_string())?;
         self.save(&db).map_err(|e| e.to_string())?;
         *lock(&self.commands) = db;
-        self.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.want_walk();
         Ok(n)
     }
 
@@ -250,14 +355,7 @@ impl Venus {
             unresolved.extend(plan.missing);
             let mut items = plan.items;
             if !e.future && e.depth != hoard::Depth::Entry && !cached_only {
-                // Without `+`, the entry covers what it covered at its first walk.
-                let mut snaps = lock(&self.hoarding.snapshots);
-                match snaps.get(&e.path) {
-                    Some(first) => items.retain(|i| first.iter().any(|f| f.path == i.path)),
-                    None => {
-                        snaps.insert(e.path.clone(), items.clone());
-                    }
-                }
+                self.hoarding.as_first_expanded(&e.path, &mut items);
             }
             for item in items {
                 merged
@@ -275,43 +373,26 @@ impl Venus {
 
     /// A hoard walk: fetches what the hoard covers and is missing or stale, in priority order.
     pub async fn hoard_walk(self: &Arc<Self>) -> Result<WalkReport> {
-        let _one_walk = self.hoarding.walking.lock().await;
-        let covers = self.hoarding.requested.load(std::sync::atomic::Ordering::SeqCst);
-        let started = Instant::now();
-        self.hoarding.wanted.store(false, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut p = lock(&self.hoarding.progress);
-            p.running = true;
-            p.done = 0;
-            p.total = 0;
-            p.bytes = 0;
-        }
+        let walk = self.hoarding.begin_walk().await;
         let me = self.clone();
         // Planning blocks on listings (block_in_place): run it on a worker of its own.
         let (items, truncated, entries, unresolved) =
             tokio::task::spawn(async move { me.hoard_plan(false) }).await.unwrap_or_default();
-        lock(&self.hoarding.progress).total = items.len() as u64;
+        walk.planned(items.len());
         self.cache.clear_priorities();
         let mut report = WalkReport { entries, objects: items.len(), truncated, ..WalkReport::default() };
         report.missing.extend(unresolved.into_iter().map(|p| (p, "cannot be resolved or listed".to_string())));
-        let fetched_before = self.counters.snapshot().others.get(crate::counters::BYTES_FETCHED).copied().unwrap_or(0);
+        let fetched = || self.counters.snapshot().others.get(crate::counters::BYTES_FETCHED).copied().unwrap_or(0);
+        let fetched_before = fetched();
         for item in &items {
             match self.hoard_one(item).await {
                 Ok(fetched) => report.fetched_files += u64::from(fetched),
                 Err(e) => report.missing.push((item.path.clone(), reason(&e))),
             }
-            let mut p = lock(&self.hoarding.progress);
-            p.done += 1;
-            p.bytes = self.counters.snapshot().others.get(crate::counters::BYTES_FETCHED).copied().unwrap_or(0)
-                - fetched_before;
+            walk.step(fetched() - fetched_before);
         }
-        report.fetched_bytes = lock(&self.hoarding.progress).bytes;
-        report.seconds = started.elapsed().as_secs_f64();
-        *lock(&self.hoarding.last_walk) = Some(Instant::now());
-        let mut p = lock(&self.hoarding.progress);
-        p.running = false;
-        p.completed = p.completed.max(covers);
-        p.last = Some(report.clone());
+        report.fetched_bytes = walk.bytes();
+        let report = walk.finish(report);
         tracing::info!(
             objects = report.objects,
             fetched = report.fetched_files,
@@ -324,10 +405,8 @@ impl Venus {
     /// Walks when one is due: periodically while connected, after a profile edit, after a
     /// reconnection.
     pub async fn maybe_walk(self: &Arc<Self>, interval: std::time::Duration) {
-        let wanted = self.hoarding.wanted.load(std::sync::atomic::Ordering::Relaxed);
-        let due = lock(&self.hoarding.last_walk).is_none_or(|t| t.elapsed() >= interval);
         let connected = self.cells().any(|(_, c)| !c.is_down());
-        if (wanted || due)
+        if self.hoarding.walk_due(interval)
             && connected
             && !self.hoarding.effective().is_empty()
             && let Err(e) = self.hoard_walk().await
@@ -363,11 +442,7 @@ impl Venus {
         let me = self.clone();
         let (items, truncated, entries, unresolved) =
             tokio::task::spawn(async move { me.hoard_plan(true) }).await.unwrap_or_default();
-        let last: HashMap<String, String> = lock(&self.hoarding.progress)
-            .last
-            .as_ref()
-            .map(|r| r.missing.iter().cloned().collect())
-            .unwrap_or_default();
+        let last = self.hoarding.last_missing();
         let mut report = WalkReport { entries, objects: items.len(), truncated, ..WalkReport::default() };
         report
             .missing

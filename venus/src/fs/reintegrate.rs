@@ -34,7 +34,7 @@ impl Venus {
             if conn.any_down() && !forced && conn.probe().await {
                 tracing::info!(cell = %conn.name(), "servers answer again");
                 // Refresh the hoard: things may have changed while we were away.
-                self.hoarding.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.hoarding.want_walk();
             }
         }
         if self.links.any_pending() {
