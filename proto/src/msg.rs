@@ -201,6 +201,9 @@ pub enum Request {
     PtsCreateUser {
         name: String,
         password: String,
+        /// The id to give (`pts createuser --id`: AFS ids matching the site's Unix uids), or
+        /// the next free one.
+        id: Option<PtsId>,
     },
     PtsCreateGroup {
         name: String,

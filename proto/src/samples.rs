@@ -147,7 +147,7 @@ pub fn calls() -> Vec<Call> {
         Request::Login { user: "alice".into(), password: "secret password".into(), lifetime: 60 },
         Request::FetchAcl { fid: fid() },
         Request::SetAclEntry { fid: fid(), who: "bob".into(), rights: Rights::READ | Rights::LOOKUP, negative: true },
-        Request::PtsCreateUser { name: "carol".into(), password: "carol password".into() },
+        Request::PtsCreateUser { name: "carol".into(), password: "carol password".into(), id: None },
         Request::PtsCreateGroup { name: "carol:g".into() },
         Request::PtsAddUser { user: "carol".into(), group: "carol:g".into() },
         Request::PtsRemoveUser { user: "carol".into(), group: "carol:g".into() },

@@ -174,7 +174,11 @@ fn offline_changes_wait_for_their_owners_token_and_other_users_wait_for_the_log(
     a.login(ALICE, "alice", "alice password")?;
     a.wait_reintegrated()?;
     let owner = Command::new("stat").args(["-c", "%u"]).arg(a.path("shared/by-alice")).output()?;
-    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "2", "owned by alice's id in the cell");
+    assert_eq!(
+        String::from_utf8_lossy(&owner.stdout).trim(),
+        ALICE.to_string(),
+        "owned by alice, who is uid {ALICE} here"
+    );
     ok(sh(BOB, &format!("echo bob > {s}/by-bob")));
     Ok(())
 }
@@ -315,11 +319,14 @@ async fn tokens_are_checked_and_fids_give_nothing_the_acl_does_not() -> R {
     assert!(matches!(denied_remote(r).await, RemoteError::BadToken(m) if m.contains("expired")));
 
     // Administration needs an administrator: bob's token is not one, the admin user's is.
-    let r = bob.call_ok(&Request::PtsCreateUser { name: "mallory".into(), password: "mallory pw".into() }).await;
+    let r =
+        bob.call_ok(&Request::PtsCreateUser { name: "mallory".into(), password: "mallory pw".into(), id: None }).await;
     assert_eq!(denied_remote(r).await, RemoteError::NotAdmin);
     let mut admin_user = TestClient::connect(&vice.cell_file()).await?;
     admin_user.login("admin", &vice.admin_password(), 0).await?;
-    admin_user.call_ok(&Request::PtsCreateUser { name: "carol".into(), password: "carol password".into() }).await?;
+    admin_user
+        .call_ok(&Request::PtsCreateUser { name: "carol".into(), password: "carol password".into(), id: None })
+        .await?;
     // Users change their own password only.
     let r = bob.call_ok(&Request::PtsSetPassword { user: "alice".into(), password: "stolen!!".into() }).await;
     assert_eq!(denied_remote(r).await, RemoteError::NotAdmin);
@@ -328,5 +335,99 @@ async fn tokens_are_checked_and_fids_give_nothing_the_acl_does_not() -> R {
     admin.call_ok(&Request::PtsDelete { name: "alice".into() }).await?;
     let r = alice.call_ok(&Request::FetchStatus { fid: dir }).await;
     assert!(matches!(denied_remote(r).await, RemoteError::BadToken(m) if m.contains("no longer exists")));
+    Ok(())
+}
+
+#[test]
+fn files_are_their_owners_so_git_works_on_the_mount_and_chown_is_for_administrators() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("git.test")?;
+    vice.create_user("alice", "alice password")?;
+    // bob's AFS id is his Unix uid (`pts createuser --id`): his files show as his everywhere.
+    let pw = tempfile::NamedTempFile::new()?;
+    fs::write(pw.path(), "bob password")?;
+    let made = ok(vice.pts(&[
+        "createuser",
+        "bob",
+        "--id",
+        &BOB.to_string(),
+        "--password-file",
+        &pw.path().display().to_string(),
+    ]));
+    assert!(made.contains(&format!("id {BOB}")), "{made}");
+    assert!(
+        !vice
+            .pts(&[
+                "createuser",
+                "bobby",
+                "--id",
+                &BOB.to_string(),
+                "--password-file",
+                &pw.path().display().to_string()
+            ])
+            .status
+            .success(),
+        "an id is never given twice"
+    );
+    let a = shared_mount(&vice, "git.test")?;
+    a.login(ALICE, "alice", "alice password")?;
+    let home = a.path("alice");
+    fs::create_dir(&home)?;
+    a.venus_ok(&["setacl", &home.display().to_string(), "alice", "all"]);
+    // git wants a home for its configuration: a local one, alice's.
+    let local = tempfile::tempdir()?;
+    fs::set_permissions(local.path(), fs::Permissions::from_mode(0o755))?;
+    let git_home = local.path().join("alice");
+    fs::create_dir(&git_home)?;
+    std::os::unix::fs::chown(&git_home, Some(ALICE), Some(ALICE))?;
+    let git = |script: &str| {
+        sh(
+            ALICE,
+            &format!(
+                "export HOME={} GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=alice GIT_AUTHOR_EMAIL=alice@git.test \
+                 GIT_COMMITTER_NAME=alice GIT_COMMITTER_EMAIL=alice@git.test; cd {} && {script}",
+                git_home.display(),
+                home.display()
+            ),
+        )
+    };
+
+    // What alice makes is hers, as the kernel shows it: git sees no dubious ownership.
+    ok(git("git init -q repo && cd repo && echo one > f && git add f && git commit -q -m one"));
+    let owner = ok(sh(ALICE, &format!("stat -c %u {}/repo {}/repo/f", home.display(), home.display())));
+    assert_eq!(owner.split_whitespace().collect::<Vec<_>>(), [ALICE.to_string(), ALICE.to_string()], "{owner}");
+    assert_eq!(ok(git("cd repo && git status --porcelain")), "", "a clean tree");
+    ok(git("git clone -q repo clone && cd clone && echo two >> f && git commit -q -am two"));
+    assert_eq!(ok(git("cd clone && git status --porcelain && git log --oneline | wc -l")).trim(), "2");
+    assert!(
+        ok(git("cd clone && git status")).contains("ahead of 'origin/master' by 1 commit")
+            || ok(git("cd clone && git status")).contains("ahead of 'origin/main' by 1 commit")
+    );
+
+    // chown: the owner the kernel shows is no change (cp -p, tar as the owner); anything else is
+    // for administrators, and a clear EPERM for everyone else.
+    let f = format!("{}/repo/f", home.display());
+    ok(sh(ALICE, &format!("chown {ALICE} {f}")));
+    let out = sh(ALICE, &format!("chown {BOB} {f}"));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    // Where nobody holds alice's token (another client), her files show her id in the cell.
+    let entries: serde_json::Value = serde_json::from_str(&ok(vice.pts(&["listentries", "--json"])))?;
+    let id_of = |name: &str| {
+        entries.as_array().and_then(|e| e.iter().find(|e| e["name"] == name)).and_then(|e| e["id"].as_i64())
+    };
+    let alice_id = id_of("alice").expect("alice's id");
+    assert_eq!(id_of("bob"), Some(i64::from(BOB)));
+    let b = VenusMount::start(&vice, "git.test")?;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(i64::from(fs::metadata(b.path("alice/repo/f"))?.uid()), alice_id);
+    // An administrator (root, logged in as admin) gives it to bob: his id, on both clients.
+    ok(sh(0, &format!("chown {BOB} {f}")));
+    assert_eq!(ok(sh(ALICE, &format!("stat -c %u {f}"))).trim(), BOB.to_string());
+    assert_eq!(fs::metadata(b.path("alice/repo/f"))?.uid(), BOB);
     Ok(())
 }

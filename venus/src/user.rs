@@ -146,6 +146,17 @@ impl Tokens {
         before - map.len()
     }
 
+    /// The local user holding a live token for `user` in `cell` (the lowest uid if several
+    /// do): the user whose files these are, on this machine.
+    pub fn holder_of(&self, cell: CellId, user: PtsId) -> Option<u32> {
+        let now = unix_now();
+        self.lock()
+            .iter()
+            .filter(|((c, _), t)| *c == cell && t.body.user == user && t.body.expires > now)
+            .map(|((_, uid), _)| *uid)
+            .min()
+    }
+
     /// `uid`'s live tokens, with the cell names `name_of` gives.
     pub fn list(&self, uid: u32, name_of: impl Fn(CellId) -> String) -> Vec<TokenInfo> {
         let now = unix_now();
@@ -193,6 +204,11 @@ mod tests {
         assert_eq!(as_user(1001, async { tokens.principal(cell) }).await, PtsId::ANONYMOUS, "expired");
         assert!(tokens.get(cell, 1001).is_none());
         assert_eq!(tokens.list(1000, |_| "c".into()).len(), 1);
+        assert_eq!(tokens.holder_of(cell, PtsId(4)), Some(1000), "the expired token holds nothing");
+        tokens.set(cell, 999, token(unix_now() + 100));
+        assert_eq!(tokens.holder_of(cell, PtsId(4)), Some(999), "the lowest uid of several");
+        assert_eq!(tokens.holder_of(CellId(2), PtsId(4)), None, "another cell");
+        tokens.remove(None, 999);
         assert_eq!(tokens.remove(None, 1000), 1);
         assert!(tokens.get(cell, 1000).is_none());
     }

@@ -343,7 +343,8 @@ impl Ctx<'_> {
         let changes_owner = set.owner.is_some_and(|o| o != obj.attr.owner);
         let changes_group = set.group.is_some_and(|g| g != obj.attr.group);
         if (changes_owner || changes_group) && !self.caller.is_admin() {
-            return refuse(RemoteError::PermissionDenied);
+            // EPERM, as chown(2) says for an unprivileged caller (and AFS answers).
+            return refuse(RemoteError::NotAdmin);
         }
         let dir_rights = access::access(self.c, self.caller, obj)?.caller;
         if set.mode.is_some() || set.mtime.is_some() {

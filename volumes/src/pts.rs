@@ -105,6 +105,13 @@ impl Ptdb {
     }
 
     pub fn create_user(&self, name: &str, password: &str) -> Result<PtsEntry> {
+        self.create_user_as(name, password, None)
+    }
+
+    /// Creates a user with the id given (an admin matching AFS ids to the site's Unix uids),
+    /// or the next free one. A given id must never have been used: an entry deleted since may
+    /// still be named by ACLs, and its tombstone keeps the id.
+    pub fn create_user_as(&self, name: &str, password: &str, id: Option<PtsId>) -> Result<PtsEntry> {
         validate_pts_name(name).map_err(RemoteError::Invalid)?;
         if name.contains(':') {
             return refuse(RemoteError::Invalid(format!("{name}: user names have no ':' (that makes a group)")));
@@ -114,12 +121,29 @@ impl Ptdb {
         if conn.query_row("SELECT 1 FROM entries WHERE name = ?1", params![name], |_| Ok(())).optional()?.is_some() {
             return refuse(RemoteError::Exists);
         }
-        let next: i32 = conn.query_row(
-            "SELECT COALESCE(MAX(id), 0) + 1 FROM entries WHERE id > 0 AND id < ?1",
-            params![PtsId::ANONYMOUS.0],
-            |r| r.get(0),
-        )?;
-        if next >= PtsId::ANONYMOUS.0 {
+        let next: i32 = match id {
+            Some(id) if id.0 <= 0 || id == PtsId::ANONYMOUS => {
+                return refuse(RemoteError::Invalid(format!(
+                    "{id} cannot be a user's id (users have positive ids; {} is the anonymous user)",
+                    PtsId::ANONYMOUS
+                )));
+            }
+            Some(id) => {
+                let taken: Option<String> =
+                    conn.query_row("SELECT name FROM entries WHERE id = ?1", params![id.0], |r| r.get(0)).optional()?;
+                if let Some(by) = taken {
+                    let by = if by.starts_with('#') { "a deleted entry".to_string() } else { by };
+                    return refuse(RemoteError::Invalid(format!("id {id} is taken (by {by}); ids are never reused")));
+                }
+                id.0
+            }
+            None => conn.query_row(
+                "SELECT COALESCE(MAX(id), 0) + 1 FROM entries WHERE id > 0 AND id < ?1",
+                params![PtsId::ANONYMOUS.0],
+                |r| r.get(0),
+            )?,
+        };
+        if id.is_none() && next >= PtsId::ANONYMOUS.0 {
             return refuse(RemoteError::Invalid("the protection database is full".into()));
         }
         conn.execute("INSERT INTO entries (id, name, password) VALUES (?1, ?2, ?3)", params![next, name, hash])?;
@@ -298,6 +322,14 @@ mod tests {
         assert!(db.caller(bob.id).unwrap().is_none(), "a deleted user's tokens stop working");
         assert!(db.login("bob", "battery staple").is_err());
         assert_eq!(db.create_user("dave", "password1").unwrap().id, PtsId(3), "ids are not reused");
+        // An id of the site's choosing (its Unix uid): never one in use or once used.
+        assert_eq!(db.create_user_as("erin", "password1", Some(PtsId(4101))).unwrap().id, PtsId(4101));
+        assert_eq!(db.create_user("frank", "password1").unwrap().id, PtsId(4102), "next after the highest");
+        for taken in [PtsId(4101), PtsId(2), PtsId(0), PtsId(-5), PtsId::ANONYMOUS] {
+            let e = db.create_user_as("gina", "password1", Some(taken));
+            assert!(matches!(e, Err(StoreError::Refused(RemoteError::Invalid(_)))), "{taken}: {e:?}");
+        }
+        assert!(db.login("gina", "password1").is_err(), "no half-made user");
         assert!(db.membership("alice:friends").unwrap().members.is_empty());
         assert!(db.delete("system:anyuser").is_err());
         let names: Vec<_> = db.list().unwrap().into_iter().map(|e| e.name).collect();

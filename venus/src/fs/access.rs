@@ -7,7 +7,7 @@ use proto::{Attr, Fid, ObjectId, ObjectKind, RemoteError};
 
 use super::Venus;
 use crate::error::{Result, VenusError};
-use crate::ids::GFid;
+use crate::ids::{CellId, GFid};
 
 /// The directory whose ACL governs an object: a directory's own, anything else's parent's.
 pub(crate) fn governing(g: GFid, attr: &Attr) -> GFid {
@@ -26,6 +26,22 @@ impl Venus {
     /// Who the running operation is in `g`'s cell.
     pub(crate) fn principal(&self, g: GFid) -> PtsId {
         self.tokens.principal(g.cell)
+    }
+
+    /// The uid the kernel shows for an AFS owner: the local user who holds a token for that AFS
+    /// user, so that tools comparing a file's owner with their caller (git, ssh, editors) find
+    /// their own files theirs; else the AFS id itself (a site whose AFS ids are its Unix uids
+    /// sees the same either way). The same for every caller, as the kernel caches attributes
+    /// for all of them.
+    pub(crate) fn local_owner(&self, cell: CellId, owner: u32) -> u32 {
+        let Ok(id) = i32::try_from(owner) else { return owner };
+        self.tokens.holder_of(cell, PtsId(id)).unwrap_or(owner)
+    }
+
+    /// The AFS owner that `chown` to local `uid` names: the user `uid` holds a token for, else
+    /// the number itself.
+    pub(crate) fn cell_owner(&self, cell: CellId, uid: u32) -> u32 {
+        self.tokens.get(cell, uid).map_or(uid, |t| t.body.user.as_owner())
     }
 
     /// Remembers the rights a reply reported for the current user.

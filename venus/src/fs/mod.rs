@@ -335,7 +335,7 @@ impl Venus {
             size: attr.size,
             mode: attr.mode,
             nlink: attr.nlink,
-            uid: attr.owner,
+            uid: self.local_owner(g.cell, attr.owner),
             gid: attr.group,
             mtime: attr.mtime,
             ctime: attr.ctime,

@@ -412,7 +412,10 @@ impl Venus {
                 return Err(super::access::denied());
             }
         }
-        let changes_owner = req.uid.is_some_and(|u| u != attr.owner) || req.gid.is_some_and(|g| g != attr.group);
+        // The owner as the kernel showed it is no change (`cp -p`, `tar` as the owner); another
+        // uid names the AFS user who holds a token for it, or that AFS id (administrators only).
+        let owner = req.uid.filter(|&u| u != self.local_owner(g.cell, attr.owner)).map(|u| self.cell_owner(g.cell, u));
+        let changes_owner = owner.is_some_and(|u| u != attr.owner) || req.gid.is_some_and(|g| g != attr.group);
         if changes_owner && self.emulating(g.cell, g.fid.volume) {
             // Only administrators may, and that cannot be known offline.
             return Err(VenusError::Remote(RemoteError::NotAdmin));
@@ -439,7 +442,7 @@ impl Venus {
             let keeps_sgid = privileged || attr.kind != ObjectKind::File || req.caller.in_group(attr.group);
             if keeps_sgid { m } else { m & !libc::S_ISGID }
         });
-        let set = SetAttrs { mode, owner: req.uid, group: req.gid, mtime: req.mtime };
+        let set = SetAttrs { mode, owner, group: req.gid, mtime: req.mtime };
         if !set.is_empty() {
             let attr = self.status(g).await?;
             if let Some(t) = req.mtime

@@ -155,8 +155,8 @@ async fn dispatch(
         Request::SetAclEntry { fid, who, rights, negative } => {
             acl::set_entry(shared, caller, client, fid, who, rights, negative).await
         }
-        Request::PtsCreateUser { name, password } => {
-            pts::change(shared, move |db| db.create_user(&name, &password)).await
+        Request::PtsCreateUser { name, password, id } => {
+            pts::change(shared, move |db| db.create_user_as(&name, &password, id)).await
         }
         Request::PtsCreateGroup { name } => pts::change(shared, move |db| db.create_group(&name)).await,
         Request::PtsAddUser { user, group } => {

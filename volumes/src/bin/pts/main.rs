@@ -25,6 +25,10 @@ enum Command {
         name: String,
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// The user's id (match the site's Unix uid, so files show the same owner on every
+        /// machine); the next free one if left out. Ids are never reused.
+        #[arg(long)]
+        id: Option<i32>,
     },
     /// Create a group, named owner:name.
     Creategroup { name: String },
@@ -87,9 +91,10 @@ fn show(e: &PtsEntry) {
 async fn run(cli: Cli) -> Result<()> {
     let ctx = admin::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
     match cli.command {
-        Command::Createuser { name, password_file } => {
+        Command::Createuser { name, password_file, id } => {
             let password = password(password_file.as_deref())?;
-            let e = entry(ctx.call(None, Request::PtsCreateUser { name, password }).await?)?;
+            let id = id.map(proto::PtsId);
+            let e = entry(ctx.call(None, Request::PtsCreateUser { name, password, id }).await?)?;
             println!("user {} has id {}", e.name, e.id);
         }
         Command::Creategroup { name } => {
