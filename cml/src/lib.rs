@@ -64,7 +64,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use proto::{Base, Fid, Record, Timestamp, VolumeId};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -336,6 +336,16 @@ impl Cml {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    /// Whether a volume has pending records (without freezing any, unlike [`Cml::first`]).
+    pub fn has_pending(&self, cell: &str, volume: VolumeId) -> Result<bool, CmlError> {
+        let conn = self.lock();
+        let found = conn
+            .prepare_cached("SELECT 1 FROM records WHERE cell = ?1 AND volume = ?2 LIMIT 1")?
+            .query_row(params![cell, volume.0 as i64], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
     }
 
     pub fn total_records(&self) -> Result<u64, CmlError> {

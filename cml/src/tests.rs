@@ -691,6 +691,7 @@ fn a_record_in_flight_is_no_readers_until_it_stays_and_an_answered_one_leaves_wi
         .map(|i| cml.append_in_flight("c", ops.create(ObjectId::ROOT, &format!("f{i}"), ObjectId(100 + i))).unwrap())
         .collect();
     assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
+    assert!(!cml.has_pending("c", V).unwrap(), "in flight is not pending");
     cml.answered(sent[0]);
     cml.answered(sent[1]);
     // On its way, a record is its system call's: reintegration does not see it.
@@ -700,6 +701,7 @@ fn a_record_in_flight_is_no_readers_until_it_stays_and_an_answered_one_leaves_wi
     // frozen (it may be on the server), and the answered ones are gone.
     drop(cml);
     let cml = Cml::open(&dir.path().join("cml.db")).unwrap();
+    assert!(cml.has_pending("c", V).unwrap() && !cml.has_pending("c", VolumeId(8)).unwrap());
     let e = cml.first("c", V, 10).unwrap();
     assert_eq!(e.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![sent[2]]);
     cml.append("c", ops.remove(ObjectId::ROOT, "f2", ObjectId(102), Base::AfterOp(e[0].record.op))).unwrap();

@@ -116,75 +116,86 @@ impl Venus {
         if rewound {
             tracing::warn!(cell = %name, %volume, "the volume went back in time (restored from a dump); local changes are kept as conflicts");
         }
+        // Changes made meanwhile are logged (the volume is pending) and drained by the same
+        // loop. One logged after the last look found the log empty marked the volume pending
+        // itself (logging marks after appending), and clearing the mark would strand it in
+        // the log while later changes go straight to the server: so the mark is cleared first
+        // and the log looked at once more.
         loop {
-            if !self.reachable(cell, volume) {
-                return Err(VenusError::Unreachable("the volume is disconnected".into()));
+            loop {
+                if !self.reachable(cell, volume) {
+                    return Err(VenusError::Unreachable("the volume is disconnected".into()));
+                }
+                let entries = self.cml.first(&name, volume, BATCH)?;
+                if entries.is_empty() {
+                    break;
+                }
+                let (records, refused) = self.upload_data(cell, volume, &entries).await?;
+                // A store whose data the server would not take (no space, quota) is settled as a
+                // conflict now, its data kept on this machine; the records behind it go on.
+                let refused_at =
+                    |i: usize, _: &proto::Record| refused.iter().find(|(at, _)| *at == i).map(|(_, r)| r.clone());
+                let (entries, records) = self.settle_aside(cell, entries, records, refused_at).await?;
+                // A server restored from an older dump: every store becomes a kept copy beside the
+                // server's version; the other records go on to the server.
+                let (entries, records) = if rewound {
+                    let rewound_store = |_: usize, r: &proto::Record| {
+                        matches!(r.mutation, Mutation::Store { .. })
+                            .then_some(RemoteError::Conflict(proto::ConflictKind::VolumeRewound))
+                    };
+                    self.settle_aside(cell, entries, records, rewound_store).await?
+                } else {
+                    (entries, records)
+                };
+                if entries.is_empty() {
+                    continue;
+                }
+                let results = conn.reintegrate(volume, records.clone()).await?.results;
+                let mut retry = false;
+                for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
+                    match result {
+                        Ok(applied) => {
+                            // Out of the log first: a file is clean once no record of it is left.
+                            self.cml.remove(&[entry.seq])?;
+                            self.settled(cell, &record.mutation, &applied).await?;
+                            replayed += 1;
+                            self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
+                            continue;
+                        }
+                        // Chunks swept between upload and commit: upload again (bounded).
+                        Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
+                            retry = true;
+                            continue;
+                        }
+                        Err(refusal) => match self.conflict(cell, record, refusal.clone()).await {
+                            Ok(()) => {
+                                // Later answers of this batch may have failed only because of this
+                                // one; they go again (applied ones are answered from memory).
+                                self.cml.remove(&[entry.seq])?;
+                                break;
+                            }
+                            // Retried later; the recovery's own op ids make a retry harmless.
+                            Err(e @ VenusError::Unreachable(_)) => return Err(e),
+                            Err(e) => {
+                                // The record is settled as a conflict even if keeping a copy failed:
+                                // the local data stays in the cache, and the listing says so.
+                                tracing::error!(op = %record.op, error = %e, "could not keep the local version beside the server's");
+                                self.record_failed(cell, record, &refusal, &e)?;
+                            }
+                        },
+                    }
+                    self.cml.remove(&[entry.seq])?;
+                }
+                if retry {
+                    missing_rounds += 1;
+                }
             }
-            let entries = self.cml.first(&name, volume, BATCH)?;
-            if entries.is_empty() {
+            self.mark_pending(cell, volume, false);
+            if !self.cml.has_pending(&name, volume)? {
                 break;
             }
-            let (records, refused) = self.upload_data(cell, volume, &entries).await?;
-            // A store whose data the server would not take (no space, quota) is settled as a
-            // conflict now, its data kept on this machine; the records behind it go on.
-            let refused_at =
-                |i: usize, _: &proto::Record| refused.iter().find(|(at, _)| *at == i).map(|(_, r)| r.clone());
-            let (entries, records) = self.settle_aside(cell, entries, records, refused_at).await?;
-            // A server restored from an older dump: every store becomes a kept copy beside the
-            // server's version; the other records go on to the server.
-            let (entries, records) = if rewound {
-                let rewound_store = |_: usize, r: &proto::Record| {
-                    matches!(r.mutation, Mutation::Store { .. })
-                        .then_some(RemoteError::Conflict(proto::ConflictKind::VolumeRewound))
-                };
-                self.settle_aside(cell, entries, records, rewound_store).await?
-            } else {
-                (entries, records)
-            };
-            if entries.is_empty() {
-                continue;
-            }
-            let results = conn.reintegrate(volume, records.clone()).await?.results;
-            let mut retry = false;
-            for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
-                match result {
-                    Ok(applied) => {
-                        // Out of the log first: a file is clean once no record of it is left.
-                        self.cml.remove(&[entry.seq])?;
-                        self.settled(cell, &record.mutation, &applied).await?;
-                        replayed += 1;
-                        self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
-                        continue;
-                    }
-                    // Chunks swept between upload and commit: upload again (bounded).
-                    Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
-                        retry = true;
-                        continue;
-                    }
-                    Err(refusal) => match self.conflict(cell, record, refusal.clone()).await {
-                        Ok(()) => {
-                            // Later answers of this batch may have failed only because of this
-                            // one; they go again (applied ones are answered from memory).
-                            self.cml.remove(&[entry.seq])?;
-                            break;
-                        }
-                        // Retried later; the recovery's own op ids make a retry harmless.
-                        Err(e @ VenusError::Unreachable(_)) => return Err(e),
-                        Err(e) => {
-                            // The record is settled as a conflict even if keeping a copy failed:
-                            // the local data stays in the cache, and the listing says so.
-                            tracing::error!(op = %record.op, error = %e, "could not keep the local version beside the server's");
-                            self.record_failed(cell, record, &refusal, &e)?;
-                        }
-                    },
-                }
-                self.cml.remove(&[entry.seq])?;
-            }
-            if retry {
-                missing_rounds += 1;
-            }
+            self.mark_pending(cell, volume, true);
         }
-        self.mark_pending(cell, volume, false);
         if rewound && let Some(s) = current {
             self.accept_rewind(cell, volume, s)?;
         }
