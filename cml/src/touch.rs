@@ -35,6 +35,7 @@ pub(crate) enum Kind {
     RemoveDir = 7,
     Rename = 8,
     MakeMountPoint = 9,
+    MakeNode = 10,
 }
 
 pub(crate) fn kind(m: &Mutation) -> Kind {
@@ -49,6 +50,7 @@ pub(crate) fn kind(m: &Mutation) -> Kind {
         Mutation::RemoveDir { .. } => Kind::RemoveDir,
         Mutation::Rename { .. } => Kind::Rename,
         Mutation::MakeMountPoint { .. } => Kind::MakeMountPoint,
+        Mutation::MakeNode { .. } => Kind::MakeNode,
     }
 }
 
@@ -60,6 +62,7 @@ pub(crate) fn subject(m: &Mutation) -> ObjectId {
         | Mutation::MakeDir { object, .. }
         | Mutation::Symlink { object, .. }
         | Mutation::MakeMountPoint { object, .. }
+        | Mutation::MakeNode { object, .. }
         | Mutation::RemoveDir { object, .. }
         | Mutation::Rename { object, .. } => *object,
         Mutation::Link { target, .. } => *target,
@@ -69,10 +72,7 @@ pub(crate) fn subject(m: &Mutation) -> ObjectId {
 
 /// Whether the record brings its subject into existence.
 pub(crate) fn is_creation(m: &Mutation) -> bool {
-    matches!(
-        m,
-        Mutation::Create { .. } | Mutation::MakeDir { .. } | Mutation::Symlink { .. } | Mutation::MakeMountPoint { .. }
-    )
+    m.created().is_some()
 }
 
 /// A Rename that names the same entry twice changes nothing on the server (not even stamps).
@@ -92,7 +92,8 @@ pub(crate) fn touches(m: &Mutation) -> Vec<(ObjectId, i64)> {
         Mutation::Create { parent, object, .. }
         | Mutation::MakeDir { parent, object, .. }
         | Mutation::Symlink { parent, object, .. }
-        | Mutation::MakeMountPoint { parent, object, .. } => {
+        | Mutation::MakeMountPoint { parent, object, .. }
+        | Mutation::MakeNode { parent, object, .. } => {
             add(*object, SUBJECT | STAMP);
             add(parent.object, DIR | STAMP);
         }
@@ -158,6 +159,7 @@ pub(crate) fn entries(m: &Mutation) -> Vec<(ObjectId, &Name)> {
         | Mutation::MakeDir { parent, name, .. }
         | Mutation::Symlink { parent, name, .. }
         | Mutation::MakeMountPoint { parent, name, .. }
+        | Mutation::MakeNode { parent, name, .. }
         | Mutation::Link { parent, name, .. }
         | Mutation::Remove { parent, name, .. }
         | Mutation::RemoveDir { parent, name, .. } => vec![(parent.object, name)],
@@ -171,7 +173,8 @@ pub(crate) fn location(m: &Mutation) -> Option<(Fid, &Name)> {
         Mutation::Create { parent, name, .. }
         | Mutation::MakeDir { parent, name, .. }
         | Mutation::Symlink { parent, name, .. }
-        | Mutation::MakeMountPoint { parent, name, .. } => Some((*parent, name)),
+        | Mutation::MakeMountPoint { parent, name, .. }
+        | Mutation::MakeNode { parent, name, .. } => Some((*parent, name)),
         _ => None,
     }
 }
@@ -182,7 +185,8 @@ pub(crate) fn relocate(m: &mut Mutation, to: Fid, to_name: &Name) {
         Mutation::Create { parent, name, .. }
         | Mutation::MakeDir { parent, name, .. }
         | Mutation::Symlink { parent, name, .. }
-        | Mutation::MakeMountPoint { parent, name, .. } => {
+        | Mutation::MakeMountPoint { parent, name, .. }
+        | Mutation::MakeNode { parent, name, .. } => {
             *parent = to;
             *name = to_name.clone();
         }

@@ -13,6 +13,28 @@ pub enum ObjectKind {
     Symlink,
     /// A directory entry that names another volume (`#cell:volume`); clients cross it.
     MountPoint,
+    /// A named pipe: only its name and attributes are stored; the pipe itself lives in each
+    /// client's kernel, as on NFS.
+    Fifo,
+    /// A UNIX-domain socket's name (`bind(2)`); the socket lives in the kernel that bound it.
+    Socket,
+}
+
+/// The kinds of special file a client may make (`mknod(2)`): device nodes are not among them
+/// (the mount is `nodev`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeKind {
+    Fifo,
+    Socket,
+}
+
+impl From<NodeKind> for ObjectKind {
+    fn from(k: NodeKind) -> ObjectKind {
+        match k {
+            NodeKind::Fifo => ObjectKind::Fifo,
+            NodeKind::Socket => ObjectKind::Socket,
+        }
+    }
 }
 
 /// Wall-clock time since the Unix epoch.

@@ -42,6 +42,19 @@ fn golden_bytes() {
         seen: Seen { object: ObjectId(9), base: Base::AfterOp(OpId(4)) },
     };
     assert_eq!(enc(&rm), "06020301610901".to_string() + "04");
+    // Appended in protocol 4: the eleventh mutation, and the sixth object kind.
+    let fifo = Mutation::MakeNode {
+        parent: fid,
+        name: Name::new("p").unwrap(),
+        object: ObjectId(9),
+        kind: crate::attr::NodeKind::Socket,
+        mode: 0o600,
+        owner: 1,
+        group: 2,
+        mtime: Timestamp { secs: 1, nanos: 0 },
+    };
+    assert_eq!(enc(&fifo), "0a020301700901800301020200");
+    assert_eq!(enc(&crate::attr::ObjectKind::Socket), "05");
     assert_eq!(
         enc(&Push::BreakCallbacks { fids: vec![fid], volumes: vec![VolumeId(2)] }),
         "0001020301".to_string() + "02"

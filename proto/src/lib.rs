@@ -27,7 +27,7 @@ pub mod udp;
 pub mod units;
 pub mod version;
 
-pub use attr::{Attr, DirEntry, ObjectKind, SetAttrs, Timestamp};
+pub use attr::{Attr, DirEntry, NodeKind, ObjectKind, SetAttrs, Timestamp};
 pub use auth::{Access, Acl, PtsId, Rights, Token};
 pub use chunk::{ChunkHash, ChunkRef};
 pub use error::ProtoError;

@@ -17,7 +17,9 @@ use crate::version::VolumeStamp;
 /// 2: every request travels in a [`Call`] with the caller's token; replies that carry attributes
 /// also carry the caller's access rights.
 /// 3: `ValidateAttrs` answers a current version with the attributes (`AttrCheck::Current`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: named pipes and sockets (`ObjectKind::Fifo`/`Socket`, `Mutation::MakeNode`);
+/// `GetVolumeSpace` (what `df` shows).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The frame a client sends to open every RPC: who is asking, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,6 +322,46 @@ pub enum Request {
         chunks: Vec<ChunkRef>,
         record: Record,
     },
+    /// A volume's quota and use, and the room its server has (what `df` and AFS's `fs lq`
+    /// show). Needs `l` on the volume's root directory.
+    GetVolumeSpace {
+        volume: VolumeId,
+    },
+}
+
+/// The room in a volume (`GetVolumeSpace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpace {
+    /// The volume's stamp when measured: a client knows the answer is out of date once it sees
+    /// a later one.
+    pub stamp: VolumeStamp,
+    /// Bytes of file data (logical sizes).
+    pub used: u64,
+    /// 0 means no quota.
+    pub quota: u64,
+    pub files: u64,
+    pub directories: u64,
+    /// Bytes the server will still take for new data (above its low-water mark), whatever the
+    /// quota; `None` when it could not measure.
+    pub server_free: Option<u64>,
+}
+
+impl VolumeSpace {
+    /// Bytes that may still be written: the quota's rest, bounded by the server's room.
+    pub fn free(&self) -> u64 {
+        let by_quota = (self.quota > 0).then(|| self.quota.saturating_sub(self.used));
+        match (by_quota, self.server_free) {
+            (Some(q), Some(s)) => q.min(s),
+            (Some(q), None) => q,
+            (None, Some(s)) => s,
+            (None, None) => u64::MAX / 2,
+        }
+    }
+
+    /// The size to show: the quota, or what is used plus what is free without one.
+    pub fn size(&self) -> u64 {
+        if self.quota > 0 { self.quota.max(self.used) } else { self.used.saturating_add(self.free()) }
+    }
 }
 
 /// What `ValidateAttrs` says of one object.
@@ -448,6 +490,9 @@ pub enum Response {
     },
     VolumeIdAllocated {
         id: VolumeId,
+    },
+    VolumeSpace {
+        space: VolumeSpace,
     },
 }
 
@@ -586,6 +631,7 @@ impl Request {
             Request::PutChunksAndMutate { record, .. } => {
                 m("PutChunksAndMutate", true, true, false, Some(record.mutation.volume()))
             }
+            Request::GetVolumeSpace { volume } => m("GetVolumeSpace", false, true, false, Some(*volume)),
         }
     }
 }
@@ -645,6 +691,7 @@ pub const REQUEST_NAMES: &[&str] = &[
     "RemoveVolumeHere",
     "RenameVolumeHere",
     "PutChunksAndMutate",
+    "GetVolumeSpace",
 ];
 
 /// Checks the name a volume of `kind` has in a server's store: a valid base name with the

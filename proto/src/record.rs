@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::attr::{Attr, SetAttrs, Timestamp};
+use crate::attr::{Attr, NodeKind, SetAttrs, Timestamp};
 use crate::chunk::ChunkRef;
 use crate::ids::{Fid, ObjectId, OpId, VolumeId};
 use crate::name::Name;
@@ -119,6 +119,17 @@ pub enum Mutation {
         owner: u32,
         mtime: Timestamp,
     },
+    /// A named pipe or a socket's name (`mknod(2)`, `mkfifo(3)`, `bind(2)`).
+    MakeNode {
+        parent: Fid,
+        name: Name,
+        object: ObjectId,
+        kind: NodeKind,
+        mode: u32,
+        owner: u32,
+        group: u32,
+        mtime: Timestamp,
+    },
 }
 
 impl Mutation {
@@ -132,7 +143,8 @@ impl Mutation {
             | Mutation::Link { parent, .. }
             | Mutation::Remove { parent, .. }
             | Mutation::RemoveDir { parent, .. }
-            | Mutation::MakeMountPoint { parent, .. } => parent.volume,
+            | Mutation::MakeMountPoint { parent, .. }
+            | Mutation::MakeNode { parent, .. } => parent.volume,
             Mutation::Rename { from, .. } => from.volume,
         }
     }
@@ -145,6 +157,7 @@ impl Mutation {
             | Mutation::MakeDir { parent, name, .. }
             | Mutation::Symlink { parent, name, .. }
             | Mutation::MakeMountPoint { parent, name, .. }
+            | Mutation::MakeNode { parent, name, .. }
             | Mutation::Link { parent, name, .. }
             | Mutation::Remove { parent, name, .. }
             | Mutation::RemoveDir { parent, name, .. } => Some((*parent, name)),
@@ -166,6 +179,24 @@ impl Mutation {
             Mutation::RemoveDir { .. } => "RemoveDir",
             Mutation::Rename { .. } => "Rename",
             Mutation::MakeMountPoint { .. } => "MakeMountPoint",
+            Mutation::MakeNode { .. } => "MakeNode",
+        }
+    }
+
+    /// The object a mutation creates, if it creates one.
+    pub fn created(&self) -> Option<ObjectId> {
+        match self {
+            Mutation::Create { object, .. }
+            | Mutation::MakeDir { object, .. }
+            | Mutation::Symlink { object, .. }
+            | Mutation::MakeMountPoint { object, .. }
+            | Mutation::MakeNode { object, .. } => Some(*object),
+            Mutation::Store { .. }
+            | Mutation::SetAttr { .. }
+            | Mutation::Link { .. }
+            | Mutation::Remove { .. }
+            | Mutation::RemoveDir { .. }
+            | Mutation::Rename { .. } => None,
         }
     }
 }

@@ -191,6 +191,9 @@ impl New {
             Mutation::MakeMountPoint { parent, name, object, target, owner, mtime } => {
                 (parent, name, object, ObjectKind::MountPoint, 0o755, *owner, 0, mtime, Some(target))
             }
+            Mutation::MakeNode { parent, name, object, kind, mode, owner, group, mtime } => {
+                (parent, name, object, ObjectKind::from(*kind), *mode, *owner, *group, mtime, None)
+            }
             _ => return None,
         };
         Some(New {
@@ -340,6 +343,7 @@ pub fn restamped(m: &Mutation) -> [Option<ObjectId>; 2] {
         | Mutation::MakeDir { parent, .. }
         | Mutation::Symlink { parent, .. }
         | Mutation::MakeMountPoint { parent, .. }
+        | Mutation::MakeNode { parent, .. }
         | Mutation::Link { parent, .. }
         | Mutation::Remove { parent, .. }
         | Mutation::RemoveDir { parent, .. } => [Some(parent.object), None],
@@ -406,7 +410,7 @@ pub fn locate<'m, T: Tree + ?Sized>(tree: &T, mutation: &'m Mutation) -> Result<
     let subject = match mutation {
         Mutation::Store { fid, .. } => Some(file(tree, fid.object)?),
         Mutation::SetAttr { fid, .. } => Some(object(tree, fid.object)?),
-        Mutation::Create { parent, .. } | Mutation::MakeDir { parent, .. } => {
+        Mutation::Create { parent, .. } | Mutation::MakeDir { parent, .. } | Mutation::MakeNode { parent, .. } => {
             directory(tree, parent.object)?;
             None
         }
@@ -455,7 +459,8 @@ pub fn certify<T: Tree + ?Sized>(tree: &T, located: Located<'_>) -> Result<Plan,
         Mutation::Create { .. }
         | Mutation::MakeDir { .. }
         | Mutation::Symlink { .. }
-        | Mutation::MakeMountPoint { .. } => {
+        | Mutation::MakeMountPoint { .. }
+        | Mutation::MakeNode { .. } => {
             if let Some(new) = New::of(mutation) {
                 create(tree, new, &mut plan)?;
             }
@@ -499,7 +504,9 @@ fn file<T: Tree + ?Sized>(tree: &T, id: ObjectId) -> Result<Node, T::Error> {
     match node.kind {
         ObjectKind::File => Ok(node),
         ObjectKind::Directory => Err(RemoteError::IsDirectory.into()),
-        ObjectKind::Symlink | ObjectKind::MountPoint => Err(RemoteError::Invalid("not a regular file".into()).into()),
+        ObjectKind::Symlink | ObjectKind::MountPoint | ObjectKind::Fifo | ObjectKind::Socket => {
+            Err(RemoteError::Invalid("not a regular file".into()).into())
+        }
     }
 }
 

@@ -120,6 +120,16 @@ pub fn mutations() -> Vec<Mutation> {
             owner: 0,
             mtime: t,
         },
+        Mutation::MakeNode {
+            parent,
+            name: name("p"),
+            object: ObjectId(0x10004),
+            kind: crate::attr::NodeKind::Fifo,
+            mode: 0o600,
+            owner: 0,
+            group: 0,
+            mtime: t,
+        },
     ]
 }
 

@@ -154,3 +154,121 @@ fn plain_venus_status_shows_each_volumes_state_and_why() -> R {
     a.venus_ok(&["sync"]);
     Ok(())
 }
+
+fn mknod(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mknod(2) reads nothing else.
+    if unsafe { libc::mknod(c.as_ptr(), mode, 0) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[test]
+fn fifos_and_sockets_are_shared_names_whose_pipes_live_in_each_kernel_and_device_nodes_are_eperm() -> R {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("nodes.test")?;
+    let a = VenusMount::start(&vice, "nodes.test")?;
+    let b = VenusMount::start(&vice, "nodes.test")?;
+
+    // mkfifo(3): a pipe between two processes of one client, through the name on /afs.
+    mknod(&a.path("pipe"), libc::S_IFIFO | 0o640)?;
+    let st = fs::metadata(a.path("pipe"))?;
+    assert!(st.file_type().is_fifo(), "{:?}", st.file_type());
+    assert_eq!(st.mode() & 0o7777, 0o640);
+    let writer = {
+        let path = a.path("pipe");
+        std::thread::spawn(move || fs::write(path, b"through the pipe"))
+    };
+    assert_eq!(fs::read(a.path("pipe"))?, b"through the pipe");
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    // The other client sees the name and its kind, not the bytes (those never left a's kernel).
+    let theirs = fs::metadata(b.path("pipe"))?;
+    assert!(theirs.file_type().is_fifo());
+    assert_eq!(theirs.len(), 0);
+
+    // bind(2) of a UNIX socket makes its name; connect(2) through it reaches the listener.
+    let listener = UnixListener::bind(a.path("sock"))?;
+    let mut client = UnixStream::connect(a.path("sock"))?;
+    let (mut served, _) = listener.accept()?;
+    client.write_all(b"ping")?;
+    let mut got = [0u8; 4];
+    served.read_exact(&mut got)?;
+    assert_eq!(&got, b"ping");
+    assert!(fs::symlink_metadata(b.path("sock"))?.file_type().is_socket());
+    drop((client, served, listener));
+
+    // They move and go like any name; listings show their kind.
+    fs::rename(a.path("pipe"), a.path("pipe2"))?;
+    fs::remove_file(a.path("sock"))?;
+    assert!(fs::metadata(b.path("pipe2"))?.file_type().is_fifo());
+    assert!(!b.path("sock").exists());
+    let kinds: Vec<_> = fs::read_dir(b.path(""))?.map(|e| e.and_then(|e| e.file_type())).collect::<Result<_, _>>()?;
+    assert!(kinds.iter().any(|k| k.is_fifo()), "{kinds:?}");
+
+    // Device nodes are refused (the mount is nodev); mknod of a regular file makes one.
+    assert_eq!(errno_of(mknod(&a.path("null"), libc::S_IFCHR | 0o666)), Some(libc::EPERM));
+    assert_eq!(errno_of(mknod(&a.path("disk"), libc::S_IFBLK | 0o666)), Some(libc::EPERM));
+    mknod(&a.path("plain"), libc::S_IFREG | 0o644)?;
+    assert!(fs::metadata(b.path("plain"))?.is_file());
+
+    // Made offline, logged, and reintegrated like any creation.
+    a.venus_ok(&["disconnect"]);
+    mknod(&a.path("offline-pipe"), libc::S_IFIFO | 0o600)?;
+    assert!(a.pending() >= 1);
+    a.venus_ok(&["reconnect"]);
+    a.wait_reintegrated()?;
+    let st = fs::metadata(b.path("offline-pipe"))?;
+    assert!(st.file_type().is_fifo());
+    assert_eq!(st.mode() & 0o7777, 0o600);
+    assert_eq!(a.status()["conflicts"], 0);
+    Ok(())
+}
+
+/// `statvfs(2)` of a path: (size, available) in bytes.
+fn room(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+}
+
+#[test]
+fn df_shows_the_volumes_quota_and_use_and_the_cache_only_at_the_root() -> R {
+    const MIB: u64 = 1 << 20;
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("df.test")?;
+    let a = VenusMount::start_with(&vice, "df.test", &["--cache-size", "300M"])?;
+    let made = vice.vos(&["create", "small", "--quota", "10M"]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    a.venus_ok(&["mkmount", &a.path("small").display().to_string(), "small"]);
+
+    assert_eq!(room(&a.path("small"))?, (10 * MIB, 10 * MIB), "an empty volume with a 10 MiB quota");
+    fs::write(a.path("small/one-mib"), vec![7u8; MIB as usize])?;
+    // Our own store moved the volume on: the next statfs asks again.
+    assert_eq!(room(&a.path("small/one-mib"))?, (10 * MIB, 9 * MIB));
+    // What df(1) prints, for the volume and for the file's directory alike.
+    let df = Command::new("df").args(["-B1", "--output=size,avail"]).arg(a.path("small")).output()?;
+    let text = String::from_utf8_lossy(&df.stdout);
+    assert!(text.contains(&(10 * MIB).to_string()) && text.contains(&(9 * MIB).to_string()), "{text}");
+
+    // Without a quota: what is used plus the room the server has.
+    let (size, avail) = room(&a.path(""))?;
+    assert!(avail > 0 && size >= avail, "{size} {avail}");
+    assert_ne!((size, avail), (10 * MIB, 9 * MIB));
+    // The mount's root (the list of cells) shows the cache.
+    assert_eq!(room(&a.mountpoint)?.0, 300 * MIB);
+
+    // Offline: the last answer stands.
+    a.venus_ok(&["disconnect"]);
+    assert_eq!(room(&a.path("small"))?, (10 * MIB, 9 * MIB));
+    Ok(())
+}

@@ -28,6 +28,11 @@ pub const SERVERS_UNREACHABLE: &str = "servers_unreachable";
 /// the bound): each one a promise of DESIGN's kept late.
 pub const LATE_INVALIDATIONS: &str = "late_invalidations";
 
+/// Read-only opens of big uncached files that returned before the file was whole.
+pub const STREAMED_OPENS: &str = "streamed_opens";
+/// Reads of such a file that waited for their bytes to come in.
+pub const STREAM_WAITS: &str = "stream_waits";
+
 const OTHERS: &[&str] = &[
     BYTES_FETCHED,
     BYTES_STORED,
@@ -42,6 +47,8 @@ const OTHERS: &[&str] = &[
     CONFLICTS,
     SERVERS_UNREACHABLE,
     LATE_INVALIDATIONS,
+    STREAMED_OPENS,
+    STREAM_WAITS,
 ];
 
 pub struct Counters {

@@ -20,7 +20,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use proto::{ObjectKind, Timestamp};
+use proto::{NodeKind, ObjectKind, Timestamp};
 
 use crate::error::VenusError;
 use crate::fs::{SetAttrRequest, Stat, Venus};
@@ -129,6 +129,8 @@ fn file_type(kind: ObjectKind) -> FileType {
         ObjectKind::File => FileType::RegularFile,
         ObjectKind::Directory | ObjectKind::MountPoint => FileType::Directory,
         ObjectKind::Symlink => FileType::Symlink,
+        ObjectKind::Fifo => FileType::NamedPipe,
+        ObjectKind::Socket => FileType::Socket,
     }
 }
 
@@ -321,6 +323,45 @@ impl Filesystem for VenusFs {
         });
     }
 
+    /// Named pipes and sockets are stored as names with attributes (the pipe or socket itself
+    /// lives in this kernel); `mknod` of a regular file makes an empty one; device nodes are
+    /// refused: the mount is `nodev`.
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let perm = mode & !umask & 0o7777;
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(NodeKind::Fifo),
+            libc::S_IFSOCK => Some(NodeKind::Socket),
+            // `mknod(path, S_IFREG)`, or no type at all, as POSIX allows.
+            0 | libc::S_IFREG => None,
+            libc::S_IFCHR | libc::S_IFBLK => return reply.error(Errno::EPERM),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let (core, uid, gid) = (self.core.clone(), req.uid(), req.gid());
+        self.spawn(req, async move {
+            let made = match kind {
+                Some(kind) => core.mknod(parent.0, &name, kind, perm, uid, gid).await,
+                None => core.make_file(parent.0, &name, perm, uid, gid).await,
+            };
+            match made {
+                Ok(st) => reply.entry(&ttl(&st), &file_attr(&st), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn rename(
         &self,
         req: &Request,
@@ -369,6 +410,10 @@ impl Filesystem for VenusFs {
                 Ok((fh, h)) => {
                     // Closing a file opened for reading stores nothing: the kernel need not ask.
                     let open_flags = if h.writable { FopenFlags::empty() } else { FopenFlags::FOPEN_NOFLUSH };
+                    // A file still coming in is read through venus, which knows what is in.
+                    if h.stream.is_some() {
+                        return reply.opened(FileHandle(fh), open_flags);
+                    }
                     match pt.backing(h.gfid, &h.file, |f| reply.open_backing(f)) {
                         Some(b) => {
                             reply.opened_passthrough(FileHandle(fh), open_flags, &b);
@@ -384,7 +429,7 @@ impl Filesystem for VenusFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -393,6 +438,16 @@ impl Filesystem for VenusFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if !self.core.read_ready(fh.0, offset, size) {
+            // A file still coming in: this read waits for its bytes, off the FUSE thread.
+            let core = self.core.clone();
+            return self.spawn(req, async move {
+                match core.read_when_in(fh.0, offset, size).await {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+        }
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
@@ -541,12 +596,18 @@ impl Filesystem for VenusFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let u = self.core.cache.usage();
-        let bsize = 4096u64;
-        let blocks = u.limit / bsize;
-        let free = u.limit.saturating_sub(u.used) / bsize;
-        reply.statfs(blocks, free, free, u.objects + 1_000_000, 1_000_000, bsize as u32, 255, bsize as u32);
+    /// `df`: the room in the path's volume (its quota and use), not the cache's.
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let core = self.core.clone();
+        self.run_or_spawn(req, async move {
+            match core.statfs(ino.0).await {
+                Ok(s) => {
+                    let name_max = proto::name::MAX_NAME_LEN as u32;
+                    reply.statfs(s.blocks, s.free, s.free, s.files, s.files_free, s.block_size, name_max, s.block_size)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -32,6 +32,8 @@ enum Node {
     /// A file, by identity: hard links are two names of one.
     File(u64),
     Symlink(String),
+    /// A named pipe: a name and a kind, nothing more.
+    Fifo,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +48,7 @@ enum View {
     Dir(BTreeMap<String, View>),
     File { data: Vec<u8>, mode: u32, nlink: u32 },
     Symlink(String),
+    Fifo,
 }
 
 /// A path below the cell's root, as names.
@@ -99,7 +102,7 @@ impl Model {
             match n {
                 Node::Dir(m) => m.values().map(|c| count(c, id)).sum(),
                 Node::File(f) => u32::from(*f == id),
-                Node::Symlink(_) => 0,
+                Node::Symlink(_) | Node::Fifo => 0,
             }
         }
         count(&self.root, id)
@@ -114,6 +117,7 @@ impl Model {
                     View::File { data: f.data.clone(), mode: f.mode, nlink: m.names_of(*id) }
                 }
                 Node::Symlink(t) => View::Symlink(t.clone()),
+                Node::Fifo => View::Fifo,
             }
         }
         of(self, &self.root)
@@ -128,7 +132,9 @@ impl Model {
                 self.files.entry(id).and_modify(|f| f.data = data.to_vec());
                 Ok(())
             }
-            Some(Node::Symlink(_)) => unreachable!("writes through symlinks are not generated"),
+            Some(Node::Symlink(_) | Node::Fifo) => {
+                unreachable!("writes through symlinks or to pipes are not generated")
+            }
             None => {
                 let id = self.next;
                 self.next += 1;
@@ -160,7 +166,7 @@ impl Model {
         }
         let id = match source {
             Node::Dir(_) => return Err(libc::EPERM),
-            Node::Symlink(_) => unreachable!("links of symlinks are not generated"),
+            Node::Symlink(_) | Node::Fifo => unreachable!("links of symlinks or pipes are not generated"),
             Node::File(id) => id,
         };
         if fdir != tdir {
@@ -228,8 +234,8 @@ impl Model {
             // Two names of one file: rename does nothing.
             (Node::File(a), Some(Node::File(b))) if a == b => return Ok(()),
             (Node::Dir(_), Some(Node::Dir(m))) if !m.is_empty() => return Err(libc::ENOTEMPTY),
-            (Node::Dir(_), Some(Node::File(_) | Node::Symlink(_))) => return Err(libc::ENOTDIR),
-            (Node::File(_) | Node::Symlink(_), Some(Node::Dir(_))) => return Err(libc::EISDIR),
+            (Node::Dir(_), Some(Node::File(_) | Node::Symlink(_) | Node::Fifo)) => return Err(libc::ENOTDIR),
+            (Node::File(_) | Node::Symlink(_) | Node::Fifo, Some(Node::Dir(_))) => return Err(libc::EISDIR),
             _ => {}
         }
         if let Node::File(id) = moving
@@ -249,6 +255,7 @@ impl Model {
             Op::Write { path, seed, len, .. } => self.write(path, &contents(*seed, *len)),
             Op::Mkdir { path, .. } => self.make(path, Node::Dir(BTreeMap::new())),
             Op::Symlink { path, target, .. } => self.make(path, Node::Symlink(format!("t{target}"))),
+            Op::Mkfifo { path, .. } => self.make(path, Node::Fifo),
             Op::Link { from, to, .. } => self.link(from, to),
             Op::Chmod { path, mode, .. } => self.chmod(path, *mode),
             Op::Unlink { path, .. } => self.unlink(path),
@@ -266,7 +273,7 @@ impl Model {
             match n {
                 Node::Dir(m) => m.values().for_each(|c| ids(c, out)),
                 Node::File(id) => out.push(*id),
-                Node::Symlink(_) => {}
+                Node::Symlink(_) | Node::Fifo => {}
             }
         }
         let mut out = self.clone();
@@ -307,6 +314,10 @@ enum Op {
         who: Who,
         path: Path,
         target: u8,
+    },
+    Mkfifo {
+        who: Who,
+        path: Path,
     },
     Link {
         who: Who,
@@ -350,6 +361,7 @@ impl Op {
             Op::Write { who, path, .. }
             | Op::Mkdir { who, path }
             | Op::Symlink { who, path, .. }
+            | Op::Mkfifo { who, path }
             | Op::Chmod { who, path, .. }
             | Op::Unlink { who, path }
             | Op::Rmdir { who, path } => (*who, vec![path]),
@@ -385,6 +397,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (who(), path(), any::<u8>(), size()).prop_map(|(who, path, seed, len)| Op::Write { who, path, seed, len }),
         4 => (who(), path()).prop_map(|(who, path)| Op::Mkdir { who, path }),
         1 => (who(), path(), any::<u8>()).prop_map(|(who, path, target)| Op::Symlink { who, path, target }),
+        1 => (who(), path()).prop_map(|(who, path)| Op::Mkfifo { who, path }),
         2 => (who(), path(), path()).prop_map(|(who, from, to)| Op::Link { who, from, to }),
         1 => (who(), path(), prop_oneof![Just(0o600), Just(0o640), Just(0o755)])
             .prop_map(|(who, path, mode)| Op::Chmod { who, path, mode }),
@@ -421,6 +434,7 @@ fn config(cache: &std::path::Path) -> Config {
         rpc_timeout: Duration::from_secs(5),
         mountpoint: cache.join("mnt"),
         hoard_dir: cache.join("hoard"),
+        stream_from: 0,
     }
 }
 
@@ -507,6 +521,11 @@ impl Client {
                 let target = format!("t{target}");
                 outcome(self.core.symlink(self.resolve(dir).await?, name, &target, 0, 0).await).map(drop)
             }
+            Op::Mkfifo { path, .. } => {
+                let (dir, name) = split(path);
+                let parent = self.resolve(dir).await?;
+                outcome(self.core.mknod(parent, name, proto::NodeKind::Fifo, 0o600, 0, 0).await).map(drop)
+            }
             Op::Link { from, to, .. } => self.link(from, to).await,
             Op::Chmod { path, mode, .. } => {
                 let (dir, name) = split(path);
@@ -564,6 +583,8 @@ impl Client {
                 let view = match kind {
                     proto::ObjectKind::Directory => self.tree(child).await?,
                     proto::ObjectKind::Symlink => View::Symlink(outcome(self.core.readlink(child).await)?),
+                    // As `ls -l` would: its attributes are cached too.
+                    proto::ObjectKind::Fifo => outcome(self.core.getattr(child).await).map(|_| View::Fifo)?,
                     _ => {
                         let st = outcome(self.core.getattr(child).await)?;
                         View::File { data: self.read(child).await?, mode: st.mode & 0o7777, nlink: st.nlink }
@@ -661,11 +682,11 @@ impl World {
     }
 
     /// While A is away each client keeps to its own area; writes, links and mode changes
-    /// through symlinks are not modelled.
+    /// through symlinks or of pipes are not modelled (a write to a pipe would wait for a reader).
     fn skipped(&mut self, who: Who, change: &Op, paths: &[&Path]) -> bool {
         let through_symlink = match change {
             Op::Write { path, .. } | Op::Chmod { path, .. } | Op::Link { from: path, .. } => {
-                matches!(self.model_for(who).get(path), Some(Node::Symlink(_)))
+                matches!(self.model_for(who).get(path), Some(Node::Symlink(_) | Node::Fifo))
             }
             _ => false,
         };

@@ -123,6 +123,8 @@ pub trait Remote: Send + Sync {
     /// Streams a whole file to `sink`.
     fn fetch_data<'a>(&'a self, fid: Fid, sink: DataSink<'a>) -> Call<'a, Data>;
     fn fetch_acl(&self, fid: Fid) -> Call<'_, AclView>;
+    /// A volume's quota and use and its server's room (`df`).
+    fn volume_space(&self, volume: VolumeId) -> Call<'_, proto::msg::VolumeSpace>;
     fn set_acl_entry<'a>(&'a self, fid: Fid, who: &'a str, rights: Rights, negative: bool) -> Call<'a, Status>;
 
     // ----- changes -----

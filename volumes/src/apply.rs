@@ -313,9 +313,10 @@ impl Ctx<'_> {
         match m {
             Mutation::Store { fid, .. } => access::require(self.c, self.caller, &self.load(*fid)?, Rights::WRITE),
             Mutation::SetAttr { fid, set, .. } => self.may_set_attrs(&self.load(*fid)?, set),
-            Mutation::Create { parent, .. } | Mutation::MakeDir { parent, .. } | Mutation::Symlink { parent, .. } => {
-                self.require_in(*parent, Rights::INSERT)
-            }
+            Mutation::Create { parent, .. }
+            | Mutation::MakeDir { parent, .. }
+            | Mutation::Symlink { parent, .. }
+            | Mutation::MakeNode { parent, .. } => self.require_in(*parent, Rights::INSERT),
             Mutation::MakeMountPoint { parent, .. } => {
                 // Mounting a volume changes what the directory means: it takes `a` as well as `i`.
                 self.require_in(*parent, Rights::ADMINISTER)?;
@@ -407,7 +408,7 @@ impl Ctx<'_> {
         match new.kind {
             ObjectKind::File => fx.delta.files += 1,
             ObjectKind::Directory => fx.delta.dirs += 1,
-            ObjectKind::Symlink | ObjectKind::MountPoint => {}
+            ObjectKind::Symlink | ObjectKind::MountPoint | ObjectKind::Fifo | ObjectKind::Socket => {}
         }
         Ok(())
     }
@@ -477,7 +478,7 @@ impl Ctx<'_> {
                 fx.delta.files -= 1;
                 fx.delta.used -= obj.attr.size as i64;
             }
-            ObjectKind::Symlink | ObjectKind::MountPoint => {}
+            ObjectKind::Symlink | ObjectKind::MountPoint | ObjectKind::Fifo | ObjectKind::Socket => {}
         }
         let v = self.volume.0 as i64;
         let oid = rows::oid(id);

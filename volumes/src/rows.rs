@@ -27,6 +27,8 @@ pub fn kind_code(k: ObjectKind) -> i64 {
         ObjectKind::Directory => 2,
         ObjectKind::Symlink => 3,
         ObjectKind::MountPoint => 4,
+        ObjectKind::Fifo => 5,
+        ObjectKind::Socket => 6,
     }
 }
 
@@ -36,6 +38,8 @@ pub fn kind_from(code: i64) -> Result<ObjectKind> {
         2 => ObjectKind::Directory,
         3 => ObjectKind::Symlink,
         4 => ObjectKind::MountPoint,
+        5 => ObjectKind::Fifo,
+        6 => ObjectKind::Socket,
         other => return Err(StoreError::Corrupt(format!("object kind {other}"))),
     })
 }

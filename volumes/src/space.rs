@@ -116,6 +116,7 @@ pub fn cost(m: &Mutation) -> Cost {
         | Mutation::MakeDir { .. }
         | Mutation::Symlink { .. }
         | Mutation::MakeMountPoint { .. }
+        | Mutation::MakeNode { .. }
         | Mutation::Link { .. } => Cost::Grows,
         Mutation::Store { .. } => Cost::BySize,
         Mutation::Remove { .. } | Mutation::RemoveDir { .. } => Cost::Frees,
@@ -141,6 +142,11 @@ impl Budget {
     /// Whether `bytes` more (0: a record's own rows) may be written.
     pub fn allows(&self, bytes: u64) -> bool {
         self.headroom.is_none_or(|h| h >= i128::from(bytes))
+    }
+
+    /// Bytes above the low-water mark (negative: below it); `None` if it could not be measured.
+    pub fn headroom(&self) -> Option<i128> {
+        self.headroom
     }
 }
 

@@ -280,7 +280,7 @@ impl Store {
             match obj.kind() {
                 ObjectKind::File => {}
                 ObjectKind::Directory => return refuse(RemoteError::IsDirectory),
-                ObjectKind::Symlink | ObjectKind::MountPoint => {
+                ObjectKind::Symlink | ObjectKind::MountPoint | ObjectKind::Fifo | ObjectKind::Socket => {
                     return refuse(RemoteError::Invalid("not a regular file".into()));
                 }
             }
@@ -329,6 +329,23 @@ impl Store {
     }
 
     /// A directory's ACL; needs `l` on it.
+    /// A volume's quota and use and this server's room for it (`df`); needs `l` on its root.
+    pub fn volume_space(&self, caller: &Caller, volume: VolumeId) -> Result<proto::msg::VolumeSpace> {
+        let info = self.read(|c| {
+            looked_up_dir(c, caller, Fid::root(volume))?;
+            rows::load_volume(c, volume)?.ok_or(StoreError::Refused(RemoteError::NotFound))
+        })?;
+        let server_free = self.space.measure().headroom().map(|h| u64::try_from(h).unwrap_or(0));
+        Ok(proto::msg::VolumeSpace {
+            stamp: info.stamp,
+            used: info.used,
+            quota: info.quota,
+            files: info.files,
+            directories: info.directories,
+            server_free,
+        })
+    }
+
     pub fn fetch_acl(&self, caller: &Caller, fid: Fid) -> Result<(Acl, Access)> {
         self.read(|c| {
             let (dir, access) = looked_up_dir(c, caller, fid)?;

@@ -223,6 +223,7 @@ impl Venus {
                 | Mutation::MakeDir { .. }
                 | Mutation::Symlink { .. }
                 | Mutation::MakeMountPoint { .. }
+                | Mutation::MakeNode { .. }
                 | Mutation::Link { .. }
                 | Mutation::Rename { .. },
                 RemoteError::Conflict(k @ (ConflictKind::NameTaken { .. } | ConflictKind::ParentGone)),
@@ -414,6 +415,7 @@ fn object_of(m: &Mutation) -> Option<ObjectId> {
         | Mutation::MakeDir { object, .. }
         | Mutation::Symlink { object, .. }
         | Mutation::MakeMountPoint { object, .. }
+        | Mutation::MakeNode { object, .. }
         | Mutation::Rename { object, .. } => Some(*object),
         Mutation::Link { target, .. } => Some(*target),
         _ => None,
@@ -428,6 +430,7 @@ fn renamed(m: &Mutation, dir: Fid, name: Name) -> Mutation {
         | Mutation::MakeDir { parent, name: n, .. }
         | Mutation::Symlink { parent, name: n, .. }
         | Mutation::MakeMountPoint { parent, name: n, .. }
+        | Mutation::MakeNode { parent, name: n, .. }
         | Mutation::Link { parent, name: n, .. } => {
             *parent = dir;
             *n = name;

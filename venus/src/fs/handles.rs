@@ -17,6 +17,8 @@ pub struct Handle {
     pub gfid: GFid,
     pub file: std::fs::File,
     pub writable: bool,
+    /// The file is still coming in: reads further than it has come wait (`streams.rs`).
+    pub stream: Option<Arc<super::streams::Stream>>,
     /// Set by writes venus sees (the non-passthrough path) and by O_TRUNC.
     written: AtomicBool,
     /// The container's (size, mtime) when last stored or opened: writes that bypass venus
@@ -38,7 +40,12 @@ impl Handle {
     /// A handle on `file`; `truncated` counts as a write (the file was emptied on open).
     pub fn new(gfid: GFid, file: std::fs::File, writable: bool, truncated: bool) -> Handle {
         let baseline = Mutex::new(container_times(&file));
-        Handle { gfid, file, writable, written: AtomicBool::new(truncated), baseline }
+        Handle { gfid, file, writable, stream: None, written: AtomicBool::new(truncated), baseline }
+    }
+
+    /// A read-only handle on a file still being fetched.
+    pub fn streaming(gfid: GFid, file: std::fs::File, stream: Arc<super::streams::Stream>) -> Handle {
+        Handle { stream: Some(stream), ..Handle::new(gfid, file, false, false) }
     }
 
     /// Something was written through venus.

@@ -433,7 +433,7 @@ impl Venus {
                 self.listing(g).await?;
                 Ok(false)
             }
-            ObjectKind::Symlink => Ok(false),
+            ObjectKind::Symlink | ObjectKind::Fifo | ObjectKind::Socket => Ok(false),
         }
     }
 

@@ -20,9 +20,11 @@ mod paths;
 mod promises;
 mod read;
 mod reintegrate;
+pub mod room;
 mod sender;
 pub mod status;
 mod store;
+mod streams;
 
 mod volumes;
 mod write;
@@ -63,6 +65,8 @@ pub struct Config {
     pub mountpoint: PathBuf,
     /// The directory of hoard profiles (`*.hoard`), watched for edits.
     pub hoard_dir: PathBuf,
+    /// Files at least this large open for reading before they are whole (0: never).
+    pub stream_from: u64,
 }
 
 pub struct Venus {
@@ -81,6 +85,11 @@ pub struct Venus {
     handles: handles::Handles,
     /// Each volume's queue of changes on their way to the server.
     senders: sender::Senders,
+    /// What `df` shows per volume.
+    rooms: room::Rooms,
+    /// Files being fetched while open, and the size from which that is done.
+    streams: streams::Streams,
+    stream_from: u64,
     /// One fetch per object at a time.
     fetching: Mutex<HashMap<GFid, Arc<tokio::sync::Mutex<()>>>>,
     /// Where invalidations for the kernel are queued (never delivered on the caller's thread).
@@ -215,6 +224,9 @@ impl Venus {
                 links: modes::Links::new(pending),
                 handles: handles::Handles::default(),
                 senders: sender::Senders::default(),
+                rooms: room::Rooms::default(),
+                streams: streams::Streams::default(),
+                stream_from: config.stream_from,
                 fetching: Mutex::new(HashMap::new()),
                 kernel: crate::kernel::Invalidator::default(),
                 started: Timestamp::now(),

@@ -4,9 +4,12 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
+use std::sync::Arc;
+
 use proto::auth::Rights;
 use proto::{Attr, DirEntry, Fid, ObjectKind, RemoteError};
 
+use super::streams::Stream;
 use super::{Handle, Node, Stat, Venus};
 use crate::cache::Listing;
 use crate::counters;
@@ -126,25 +129,41 @@ impl Venus {
         if !self.reachable(g.cell, g.fid.volume) {
             return Err(self.miss(g));
         }
+        let tmp = self.room_for(g, &attr)?;
+        self.fetch_into(g, &tmp, None).await
+    }
+
+    /// Makes room in the cache for a fetch of `attr`'s file, and the file to fetch it into.
+    fn room_for(&self, g: GFid, attr: &Attr) -> Result<std::path::PathBuf> {
         self.counters.add(counters::CACHE_MISSES, 1);
         let priority = self.cache.get(&g).map_or(0, |c| c.priority);
         let evicted = self.cache.reserve_at(attr.size, priority)?;
         self.counters.add(counters::EVICTIONS, evicted);
-        let tmp = self.cache.make_temp()?;
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        self.cache.make_temp()
+    }
+
+    /// Fetches the file into `tmp` and installs it as its container; `stream` hears of every
+    /// byte as soon as it is in the file, for readers waiting on it.
+    async fn fetch_into(&self, g: GFid, tmp: &std::path::Path, stream: Option<&Stream>) -> Result<Attr> {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
         let conn = self.cell(g.cell)?;
         let mut fetched = 0u64;
         let ticket = self.ticket();
         let result = conn
             .fetch_data(g.fid, &mut |bytes: &[u8]| {
                 fetched += bytes.len() as u64;
-                file.write_all(bytes)
+                file.write_all(bytes)?;
+                if let Some(s) = stream {
+                    file.flush()?;
+                    s.advance(fetched);
+                }
+                Ok(())
             })
             .await;
         let fetched_data = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(tmp);
                 return Err(match e {
                     VenusError::Unreachable(_) => self.miss(g),
                     other => other,
@@ -157,7 +176,7 @@ impl Venus {
         drop(file);
         self.counters.add(counters::BYTES_FETCHED, fetched);
         self.cache.put_attr(g.cell, attr.clone())?;
-        self.cache.install(&g, &tmp, fetched)?;
+        self.cache.install(&g, tmp, fetched)?;
         self.promised(g, promise, ticket);
         Ok(attr)
     }
@@ -324,8 +343,81 @@ impl Venus {
         }
     }
 
-    /// Opens a file: fetches it whole if needed, then opens its container.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, std::sync::Arc<Handle>)> {
+    /// Opens a file: fetches it whole if needed, then opens its container. A big file opened
+    /// for reading opens once its first bytes are in, and the rest comes in the background
+    /// (`streams.rs`).
+    pub async fn open(self: &Arc<Self>, ino: u64, flags: i32) -> Result<(u64, Arc<Handle>)> {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY
+            && let Some(opened) = self.open_streaming(self.object(ino)?).await?
+        {
+            return Ok(opened);
+        }
+        self.open_whole(ino, flags).await
+    }
+
+    /// A read-only open of a big uncached file, if this is one: joins the fetch under way or
+    /// starts one, and returns once the first bytes are in. `None`: open it as usual.
+    async fn open_streaming(self: &Arc<Self>, g: GFid) -> Result<Option<(u64, Arc<Handle>)>> {
+        let Some(attr) = self.cache.attr(&g) else { return Ok(None) };
+        let wanted = attr.kind == ObjectKind::File && attr.size >= self.stream_from && self.stream_from > 0;
+        if !wanted || self.cache.get(&g).is_some_and(|c| c.has_data) || !self.reachable(g.cell, g.fid.volume) {
+            return Ok(None);
+        }
+        let attr = self.status(g).await?;
+        self.require(g, &attr, Rights::READ).await?;
+        let stream = match self.streams.get(&g) {
+            Some(s) => s,
+            None => {
+                let fetch = self.fetch_lock(g).lock_owned().await;
+                // Fetched, or being streamed, by someone else while we waited.
+                if self.cache.get(&g).is_some_and(|c| c.has_data) {
+                    return Ok(None);
+                }
+                match self.streams.get(&g) {
+                    Some(s) => s,
+                    None => self.start_stream(g, &attr, fetch)?,
+                }
+            }
+        };
+        stream.started().await?;
+        self.counters.add(counters::STREAMED_OPENS, 1);
+        self.cache.opened(&g, false);
+        match stream.reader() {
+            Ok(file) => Ok(Some(self.add_handle(Handle::streaming(g, file, stream)))),
+            Err(e) => {
+                let _ = self.cache.closed(&g, false);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts the background fetch of a file being opened, holding its fetch lock throughout.
+    fn start_stream(
+        self: &Arc<Self>,
+        g: GFid,
+        attr: &Attr,
+        fetch: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Arc<Stream>> {
+        let tmp = self.room_for(g, attr)?;
+        let stream = Arc::new(Stream::new(std::fs::File::open(&tmp)?));
+        self.streams.insert(g, stream.clone());
+        let (venus, s) = (self.clone(), stream.clone());
+        tokio::spawn(async move {
+            let result = venus.fetch_into(g, &tmp, Some(&s)).await.map(drop);
+            if let Err(e) = &result {
+                tracing::info!(object = %g, error = %e, "the fetch of a file open for reading stopped");
+            }
+            // Whole (installed) or failed before it leaves the table: an open that finds it
+            // gone finds the file cached, or fetches it again.
+            s.finish(&result);
+            venus.streams.remove(&g);
+            drop(fetch);
+        });
+        Ok(stream)
+    }
+
+    /// Opens a file fetched whole first.
+    pub(crate) async fn open_whole(&self, ino: u64, flags: i32) -> Result<(u64, Arc<Handle>)> {
         let g = self.object(ino)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let readable = flags & libc::O_ACCMODE != libc::O_WRONLY;
@@ -358,6 +450,24 @@ impl Venus {
             }
         };
         Ok(self.add_handle(Handle::new(g, file, writable, truncate)))
+    }
+
+    /// Whether a read of `size` bytes at `offset` can be served at once: not one that waits for
+    /// a file still coming in.
+    pub fn read_ready(&self, fh: u64, offset: u64, size: u32) -> bool {
+        self.handle(fh).map_or(true, |h| h.stream.as_ref().is_none_or(|s| s.ready(offset + u64::from(size))))
+    }
+
+    /// A read that may wait for its bytes to come in (see [`Venus::read_ready`]).
+    pub async fn read_when_in(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if let Some(stream) = &self.handle(fh)?.stream {
+            let end = offset + u64::from(size);
+            if !stream.ready(end) {
+                self.counters.add(counters::STREAM_WAITS, 1);
+            }
+            stream.until(end).await?;
+        }
+        self.read(fh, offset, size)
     }
 
     /// Reads from an open file's container (when the kernel does not pass reads through).

@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 
 use proto::{Applied, Attr, Base, DirEntry, Fid, Mutation, Name, ObjectId, ObjectKind, OpId, Record};
-use proto::{RemoteError, Seen, SetAttrs, Timestamp};
+use proto::{NodeKind, RemoteError, Seen, SetAttrs, Timestamp};
 
 use proto::auth::Rights;
 
@@ -138,7 +138,7 @@ impl Venus {
         // our cached state is current where it was current before (the reply knows nothing of
         // other clients' changes we have not fetched): a promise we held is extended, a new
         // object is promised, and nothing else is.
-        let created = created_by(&record.mutation);
+        let created = record.mutation.created();
         for attr in &applied.attrs {
             let g = GFid::new(cell, attr.fid);
             if Some(attr.fid.object) == created || self.valid(&g) {
@@ -192,13 +192,15 @@ impl Venus {
             Mutation::Create { owner, .. }
             | Mutation::MakeDir { owner, .. }
             | Mutation::Symlink { owner, .. }
-            | Mutation::MakeMountPoint { owner, .. } => *owner = me,
+            | Mutation::MakeMountPoint { owner, .. }
+            | Mutation::MakeNode { owner, .. } => *owner = me,
             _ => {}
         }
         let kind = match &m {
             Mutation::MakeDir { .. } => ObjectKind::Directory,
             Mutation::Symlink { .. } => ObjectKind::Symlink,
             Mutation::MakeMountPoint { .. } => ObjectKind::MountPoint,
+            Mutation::MakeNode { kind, .. } => ObjectKind::from(*kind),
             _ => ObjectKind::File,
         };
         let entry = DirEntry { name: name.clone(), object, kind };
@@ -220,6 +222,13 @@ impl Venus {
         gid: u32,
         flags: i32,
     ) -> Result<(Stat, u64, std::sync::Arc<super::Handle>)> {
+        let stat = self.make_file(parent, name, mode, uid, gid).await?;
+        let (fh, h) = self.open_whole(stat.ino, flags & !libc::O_TRUNC).await?;
+        Ok((stat, fh, h))
+    }
+
+    /// A new empty file, not opened (`mknod(2)` of a regular file; `create` opens it).
+    pub async fn make_file(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
         let name = Name::new(name)?;
         let mtime = Timestamp::now();
         let n = name.clone();
@@ -233,9 +242,7 @@ impl Venus {
         // A new file is empty: its container exists at once, no fetch needed.
         self.with_room(|| self.cache.make_container(&g))?;
         self.cache.set_local(&g, 0, false)?;
-        let stat = self.stat_of(g, &attr);
-        let (fh, h) = self.open(stat.ino, flags & !libc::O_TRUNC).await?;
-        Ok((stat, fh, h))
+        Ok(self.stat_of(g, &attr))
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
@@ -262,6 +269,31 @@ impl Venus {
             .make(
                 parent,
                 |parent, object| Mutation::Symlink { parent, name: n, object, target, owner: uid, group: gid, mtime },
+                &name,
+            )
+            .await?;
+        Ok(self.stat_of(g, &attr))
+    }
+
+    /// `mknod(2)` of a named pipe or a socket: only the name and attributes are shared; the pipe
+    /// or socket itself lives in this client's kernel.
+    pub async fn mknod(&self, parent: u64, name: &str, kind: NodeKind, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
+        let name = Name::new(name)?;
+        let n = name.clone();
+        let mtime = Timestamp::now();
+        let (g, attr) = self
+            .make(
+                parent,
+                |parent, object| Mutation::MakeNode {
+                    parent,
+                    name: n,
+                    object,
+                    kind,
+                    mode,
+                    owner: uid,
+                    group: gid,
+                    mtime,
+                },
                 &name,
             )
             .await?;
@@ -607,17 +639,6 @@ fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
-}
-
-/// The object a mutation creates, if any.
-fn created_by(m: &Mutation) -> Option<ObjectId> {
-    match m {
-        Mutation::Create { object, .. }
-        | Mutation::MakeDir { object, .. }
-        | Mutation::Symlink { object, .. }
-        | Mutation::MakeMountPoint { object, .. } => Some(*object),
-        _ => None,
-    }
 }
 
 fn apply_edits(batch: &mut crate::cache::Batch<'_>, edits: &[ListingEdit]) -> Result<()> {

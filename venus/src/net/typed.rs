@@ -105,6 +105,16 @@ impl Remote for CellConn {
         .boxed()
     }
 
+    fn volume_space(&self, volume: VolumeId) -> Call<'_, proto::msg::VolumeSpace> {
+        async move {
+            match self.call(Some(volume), &Request::GetVolumeSpace { volume }).await? {
+                Response::VolumeSpace { space } => Ok(space),
+                other => unexpected("GetVolumeSpace", other),
+            }
+        }
+        .boxed()
+    }
+
     fn set_acl_entry<'a>(&'a self, fid: Fid, who: &'a str, rights: Rights, negative: bool) -> Call<'a, Status> {
         async move {
             let req = Request::SetAclEntry { fid, who: who.to_string(), rights, negative };

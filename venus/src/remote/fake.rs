@@ -473,6 +473,10 @@ impl Remote for Link {
         async { Err(VenusError::Unsupported("the fake cell has no ACLs")) }.boxed()
     }
 
+    fn volume_space(&self, _volume: VolumeId) -> Call<'_, proto::msg::VolumeSpace> {
+        async { Err(VenusError::Unsupported("the fake cell has no quotas")) }.boxed()
+    }
+
     fn set_acl_entry<'a>(&'a self, _fid: Fid, _who: &'a str, _rights: Rights, _negative: bool) -> Call<'a, Status> {
         async { Err(VenusError::Unsupported("the fake cell has no ACLs")) }.boxed()
     }

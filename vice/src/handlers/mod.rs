@@ -152,6 +152,12 @@ async fn dispatch(
         Request::ListVolumes => admin::list_volumes(shared).await,
         Request::Login { user, password, lifetime } => pts::login(shared, user, password, lifetime).await,
         Request::FetchAcl { fid } => acl::fetch(shared, caller, client, fid).await,
+        Request::GetVolumeSpace { volume } => {
+            match blocking(&shared.store, move |s| s.volume_space(&caller, volume)).await {
+                Ok(space) => Response::VolumeSpace { space }.into(),
+                Err(e) => error(e),
+            }
+        }
         Request::SetAclEntry { fid, who, rights, negative } => {
             acl::set_entry(shared, caller, client, fid, who, rights, negative).await
         }

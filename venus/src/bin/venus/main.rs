@@ -48,6 +48,11 @@ enum Command {
         /// Minutes between periodic hoard walks while connected.
         #[arg(long, default_value_t = 10)]
         hoard_interval: u64,
+        /// Files at least this large that are not cached open at once and are read while they
+        /// arrive (reads past what has arrived wait for it); smaller files are fetched whole
+        /// before open returns. 0 fetches every file whole first.
+        #[arg(long, default_value = "64M", value_parser = proto::units::parse)]
+        stream_threshold: u64,
         mountpoint: PathBuf,
     },
     /// Unmount a venus mount and stop its venus.
@@ -247,7 +252,16 @@ fn ask(cache: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mount { cell_files, cache_size, timeout, background, hoard_dir, hoard_interval, mountpoint } => {
+        Command::Mount {
+            cell_files,
+            cache_size,
+            timeout,
+            background,
+            hoard_dir,
+            hoard_interval,
+            stream_threshold,
+            mountpoint,
+        } => {
             let mut files = cell_files;
             if files.is_empty() {
                 files.extend(std::env::var_os("AFS_CELL_FILE").map(PathBuf::from));
@@ -270,6 +284,7 @@ fn run(cli: Cli) -> Result<()> {
                 rpc_timeout: Duration::from_secs(timeout),
                 mountpoint: mountpoint.clone(),
                 hoard_dir,
+                stream_from: stream_threshold,
             };
             mount::run(MountOptions { config, mountpoint, hoard_interval: Duration::from_secs(hoard_interval * 60) })
         }
