@@ -43,6 +43,7 @@ class Cell:
                                          capture_output=True).returncode == 0)
         self.cache_size = cache_size
         self.venus = None
+        self.mount_args = []
         self.mount()
 
     def wait(self, ok, what="ready", limit=60):
@@ -56,7 +57,8 @@ class Cell:
     def mount(self):
         self.venus = subprocess.Popen(
             [f"{self.bins}/venus", "mount", "--cell-file", f"{self.data}/cell.toml", "--cache", self.cache,
-             "--cache-size", self.cache_size, "--hoard-dir", os.path.join(self.root, "hoard"), self.mnt],
+             "--cache-size", self.cache_size, "--hoard-dir", os.path.join(self.root, "hoard"),
+             *self.mount_args, self.mnt],
             stderr=open(os.path.join(self.root, "venus.log"), "a"))
         self.wait(lambda: self.run_venus("status").returncode == 0, "mounted")
         # root.cell is writable by administrators only; the token survives remounts.
@@ -168,6 +170,52 @@ def big_file(cell, local_dir, size_mib, repeat):
     return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
 
 
+def first_byte(cell, local_dir, size_mib, repeat):
+    """Seconds from open to the first 4 KiB of a cold file (not in venus's cache, not in the page
+    cache), and to all of it: streamed (the default) against fetched whole before open returns
+    (`--stream-threshold 0`, as before streaming), beside the local disk. Medians of `repeat`."""
+    src = os.path.join(local_dir, "first.src")
+    sh(f"head -c {size_mib}M /dev/urandom > {src}")
+    sh(f"cp {src} {cell.path('first')}")
+    cell.run_venus("flush", cell.path("first"))
+
+    def cold_open(path):
+        drop_caches()
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            f.read(4096)
+            first = time.perf_counter() - t0
+            while f.read(1 << 20):
+                pass
+        return {"first 4 KiB s": first, "whole file s": time.perf_counter() - t0}
+
+    def fresh_venus(args):
+        cell.unmount()
+        shutil.rmtree(cell.cache)
+        cell.mount_args = args
+        cell.mount()
+        return cold_open(cell.path("first"))
+
+    out = {
+        "local disk": median_of(repeat, lambda: cold_open(src)),
+        "venus, streamed": median_of(repeat, lambda: fresh_venus([])),
+        "venus, whole first": median_of(repeat, lambda: fresh_venus(["--stream-threshold", "0"])),
+    }
+    cell.unmount()
+    cell.mount_args = []
+    cell.mount()
+    os.remove(cell.path("first"))
+    os.remove(src)
+    return out
+
+
+def report_first_byte(report, fb, size_mib, repeat):
+    report.append(f"\n## Cold {size_mib} MiB file: open to first byte (median of {repeat}; seconds)\n\n"
+                  "| read by | first 4 KiB | whole file |\n|---|---:|---:|")
+    for k, v in fb.items():
+        report.append(f"| {k} | {v['first 4 KiB s']:.4f} | {v['whole file s']:.3f} |")
+
+
 def delta(cell, size_mib):
     f = cell.path("delta")
     sh(f"dd if=/dev/urandom of={f} bs=1M count={size_mib} status=none")
@@ -226,6 +274,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     ap.add_argument("--postmark", action="store_true", help="also run PostMark (slow: minutes)")
+    ap.add_argument("--first-byte-only", action="store_true",
+                    help="only the cold big file's time to first byte (streamed against whole first)")
     a = ap.parse_args()
     dirs, files, big, dmib, repeat = (100, 2000, 512, 1024, a.repeat)
     pm = (2000, 20000)
@@ -247,6 +297,11 @@ def main():
     report = Report()
     cell = Cell(a.bin, root)
     try:
+        if a.first_byte_only:
+            local = os.path.join(root, "local")
+            os.makedirs(local)
+            report_first_byte(report, first_byte(cell, local, big, repeat), big, repeat)
+            return
         src = os.path.join(root, "src")
         make_tree(src, dirs, files)
         local = os.path.join(root, "local")
@@ -298,6 +353,7 @@ def main():
         report.append(f"## {big} MiB file (median of {repeat})\n\n| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")
         for k in bf["local"]:
             report.append(f"| {k} | {bf['local'][k]:.0f} | {bf['venus'][k]:.0f} | {bf['venus'][k] / bf['local'][k]:.2f} × |")
+        report_first_byte(report, first_byte(cell, local, big, repeat), big, repeat)
         sent = delta(cell, dmib)
         report.append(f"\nOne-byte edit in the middle of a {dmib} MiB file: {sent} bytes sent to the server.\n")
         rv_vols, rv_files = (2, 50) if a.quick else (10, 1000)

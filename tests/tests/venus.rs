@@ -541,3 +541,60 @@ fn a_removed_file_still_mapped_keeps_its_contents_and_its_container_is_not_reuse
     assert!(seen == contents, "the mapping changed under its reader");
     Ok(())
 }
+
+/// A big file opens before it is whole: `open` returns once its first bytes are in, a second
+/// open joins the same fetch, and a read further on waits for its bytes. Cutting the network
+/// mid-fetch fails only the reads of what never came (what came stays readable); once the
+/// server is back the next open fetches it again, whole and right, and after that it is an
+/// ordinary cached file.
+#[test]
+fn a_big_file_opens_before_it_is_whole_and_a_cut_fails_only_reads_of_what_never_came() -> R {
+    const MIB: usize = 1 << 20;
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start("stream.test")?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let cell_dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, cell_dir.path())?;
+    let a =
+        VenusMount::start_with_cell_file(&cell_file, "stream.test", &["--stream-threshold", "1M", "--timeout", "3"])?;
+    let b = VenusMount::start(&vice, "stream.test")?;
+    let watched = [Watched::vice(&vice), Watched::venus(&a), Watched::venus(&b)];
+    with_watchdog(Duration::from_secs(120), &watched, move || -> R {
+        let data = Noise::bytes(21, 32 * MIB);
+        fs::write(b.path("big"), &data)?;
+        assert_eq!(fs::metadata(a.path("big"))?.len(), data.len() as u64);
+        let fetches = a.rpcs("FetchData");
+
+        // A few hundred packets from a, then nothing gets through: a fraction of the file.
+        proxy.cut_after(200);
+        let mut first = fs::File::open(a.path("big"))?;
+        let mut head = vec![0u8; 64 << 10];
+        first.read_exact(&mut head)?;
+        assert!(head == data[..head.len()], "the first bytes, read while the rest is coming");
+        let mut second = fs::File::open(a.path("big"))?;
+        assert_eq!(a.counter("streamed_opens"), 2, "both opens returned before the file was whole");
+        assert_eq!(a.rpcs("FetchData"), fetches + 1, "the second open joined the first's fetch");
+
+        // The end never comes: the read waits for it until the server is given up on.
+        first.seek(SeekFrom::Start(30 * MIB as u64))?;
+        let err = first.read(&mut head).expect_err("bytes that never arrived cannot be read");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(a.counter("stream_waits") >= 1);
+        second.read_exact(&mut head)?;
+        assert!(head == data[..head.len()], "what arrived stays readable");
+        drop((first, second));
+
+        proxy.cut(false);
+        a.wait_connected()?;
+        assert_eq!(hash_file(&a.path("big"))?, blake3::hash(&data), "fetched again, whole and right");
+        assert_eq!(a.rpcs("FetchData"), fetches + 2);
+        // Now it is cached: opened as any cached file, not streamed.
+        let streamed = a.counter("streamed_opens");
+        assert_eq!(hash_file(&a.path("big"))?, blake3::hash(&data));
+        assert_eq!(a.counter("streamed_opens"), streamed);
+        assert_eq!(a.rpcs("FetchData"), fetches + 2);
+        Ok(())
+    })
+}
