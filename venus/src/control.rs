@@ -281,13 +281,25 @@ async fn answer(
     }
 }
 
-/// Serves the control socket until the task is dropped.
-pub async fn serve(core: Arc<Venus>, mountpoint: PathBuf, stop: Arc<tokio::sync::Notify>) -> std::io::Result<()> {
+/// Binds the control socket in the cache directory `cache` (replacing a stale one), open to
+/// every local user. Call it inside the runtime; bound before the mount is announced, so a
+/// command sent once the mount is up always finds it.
+pub fn listen(cache: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    let path = core.cache.dir().join(SOCKET);
+    let path = cache.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves the control socket bound by `listen` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    core: Arc<Venus>,
+    mountpoint: PathBuf,
+    stop: Arc<tokio::sync::Notify>,
+) -> std::io::Result<()> {
     // SAFETY: getuid has no preconditions.
     let owner = unsafe { libc::getuid() };
     loop {

@@ -1,5 +1,9 @@
 //! Running a mount: build the core, mount FUSE, serve the control socket, and stop cleanly on
 //! SIGINT/SIGTERM, `venus unmount`, or an unmount from outside.
+//!
+//! Under systemd (`Type=notify`), `READY=1` goes to `$NOTIFY_SOCKET` once the FUSE session
+//! serves the mount and the control socket is bound (what `venus mount --background` waits
+//! for too), and `STOPPING=1` when unmounting begins; without it, nothing is sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +48,8 @@ pub fn run(opts: MountOptions) -> Result<()> {
     // QUIC endpoints bind their sockets on the runtime.
     let _entered = rt.enter();
     let core = Venus::new(opts.config).context("starting the cache manager")?;
+    let control_socket = control::listen(&cache_dir)
+        .with_context(|| format!("binding the control socket in {}", cache_dir.display()))?;
 
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -80,7 +86,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     {
         let (core, mp, stop) = (core.clone(), mountpoint.clone(), stop.clone());
         rt.spawn(async move {
-            if let Err(e) = control::serve(core, mp, stop).await {
+            if let Err(e) = control::serve(control_socket, core, mp, stop).await {
                 tracing::error!(error = %e, "control socket failed");
             }
         });
@@ -104,8 +110,10 @@ pub fn run(opts: MountOptions) -> Result<()> {
         });
     }
     tracing::info!(mountpoint = %mountpoint.display(), cache = %cache_dir.display(), "venus mounted");
+    notify_service_manager(sd_notify::NotifyState::Ready);
 
     let externally_unmounted = rt.block_on(wait_for_stop(stop, mountpoint.clone(), cache_dir.clone()));
+    notify_service_manager(sd_notify::NotifyState::Stopping);
     if externally_unmounted {
         tracing::info!("unmounted from outside; exiting");
         drop(background);
@@ -127,6 +135,14 @@ pub fn run(opts: MountOptions) -> Result<()> {
     rt.block_on(core.close_connections());
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Tells systemd how the mount is doing (a no-op when `$NOTIFY_SOCKET` is unset). A failure is
+/// logged, not fatal: the mount works the same, only the service manager is not told.
+fn notify_service_manager(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
+        tracing::warn!(error = %e, ?state, "cannot notify the service manager ($NOTIFY_SOCKET)");
+    }
 }
 
 /// Watches the hoard profile directory; every change re-reads the profiles (editors replace

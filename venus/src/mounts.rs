@@ -1,5 +1,7 @@
 //! Finding a running venus: from a path inside its mount (via the kernel's mount table) or from
 //! the cache directory. The mount's source is `venus:<cache dir>`, so the table says it all.
+//! Its type is `fuse.venus`, or plain `fuse` when venus mounted with mount(2) itself because
+//! fusermount3 was not found.
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +40,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
         let mut r = right.split(' ');
         let (fstype, source) = (r.next(), r.next());
         if let (Some(mp), Some(fstype), Some(source)) = (mountpoint, fstype, source)
-            && fstype == "fuse.venus"
+            && (fstype == "fuse.venus" || fstype == "fuse")
             && let Some(cache) = unescape(source).strip_prefix("venus:")
         {
             out.push(MountInfo { mountpoint: PathBuf::from(unescape(mp)), cache: PathBuf::from(cache) });
@@ -66,8 +68,17 @@ mod tests {
     #[test]
     fn finds_venus_mounts() {
         let text = "36 35 98:0 / /mnt/afs\\040x rw,noatime master:1 - fuse.venus venus:/var/cache/venus rw\n\
-                    37 35 98:0 / /proc rw - proc proc rw\n";
+                    37 35 98:0 / /proc rw - proc proc rw\n\
+                    38 35 0:45 / /afs rw,nosuid,nodev - fuse venus:/var/cache/v2 rw,user_id=0\n\
+                    39 35 0:46 / /mnt/other rw - fuse sshfs#host: rw\n";
         let m = parse_mountinfo(text);
-        assert_eq!(m, vec![MountInfo { mountpoint: "/mnt/afs x".into(), cache: "/var/cache/venus".into() }]);
+        assert_eq!(
+            m,
+            vec![
+                MountInfo { mountpoint: "/mnt/afs x".into(), cache: "/var/cache/venus".into() },
+                // Mounted with mount(2), without fusermount3: the type has no subtype.
+                MountInfo { mountpoint: "/afs".into(), cache: "/var/cache/v2".into() },
+            ]
+        );
     }
 }

@@ -3,6 +3,9 @@
 //! Limits are designed in: connections are capped, each connection may have a bounded number of
 //! streams open (the transport enforces it), every frame is size-checked before allocation, and
 //! shutdown cancels the accept loops and then waits for in-flight handlers.
+//!
+//! Under systemd (`Type=notify`), `READY=1` goes to `$NOTIFY_SOCKET` once the databases are open
+//! and the endpoint is bound, and `STOPPING=1` when shutdown begins; without it, nothing is sent.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -107,6 +110,7 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
+    notify_service_manager(sd_notify::NotifyState::Ready);
 
     loop {
         tokio::select! {
@@ -123,6 +127,7 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
         }
     }
     tracing::info!("shutting down");
+    notify_service_manager(sd_notify::NotifyState::Stopping);
     endpoint.close(0u32.into(), b"server shutting down");
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
@@ -130,6 +135,14 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Tells systemd how the service is doing (a no-op when `$NOTIFY_SOCKET` is unset). A failure
+/// is logged, not fatal: the server works the same, only the service manager is not told.
+fn notify_service_manager(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
+        tracing::warn!(error = %e, ?state, "cannot notify the service manager ($NOTIFY_SOCKET)");
+    }
 }
 
 async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {

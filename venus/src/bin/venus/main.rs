@@ -527,6 +527,9 @@ fn detach(cache: &Path, mountpoint: &Path) -> Result<()> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env("VENUS_DETACHED", "1")
+        // Readiness in the background is this process exiting once mounted (a forking service),
+        // so the detached venus must not also claim a service manager's notify socket.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
