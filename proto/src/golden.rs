@@ -77,3 +77,18 @@ fn request_meta_names_are_all_listed() {
     assert!(Request::CreateVolume { name: "x".into(), quota: 0 }.meta().admin);
     assert!(!Request::FetchData { fid }.meta().mutates);
 }
+
+#[test]
+fn error_kinds_are_their_variant_names() {
+    let samples = [
+        RemoteError::NotFound,
+        RemoteError::Invalid("x".into()),
+        RemoteError::MissingChunks(3),
+        RemoteError::Conflict(crate::ConflictKind::NameTaken { existing: ObjectId(4) }),
+        RemoteError::NoSpace,
+    ];
+    for e in samples {
+        let debug = format!("{e:?}");
+        assert_eq!(debug.split('(').next(), Some(e.kind()), "{debug}");
+    }
+}

@@ -3,8 +3,9 @@
 //! over QUIC, TLS identities and the cell file. Nothing else in the workspace defines bytes that
 //! cross the network.
 //!
-//! Two features, off by default: `logging` (`logging::init`, the programs' one logging set-up)
-//! and `samples` (test data for other crates' tests, enabled from `[dev-dependencies]` only).
+//! Three features, off by default: `logging` (`logging::init`, the programs' one logging set-up),
+//! `metrics` (`metrics::serve`, the programs' one `/metrics` endpoint) and `samples` (test data
+//! for other crates' tests, enabled from `[dev-dependencies]` only).
 
 pub mod attr;
 pub mod auth;
@@ -16,6 +17,8 @@ pub mod frame;
 pub mod ids;
 #[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod msg;
 pub mod name;
 pub mod record;

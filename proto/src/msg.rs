@@ -567,6 +567,41 @@ pub enum RemoteError {
     NoSpace,
 }
 
+impl RemoteError {
+    /// The variant's name, without its detail: a label for counting errors by kind (vice's
+    /// metrics), the same for every message of one kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RemoteError::NotFound => "NotFound",
+            RemoteError::Exists => "Exists",
+            RemoteError::NotDirectory => "NotDirectory",
+            RemoteError::IsDirectory => "IsDirectory",
+            RemoteError::NotEmpty => "NotEmpty",
+            RemoteError::CrossVolume => "CrossVolume",
+            RemoteError::Invalid(_) => "Invalid",
+            RemoteError::QuotaExceeded => "QuotaExceeded",
+            RemoteError::PermissionDenied => "PermissionDenied",
+            RemoteError::NoSuchVolume => "NoSuchVolume",
+            RemoteError::VolumeMoved => "VolumeMoved",
+            RemoteError::VolumeBusy => "VolumeBusy",
+            RemoteError::CallbacksLost => "CallbacksLost",
+            RemoteError::TooLarge => "TooLarge",
+            RemoteError::Conflict(_) => "Conflict",
+            RemoteError::MissingChunks(_) => "MissingChunks",
+            RemoteError::NotAdmin => "NotAdmin",
+            RemoteError::Protocol(_) => "Protocol",
+            RemoteError::Internal(_) => "Internal",
+            RemoteError::ReadOnly => "ReadOnly",
+            RemoteError::DuplicateObject => "DuplicateObject",
+            RemoteError::WouldLoop => "WouldLoop",
+            RemoteError::BadToken(_) => "BadToken",
+            RemoteError::BadLogin => "BadLogin",
+            RemoteError::CrossDirectoryLink => "CrossDirectoryLink",
+            RemoteError::NoSpace => "NoSpace",
+        }
+    }
+}
+
 /// What a request does, for retry policy, counters and routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestMeta {

@@ -107,21 +107,28 @@ pub struct Vice {
     /// process even after restarts.
     live: Arc<AtomicU32>,
     log: PathBuf,
+    /// More arguments of `vice serve` (`--metrics ADDR`), kept for restarts.
+    serve_args: Vec<String>,
 }
 
 impl Vice {
     /// `vice init` a new cell and start serving it.
     pub fn start(cell: &str) -> Result<Vice> {
-        Self::init_and_serve(cell, None)
+        Self::init_and_serve(cell, None, &[])
+    }
+
+    /// As `start`, with more arguments for `vice serve`.
+    pub fn start_with(cell: &str, serve_args: &[&str]) -> Result<Vice> {
+        Self::init_and_serve(cell, None, serve_args)
     }
 
     /// As `start`, with the data directory (SQLite, chunks) in a new directory under `parent`,
     /// a small file system say; the log stays elsewhere so it survives that disk filling up.
     pub fn start_in(cell: &str, parent: &Path) -> Result<Vice> {
-        Self::init_and_serve(cell, Some(parent))
+        Self::init_and_serve(cell, Some(parent), &[])
     }
 
-    fn init_and_serve(cell: &str, parent: Option<&Path>) -> Result<Vice> {
+    fn init_and_serve(cell: &str, parent: Option<&Path>, serve_args: &[&str]) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port());
         let data_parent = match parent {
@@ -143,7 +150,9 @@ impl Vice {
             bail!("vice init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let log = dir.path().join("vice.log");
-        let mut v = Vice { dir, addr, data, _data_parent: data_parent, child: None, live: Default::default(), log };
+        let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
+        let mut v =
+            Vice { dir, addr, data, _data_parent: data_parent, child: None, live: Default::default(), log, serve_args };
         v.spawn()?;
         Ok(v)
     }
@@ -169,7 +178,16 @@ impl Vice {
         std::fs::copy(db.admin_cred_path(), data.join("admin.cred"))?;
         std::fs::copy(db.data().join("admin.password"), data.join("admin.password"))?;
         let log = dir.path().join("vice.log");
-        let mut v = Vice { dir, addr, data, _data_parent: None, child: None, live: Default::default(), log };
+        let mut v = Vice {
+            dir,
+            addr,
+            data,
+            _data_parent: None,
+            child: None,
+            live: Default::default(),
+            log,
+            serve_args: vec![],
+        };
         v.spawn()?;
         Ok(v)
     }
@@ -245,6 +263,7 @@ impl Vice {
         let child = Command::new(bin("vice"))
             .args(["serve", "--data"])
             .arg(self.data())
+            .args(&self.serve_args)
             .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)

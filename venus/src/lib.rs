@@ -16,6 +16,7 @@ pub mod fs;
 pub mod fuse;
 pub mod ids;
 pub mod kernel;
+pub mod metrics;
 pub mod mount;
 pub mod mounts;
 pub mod net;

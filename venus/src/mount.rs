@@ -24,6 +24,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     /// Time between periodic hoard walks while connected.
     pub hoard_interval: Duration,
+    /// A TCP address to answer Prometheus scrapes on (`--metrics`).
+    pub metrics: Option<String>,
 }
 
 fn have_fusermount3() -> bool {
@@ -47,9 +49,19 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let cache_dir = opts.config.cache_dir.clone();
     // QUIC endpoints bind their sockets on the runtime.
     let _entered = rt.enter();
+    let metrics = match &opts.metrics {
+        Some(a) => {
+            Some(rt.block_on(tokio::net::TcpListener::bind(a)).with_context(|| format!("binding --metrics {a}"))?)
+        }
+        None => None,
+    };
     let core = Venus::new(opts.config).context("starting the cache manager")?;
     let control_socket = control::listen(&cache_dir)
         .with_context(|| format!("binding the control socket in {}", cache_dir.display()))?;
+    if let Some(listener) = metrics {
+        tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
+        rt.spawn(crate::metrics::serve(core.clone(), listener));
+    }
 
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![

@@ -34,6 +34,8 @@ struct Table {
     conns: HashMap<ClientId, quinn::Connection>,
     lost: HashSet<ClientId>,
     total: usize,
+    /// Every break sent since start, by outcome (for metrics).
+    broken: BreakReport,
 }
 
 impl Table {
@@ -68,7 +70,7 @@ pub struct Callbacks {
 }
 
 /// The outcome of a round of breaks, for logs and tests.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BreakReport {
     pub acked: usize,
     pub lost: usize,
@@ -135,6 +137,16 @@ impl Callbacks {
     /// How many promises are held (for status and tests).
     pub fn count(&self) -> usize {
         self.lock().total
+    }
+
+    /// Clients with a connection breaks can travel on.
+    pub fn clients(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// How many clients acked a break, and how many lost their promises instead, since start.
+    pub fn breaks(&self) -> BreakReport {
+        self.lock().broken
     }
 
     /// Drops expired promises; run periodically.
@@ -234,6 +246,8 @@ impl Callbacks {
                 t.lost.insert(client);
             }
         }
+        t.broken.acked += report.acked;
+        t.broken.lost += report.lost;
         report
     }
 }

@@ -7,4 +7,5 @@ pub mod config;
 mod handlers;
 pub mod identity;
 pub mod init;
+pub mod metrics;
 pub mod server;

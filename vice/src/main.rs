@@ -46,6 +46,10 @@ enum Command {
         /// Serve on this address instead of the one in server.toml.
         #[arg(long)]
         listen: Option<String>,
+        /// Answer Prometheus scrapes (`GET /metrics`, OpenMetrics text) on this TCP address,
+        /// e.g. 127.0.0.1:9100. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
 }
 
@@ -86,7 +90,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("Start the server with: vice serve --data {}", data.display());
             Ok(())
         }
-        Command::Serve { data, listen } => {
+        Command::Serve { data, listen, metrics } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -95,7 +99,7 @@ fn run(cli: Cli) -> Result<()> {
                     wait_for_signal().await;
                     signals.cancel();
                 });
-                vice::server::run(&data, listen, shutdown).await
+                vice::server::run(&data, listen, metrics, shutdown).await
             })
         }
     }

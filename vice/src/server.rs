@@ -25,6 +25,7 @@ use crate::callbacks::Callbacks;
 use crate::config::{DataDir, ServerConfig};
 use crate::handlers;
 use crate::identity::Identities;
+use crate::metrics::{self, Metrics, Traffic};
 
 const MAX_CONNECTIONS: usize = 4096;
 /// How long a writer waits for other clients to ack a callback break before declaring them lost.
@@ -51,6 +52,7 @@ pub struct Shared {
     /// (`VolumeMoved`): see `handlers::volume_ops`.
     pub frozen: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
     pub moved: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
+    pub metrics: Metrics,
 }
 
 /// One client connection.
@@ -59,10 +61,18 @@ pub struct Peer {
     pub client: OnceLock<ClientId>,
     pub admin: bool,
     pub remote: SocketAddr,
+    /// How much of the connection's traffic the metrics have counted.
+    pub traffic: Traffic,
 }
 
-/// Runs the server in `data` until `shutdown` is cancelled.
-pub async fn run(data: &Path, listen_override: Option<String>, shutdown: CancellationToken) -> Result<()> {
+/// Runs the server in `data` until `shutdown` is cancelled; with `metrics`, answers Prometheus
+/// scrapes on that TCP address too.
+pub async fn run(
+    data: &Path,
+    listen_override: Option<String>,
+    metrics: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let dir = DataDir::new(data);
     let mut config = ServerConfig::load(&dir)?;
     if let Some(l) = listen_override {
@@ -85,6 +95,10 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
     let token_key = TokenKey::from_hex(&key_text)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("in {}", dir.token_key().display()))?;
+    let metrics_listener = match &metrics {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding --metrics {a}"))?),
+        None => None,
+    };
     let addr: SocketAddr = config.listen.parse().with_context(|| format!("listen address {:?}", config.listen))?;
     let socket = proto::udp::bind(addr).with_context(|| format!("binding {addr}"))?;
     let endpoint = quinn::Endpoint::new(
@@ -107,9 +121,14 @@ pub async fn run(data: &Path, listen_override: Option<String>, shutdown: Cancell
         identities: Identities::default(),
         frozen: Default::default(),
         moved: Default::default(),
+        metrics: Metrics::default(),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
+        tracker.spawn(metrics::serve(shared.clone(), listener, shutdown.clone()));
+    }
     notify_service_manager(sd_notify::NotifyState::Ready);
 
     loop {
@@ -155,7 +174,9 @@ async fn maintenance(shared: Arc<Shared>, shutdown: CancellationToken) {
         shared.callbacks.expire();
         let store = shared.store.clone();
         // The sweep frees space: on a full disk it may use the reserve (see `volumes::space`).
-        match tokio::task::spawn_blocking(move || store.space().retry_freeing(|| store.sweep(CHUNK_GRACE))).await {
+        let swept = tokio::task::spawn_blocking(move || store.space().retry_freeing(|| store.sweep(CHUNK_GRACE))).await;
+        shared.metrics.swept(swept.as_ref().ok().and_then(|r| r.as_ref().ok()));
+        match swept {
             Ok(Ok(r)) if r.did_anything() => r.log("periodic"),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
@@ -174,7 +195,9 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
         }
     };
     let admin = peer_fingerprint(&conn).is_some_and(|fp| shared.config.admins.contains(&fp));
-    let peer = Arc::new(Peer { conn: conn.clone(), client: OnceLock::new(), admin, remote });
+    let peer =
+        Arc::new(Peer { conn: conn.clone(), client: OnceLock::new(), admin, remote, traffic: Traffic::default() });
+    let _open = shared.metrics.connection();
     tracing::debug!(%remote, admin, "connected");
     loop {
         tokio::select! {
@@ -193,6 +216,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
     if let Some(client) = peer.client.get() {
         shared.callbacks.detach(*client, &conn);
     }
+    shared.metrics.account(&peer.traffic, &conn);
 }
 
 async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
@@ -202,6 +226,7 @@ async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::Send
         Ok(c) => c,
         Err(e) => {
             tracing::info!(remote = %peer.remote, error = %e, "bad request frame");
+            shared.metrics.error(metrics::UNREAD, metrics::BAD_FRAME);
             let _ = proto::frame::write_frame(&mut send, &Response::Error(RemoteError::Protocol(e.to_string()))).await;
             let _ = send.finish();
             return;
@@ -211,4 +236,5 @@ async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::Send
     let _ = send.finish();
     // Let the reply drain before the stream is dropped.
     let _ = send.stopped().await;
+    shared.metrics.account(&peer.traffic, &peer.conn);
 }

@@ -70,9 +70,16 @@ pub async fn serve(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) {
+    // Every request is measured here, once: its name, how long until its reply was written,
+    // and the kind of error it was answered with.
+    let (name, started) = (call.request.meta().name, std::time::Instant::now());
     let reply = match crate::identity::identify(shared, peer, call.token.as_ref()).await {
         Ok(caller) => dispatch(shared, peer, caller, call.request, recv).await,
         Err(e) => error(e),
+    };
+    let mut failed = match &reply {
+        Reply::Message(Response::Error(e)) => Some(e.kind()),
+        _ => None,
     };
     let result = match reply {
         Reply::Message(r) => proto::frame::write_frame(send, &r).await,
@@ -87,7 +94,9 @@ pub async fn serve(
     };
     if let Err(e) = result {
         tracing::debug!(remote = %peer.remote, error = %e, "reply not delivered");
+        failed = failed.or(Some(crate::metrics::NOT_DELIVERED));
     }
+    shared.metrics.answered(name, failed, started.elapsed());
 }
 
 async fn dispatch(

@@ -53,6 +53,10 @@ enum Command {
         /// before open returns. 0 fetches every file whole first.
         #[arg(long, default_value = "64M", value_parser = proto::units::parse)]
         stream_threshold: u64,
+        /// Answer Prometheus scrapes (`GET /metrics`, OpenMetrics text) on this TCP address,
+        /// e.g. 127.0.0.1:9101. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         mountpoint: PathBuf,
     },
     /// Unmount a venus mount and stop its venus.
@@ -62,6 +66,10 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print the metrics of `venus mount --metrics` (OpenMetrics text), e.g. for
+        /// node_exporter's textfile collector.
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
     },
     /// Drop the cached copy of PATH; the next use fetches it again.
     Flush { path: PathBuf },
@@ -260,6 +268,7 @@ fn run(cli: Cli) -> Result<()> {
             hoard_dir,
             hoard_interval,
             stream_threshold,
+            metrics,
             mountpoint,
         } => {
             let mut files = cell_files;
@@ -286,7 +295,8 @@ fn run(cli: Cli) -> Result<()> {
                 hoard_dir,
                 stream_from: stream_threshold,
             };
-            mount::run(MountOptions { config, mountpoint, hoard_interval: Duration::from_secs(hoard_interval * 60) })
+            let hoard_interval = Duration::from_secs(hoard_interval * 60);
+            mount::run(MountOptions { config, mountpoint, hoard_interval, metrics })
         }
         Command::Unmount { mountpoint } => {
             let mp = std::fs::canonicalize(&mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
@@ -304,10 +314,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             bail!("{} is still mounted after 10 s (files open?)", mp.display())
         }
-        Command::Status { json } => {
+        Command::Status { json, prometheus } => {
             let cache = cache_for(&cli.cache, std::env::current_dir().ok().as_deref());
             let v = ask(&cache, &ControlRequest::Status)?;
-            if json {
+            if prometheus {
+                let status: venus::fs::status::Status = serde_json::from_value(v).context("the status venus sent")?;
+                print!("{}", venus::metrics::render(&status));
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
