@@ -215,6 +215,7 @@ fn vice_killed_and_restarted_under_a_writer_loses_nothing_acknowledged() -> R {
     fs::create_dir(a.path("w"))?;
     let watched = [Watched::vice(&vice), Watched::venus(&a)];
     let writer_mount = a.clone();
+    let log_of = a.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer_stop = stop.clone();
     let acked = with_watchdog(Duration::from_secs(240), &watched, move || -> anyhow::Result<(Acked, Vice)> {
@@ -261,7 +262,9 @@ fn vice_killed_and_restarted_under_a_writer_loses_nothing_acknowledged() -> R {
         // Let the writer see the server back for a moment, then stop it.
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let acked = writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+        let acked = writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))?;
+        // A refused call is a race to find: what venus saw just before it says which.
+        let acked = acked.map_err(|e| e.context(format!("venus's log ends:\n{}", tail(&log_of.log_text(), 60))))?;
         Ok((acked, vice))
     })?;
     let (acked, vice) = acked;

@@ -102,6 +102,7 @@ impl Venus {
         // Other local users' rights here were computed from the old ACL, and so was what the
         // kernel caches for everyone.
         let _ = self.forget(self.break_object(dir));
+        self.promises.changed_here([dir]);
         self.cache.put_attr_with(dir.cell, attr.clone(), true)?;
         self.note_access(dir, &attr, access)?;
         self.promised(dir, promise, ticket);

@@ -286,6 +286,17 @@ impl Venus {
         self.promises.promise(g, p, ticket);
     }
 
+    /// Takes attributes a server sent in reply to a request sent with `ticket` into the
+    /// cache, unless a change of ours to the object was answered since (the reply may predate
+    /// it, see `promises.rs`); returns what the cache holds for the object now.
+    pub(crate) fn take_fetched_attr(&self, cell: CellId, attr: Attr, ticket: promises::Ticket) -> Result<Attr> {
+        let g = GFid::new(cell, attr.fid);
+        if self.promises.take_fetched(&g, ticket, || self.cache.put_attr(cell, attr.clone()))? {
+            return Ok(attr);
+        }
+        Ok(self.cache.attr(&g).unwrap_or(attr))
+    }
+
     pub(crate) fn unpromise(&self, g: &GFid) {
         self.promises.drop_object(g);
     }

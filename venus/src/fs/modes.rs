@@ -7,13 +7,14 @@
 //! served from the cache even if the server answers: the cache holds the newer state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use proto::VolumeId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use super::{Venus, lock};
-use crate::ids::CellId;
+use crate::ids::{CellId, GFid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,11 +46,23 @@ pub(crate) struct Links {
     pending: Mutex<HashSet<(CellId, VolumeId)>>,
     /// Why each volume's last reintegration stopped short (for `venus status`).
     postponed: Mutex<HashMap<(CellId, VolumeId), String>>,
+    /// Each volume's gate between changes and its switch to connected ([`Venus::enter`]).
+    gates: Mutex<HashMap<(CellId, VolumeId), Gate>>,
 }
+
+type Gate = Arc<RwLock<()>>;
+
+/// A change's pass through its volume's gate, held from before it reads the versions it is
+/// based on until it is committed.
+pub(crate) type Entered = OwnedRwLockReadGuard<()>;
 
 impl Links {
     pub fn new(pending: HashSet<(CellId, VolumeId)>) -> Links {
         Links { pending: Mutex::new(pending), ..Links::default() }
+    }
+
+    fn gate(&self, cell: CellId, volume: VolumeId) -> Gate {
+        lock(&self.gates).entry((cell, volume)).or_default().clone()
     }
 
     pub fn forced_off(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -139,6 +152,25 @@ impl Venus {
     /// Reads are served from the cache, without asking, unless the volume is plainly connected.
     pub(crate) fn emulating(&self, cell: CellId, volume: VolumeId) -> bool {
         self.mode(cell, volume) != Mode::Connected
+    }
+
+    /// Passes the gate of `g`'s volume for a change based on versions read from the cache.
+    /// Such a change either logs itself (the volume emulating) or goes to the server; if
+    /// reintegration switched the volume to connected in between, a base read from the
+    /// emulated cache (a version our replayed changes have since moved on) would reach the
+    /// server stale and be refused as a conflict; so would one based on what the cache held
+    /// between a replayed record leaving the log and its answer reaching the cache. So those
+    /// steps wait for the changes that passed to be committed, and changes wait for them (as
+    /// mutators enter a volume in Coda's venus). Taken before any other lock of the change, and
+    /// once per change.
+    pub(crate) async fn enter(&self, g: GFid) -> Entered {
+        self.links.gate(g.cell, g.fid.volume).read_owned().await
+    }
+
+    /// Closes `volume`'s gate ([`Venus::enter`]) for reintegration to settle answers into the
+    /// cache, or to switch the volume to connected. Taken before any lock of an object.
+    pub(crate) async fn exclusive(&self, cell: CellId, volume: VolumeId) -> OwnedRwLockWriteGuard<()> {
+        self.links.gate(cell, volume).write_owned().await
     }
 
     pub(crate) fn mark_pending(&self, cell: CellId, volume: VolumeId, pending: bool) {

@@ -180,6 +180,7 @@ impl Venus {
 
     pub async fn rmmount(&self, components: &[String]) -> Result<()> {
         let (parent, name) = self.parent_of(components).await?;
+        let _entered = self.enter(parent).await;
         let entries = self.listing(parent).await?;
         let e = entries.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         if e.kind != ObjectKind::MountPoint {

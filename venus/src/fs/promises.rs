@@ -10,6 +10,12 @@
 //! so does venus: every break gets a sequence number, each request notes the number before it
 //! is sent (a [`Ticket`]), and a promise is taken only if no break of its object (or of the
 //! whole cell, when promises were lost) came after the ticket.
+//!
+//! Our own changes can overtake replies too: a status fetched just before our store reached the
+//! server, taken in after the store's answer, would take the cache back to the version before
+//! it, and the next change based on it would be refused as a conflict. So the answers to our
+//! changes are numbered in the same sequence, and a fetched reply's attributes are taken in only
+//! if no change of ours to the object was answered after its ticket ([`Promises::take_fetched`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -103,6 +109,26 @@ impl Promises {
         lost
     }
 
+    /// Changes of ours to these objects were answered (and are about to be taken into the
+    /// cache): replies to requests sent before now no longer speak for them.
+    pub fn changed_here(&self, objects: impl IntoIterator<Item = GFid>) {
+        let mut breaks = lock(&self.breaks);
+        for g in objects {
+            breaks.changed_here(g);
+        }
+    }
+
+    /// Runs `take` (taking a fetched reply's attributes of `g` into the cache) unless a change
+    /// of ours to `g` was answered since `ticket`; says whether it ran. Held under the break
+    /// log's lock, so a change answered meanwhile is taken in after it, never before.
+    pub fn take_fetched<E>(&self, g: &GFid, ticket: Ticket, take: impl FnOnce() -> Result<(), E>) -> Result<bool, E> {
+        let breaks = lock(&self.breaks);
+        if !breaks.unchanged_here(g, ticket) {
+            return Ok(false);
+        }
+        take().map(|()| true)
+    }
+
     /// Number of objects holding an unexpired promise.
     pub fn count(&self) -> usize {
         let now = Instant::now();
@@ -124,6 +150,8 @@ const MOST: usize = 16_384;
 struct BreakLog {
     seq: u64,
     objects: HashMap<GFid, (u64, Instant)>,
+    /// Our own changes answered, numbered with the breaks.
+    ours: HashMap<GFid, (u64, Instant)>,
     volumes: HashMap<(CellId, VolumeId), u64>,
     cells: HashMap<CellId, u64>,
     /// Breaks before this were forgotten: a ticket older than that trusts nothing.
@@ -139,17 +167,21 @@ impl BreakLog {
         self.seq += 1;
         self.objects.insert(g, (self.seq, Instant::now()));
         if self.objects.len() > MOST {
-            let now = Instant::now();
-            let mut forgotten = self.forgotten_below;
-            self.objects.retain(|_, (seq, at)| {
-                let keep = now.duration_since(*at) < REMEMBER;
-                if !keep {
-                    forgotten = forgotten.max(*seq);
-                }
-                keep
-            });
-            self.forgotten_below = forgotten;
+            self.forgotten_below = self.forgotten_below.max(forget_old(&mut self.objects));
         }
+    }
+
+    fn changed_here(&mut self, g: GFid) {
+        self.seq += 1;
+        self.ours.insert(g, (self.seq, Instant::now()));
+        if self.ours.len() > MOST {
+            self.forgotten_below = self.forgotten_below.max(forget_old(&mut self.ours));
+        }
+    }
+
+    /// Whether no change of ours to `g` was answered after `ticket`.
+    fn unchanged_here(&self, g: &GFid, ticket: Ticket) -> bool {
+        ticket.0 >= self.forgotten_below && self.ours.get(g).is_none_or(|(s, _)| *s <= ticket.0)
     }
 
     fn volume_broken(&mut self, cell: CellId, volume: VolumeId) {
@@ -178,6 +210,20 @@ impl BreakLog {
     }
 }
 
+/// Forgets the entries older than [`REMEMBER`]; returns the newest sequence number forgotten.
+fn forget_old(entries: &mut HashMap<GFid, (u64, Instant)>) -> u64 {
+    let now = Instant::now();
+    let mut forgotten = 0;
+    entries.retain(|_, (seq, at)| {
+        let keep = now.duration_since(*at) < REMEMBER;
+        if !keep {
+            forgotten = forgotten.max(*seq);
+        }
+        keep
+    });
+    forgotten
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +247,17 @@ mod tests {
         assert!(log.volume_holds(CellId(1), VolumeId(3), after));
         log.cell_broken(CellId(1));
         assert!(!log.object_holds(&g(2), after), "lost promises void every reply in flight");
+    }
+
+    #[test]
+    fn a_change_of_ours_answered_after_the_request_was_sent_keeps_its_reply_out() {
+        let mut log = BreakLog::default();
+        let before = log.ticket();
+        log.changed_here(g(1));
+        assert!(!log.unchanged_here(&g(1), before), "our store overtook the fetch");
+        assert!(log.unchanged_here(&g(2), before));
+        assert!(log.unchanged_here(&g(1), log.ticket()), "a fetch sent after it stands");
+        assert!(log.object_holds(&g(1), before), "our own change breaks no promise");
     }
 
     #[test]

@@ -47,8 +47,8 @@ impl Venus {
         let ticket = self.ticket();
         match conn.fetch_status(g.fid).await {
             Ok(Status { attr, promise, access }) => {
-                self.cache.put_attr(g.cell, attr.clone())?;
                 self.note_access(g, &attr, access)?;
+                let attr = self.take_fetched_attr(g.cell, attr, ticket)?;
                 self.promised(g, promise, ticket);
                 Ok(attr)
             }
@@ -87,10 +87,22 @@ impl Venus {
             Err(VenusError::Unreachable(_)) => cached.ok_or_else(|| self.miss(g)),
             Ok(Dir { attr, entries, promise, access }) => {
                 self.note_access(g, &attr, access)?;
-                self.cache.put_attr(g.cell, attr)?;
-                let listing = self.cache.put_listing(g, entries)?;
-                self.promised(g, promise, ticket);
-                Ok(listing)
+                let mut taken = None;
+                self.promises.take_fetched(&g, ticket, || {
+                    self.cache.put_attr(g.cell, attr)?;
+                    taken = Some(self.cache.put_listing(g, entries.clone())?);
+                    Ok::<(), VenusError>(())
+                })?;
+                match taken {
+                    Some(listing) => {
+                        self.promised(g, promise, ticket);
+                        Ok(listing)
+                    }
+                    // A change of ours in the directory was answered after this was sent: the
+                    // listing may lack it. What the cache holds (edited by that change) is
+                    // newer; with nothing cached, this answer serves once and is not kept.
+                    None => Ok(self.cache.listing(&g).unwrap_or_else(|| Arc::new(entries))),
+                }
             }
             Err(VenusError::Remote(RemoteError::NotFound)) => {
                 self.cache.remove(&g)?;
@@ -175,7 +187,7 @@ impl Venus {
         file.flush()?;
         drop(file);
         self.counters.add(counters::BYTES_FETCHED, fetched);
-        self.cache.put_attr(g.cell, attr.clone())?;
+        let attr = self.take_fetched_attr(g.cell, attr, ticket)?;
         self.cache.install(&g, tmp, fetched)?;
         self.promised(g, promise, ticket);
         Ok(attr)

@@ -152,6 +152,11 @@ impl Venus {
                 }
                 let results = conn.reintegrate(volume, records.clone()).await?.results;
                 let mut retry = false;
+                // A record leaving the log and its answer reaching the cache are one step for
+                // changes being made meanwhile: one based on what the cache held between the two
+                // would carry a version the server has moved on, with no record left in the log
+                // to base it on instead.
+                let settling = self.exclusive(cell, volume).await;
                 for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
                     match result {
                         Ok(applied) => {
@@ -186,12 +191,18 @@ impl Venus {
                     }
                     self.cml.remove(&[entry.seq])?;
                 }
+                drop(settling);
                 if retry {
                     missing_rounds += 1;
                 }
             }
+            // Changes that read their bases from the emulated cache are committed (logged)
+            // before the volume is connected, and none reads while it switches.
+            let switch = self.exclusive(cell, volume).await;
             self.mark_pending(cell, volume, false);
-            if !self.cml.has_pending(&name, volume)? {
+            let more = self.cml.has_pending(&name, volume)?;
+            drop(switch);
+            if !more {
                 break;
             }
             self.mark_pending(cell, volume, true);
@@ -305,6 +316,10 @@ impl Venus {
     async fn settled(&self, cell: CellId, mutation: &Mutation, applied: &Applied) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
         let stamped = proto::rules::restamped(mutation);
+        // What the change made is ours too: a file made offline and still open (or written)
+        // must have its container based on the first version the server gave it, or its next
+        // store would be refused.
+        let ours = |o: proto::ObjectId| stamped.contains(&Some(o)) || mutation.created() == Some(o);
         for attr in &applied.attrs {
             if attr.kind == ObjectKind::Directory {
                 continue;
@@ -315,7 +330,8 @@ impl Venus {
             let _one_at_a_time = lock.lock().await;
             // Our own change: the container is what it was made from (an attribute change), or
             // what was sent (a store). A rename or link made no new version of the file.
-            self.cache.put_attr_with(cell, attr.clone(), stamped.contains(&Some(attr.fid.object)))?;
+            self.promises.changed_here([g]);
+            self.cache.put_attr_with(cell, attr.clone(), ours(attr.fid.object))?;
             if let Some(c) = self.cache.get(&g)
                 && c.dirty
                 && self.cml.base_of(&name, attr.fid)?.is_none()

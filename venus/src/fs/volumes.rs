@@ -226,7 +226,7 @@ impl Venus {
                 if held.is_some_and(|a| a.nlink != now.nlink || a.parent != now.parent) {
                     self.forget_in_kernel(g);
                 }
-                self.cache.put_attr(g.cell, now)?;
+                self.take_fetched_attr(g.cell, now, ticket)?;
                 self.promised(g, promise, ticket);
                 Ok(false)
             }
@@ -235,18 +235,22 @@ impl Venus {
                 if held.is_some() {
                     self.forget_in_kernel(g);
                 }
-                self.cache.put_attr(g.cell, now)?;
+                self.take_fetched_attr(g.cell, now, ticket)?;
                 self.promised(g, promise, ticket);
                 Ok(true)
             }
             AttrCheck::Gone => {
-                self.unpromise(&g);
-                self.forget_in_kernel(g);
-                // Local changes are never dropped, whatever the server says.
-                if !self.cache.get(&g).is_some_and(|c| c.dirty) {
-                    self.cache.remove(&g)?;
+                // Gone as of the request, unless a change of ours (its creation replayed, say)
+                // was answered since. Local changes are never dropped, whatever the server says.
+                let gone = self.promises.take_fetched(&g, ticket, || match self.cache.get(&g) {
+                    Some(c) if c.dirty => Ok(()),
+                    _ => self.cache.remove(&g),
+                })?;
+                if gone {
+                    self.unpromise(&g);
+                    self.forget_in_kernel(g);
                 }
-                Ok(true)
+                Ok(gone)
             }
             AttrCheck::Denied => {
                 self.unpromise(&g);

@@ -118,6 +118,8 @@ impl Venus {
         // never recorded without the changes it vouches for.
         let volume_state = self.own_change(cell, volume, applied.stamp, 1);
         let removed: Vec<GFid> = applied.removed.iter().map(|o| GFid::new(cell, Fid::new(volume, *o))).collect();
+        // Replies to fetches sent before this answer may predate it: they are kept out.
+        self.promises.changed_here(applied.attrs.iter().map(|a| GFid::new(cell, a.fid)));
         let mut batch = self.cache.batch()?;
         if let Some(state) = volume_state {
             batch.set_volume(cell, volume, state)?;
@@ -347,6 +349,7 @@ impl Venus {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
         let p = self.dir_of(parent)?;
+        let _entered = self.enter(p).await;
         let (e, _g, attr) = self.entry(p, name).await?;
         if e.kind == ObjectKind::Directory {
             return Err(VenusError::IsDirectory);
@@ -385,6 +388,7 @@ impl Venus {
         if from.cell != to.cell || from.fid.volume != to.fid.volume {
             return Err(VenusError::Remote(RemoteError::CrossVolume));
         }
+        let _entered = self.enter(from).await;
         let src =
             self.listing(from).await?.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
         if from != to && src.kind == ObjectKind::File {
@@ -432,6 +436,7 @@ impl Venus {
     pub async fn setattr(&self, ino: u64, req: SetAttrRequest) -> Result<Stat> {
         let g = self.object(ino)?;
         self.writable(g)?;
+        let _entered = self.enter(g).await;
         let attr = self.status(g).await?;
         if req.size.is_some() {
             self.require(g, &attr, Rights::WRITE).await?;
@@ -531,6 +536,7 @@ impl Venus {
         if !h.writable {
             return Ok(());
         }
+        let _entered = self.enter(h.gfid).await;
         let lock = self.fetch_lock(h.gfid);
         let _one_at_a_time = lock.lock().await;
         let Some(now) = h.unstored() else {
