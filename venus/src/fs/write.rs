@@ -173,16 +173,18 @@ impl Venus {
             .ok_or_else(|| VenusError::Protocol("the server did not return the new object".into()))
     }
 
-    /// Creates an object in a directory and returns what the kernel needs of it.
+    /// Creates an object named `name` in a directory and returns what the kernel needs of it;
+    /// `mutation` makes the change from the parent, the name, the new object and the time.
     async fn make(
         &self,
         parent: u64,
-        mutation: impl FnOnce(Fid, ObjectId) -> Mutation,
-        name: &Name,
+        name: &str,
+        mutation: impl FnOnce(Fid, Name, ObjectId, Timestamp) -> Mutation,
     ) -> Result<(GFid, Attr)> {
+        let name = Name::new(name)?;
         let p = self.dir_of(parent)?;
         let object = ObjectId::random();
-        let mut m = mutation(p.fid, object);
+        let mut m = mutation(p.fid, name.clone(), object, Timestamp::now());
         let need = match &m {
             Mutation::MakeMountPoint { .. } => Rights::INSERT | Rights::ADMINISTER,
             _ => Rights::INSERT,
@@ -205,7 +207,7 @@ impl Venus {
             Mutation::MakeNode { kind, .. } => ObjectKind::from(*kind),
             _ => ObjectKind::File,
         };
-        let entry = DirEntry { name: name.clone(), object, kind };
+        let entry = DirEntry { name, object, kind };
         let applied = self.commit(Change::new(p.cell, m).editing(vec![ListingEdit::Add(p, entry)])).await?.applied;
         let attr = Self::new_attr(&applied, object)?;
         if kind == ObjectKind::Directory {
@@ -231,15 +233,16 @@ impl Venus {
 
     /// A new empty file, not opened (`mknod(2)` of a regular file; `create` opens it).
     pub async fn make_file(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
-        let name = Name::new(name)?;
-        let mtime = Timestamp::now();
-        let n = name.clone();
         let (g, attr) = self
-            .make(
+            .make(parent, name, |parent, name, object, mtime| Mutation::Create {
                 parent,
-                |parent, object| Mutation::Create { parent, name: n, object, mode, owner: uid, group: gid, mtime },
-                &name,
-            )
+                name,
+                object,
+                mode,
+                owner: uid,
+                group: gid,
+                mtime,
+            })
             .await?;
         // A new file is empty: its container exists at once, no fetch needed.
         self.with_room(|| self.cache.make_container(&g))?;
@@ -248,31 +251,33 @@ impl Venus {
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
-        let name = Name::new(name)?;
-        let n = name.clone();
-        let mtime = Timestamp::now();
         let (g, attr) = self
-            .make(
+            .make(parent, name, |parent, name, object, mtime| Mutation::MakeDir {
                 parent,
-                |parent, object| Mutation::MakeDir { parent, name: n, object, mode, owner: uid, group: gid, mtime },
-                &name,
-            )
+                name,
+                object,
+                mode,
+                owner: uid,
+                group: gid,
+                mtime,
+            })
             .await?;
         self.cache.put_listing(g, Vec::new())?;
         Ok(self.stat_of(g, &attr))
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> Result<Stat> {
-        let name = Name::new(name)?;
-        let n = name.clone();
         let target = target.to_string();
-        let mtime = Timestamp::now();
         let (g, attr) = self
-            .make(
+            .make(parent, name, |parent, name, object, mtime| Mutation::Symlink {
                 parent,
-                |parent, object| Mutation::Symlink { parent, name: n, object, target, owner: uid, group: gid, mtime },
-                &name,
-            )
+                name,
+                object,
+                target,
+                owner: uid,
+                group: gid,
+                mtime,
+            })
             .await?;
         Ok(self.stat_of(g, &attr))
     }
@@ -280,39 +285,32 @@ impl Venus {
     /// `mknod(2)` of a named pipe or a socket: only the name and attributes are shared; the pipe
     /// or socket itself lives in this client's kernel.
     pub async fn mknod(&self, parent: u64, name: &str, kind: NodeKind, mode: u32, uid: u32, gid: u32) -> Result<Stat> {
-        let name = Name::new(name)?;
-        let n = name.clone();
-        let mtime = Timestamp::now();
         let (g, attr) = self
-            .make(
+            .make(parent, name, |parent, name, object, mtime| Mutation::MakeNode {
                 parent,
-                |parent, object| Mutation::MakeNode {
-                    parent,
-                    name: n,
-                    object,
-                    kind,
-                    mode,
-                    owner: uid,
-                    group: gid,
-                    mtime,
-                },
-                &name,
-            )
+                name,
+                object,
+                kind,
+                mode,
+                owner: uid,
+                group: gid,
+                mtime,
+            })
             .await?;
         Ok(self.stat_of(g, &attr))
     }
 
     /// A mount point: a directory entry naming a volume (`venus mkmount`).
     pub async fn make_mount_point(&self, parent: u64, name: &str, target: &str, uid: u32) -> Result<()> {
-        let name = Name::new(name)?;
-        let n = name.clone();
         let target = target.to_string();
-        let mtime = Timestamp::now();
-        self.make(
+        self.make(parent, name, |parent, name, object, mtime| Mutation::MakeMountPoint {
             parent,
-            |parent, object| Mutation::MakeMountPoint { parent, name: n, object, target, owner: uid, mtime },
-            &name,
-        )
+            name,
+            object,
+            target,
+            owner: uid,
+            mtime,
+        })
         .await?;
         Ok(())
     }
