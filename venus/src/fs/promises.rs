@@ -210,12 +210,18 @@ impl BreakLog {
     }
 }
 
-/// Forgets the entries older than [`REMEMBER`]; returns the newest sequence number forgotten.
+/// Forgets the entries older than [`REMEMBER`], and then the oldest until at most half of
+/// [`MOST`] are left (a burst of changes must not make every later one scan a full log);
+/// returns the newest sequence number forgotten.
 fn forget_old(entries: &mut HashMap<GFid, (u64, Instant)>) -> u64 {
     let now = Instant::now();
+    let mut seqs: Vec<u64> = entries.values().map(|(seq, _)| *seq).collect();
+    let excess = seqs.len().saturating_sub(MOST / 2);
+    // Every entry below this goes, however young.
+    let below = if excess > 0 { *seqs.select_nth_unstable(excess).1 } else { 0 };
     let mut forgotten = 0;
     entries.retain(|_, (seq, at)| {
-        let keep = now.duration_since(*at) < REMEMBER;
+        let keep = *seq >= below && now.duration_since(*at) < REMEMBER;
         if !keep {
             forgotten = forgotten.max(*seq);
         }
@@ -274,5 +280,19 @@ mod tests {
         }
         assert!(!log.objects.contains_key(&g(1)));
         assert!(!log.object_holds(&g(1), old), "forgotten, and still not trusted");
+    }
+
+    #[test]
+    fn a_burst_of_changes_keeps_the_log_bounded_and_trusts_nothing_it_forgot() {
+        let mut log = BreakLog::default();
+        let old = log.ticket();
+        // All young: pruning by age alone would keep every one.
+        for n in 0..=(2 * MOST) as u128 {
+            log.changed_here(g(n));
+        }
+        assert!(log.ours.len() <= MOST, "{}", log.ours.len());
+        assert!(!log.unchanged_here(&g(1), old), "forgotten, and still not trusted");
+        let recent = log.ticket();
+        assert!(log.unchanged_here(&g(1), recent), "a request sent after the burst stands");
     }
 }
