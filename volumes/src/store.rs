@@ -328,7 +328,6 @@ impl Store {
         })
     }
 
-    /// A directory's ACL; needs `l` on it.
     /// A volume's quota and use and this server's room for it (`df`); needs `l` on its root.
     pub fn volume_space(&self, caller: &Caller, volume: VolumeId) -> Result<proto::msg::VolumeSpace> {
         let info = self.read(|c| {
@@ -346,6 +345,7 @@ impl Store {
         })
     }
 
+    /// A directory's ACL; needs `l` on it.
     pub fn fetch_acl(&self, caller: &Caller, fid: Fid) -> Result<(Acl, Access)> {
         self.read(|c| {
             let (dir, access) = looked_up_dir(c, caller, fid)?;
