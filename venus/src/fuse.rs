@@ -438,19 +438,19 @@ impl Filesystem for VenusFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if !self.core.read_ready(fh.0, offset, size) {
-            // A file still coming in: this read waits for its bytes, off the FUSE thread.
-            let core = self.core.clone();
-            return self.spawn(req, async move {
-                match core.read_when_in(fh.0, offset, size).await {
-                    Ok(data) => reply.data(&data),
-                    Err(e) => reply.error(errno(&e)),
-                }
-            });
-        }
-        match self.core.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+        match self.core.read_now(fh.0, offset, size) {
+            Some(Ok(data)) => reply.data(&data),
+            Some(Err(e)) => reply.error(errno(&e)),
+            None => {
+                // A file still coming in: this read waits for its bytes, off the FUSE thread.
+                let core = self.core.clone();
+                self.spawn(req, async move {
+                    match core.read_when_in(fh.0, offset, size).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
         }
     }
 

@@ -464,37 +464,49 @@ impl Venus {
         Ok(self.add_handle(Handle::new(g, file, writable, truncate)))
     }
 
-    /// Whether a read of `size` bytes at `offset` can be served at once: not one that waits for
-    /// a file still coming in.
-    pub fn read_ready(&self, fh: u64, offset: u64, size: u32) -> bool {
-        self.handle(fh).map_or(true, |h| h.stream.as_ref().is_none_or(|s| s.ready(offset + u64::from(size))))
+    /// A read answered at once, or `None` if it is of a file still coming in whose bytes are not
+    /// there yet (then [`Venus::read_when_in`] waits for them).
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>>> {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        if h.stream.as_ref().is_some_and(|s| !s.ready(offset + u64::from(size))) {
+            return None;
+        }
+        Some(read_at(&h, offset, size))
     }
 
-    /// A read that may wait for its bytes to come in (see [`Venus::read_ready`]).
+    /// A read that may wait for its bytes to come in (see [`Venus::read_now`]).
     pub async fn read_when_in(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        if let Some(stream) = &self.handle(fh)?.stream {
+        let h = self.handle(fh)?;
+        if let Some(stream) = &h.stream {
             let end = offset + u64::from(size);
             if !stream.ready(end) {
                 self.counters.add(counters::STREAM_WAITS, 1);
             }
             stream.until(end).await?;
         }
-        self.read(fh, offset, size)
+        read_at(&h, offset, size)
     }
 
     /// Reads from an open file's container (when the kernel does not pass reads through).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.handle(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = h.file.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(buf)
+        read_at(&*self.handle(fh)?, offset, size)
     }
+}
+
+/// Up to `size` bytes at `offset` of an open file's container.
+fn read_at(h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = h.file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
