@@ -26,6 +26,9 @@ fn golden_bytes() {
     assert_eq!(enc(&Response::Error(RemoteError::CrossDirectoryLink)), "0018");
     assert_eq!(enc(&Response::Error(RemoteError::NoSpace)), "0019");
     assert_eq!(enc(&Response::Done), "0a");
+    // Appended in protocol 5.
+    assert_eq!(enc(&Response::Error(RemoteError::StaleFence(String::new()))), "001b00");
+    assert_eq!(enc(&Request::ListServerStatus), "2d");
     let rec = Record {
         op: OpId(5),
         mutation: Mutation::Store {
@@ -86,6 +89,7 @@ fn error_kinds_are_their_variant_names() {
         RemoteError::MissingChunks(3),
         RemoteError::Conflict(crate::ConflictKind::NameTaken { existing: ObjectId(4) }),
         RemoteError::NoSpace,
+        RemoteError::CellDbUnavailable("no quorum".into()),
     ];
     for e in samples {
         let debug = format!("{e:?}");

@@ -19,7 +19,7 @@ use crate::version::VolumeStamp;
 /// 3: `ValidateAttrs` answers a current version with the attributes (`AttrCheck::Current`).
 /// 4: named pipes and sockets (`ObjectKind::Fifo`/`Socket`, `Mutation::MakeNode`);
 /// `GetVolumeSpace` (what `df` shows).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The frame a client sends to open every RPC: who is asking, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +80,35 @@ pub enum SiteRole {
 pub struct Site {
     pub server: ServerId,
     pub role: SiteRole,
+}
+
+/// A server of the cell and whether it is running (`vos listaddrs`): a running server keeps a
+/// lease in the cell database alive; `alive` is false once it has lapsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub info: ServerInfo,
+    pub alive: bool,
+    /// When it started (Unix seconds), if alive.
+    pub since: i64,
+}
+
+/// A lock on one volume's administration, held by one `vos`: `token` is the cell database's
+/// revision at which it was taken (a fencing token). Servers refuse a step of an operation
+/// whose lock is no longer held, so a `vos` that lost its lock (it was paused past its lease,
+/// or another admin took over) can change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub volume: String,
+    pub token: i64,
+}
+
+/// An operation its lock's holder began and did not finish (it died, or lost its lock); the
+/// next holder of the volume's lock finishes it or rolls it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unfinished {
+    /// `vos move` of the read-write volume `id` from server `from` to server `to`. Whether the
+    /// location entry names `to` yet tells how far it got.
+    Move { id: VolumeId, from: ServerId, to: ServerId },
 }
 
 /// One entry of the volume location database.
@@ -327,6 +356,35 @@ pub enum Request {
     GetVolumeSpace {
         volume: VolumeId,
     },
+    // Appended in protocol 5: the cell database's registry and locks.
+    /// Every server of the cell and whether it is running (reply `ServerStatus`).
+    ListServerStatus,
+    /// Takes the lock on volume `volume` (a read-write volume's name) for `purpose`, under a
+    /// lease of `ttl_secs` that the holder renews; reply `Locked`, or `Locked` refused when
+    /// another admin holds it.
+    TakeLock {
+        volume: String,
+        purpose: String,
+        ttl_secs: u32,
+    },
+    RenewLock {
+        fence: Fence,
+    },
+    ReleaseLock {
+        fence: Fence,
+    },
+    /// Records what the lock's holder has begun (so the next holder can finish it), or clears
+    /// it with `None`.
+    NoteUnfinished {
+        fence: Fence,
+        unfinished: Option<Unfinished>,
+    },
+    /// `request`, done only while `fence`'s lock is held (and refused `StaleFence` otherwise).
+    /// A location update under a fence is conditioned on the lock in the same transaction.
+    Fenced {
+        fence: Fence,
+        request: Box<Request>,
+    },
 }
 
 /// The room in a volume (`GetVolumeSpace`).
@@ -494,6 +552,17 @@ pub enum Response {
     VolumeSpace {
         space: VolumeSpace,
     },
+    // Appended in protocol 5.
+    ServerStatus {
+        servers: Vec<ServerStatus>,
+        /// Where the cell database is ("etcd (http://...)", "embedded SQLite (...)").
+        cell_db: String,
+    },
+    Locked {
+        fence: Fence,
+        ttl_secs: u32,
+        unfinished: Option<Unfinished>,
+    },
 }
 
 /// Messages the server pushes to a client on a stream it opens.
@@ -565,6 +634,16 @@ pub enum RemoteError {
     /// Changes that free space (removals) still go through.
     #[error("no space left on the server")]
     NoSpace,
+    // Appended in protocol 5.
+    /// Another admin holds the volume's lock.
+    #[error("locked: {0}")]
+    Locked(String),
+    /// The request's lock is no longer held.
+    #[error("stale fencing token: {0}")]
+    StaleFence(String),
+    /// The cell database (etcd) cannot be reached, or has no quorum.
+    #[error("cell database unavailable: {0}")]
+    CellDbUnavailable(String),
 }
 
 impl RemoteError {
@@ -598,6 +677,9 @@ impl RemoteError {
             RemoteError::BadLogin => "BadLogin",
             RemoteError::CrossDirectoryLink => "CrossDirectoryLink",
             RemoteError::NoSpace => "NoSpace",
+            RemoteError::Locked(_) => "Locked",
+            RemoteError::StaleFence(_) => "StaleFence",
+            RemoteError::CellDbUnavailable(_) => "CellDbUnavailable",
         }
     }
 }
@@ -667,6 +749,13 @@ impl Request {
                 m("PutChunksAndMutate", true, true, false, Some(record.mutation.volume()))
             }
             Request::GetVolumeSpace { volume } => m("GetVolumeSpace", false, true, false, Some(*volume)),
+            Request::ListServerStatus => m("ListServerStatus", false, true, false, None),
+            Request::TakeLock { .. } => m("TakeLock", true, false, true, None),
+            Request::RenewLock { .. } => m("RenewLock", true, true, true, None),
+            Request::ReleaseLock { .. } => m("ReleaseLock", true, true, true, None),
+            Request::NoteUnfinished { .. } => m("NoteUnfinished", true, true, true, None),
+            // Counted as what it carries; always an admin request.
+            Request::Fenced { request, .. } => RequestMeta { admin: true, ..request.meta() },
         }
     }
 }
@@ -727,6 +816,11 @@ pub const REQUEST_NAMES: &[&str] = &[
     "RenameVolumeHere",
     "PutChunksAndMutate",
     "GetVolumeSpace",
+    "ListServerStatus",
+    "TakeLock",
+    "RenewLock",
+    "ReleaseLock",
+    "NoteUnfinished",
 ];
 
 /// Checks the name a volume of `kind` has in a server's store: a valid base name with the

@@ -199,6 +199,15 @@ pub fn calls() -> Vec<Call> {
                 mtime: Timestamp { secs: 1, nanos: 0 },
             }),
         },
+        Request::ListServerStatus,
+        Request::TakeLock { volume: "vol".into(), purpose: "vos move".into(), ttl_secs: 15 },
+        Request::RenewLock { fence: fence() },
+        Request::ReleaseLock { fence: fence() },
+        Request::NoteUnfinished {
+            fence: fence(),
+            unfinished: Some(Unfinished::Move { id: VolumeId(7), from: ServerId(1), to: ServerId(2) }),
+        },
+        Request::Fenced { fence: fence(), request: Box::new(Request::FreezeVolume { id: VolumeId(7), frozen: true }) },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
@@ -301,7 +310,17 @@ pub fn responses() -> Vec<Response> {
             ],
             promise,
         },
+        Response::ServerStatus {
+            servers: vec![ServerStatus { info: server.clone(), alive: true, since: 5 }],
+            cell_db: "etcd (http://127.0.0.1:2379)".into(),
+        },
+        Response::Locked { fence: fence(), ttl_secs: 15, unfinished: None },
+        Response::Error(RemoteError::StaleFence("old".into())),
     ]
+}
+
+fn fence() -> Fence {
+    Fence { volume: "vol".into(), token: 42 }
 }
 
 pub fn pushes() -> Vec<Push> {

@@ -169,5 +169,9 @@ fn remote_errno(r: &RemoteError) -> i32 {
         RemoteError::DuplicateObject => libc::EEXIST,
         RemoteError::WouldLoop => libc::EINVAL,
         RemoteError::NoSpace => libc::ENOSPC,
+        RemoteError::Locked(_) => libc::EBUSY,
+        RemoteError::StaleFence(_) => libc::ESTALE,
+        // Only location and login need the cell database; file service goes on without it.
+        RemoteError::CellDbUnavailable(_) => libc::EAGAIN,
     }
 }

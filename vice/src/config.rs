@@ -7,8 +7,9 @@
 //! DIR/admin.cred     the first admin credential (owner-only; copy it to admins' machines)
 //! DIR/admin.password the password of the first administrator user (owner-only)
 //! DIR/cell.key       the cell's token key (owner-only; the same on every server of the cell)
-//! DIR/pts.sqlite     the protection database: users, groups, password hashes
-//! DIR/vldb.sqlite    the embedded volume location database
+//! DIR/cell.sqlite    the embedded cell database: volume locations, users and groups, servers,
+//!                    admin locks (cells made before it had vldb.sqlite and pts.sqlite: they are
+//!                    imported into it once, and kept as *.sqlite.imported)
 //! DIR/store/         the volume store: volumes.sqlite and chunks/
 //! ```
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use volumes::CellDb;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerConfig {
@@ -31,6 +33,10 @@ pub struct ServerConfig {
     /// the server `vice init` made. Servers that joined hold volumes only.
     #[serde(default = "yes")]
     pub database: bool,
+    /// Where the cell database is when it is not the embedded SQLite: `etcd://HOST:PORT,...`.
+    /// Every server of such a cell answers location and login requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_db: Option<String>,
 }
 
 fn yes() -> bool {
@@ -67,10 +73,15 @@ impl DataDir {
     pub fn token_key(&self) -> PathBuf {
         self.root.join("cell.key")
     }
-    pub fn pts(&self) -> PathBuf {
+    pub fn cell_db(&self) -> PathBuf {
+        self.root.join("cell.sqlite")
+    }
+    /// The protection database of a cell made before the cell database (imported from).
+    pub fn old_pts(&self) -> PathBuf {
         self.root.join("pts.sqlite")
     }
-    pub fn vldb(&self) -> PathBuf {
+    /// The location database of a cell made before the cell database (imported from).
+    pub fn old_vldb(&self) -> PathBuf {
         self.root.join("vldb.sqlite")
     }
     pub fn store(&self) -> PathBuf {
@@ -79,6 +90,28 @@ impl DataDir {
 }
 
 impl ServerConfig {
+    /// Opens this server's cell database: etcd, the embedded SQLite (importing a cell made
+    /// before it), or, for a server that joined a cell whose database is the first server's
+    /// SQLite, [`Elsewhere`](volumes::celldb::Elsewhere). Blocks: call it off the async threads.
+    pub fn open_cell_db(&self, dir: &DataDir) -> Result<std::sync::Arc<dyn CellDb>> {
+        use volumes::celldb::{self, Location};
+        let location = match &self.cell_db {
+            Some(text) => Location::parse(text).map_err(anyhow::Error::msg).context("cell_db in server.toml")?,
+            None => Location::Embedded,
+        };
+        match location {
+            Location::Embedded if !self.database => Ok(std::sync::Arc::new(celldb::Elsewhere)),
+            Location::Embedded => {
+                let db = celldb::SqliteCellDb::open(&dir.cell_db()).context("opening the cell database")?;
+                celldb::legacy::import_old_files(&dir.old_vldb(), &dir.old_pts(), &db)
+                    .context("importing the old location and protection databases")?;
+                Ok(std::sync::Arc::new(db))
+            }
+            etcd => celldb::open(&etcd, &self.cell, &dir.cell_db())
+                .with_context(|| format!("connecting to the cell database {}", etcd.to_text())),
+        }
+    }
+
     pub fn load(dir: &DataDir) -> Result<Self> {
         let path = dir.config();
         let text = std::fs::read_to_string(&path)

@@ -31,6 +31,11 @@ impl Identities {
         cache.get(&user).filter(|(_, at)| at.elapsed() < FRESH_FOR).map(|(c, _)| c.clone())
     }
 
+    /// What was last known of `user`, however old.
+    fn last_known(&self, user: PtsId) -> Option<Caller> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&user).map(|(c, _)| c.clone())
+    }
+
     fn remember(&self, user: PtsId, caller: &Caller) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(user, (caller.clone(), Instant::now()));
     }
@@ -57,8 +62,20 @@ pub async fn identify(shared: &Shared, peer: &Peer, token: Option<&Token>) -> Re
     }
     let found = tokio::task::spawn_blocking(move || pts.caller(user))
         .await
-        .map_err(|_| RemoteError::Internal("identity lookup failed".into()))?
-        .map_err(|e| e.to_remote())?;
+        .map_err(|_| RemoteError::Internal("identity lookup failed".into()))?;
+    let found = match found {
+        Ok(found) => found,
+        // The cell database is unreachable: file service goes on, by what was last known of
+        // the user, or else by the groups its token (signed by the cell's key) carries.
+        Err(volumes::StoreError::Unavailable(e)) => {
+            tracing::debug!(error = %e, user = %user, "identity from the token: cell database unavailable");
+            return Ok(shared
+                .identities
+                .last_known(user)
+                .unwrap_or_else(|| Caller::user(user, body.groups.iter().copied())));
+        }
+        Err(e) => return Err(e.to_remote()),
+    };
     match found {
         Some(caller) => {
             shared.identities.remember(user, &caller);

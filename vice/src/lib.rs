@@ -7,5 +7,6 @@ pub mod config;
 mod handlers;
 pub mod identity;
 pub mod init;
+pub mod liveness;
 pub mod metrics;
 pub mod server;

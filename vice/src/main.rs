@@ -38,6 +38,20 @@ enum Command {
         /// to DIR/admin.password.
         #[arg(long, default_value = "admin")]
         admin_user: String,
+        /// Keep the cell database (locations, users, servers, locks) on etcd instead of in
+        /// this server's data directory: etcd://HOST:PORT[,HOST:PORT...]. With --join, the
+        /// server joins through etcd (no other server needs to be up, no admin credential).
+        #[arg(long, value_name = "URL")]
+        cell_db: Option<String>,
+    },
+    /// Move a stopped server's cell database to etcd: on the database server it copies the
+    /// embedded database (checked key by key); on the others it switches them to it.
+    MigrateCellDb {
+        #[arg(long)]
+        data: PathBuf,
+        /// etcd://HOST:PORT[,HOST:PORT...]
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
     /// Serve the data directory in the foreground until SIGTERM or SIGINT.
     Serve {
@@ -66,6 +80,17 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Init { cell: None, join: Some(cell_file), data, listen, cell_db: Some(db), .. } => {
+            let done = vice::init::join_cell_db(&cell_file, &data, &listen, &db)?;
+            println!(
+                "Joined the cell of {} through its cell database {db}, in {}",
+                cell_file.display(),
+                data.display()
+            );
+            println!("  cell file with every server: {}", done.cell_file.display());
+            println!("Start the server with: vice serve --data {}", data.display());
+            Ok(())
+        }
         Command::Init { cell: None, join: Some(cell_file), admin_cred, data, listen, .. } => {
             let cred = admin_cred.ok_or_else(|| anyhow::anyhow!("--join needs --admin-cred (or AFS_ADMIN_CRED)"))?;
             let rt = tokio::runtime::Runtime::new()?;
@@ -75,9 +100,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("Start the server with: vice serve --data {}", data.display());
             Ok(())
         }
-        Command::Init { cell, data, listen, admin_user, .. } => {
+        Command::Init { cell, data, listen, admin_user, cell_db, .. } => {
             let cell = cell.ok_or_else(|| anyhow::anyhow!("give --cell NAME for a new cell, or --join CELLFILE"))?;
-            let done = vice::init::init_cell(&cell, &data, &listen, &admin_user)?;
+            let done = vice::init::init_cell(&cell, &data, &listen, &admin_user, cell_db.as_deref())?;
             println!("Created cell {cell} in {}", data.display());
             println!("  cell file for clients: {}", done.cell_file.display());
             println!("  admin credential:      {} (keep it private)", done.admin_cred.display());
@@ -88,6 +113,12 @@ fn run(cli: Cli) -> Result<()> {
                 done.admin_user
             );
             println!("Start the server with: vice serve --data {}", data.display());
+            Ok(())
+        }
+        Command::MigrateCellDb { data, to } => {
+            let copied = vice::init::migrate_cell_db(&data, &to)?;
+            println!("This server's cell database is now {to} ({copied} keys copied)");
+            println!("Start the server again with: vice serve --data {}", data.display());
             Ok(())
         }
         Command::Serve { data, listen, metrics } => {

@@ -19,7 +19,8 @@ use proto::tls::{Identity, TransportTuning, endpoint_config, peer_fingerprint, s
 use proto::{ClientId, RemoteError, ServerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use volumes::{NoVldb, Ptdb, SqliteVldb, Store, Vldb};
+use volumes::celldb::{locks::Locks, registry::Registry};
+use volumes::{CellDb, Ptdb, Store, Vldb};
 
 use crate::callbacks::Callbacks;
 use crate::config::{DataDir, ServerConfig};
@@ -40,18 +41,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything the handlers share.
 pub struct Shared {
     pub store: Arc<Store>,
-    pub vldb: Arc<dyn Vldb>,
+    /// The cell database, and what the cell keeps in it.
+    pub cell_db: Arc<dyn CellDb>,
+    pub vldb: Arc<Vldb>,
+    pub registry: Arc<Registry>,
+    pub locks: Arc<Locks>,
     pub callbacks: Callbacks,
     pub config: ServerConfig,
     pub server_id: ServerId,
-    /// `None` on servers that joined a cell: the database server holds it.
+    /// `None` on servers that joined a cell whose database is the first server's SQLite.
     pub pts: Option<Arc<Ptdb>>,
     pub token_key: TokenKey,
     pub identities: Identities,
     /// Volumes being moved away whose changes wait (`VolumeBusy`), and volumes that moved
     /// (`VolumeMoved`): see `handlers::volume_ops`.
-    pub frozen: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
+    /// A freeze made under a lock lasts while the lock is held (`handlers::locks`).
+    pub frozen: std::sync::Mutex<std::collections::HashMap<proto::VolumeId, Option<proto::msg::Fence>>>,
     pub moved: std::sync::Mutex<std::collections::HashSet<proto::VolumeId>>,
+    /// The newest fencing token seen per volume name: an older one is stale.
+    pub fences: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     pub metrics: Metrics,
 }
 
@@ -79,15 +87,19 @@ pub async fn run(
         config.listen = l;
     }
     let identity = Identity::load(&dir.identity())?;
-    let vldb: Arc<dyn Vldb> = if config.database {
-        Arc::new(SqliteVldb::open(&dir.vldb()).context("opening the VLDB")?)
-    } else {
-        Arc::new(NoVldb)
+    let cell_db = {
+        let (config, dir) = (config.clone(), DataDir::new(data));
+        tokio::task::spawn_blocking(move || config.open_cell_db(&dir)).await.context("opening the cell database")??
     };
     let server_id = ServerId(config.server_id);
     let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
     let pts = match config.database {
-        true => Some(Arc::new(Ptdb::open(&dir.pts()).context("opening the protection database")?)),
+        true => {
+            let db = cell_db.clone();
+            let pts =
+                tokio::task::spawn_blocking(move || Ptdb::new(db)).await.context("opening the protection database")?;
+            Some(Arc::new(pts.context("opening the protection database")?))
+        }
         false => None,
     };
     let key_text = std::fs::read_to_string(dir.token_key())
@@ -110,9 +122,13 @@ pub async fn run(
     .with_context(|| format!("starting QUIC on {addr}"))?;
     tracing::info!(cell = %config.cell, server = %server_id, %addr, fingerprint = %identity.fingerprint(), "vice serving");
 
+    tracing::info!(cell_db = %cell_db.describe(), "cell database");
     let shared = Arc::new(Shared {
         store,
-        vldb,
+        vldb: Arc::new(Vldb::new(cell_db.clone())),
+        registry: Arc::new(Registry::new(cell_db.clone())),
+        locks: Arc::new(Locks::new(cell_db.clone())),
+        cell_db,
         callbacks: Callbacks::new(BREAK_TIMEOUT),
         config,
         server_id,
@@ -121,10 +137,14 @@ pub async fn run(
         identities: Identities::default(),
         frozen: Default::default(),
         moved: Default::default(),
+        fences: Default::default(),
         metrics: Metrics::default(),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
+    tracker.spawn(crate::liveness::announce(shared.clone(), identity.fingerprint(), shutdown.clone()));
+    tracker.spawn(crate::liveness::forget_identities_on_change(shared.clone(), shutdown.clone()));
+    tracker.spawn(handlers::locks::watch_frozen(shared.clone(), shutdown.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
         tracker.spawn(metrics::serve(shared.clone(), listener, shutdown.clone()));

@@ -8,11 +8,15 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use proto::cell::{CellFile, CellServer};
 use proto::client::{Connector, Session};
-use proto::msg::{ServerInfo, Site, SiteRole, VldbEntry, VolumeRef};
+use proto::msg::{Fence, ServerInfo, Site, SiteRole, Unfinished, VldbEntry, VolumeRef};
 use proto::tls::{Identity, TransportTuning};
 use proto::{ClientId, RemoteError, Request, Response, ServerId};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a lock outlives a `vos` that stopped renewing it (killed, cut off).
+/// How long to try one server before trying the next.
+const FAILOVER_AFTER: Duration = Duration::from_secs(5);
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// Where the cell and its admin credential are, for every admin command.
 #[derive(clap::Args)]
@@ -23,11 +27,17 @@ pub struct CellArgs {
     /// The admin credential (from `vice init`).
     #[arg(long, env = "AFS_ADMIN_CRED", global = true)]
     pub admin_cred: Option<PathBuf>,
+    /// Seconds a volume's lock outlives this command if it dies without giving it up.
+    #[arg(long, global = true, default_value_t = DEFAULT_LOCK_TTL.as_secs(), value_name = "SECS", hide = true)]
+    pub lock_ttl: u64,
 }
 
+#[derive(Clone)]
 pub struct Context {
     pub cell: CellFile,
-    connector: Connector,
+    connector: std::sync::Arc<Connector>,
+    /// The lease of the locks this command takes (`--lock-ttl`).
+    pub lock_ttl: Duration,
 }
 
 impl Context {
@@ -44,8 +54,8 @@ impl Context {
             keep_alive: Duration::from_secs(2),
             ..TransportTuning::default()
         };
-        let connector = Connector::new(Some(identity), tuning)?;
-        Ok(Context { cell, connector })
+        let connector = std::sync::Arc::new(Connector::new(Some(identity), tuning)?);
+        Ok(Context { cell, connector, lock_ttl: DEFAULT_LOCK_TTL })
     }
 
     /// A server of the cell file by address or id; the cell's first (database) server when
@@ -80,7 +90,7 @@ impl Context {
 
     /// Every server of the cell, as the database server lists them.
     pub async fn servers(&self) -> Result<Vec<CellServer>> {
-        match self.call_at(&self.server(None)?, Request::ListServers).await? {
+        match self.call_any(Request::ListServers).await? {
             Response::Servers { servers } => Ok(servers.into_iter().map(cell_server).collect()),
             other => Err(unexpected(other)),
         }
@@ -96,8 +106,37 @@ impl Context {
     /// One call to a server (the database server when none is named); the server's refusal
     /// becomes the error.
     pub async fn call(&self, which: Option<&str>, req: Request) -> Result<Response> {
+        if which.is_none() {
+            return self.call_any(req).await;
+        }
         let server = self.resolve(which).await?;
         self.call_at(&server, req).await
+    }
+
+    /// One call to the cell's database: the first server of the cell file that answers. With
+    /// the cell database on etcd every server answers, so one server down stops nothing; with
+    /// the embedded one only the first does (the others refuse, and that refusal is returned).
+    pub async fn call_any(&self, req: Request) -> Result<Response> {
+        let mut unreachable = Vec::new();
+        for server in &self.cell.servers {
+            let connecting = self.connector.connect(server, ClientId::random(), FAILOVER_AFTER);
+            let session = match connecting.await {
+                Ok(s) => s,
+                Err(e) => {
+                    unreachable.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            let resp = session.call(&req).await;
+            session.close();
+            match resp {
+                Ok(Response::Error(e)) => return Err(anyhow::Error::new(e)),
+                Ok(other) => return Ok(other),
+                Err(e) if e.is_unreachable() => unreachable.push(format!("server {}: {e}", server.id)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no server of the cell answered: {}", unreachable.join("; "))
     }
 
     pub async fn call_at(&self, server: &CellServer, req: Request) -> Result<Response> {
@@ -109,6 +148,73 @@ impl Context {
             Response::Error(e) => Err(anyhow::Error::new(e)),
             other => Ok(other),
         }
+    }
+}
+
+/// A volume's lock, held while a `vos` command works on it, renewed in the background. Every
+/// step that changes something goes through it, fenced with the lock's token, so a server
+/// refuses it once the lock is lost.
+pub struct Held {
+    ctx: Context,
+    pub fence: Fence,
+    /// What an earlier holder began and did not finish.
+    pub unfinished: Option<Unfinished>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl Context {
+    /// Takes volume `volume`'s lock for `purpose`; refused while another admin holds it.
+    pub async fn lock(&self, volume: &str, purpose: &str) -> Result<Held> {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let purpose = format!("{purpose} from {} pid {}", host.trim(), std::process::id());
+        let ttl_secs = self.lock_ttl.as_secs().max(1) as u32;
+        let req = Request::TakeLock { volume: volume.to_string(), purpose, ttl_secs };
+        let (fence, ttl_secs, unfinished) = match self.call_any(req).await? {
+            Response::Locked { fence, ttl_secs, unfinished } => (fence, ttl_secs, unfinished),
+            other => return Err(unexpected(other)),
+        };
+        let (ctx, f) = (self.clone(), fence.clone());
+        let renewing = tokio::spawn(async move {
+            let every = Duration::from_millis(u64::from(ttl_secs) * 1000 / 3);
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = ctx.call_any(Request::RenewLock { fence: f.clone() }).await {
+                    if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::StaleFence(_))) {
+                        eprintln!("vos: the lock on {} was lost: {e:#}", f.volume);
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Held { ctx: self.clone(), fence, unfinished, renewing })
+    }
+}
+
+impl Held {
+    /// `req` wrapped in this lock's fence.
+    pub fn fenced(&self, req: Request) -> Request {
+        Request::Fenced { fence: self.fence.clone(), request: Box::new(req) }
+    }
+
+    /// A fenced call to one server.
+    pub async fn call_at(&self, server: &CellServer, req: Request) -> Result<Response> {
+        self.ctx.call_at(server, self.fenced(req)).await
+    }
+
+    /// A fenced call to the cell database.
+    pub async fn call(&self, req: Request) -> Result<Response> {
+        self.ctx.call_any(self.fenced(req)).await
+    }
+
+    /// Records what this holder has begun (`None`: it is done).
+    pub async fn note(&self, unfinished: Option<Unfinished>) -> Result<()> {
+        self.ctx.call_any(Request::NoteUnfinished { fence: self.fence.clone(), unfinished }).await.map(|_| ())
+    }
+
+    /// Gives the lock up. (A `vos` that dies instead frees it when its lease runs out.)
+    pub async fn release(self) {
+        self.renewing.abort();
+        let _ = self.ctx.call_any(Request::ReleaseLock { fence: self.fence.clone() }).await;
     }
 }
 

@@ -14,6 +14,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The cell database cannot be reached (etcd without a quorum, or too slow).
+    #[error("cell database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -29,6 +32,7 @@ impl StoreError {
             StoreError::Db(e) => RemoteError::Internal(format!("database: {e}")),
             StoreError::Io(e) => RemoteError::Internal(format!("i/o: {e}")),
             StoreError::Corrupt(e) => RemoteError::Internal(format!("corrupt store: {e}")),
+            StoreError::Unavailable(e) => RemoteError::CellDbUnavailable(e.clone()),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The server side of storage: the volume store (SQLite metadata plus a blake3 chunk store),
-//! certification and application of mutation records, space reclamation, and the volume
-//! location database. The `vos` and `pts` admin CLIs are this crate's binaries; [`admin`] is
+//! certification and application of mutation records, space reclamation, and the cell database
+//! (volume locations, users and groups, servers, admin locks: [`celldb`]). The `vos` and `pts` admin CLIs are this crate's binaries; [`admin`] is
 //! what they share: finding the cell and calling its servers with the admin credential.
 //!
 //! Durability: a chunk is recorded only after its file is synced; a mutation commits in one
@@ -13,25 +13,25 @@
 pub mod access;
 pub mod admin;
 pub mod apply;
+pub mod celldb;
 pub mod chunks;
 mod clone;
 pub mod dump;
 pub mod error;
 pub mod gc;
-pub mod pts;
 mod rows;
 mod schema;
 pub mod space;
 pub mod store;
-pub mod vldb;
 
 pub use access::Caller;
 pub use apply::BatchOutcome;
+pub use celldb::pts::Ptdb;
+pub use celldb::vldb::Vldb;
+pub use celldb::{CellDb, SqliteCellDb};
 pub use error::{Result, StoreError};
-pub use pts::Ptdb;
 pub use space::{FreeSpace, Limits, SpaceGuard};
 pub use store::{ChunkUpload, SmallChunk, Store};
-pub use vldb::{NoVldb, SqliteVldb, Vldb};
 
 #[cfg(test)]
 mod tests;

@@ -356,7 +356,7 @@ impl StoreError {
         match self {
             StoreError::Db(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
             StoreError::Io(e) => is_enospc(e),
-            StoreError::Refused(_) | StoreError::Db(_) | StoreError::Corrupt(_) => false,
+            StoreError::Refused(_) | StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_) => false,
         }
     }
 }

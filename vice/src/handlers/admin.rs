@@ -12,14 +12,15 @@ pub async fn create(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
     if let Err(e) = validate_volume_name(&name) {
         return error(e);
     }
-    match shared.vldb.lookup(&VolumeRef::Name(name.clone())) {
+    let n = name.clone();
+    match blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(n))).await {
         Ok(Some(_)) => return error(RemoteError::Exists),
         Ok(None) => {}
-        Err(e) => return error(e.to_remote()),
+        Err(e) => return error(e),
     }
-    let id = match shared.vldb.allocate_volume_id() {
+    let id = match blocking(&shared.vldb, |v| v.allocate_volume_id()).await {
         Ok(id) => id,
-        Err(e) => return error(e.to_remote()),
+        Err(e) => return error(e),
     };
     let vname = name.clone();
     let info = match blocking(&shared.store, move |s| {
@@ -37,28 +38,31 @@ pub async fn create(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
         backup: None,
         sites: vec![Site { server: shared.server_id, role: SiteRole::ReadWrite }],
     };
-    if let Err(e) = shared.vldb.create(&entry) {
+    let e2 = entry.clone();
+    if let Err(e) = blocking(&shared.vldb, move |v| v.create(&e2)).await {
         // Keep the store and the VLDB in agreement: undo the volume.
         let _ = blocking(&shared.store, move |s| s.remove_volume(id)).await;
-        return error(e.to_remote());
+        return error(e);
     }
     tracing::info!(volume = %info.name, id = %info.id, "volume created");
     Response::Volume { info, entry: Some(entry) }.into()
 }
 
 pub async fn remove(shared: &Arc<Shared>, name: String) -> Reply {
-    let entry = match shared.vldb.lookup(&VolumeRef::Name(name.clone())) {
+    let n = name.clone();
+    let entry = match blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(n))).await {
         Ok(Some(e)) if e.name == name => e,
         Ok(_) => return error(RemoteError::NoSuchVolume),
-        Err(e) => return error(e.to_remote()),
+        Err(e) => return error(e),
     };
     let id = entry.rw;
     match blocking(&shared.store, move |s| s.remove_volume(id)).await {
         Ok(()) | Err(RemoteError::NoSuchVolume) => {}
         Err(e) => return error(e),
     }
-    if let Err(e) = shared.vldb.remove(&name) {
-        return error(e.to_remote());
+    let n = name.clone();
+    if let Err(e) = blocking(&shared.vldb, move |v| v.remove(&n)).await {
+        return error(e);
     }
     // Anyone holding anything from the volume must forget it.
     shared.callbacks.break_volume(id).await;
@@ -71,26 +75,28 @@ pub async fn vldb_rename(shared: &Arc<Shared>, name: String, new_name: String) -
     if let Err(e) = validate_volume_name(&new_name) {
         return error(e);
     }
-    match shared.vldb.rename(&name, &new_name) {
+    let (n, nn) = (name.clone(), new_name.clone());
+    match blocking(&shared.vldb, move |v| v.rename(&n, &nn)).await {
         Ok(()) => {
             tracing::info!(from = %name, to = %new_name, "location entry renamed");
             Response::Done.into()
         }
-        Err(e) => error(e.to_remote()),
+        Err(e) => error(e),
     }
 }
 
 pub async fn list_vldb(shared: &Arc<Shared>) -> Reply {
-    match shared.vldb.list() {
+    match blocking(&shared.vldb, |v| v.list()).await {
         Ok(entries) => Response::Vldb { entries }.into(),
-        Err(e) => error(e.to_remote()),
+        Err(e) => error(e),
     }
 }
 
 /// A volume of this server's store (by its name here), with its location entry where this
 /// server holds the location database.
 pub async fn examine(shared: &Arc<Shared>, name: String) -> Reply {
-    let entry = shared.vldb.lookup(&VolumeRef::Name(name.clone())).ok().flatten();
+    let n = name.clone();
+    let entry = blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(n))).await.ok().flatten();
     let local = name.clone();
     let id = match blocking(&shared.store, move |s| s.volume_by_name(&local)).await {
         Ok(Some(info)) => info.id,
@@ -118,17 +124,25 @@ pub async fn join(shared: &Arc<Shared>, address: String, fingerprint: String) ->
     if address.parse::<std::net::SocketAddr>().is_err() || !fingerprint.starts_with("b3:") {
         return error(RemoteError::Invalid("JoinCell needs an IP:PORT and a b3: fingerprint".into()));
     }
-    let registered = shared.vldb.servers().and_then(|servers| {
-        if let Some(s) = servers.iter().find(|s| s.address == address || s.fingerprint == fingerprint) {
+    if let Some(db) = &shared.config.cell_db {
+        return error(RemoteError::Invalid(format!(
+            "this cell's database is {db}: join it there, with `vice init --join CELLFILE --cell-db {db}`"
+        )));
+    }
+    let addr = address.clone();
+    let registered = blocking(&shared.registry, move |r| {
+        let servers = r.servers()?;
+        if let Some(s) = servers.iter().find(|s| s.address == addr || s.fingerprint == fingerprint) {
             return Err(volumes::StoreError::Refused(RemoteError::Invalid(format!(
                 "server {} at {} is already in the cell",
                 s.id, s.address
             ))));
         }
-        let id = shared.vldb.allocate_server_id()?;
-        shared.vldb.register_server(&proto::msg::ServerInfo { id, address: address.clone(), fingerprint })?;
-        Ok((id, shared.vldb.servers()?))
-    });
+        let id = r.allocate_server_id()?;
+        r.register_server(&proto::msg::ServerInfo { id, address: addr, fingerprint })?;
+        Ok((id, r.servers()?))
+    })
+    .await;
     match registered {
         Ok((server, servers)) => {
             tracing::info!(server = %server, %address, "server joined the cell");
@@ -141,7 +155,7 @@ pub async fn join(shared: &Arc<Shared>, address: String, fingerprint: String) ->
             }
             .into()
         }
-        Err(e) => error(e.to_remote()),
+        Err(e) => error(e),
     }
 }
 

@@ -69,20 +69,29 @@ pub async fn validate_attrs(
 }
 
 pub async fn lookup(shared: &Arc<Shared>, volume: VolumeRef) -> Reply {
-    let entry = match shared.vldb.lookup(&volume) {
+    let entry = match blocking(&shared.vldb, move |v| v.lookup(&volume)).await {
         Ok(Some(e)) => e,
         Ok(None) => return error(RemoteError::NoSuchVolume),
-        Err(e) => return error(e.to_remote()),
+        Err(e) => return error(e),
     };
-    match shared.vldb.servers() {
+    match blocking(&shared.registry, |r| r.servers()).await {
         Ok(servers) => Response::Location { entry, servers }.into(),
-        Err(e) => error(e.to_remote()),
+        Err(e) => error(e),
     }
 }
 
 pub async fn servers(shared: &Arc<Shared>) -> Reply {
-    match shared.vldb.servers() {
+    match blocking(&shared.registry, |r| r.servers()).await {
         Ok(servers) => Response::Servers { servers }.into(),
-        Err(e) => error(e.to_remote()),
+        Err(e) => error(e),
+    }
+}
+
+/// Every server with whether it is running (its lease in the cell database is alive).
+pub async fn server_status(shared: &Arc<Shared>) -> Reply {
+    let cell_db = shared.cell_db.describe();
+    match blocking(&shared.registry, |r| r.status()).await {
+        Ok(servers) => Response::ServerStatus { servers, cell_db }.into(),
+        Err(e) => error(e),
     }
 }

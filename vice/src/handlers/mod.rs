@@ -4,10 +4,11 @@ mod acl;
 mod admin;
 mod fetch;
 mod location;
+pub mod locks;
 mod mutate;
 mod pts;
 mod upload;
-mod volume_ops;
+pub mod volume_ops;
 
 use std::sync::Arc;
 
@@ -43,7 +44,7 @@ fn error(e: RemoteError) -> Reply {
 
 /// Runs a blocking database operation (the volume store's, the protection database's) off the
 /// async threads.
-async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
+pub async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
     db: &Arc<S>,
     f: impl FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, RemoteError> {
@@ -134,12 +135,36 @@ async fn dispatch(
         if shared.moved.lock().unwrap_or_else(|p| p.into_inner()).contains(&v) {
             return error(RemoteError::VolumeMoved);
         }
-        if meta.mutates && shared.frozen.lock().unwrap_or_else(|p| p.into_inner()).contains(&v) {
+        if meta.mutates && shared.frozen.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&v) {
             return error(RemoteError::VolumeBusy);
         }
     }
+    if let Request::Fenced { fence, request } = req {
+        if matches!(*request, Request::Fenced { .. } | Request::Hello { .. }) {
+            return error(RemoteError::Protocol("a fenced request carries one plain request".into()));
+        }
+        if let Err(e) = locks::check(shared, &fence).await {
+            tracing::info!(volume = %fence.volume, token = fence.token, error = %e, "fenced request refused");
+            return error(e);
+        }
+        return handle(shared, peer, caller, client, *request, recv, Some(fence)).await;
+    }
+    handle(shared, peer, caller, client, req, recv, None).await
+}
+
+/// One request, checked and identified; `fence` when it came `Fenced` with a lock still held.
+async fn handle(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    caller: Caller,
+    client: proto::ClientId,
+    req: Request,
+    recv: &mut quinn::RecvStream,
+    fence: Option<proto::msg::Fence>,
+) -> Reply {
     match req {
         Request::Hello { .. } => error(RemoteError::Protocol("duplicate Hello".into())),
+        Request::Fenced { .. } => error(RemoteError::Protocol("a fenced request carries one plain request".into())),
         Request::FetchStatus { fid } => fetch::status(shared, caller, client, fid).await,
         Request::FetchData { fid } => fetch::data(shared, caller, client, fid).await,
         Request::FetchDir { fid } => fetch::dir(shared, caller, client, fid).await,
@@ -192,28 +217,35 @@ async fn dispatch(
         Request::VldbRename { name, new_name } => admin::vldb_rename(shared, name, new_name).await,
         Request::ValidateAttrs { objects } => location::validate_attrs(shared, caller, client, objects).await,
         Request::JoinCell { address, fingerprint } => admin::join(shared, address, fingerprint).await,
-        Request::AllocateVolumeId => match shared.vldb.allocate_volume_id() {
+        Request::AllocateVolumeId => match blocking(&shared.vldb, |v| v.allocate_volume_id()).await {
             Ok(id) => Response::VolumeIdAllocated { id }.into(),
-            Err(e) => error(e.to_remote()),
+            Err(e) => error(e),
         },
-        Request::VldbCreate { entry } => match shared.vldb.create(&entry) {
+        Request::VldbCreate { entry } => match blocking(&shared.vldb, move |v| v.create(&entry)).await {
             Ok(()) => Response::Done.into(),
-            Err(e) => error(e.to_remote()),
+            Err(e) => error(e),
         },
-        Request::VldbUpdate { old, new } => match shared.vldb.update(&old, &new) {
-            Ok(()) => Response::Done.into(),
-            Err(e) => error(e.to_remote()),
-        },
+        Request::VldbUpdate { old, new } => {
+            match blocking(&shared.vldb, move |v| v.update(&old, &new, fence.as_ref())).await {
+                Ok(()) => Response::Done.into(),
+                Err(e) => error(e),
+            }
+        }
         Request::CreateVolumeHere { id, name, quota } => admin::create_here(shared, id, name, quota).await,
         Request::RestoreVolumeHere { id, name, overwrite, kind } => {
             volume_ops::restore_here(shared, id, name, overwrite, kind, recv).await
         }
-        Request::FreezeVolume { id, frozen } => volume_ops::freeze(shared, id, frozen),
+        Request::FreezeVolume { id, frozen } => volume_ops::freeze(shared, id, frozen, fence),
         Request::VolumeMovedAway { id } => volume_ops::moved_away(shared, id).await,
         Request::RemoveVolumeHere { id } => volume_ops::remove_here(shared, id).await,
         Request::RenameVolumeHere { id, name } => volume_ops::rename_here(shared, id, name).await,
         Request::PutChunksAndMutate { chunks, record } => {
             mutate::put_and_mutate(shared, caller, client, chunks, record, recv).await
         }
+        Request::ListServerStatus => location::server_status(shared).await,
+        Request::TakeLock { volume, purpose, ttl_secs } => locks::take(shared, volume, purpose, ttl_secs).await,
+        Request::RenewLock { fence } => locks::renew(shared, fence).await,
+        Request::ReleaseLock { fence } => locks::release(shared, fence).await,
+        Request::NoteUnfinished { fence, unfinished } => locks::note(shared, fence, unfinished).await,
     }
 }

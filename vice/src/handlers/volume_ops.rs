@@ -16,24 +16,24 @@ use crate::server::Shared;
 const PIECE: usize = 256 * 1024;
 
 /// The read-write entry named exactly `name` (not a `.backup` or `.readonly` name).
-fn entry_of(shared: &Shared, name: &str) -> Result<VldbEntry, RemoteError> {
-    match shared.vldb.lookup(&VolumeRef::Name(name.to_string())) {
-        Ok(Some(e)) if e.name == name => Ok(e),
-        Ok(_) => Err(RemoteError::NoSuchVolume),
-        Err(e) => Err(e.to_remote()),
+async fn entry_of(shared: &Shared, name: &str) -> Result<VldbEntry, RemoteError> {
+    let n = name.to_string();
+    match blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(n))).await? {
+        Some(e) if e.name == name => Ok(e),
+        _ => Err(RemoteError::NoSuchVolume),
     }
 }
 
 /// The volume a name means on this server: `NAME` or `NAME.backup`, as this server's store
 /// names it (servers without the location database know their own volumes).
-fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
+async fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
     if let Ok(Some(info)) = shared.store.volume_by_name(name) {
         return Ok(info.id);
     }
     if let Some(base) = name.strip_suffix(".backup") {
-        return entry_of(shared, base)?.backup.ok_or(RemoteError::NoSuchVolume);
+        return entry_of(shared, base).await?.backup.ok_or(RemoteError::NoSuchVolume);
     }
-    Ok(entry_of(shared, name)?.rw)
+    Ok(entry_of(shared, name).await?.rw)
 }
 
 /// A `Write` that hands bytes to the async side in pieces.
@@ -83,7 +83,7 @@ impl Read for FromNetwork {
 }
 
 pub async fn dump(shared: &Arc<Shared>, name: String, since: Option<Timestamp>) -> Reply {
-    let id = match volume_named(shared, &name) {
+    let id = match volume_named(shared, &name).await {
         Ok(id) => id,
         Err(e) => return error(e),
     };
@@ -189,11 +189,11 @@ pub async fn clone_here(shared: &Arc<Shared>, source: VolumeId, id: VolumeId, na
 }
 
 pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply {
-    let id = match volume_named(shared, &name) {
+    let id = match volume_named(shared, &name).await {
         Ok(id) => id,
         Err(e) => return error(e),
     };
-    let entry = shared.vldb.lookup(&VolumeRef::Name(name)).ok().flatten();
+    let entry = blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(name))).await.ok().flatten();
     match blocking(&shared.store, move |s| s.set_quota(id, quota).and_then(|()| s.volume(id))).await {
         Ok(info) => Response::Volume { info, entry }.into(),
         Err(e) => error(e),
@@ -228,14 +228,16 @@ pub async fn remove_here(shared: &Arc<Shared>, id: VolumeId) -> Reply {
     }
 }
 
-pub fn freeze(shared: &Arc<Shared>, id: VolumeId, frozen: bool) -> Reply {
+/// With `fence`, the freeze lasts while that lock is held (see `locks::watch_frozen`).
+pub fn freeze(shared: &Arc<Shared>, id: VolumeId, frozen: bool, fence: Option<proto::msg::Fence>) -> Reply {
     let mut set = shared.frozen.lock().unwrap_or_else(|p| p.into_inner());
+    let token = fence.as_ref().map(|f| f.token);
     if frozen {
-        set.insert(id);
+        set.insert(id, fence);
     } else {
         set.remove(&id);
     }
-    tracing::info!(volume = %id, frozen, "volume freeze");
+    tracing::info!(volume = %id, frozen, ?token, "volume freeze");
     Response::Done.into()
 }
 

@@ -70,7 +70,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ctx = admin::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
+    let mut ctx = admin::Context::load(cli.cell.cell_file, cli.cell.admin_cred)?;
+    ctx.lock_ttl = std::time::Duration::from_secs(cli.cell.lock_ttl);
     match cli.command {
         Command::Create(a) => create::run(&ctx, a).await,
         Command::Remove(a) => remove::run(&ctx, a).await,

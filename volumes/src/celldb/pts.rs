@@ -1,17 +1,26 @@
 //! The protection database: the cell's users and groups, and users' passwords.
 //!
+//! ```text
+//! pts/id/ID               a user or group (JSON: name, password hash); a deleted one keeps
+//!                         its row as a tombstone named #ID, so its id is never handed out again
+//! pts/name/NAME           the id of NAME
+//! pts/member/GROUP/USER   USER is in GROUP (ids); pts/memberof/USER/GROUP the same, the other way
+//! pts/counter/user        the highest user id handed out; pts/counter/group the lowest group id
+//! ```
+//!
 //! Passwords are kept only as argon2id hashes (PHC strings with their own salt and cost), so a
 //! stolen database costs an attacker a slow hash per guess per user. Ids follow AFS: users
 //! count up from 1, groups down from -205; the built-in entries exist from the start.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use proto::RemoteError;
 use proto::auth::{BUILTIN, PtsId, validate_pts_name};
 use proto::msg::PtsEntry;
-use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{CellDb, Committed, Compare, Op, Txn, get_json, retrying, unchanged};
 
 use crate::access::Caller;
 use crate::error::{Result, StoreError, refuse};
@@ -19,22 +28,36 @@ use crate::error::{Result, StoreError, refuse};
 pub const MIN_PASSWORD: usize = 8;
 pub const MAX_PASSWORD: usize = 1024;
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS entries (
-    id       INTEGER PRIMARY KEY,
-    name     TEXT NOT NULL UNIQUE,
-    password TEXT
-);
-CREATE TABLE IF NOT EXISTS members (
-    grp  INTEGER NOT NULL,
-    user INTEGER NOT NULL,
-    PRIMARY KEY (grp, user)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS members_user ON members(user);
-"#;
+/// A user's or group's row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    name: String,
+    /// The argon2id hash: only users have one; groups, built-in users and tombstones not.
+    password: Option<String>,
+}
 
+fn id_key(id: PtsId) -> String {
+    format!("pts/id/{}", id.0)
+}
+
+fn name_key(name: &str) -> String {
+    format!("pts/name/{name}")
+}
+
+fn member_key(group: PtsId, user: PtsId) -> String {
+    format!("pts/member/{}/{}", group.0, user.0)
+}
+
+fn memberof_key(user: PtsId, group: PtsId) -> String {
+    format!("pts/memberof/{}/{}", user.0, group.0)
+}
+
+const USER_COUNTER: &str = "pts/counter/user";
+const GROUP_COUNTER: &str = "pts/counter/group";
+
+#[derive(Clone)]
 pub struct Ptdb {
-    conn: Mutex<Connection>,
+    db: Arc<dyn CellDb>,
 }
 
 impl std::fmt::Debug for Ptdb {
@@ -66,24 +89,32 @@ fn password_matches(stored: &str, password: &str) -> bool {
     }
 }
 
+/// The ids under a membership prefix (`pts/member/G/` or `pts/memberof/U/`).
+fn ids_under(db: &dyn CellDb, prefix: &str) -> Result<Vec<PtsId>> {
+    Ok(db.range(prefix)?.iter().filter_map(|kv| kv.key.strip_prefix(prefix)?.parse().ok()).map(PtsId).collect())
+}
+
 impl Ptdb {
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = crate::schema::open(path)?;
-        conn.execute_batch(SCHEMA)?;
+    /// The protection database in `db`, with the built-in entries made if missing.
+    pub fn new(db: Arc<dyn CellDb>) -> Result<Self> {
         for (id, name) in BUILTIN {
-            conn.execute("INSERT OR IGNORE INTO entries (id, name) VALUES (?1, ?2)", params![id.0, name])?;
+            let row = Row { name: name.to_string(), password: None };
+            db.txn(
+                Txn::new()
+                    .when(Compare::Missing(id_key(*id)))
+                    .then(Op::put(id_key(*id), &row))
+                    .then(Op::put(name_key(name), &id.0)),
+            )?;
         }
-        Ok(Ptdb { conn: Mutex::new(conn) })
+        Ok(Ptdb { db })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn row(&self, id: PtsId) -> Result<Option<(Row, i64)>> {
+        get_json(&*self.db, &id_key(id))
     }
 
     pub fn id_of(&self, name: &str) -> Result<Option<PtsId>> {
-        let id: Option<i32> =
-            self.conn().query_row("SELECT id FROM entries WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
-        Ok(id.map(PtsId))
+        Ok(get_json::<i32>(&*self.db, &name_key(name))?.map(|(id, _)| PtsId(id)))
     }
 
     fn existing(&self, name: &str) -> Result<PtsId> {
@@ -93,12 +124,12 @@ impl Ptdb {
 
     /// The names of `ids` that exist (ids of deleted entries are left out).
     pub fn names(&self, ids: &[PtsId]) -> Result<Vec<(PtsId, String)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT name FROM entries WHERE id = ?1")?;
         let mut out = Vec::new();
         for id in ids {
-            if let Some(name) = stmt.query_row(params![id.0], |r| r.get::<_, String>(0)).optional()? {
-                out.push((*id, name));
+            if let Some((row, _)) = self.row(*id)? {
+                if !row.name.starts_with('#') {
+                    out.push((*id, row.name));
+                }
             }
         }
         Ok(out)
@@ -116,38 +147,50 @@ impl Ptdb {
         if name.contains(':') {
             return refuse(RemoteError::Invalid(format!("{name}: user names have no ':' (that makes a group)")));
         }
-        let hash = hash_password(password)?;
-        let conn = self.conn();
-        if conn.query_row("SELECT 1 FROM entries WHERE name = ?1", params![name], |_| Ok(())).optional()?.is_some() {
-            return refuse(RemoteError::Exists);
-        }
-        let next: i32 = match id {
-            Some(id) if id.0 <= 0 || id == PtsId::ANONYMOUS => {
+        if let Some(id) = id {
+            if id.0 <= 0 || id == PtsId::ANONYMOUS {
                 return refuse(RemoteError::Invalid(format!(
                     "{id} cannot be a user's id (users have positive ids; {} is the anonymous user)",
                     PtsId::ANONYMOUS
                 )));
             }
-            Some(id) => {
-                let taken: Option<String> =
-                    conn.query_row("SELECT name FROM entries WHERE id = ?1", params![id.0], |r| r.get(0)).optional()?;
-                if let Some(by) = taken {
-                    let by = if by.starts_with('#') { "a deleted entry".to_string() } else { by };
-                    return refuse(RemoteError::Invalid(format!("id {id} is taken (by {by}); ids are never reused")));
-                }
-                id.0
-            }
-            None => conn.query_row(
-                "SELECT COALESCE(MAX(id), 0) + 1 FROM entries WHERE id > 0 AND id < ?1",
-                params![PtsId::ANONYMOUS.0],
-                |r| r.get(0),
-            )?,
-        };
-        if id.is_none() && next >= PtsId::ANONYMOUS.0 {
-            return refuse(RemoteError::Invalid("the protection database is full".into()));
         }
-        conn.execute("INSERT INTO entries (id, name, password) VALUES (?1, ?2, ?3)", params![next, name, hash])?;
-        Ok(PtsEntry { id: PtsId(next), name: name.into(), members: vec![] })
+        let hash = hash_password(password)?;
+        let db = &*self.db;
+        let (id, _) = retrying(db, "creating a user", || {
+            if self.id_of(name)?.is_some() {
+                return refuse(RemoteError::Exists);
+            }
+            let counter = get_json::<i32>(db, USER_COUNTER)?;
+            let highest = counter.map_or(0, |(n, _)| n);
+            let next = match id {
+                Some(id) => {
+                    if let Some((by, _)) = self.row(id)? {
+                        let by = if by.name.starts_with('#') { "a deleted entry".to_string() } else { by.name };
+                        return refuse(RemoteError::Invalid(format!(
+                            "id {id} is taken (by {by}); ids are never reused"
+                        )));
+                    }
+                    id
+                }
+                None if highest + 1 >= PtsId::ANONYMOUS.0 => {
+                    return refuse(RemoteError::Invalid("the protection database is full".into()));
+                }
+                None => PtsId(highest + 1),
+            };
+            let row = Row { name: name.to_string(), password: Some(hash.clone()) };
+            let mut txn = Txn::new()
+                .when(Compare::Missing(name_key(name)))
+                .when(Compare::Missing(id_key(next)))
+                .when(unchanged(USER_COUNTER, counter.map(|(_, r)| r)))
+                .then(Op::put(id_key(next), &row))
+                .then(Op::put(name_key(name), &next.0));
+            if next.0 > highest && next.0 < PtsId::ANONYMOUS.0 {
+                txn = txn.then(Op::put(USER_COUNTER, &next.0));
+            }
+            Ok((txn, next))
+        })?;
+        Ok(PtsEntry { id, name: name.into(), members: vec![] })
     }
 
     pub fn create_group(&self, name: &str) -> Result<PtsEntry> {
@@ -155,13 +198,23 @@ impl Ptdb {
         if !name.contains(':') {
             return refuse(RemoteError::Invalid(format!("{name}: group names are owner:name")));
         }
-        let conn = self.conn();
-        if conn.query_row("SELECT 1 FROM entries WHERE name = ?1", params![name], |_| Ok(())).optional()?.is_some() {
-            return refuse(RemoteError::Exists);
-        }
-        let next: i32 = conn.query_row("SELECT MIN(MIN(id), -204) - 1 FROM entries", [], |r| r.get(0))?;
-        conn.execute("INSERT INTO entries (id, name) VALUES (?1, ?2)", params![next, name])?;
-        Ok(PtsEntry { id: PtsId(next), name: name.into(), members: vec![] })
+        let db = &*self.db;
+        let (id, _) = retrying(db, "creating a group", || {
+            if self.id_of(name)?.is_some() {
+                return refuse(RemoteError::Exists);
+            }
+            let counter = get_json::<i32>(db, GROUP_COUNTER)?;
+            let next = PtsId(counter.map_or(PtsId::ADMINISTRATORS.0, |(n, _)| n) - 1);
+            let row = Row { name: name.to_string(), password: None };
+            let txn = Txn::new()
+                .when(Compare::Missing(name_key(name)))
+                .when(unchanged(GROUP_COUNTER, counter.map(|(_, r)| r)))
+                .then(Op::put(id_key(next), &row))
+                .then(Op::put(name_key(name), &next.0))
+                .then(Op::put(GROUP_COUNTER, &next.0));
+            Ok((txn, next))
+        })?;
+        Ok(PtsEntry { id, name: name.into(), members: vec![] })
     }
 
     fn user_and_group(&self, user: &str, group: &str) -> Result<(PtsId, PtsId)> {
@@ -180,13 +233,24 @@ impl Ptdb {
 
     pub fn add_member(&self, user: &str, group: &str) -> Result<()> {
         let (u, g) = self.user_and_group(user, group)?;
-        self.conn().execute("INSERT OR IGNORE INTO members (grp, user) VALUES (?1, ?2)", params![g.0, u.0])?;
-        Ok(())
+        // Both still there (not deleted meanwhile), or nothing is added.
+        let (Some((_, urev)), Some((_, grev))) = (self.row(u)?, self.row(g)?) else {
+            return refuse(RemoteError::Invalid(format!("no such user or group: {user} or {group}")));
+        };
+        let txn = Txn::new()
+            .when(Compare::ModRev(id_key(u), urev))
+            .when(Compare::ModRev(id_key(g), grev))
+            .then(Op::put(member_key(g, u), &1))
+            .then(Op::put(memberof_key(u, g), &1));
+        match self.db.txn(txn)? {
+            Committed::At(_) => Ok(()),
+            Committed::ConditionFailed => refuse(RemoteError::Invalid(format!("{user} or {group} changed meanwhile"))),
+        }
     }
 
     pub fn remove_member(&self, user: &str, group: &str) -> Result<()> {
         let (u, g) = self.user_and_group(user, group)?;
-        self.conn().execute("DELETE FROM members WHERE grp = ?1 AND user = ?2", params![g.0, u.0])?;
+        self.db.txn(Txn::new().then(Op::delete(member_key(g, u))).then(Op::delete(memberof_key(u, g))))?;
         Ok(())
     }
 
@@ -197,13 +261,26 @@ impl Ptdb {
         if BUILTIN.iter().any(|(b, _)| *b == id) {
             return refuse(RemoteError::Invalid(format!("{name} is built in")));
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM members WHERE grp = ?1 OR user = ?1", params![id.0])?;
-        // Keep the row as a tombstone so the id is not handed out again.
-        tx.execute("UPDATE entries SET name = ?2, password = NULL WHERE id = ?1", params![id.0, format!("#{}", id.0)])?;
-        tx.commit()?;
-        Ok(())
+        let db = &*self.db;
+        retrying(db, "deleting a user or group", || {
+            let Some((_, rev)) = self.row(id)? else {
+                return refuse(RemoteError::Invalid(format!("no such user or group: {name}")));
+            };
+            // Keep the row as a tombstone so the id is not handed out again.
+            let tomb = Row { name: format!("#{}", id.0), password: None };
+            let mut txn = Txn::new()
+                .when(Compare::ModRev(id_key(id), rev))
+                .then(Op::put(id_key(id), &tomb))
+                .then(Op::delete(name_key(name)));
+            for g in ids_under(db, &format!("pts/memberof/{}/", id.0))? {
+                txn = txn.then(Op::delete(member_key(g, id))).then(Op::delete(memberof_key(id, g)));
+            }
+            for u in ids_under(db, &format!("pts/member/{}/", id.0))? {
+                txn = txn.then(Op::delete(member_key(id, u))).then(Op::delete(memberof_key(u, id)));
+            }
+            Ok((txn, ()))
+        })
+        .map(|_| ())
     }
 
     pub fn set_password(&self, user: &str, password: &str) -> Result<()> {
@@ -212,23 +289,27 @@ impl Ptdb {
             return refuse(RemoteError::Invalid(format!("{user} is not a user")));
         }
         let hash = hash_password(password)?;
-        self.conn().execute("UPDATE entries SET password = ?2 WHERE id = ?1", params![id.0, hash])?;
-        Ok(())
+        let Some((mut row, rev)) = self.row(id)? else {
+            return refuse(RemoteError::Invalid(format!("no such user: {user}")));
+        };
+        row.password = Some(hash);
+        match self.db.txn(Txn::new().when(Compare::ModRev(id_key(id), rev)).then(Op::put(id_key(id), &row)))? {
+            Committed::At(_) => Ok(()),
+            Committed::ConditionFailed => refuse(RemoteError::Invalid(format!("{user} changed meanwhile; try again"))),
+        }
     }
 
     /// Checks a password; the same slow work is done for unknown users, so timing does not
     /// tell which names exist.
     pub fn login(&self, user: &str, password: &str) -> Result<PtsId> {
-        let row: Option<(i32, Option<String>)> = self
-            .conn()
-            .query_row("SELECT id, password FROM entries WHERE name = ?1", params![user], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let found = match self.id_of(user)? {
+            Some(id) => self.row(id)?.map(|(row, _)| (id, row.password)),
+            None => None,
+        };
         // A hash of an unguessable string stands in for users without a password.
         static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        match row {
-            Some((id, Some(hash))) if id > 0 && password_matches(&hash, password) => Ok(PtsId(id)),
+        match found {
+            Some((id, Some(hash))) if id.0 > 0 && password_matches(&hash, password) => Ok(id),
             Some((_, Some(_))) => refuse(RemoteError::BadLogin),
             _ => {
                 let decoy = DECOY.get_or_init(|| {
@@ -243,40 +324,35 @@ impl Ptdb {
 
     /// Who `user` is now, with their groups; `None` if the user was deleted.
     pub fn caller(&self, user: PtsId) -> Result<Option<Caller>> {
-        let conn = self.conn();
-        let exists = conn
-            .query_row("SELECT 1 FROM entries WHERE id = ?1 AND password IS NOT NULL", params![user.0], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            return Ok(None);
+        match self.row(user)? {
+            Some((row, _)) if row.password.is_some() => {}
+            _ => return Ok(None),
         }
-        let mut stmt = conn.prepare_cached("SELECT grp FROM members WHERE user = ?1")?;
-        let groups = stmt.query_map(params![user.0], |r| r.get::<_, i32>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(Some(Caller::user(user, groups.into_iter().map(PtsId))))
+        let groups = ids_under(&*self.db, &format!("pts/memberof/{}/", user.0))?;
+        Ok(Some(Caller::user(user, groups)))
     }
 
     /// A group with its members, or a user with its groups.
     pub fn membership(&self, name: &str) -> Result<PtsEntry> {
         let id = self.existing(name)?;
-        let conn = self.conn();
-        let sql = if id.is_group() {
-            "SELECT e.name FROM members m JOIN entries e ON e.id = m.user WHERE m.grp = ?1 ORDER BY e.name"
-        } else {
-            "SELECT e.name FROM members m JOIN entries e ON e.id = m.grp WHERE m.user = ?1 ORDER BY e.name"
+        let prefix = match id.is_group() {
+            true => format!("pts/member/{}/", id.0),
+            false => format!("pts/memberof/{}/", id.0),
         };
-        let mut stmt = conn.prepare_cached(sql)?;
-        let members = stmt.query_map(params![id.0], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
+        let ids = ids_under(&*self.db, &prefix)?;
+        let mut members: Vec<String> = self.names(&ids)?.into_iter().map(|(_, n)| n).collect();
+        members.sort();
         Ok(PtsEntry { id, name: name.into(), members })
     }
 
     /// Every live user and group, by name.
     pub fn list(&self) -> Result<Vec<PtsEntry>> {
-        let names: Vec<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT name FROM entries WHERE name NOT LIKE '#%' ORDER BY name")?;
-            stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
-        };
+        let names: Vec<String> = self
+            .db
+            .range("pts/name/")?
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix("pts/name/").map(str::to_string))
+            .collect();
         names.iter().map(|n| self.membership(n)).collect()
     }
 }
@@ -285,15 +361,15 @@ impl Ptdb {
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Ptdb) {
+    fn db() -> (tempfile::TempDir, Ptdb, Arc<dyn CellDb>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Ptdb::open(&dir.path().join("pts.sqlite")).unwrap();
-        (dir, db)
+        let kv: Arc<dyn CellDb> = Arc::new(super::super::SqliteCellDb::open(&dir.path().join("cell.sqlite")).unwrap());
+        (dir, Ptdb::new(kv.clone()).unwrap(), kv)
     }
 
     #[test]
     fn users_groups_and_passwords() {
-        let (_d, db) = db();
+        let (_d, db, _kv) = db();
         let alice = db.create_user("alice", "correct horse").unwrap();
         let bob = db.create_user("bob", "battery staple").unwrap();
         assert_eq!((alice.id, bob.id), (PtsId(1), PtsId(2)));
@@ -338,17 +414,12 @@ mod tests {
 
     #[test]
     fn stored_passwords_are_salted_hashes() {
-        let (_d, db) = db();
+        let (_d, db, kv) = db();
         db.create_user("alice", "same password").unwrap();
         db.create_user("bob", "same password").unwrap();
-        let conn = db.conn();
-        let hashes: Vec<String> = conn
-            .prepare("SELECT password FROM entries WHERE id > 0 AND password IS NOT NULL")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let _ = db;
+        let hashes: Vec<String> =
+            kv.range("pts/id/").unwrap().iter().filter_map(|r| r.json::<Row>().unwrap().password).collect();
         assert_eq!(hashes.len(), 2);
         assert!(hashes.iter().all(|h| h.starts_with("$argon2id$") && !h.contains("same password")));
         assert_ne!(hashes[0], hashes[1]);
