@@ -108,7 +108,7 @@ pub struct Fence {
 pub enum Unfinished {
     /// `vos move` of the read-write volume `id` from server `from` to server `to`. Whether the
     /// location entry names `to` yet tells how far it got.
-    Move { id: VolumeId, from: ServerId, to: ServerId },
+    Move { id: VolumeId, from: ServerId, to: ServerId, backup: Option<VolumeId> },
 }
 
 /// One entry of the volume location database.

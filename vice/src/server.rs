@@ -145,6 +145,7 @@ pub async fn run(
     tracker.spawn(crate::liveness::announce(shared.clone(), identity.fingerprint(), shutdown.clone()));
     tracker.spawn(crate::liveness::forget_identities_on_change(shared.clone(), shutdown.clone()));
     tracker.spawn(handlers::locks::watch_frozen(shared.clone(), shutdown.clone()));
+    tracker.spawn(handlers::locks::reconcile(shared.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
         tracker.spawn(metrics::serve(shared.clone(), listener, shutdown.clone()));

@@ -118,6 +118,7 @@ impl Context {
     /// the embedded one only the first does (the others refuse, and that refusal is returned).
     pub async fn call_any(&self, req: Request) -> Result<Response> {
         let mut unreachable = Vec::new();
+        let mut unavailable = None;
         for server in &self.cell.servers {
             let connecting = self.connector.connect(server, ClientId::random(), FAILOVER_AFTER);
             let session = match connecting.await {
@@ -130,13 +131,21 @@ impl Context {
             let resp = session.call(&req).await;
             session.close();
             match resp {
+                // This server cannot reach the cell database; another may.
+                Ok(Response::Error(e @ RemoteError::CellDbUnavailable(_))) => {
+                    unreachable.push(format!("server {}: {e}", server.id));
+                    unavailable = Some(e);
+                }
                 Ok(Response::Error(e)) => return Err(anyhow::Error::new(e)),
                 Ok(other) => return Ok(other),
                 Err(e) if e.is_unreachable() => unreachable.push(format!("server {}: {e}", server.id)),
                 Err(e) => return Err(e.into()),
             }
         }
-        bail!("no server of the cell answered: {}", unreachable.join("; "))
+        match unavailable {
+            Some(e) => Err(anyhow::Error::new(e).context(format!("no server of the cell could act: {}", unreachable.join("; ")))),
+            None => bail!("no server of the cell answered: {}", unreachable.join("; ")),
+        }
     }
 
     pub async fn call_at(&self, server: &CellServer, req: Request) -> Result<Response> {
@@ -187,6 +196,30 @@ impl Context {
             }
         });
         Ok(Held { ctx: self.clone(), fence, unfinished, renewing })
+    }
+}
+
+impl Context {
+    /// Runs `work` under volume `name`'s lock (taken for `purpose`), with the volume's location
+    /// read under it, and gives the lock up however `work` ends. Refused while an earlier
+    /// holder's operation is unfinished (`vos move NAME --resume` settles it).
+    pub async fn under_lock<T>(
+        &self,
+        name: &str,
+        purpose: &str,
+        work: impl AsyncFnOnce(&Held, Located) -> Result<T>,
+    ) -> Result<T> {
+        let held = self.lock(name, purpose).await?;
+        let result = async {
+            if let Some(u) = &held.unfinished {
+                bail!("{name} has an unfinished operation ({u:?}): settle it with `vos move {name} --resume` first");
+            }
+            let located = self.locate(name).await?;
+            work(&held, located).await
+        }
+        .await;
+        held.release().await;
+        result
     }
 }
 

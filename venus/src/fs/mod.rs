@@ -416,7 +416,9 @@ impl Venus {
                     }
                     return Ok(id);
                 }
-                Err(VenusError::Unreachable(_)) => {}
+                // No location server, or none that reaches the cell database: what the cache
+                // remembers still leads to the volume.
+                Err(VenusError::Unreachable(_) | VenusError::Remote(proto::RemoteError::CellDbUnavailable(_))) => {}
                 Err(e) => return Err(e),
             }
         }

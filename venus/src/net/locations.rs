@@ -26,19 +26,10 @@ impl CellConn {
     /// Remembers what a location reply said: the servers of the cell (those the cell file
     /// lacks are trusted as the pinned server vouches for them) and where the volume lives.
     pub(super) fn learn(&self, entry: &proto::msg::VldbEntry, servers: &[proto::msg::ServerInfo]) {
+        self.learn_servers(servers);
         let site = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).or(entry.sites.first()).map(|s| s.server);
         let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
-        for s in servers {
-            if self.file.server(s.id).is_none() && !learned.servers.iter().any(|k| k.id == s.id.0) {
-                learned.servers.push(CellServer {
-                    id: s.id.0,
-                    address: s.address.clone(),
-                    fingerprint: s.fingerprint.clone(),
-                });
-                changed = true;
-            }
-        }
         if let Some(site) = site {
             let mut locations = self.locations.lock().unwrap_or_else(|p| p.into_inner());
             for v in [Some(entry.rw), entry.backup].into_iter().flatten() {
@@ -65,8 +56,34 @@ impl CellConn {
                 changed = true;
             }
         }
-        if changed && let Some(path) = &self.known_path {
-            let _ = postcard::to_stdvec(&*learned).map(|b| std::fs::write(path, b));
+        if changed {
+            self.save_learned(&learned);
+        }
+    }
+
+    /// Remembers servers of the cell that the cell file lacks (trusted as the pinned server
+    /// that named them vouches for them).
+    pub(super) fn learn_servers(&self, servers: &[proto::msg::ServerInfo]) {
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for s in servers {
+            if self.file.server(s.id).is_none() && !learned.servers.iter().any(|k| k.id == s.id.0) {
+                learned.servers.push(CellServer {
+                    id: s.id.0,
+                    address: s.address.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                });
+                changed = true;
+            }
+        }
+        if changed {
+            self.save_learned(&learned);
+        }
+    }
+
+    fn save_learned(&self, learned: &Learned) {
+        if let Some(path) = &self.known_path {
+            let _ = postcard::to_stdvec(learned).map(|b| std::fs::write(path, b));
         }
     }
 
@@ -108,7 +125,7 @@ impl CellConn {
     /// Asks the location service where `volume` lives now.
     pub(super) async fn locate(&self, volume: VolumeId) -> Result<ServerId> {
         let (entry, servers) =
-            match self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
+            match self.ask_cell(&Request::GetVolumeLocation { volume: VolumeRef::Id(volume) }).await? {
                 Response::Location { entry, servers } => (entry, servers),
                 other => return Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
             };
@@ -124,7 +141,7 @@ impl CellConn {
             return Ok(e.clone());
         }
         let resp =
-            self.raw(self.any_server(), &Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
+            self.ask_cell(&Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
         let Response::Location { entry, servers } = resp else {
             return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
         };

@@ -129,16 +129,86 @@ impl CellConn {
         }
     }
 
-    /// Trades a password for a token (`venus login`).
+    /// Trades a password for a token (`venus login`), at the first location server that
+    /// answers (see [`Self::ask_cell`]).
     async fn login(&self, user: &str, password: &str, lifetime: u32) -> Result<proto::Token> {
         let req = Request::Login { user: user.into(), password: password.into(), lifetime };
-        let (session, _) = self.session(self.any_server()).await?;
+        match self.ask_cell(&req).await? {
+            Response::Token { token } => Ok(token),
+            other => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A login at `server`: sent without a token, as it is on no one's behalf yet.
+    async fn login_at(&self, server: ServerId, req: &Request) -> Result<Response> {
+        let (session, _) = self.session(server).await?;
         self.counters.rpc("Login");
-        match session.call(&req).await {
-            Ok(Response::Token { token }) => Ok(token),
+        match session.call(req).await {
             Ok(Response::Error(e)) => Err(VenusError::Remote(e)),
-            Ok(other) => Err(VenusError::Protocol(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(self.failed(self.any_server(), e).await),
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.failed(server, e).await),
+        }
+    }
+
+    /// The servers to ask about locations and logins, in order: the cell file's first (the
+    /// server of the cell database in a cell on the embedded one), then every other known
+    /// server (any of them answers when the cell database is etcd); those believed down last.
+    fn location_servers(&self) -> Vec<ServerId> {
+        let mut all = self.known_servers();
+        let down = self.down_set();
+        all.sort_by_key(|s| down.contains(s));
+        all
+    }
+
+    /// Every server of the cell this client knows: the cell file's, in its order, then those
+    /// learned since.
+    fn known_servers(&self) -> Vec<ServerId> {
+        let mut all: Vec<ServerId> = self.file.servers.iter().map(|s| s.server_id()).collect();
+        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(learned.servers.iter().map(|s| s.server_id()).filter(|id| !all.contains(id)).collect::<Vec<_>>());
+        all
+    }
+
+    /// `req` (a location or login request) to the location servers in turn until one answers:
+    /// a server that does not answer, or cannot reach the cell database, is passed over. After
+    /// passing one over, the answering server is asked which servers are alive, so the dead
+    /// ones are not tried first again.
+    async fn ask_cell(&self, req: &Request) -> Result<Response> {
+        let mut passed_over: Option<VenusError> = None;
+        for server in self.location_servers() {
+            let answer = match req {
+                Request::Login { .. } => self.login_at(server, req).await,
+                _ => self.raw(server, req).await,
+            };
+            match answer {
+                Err(e @ (VenusError::Unreachable(_) | VenusError::Remote(RemoteError::CellDbUnavailable(_)))) => {
+                    tracing::debug!(cell = %self.name(), %server, error = %e, "location server passed over");
+                    // An unreachable server says more than one that answered "unavailable".
+                    if !matches!(passed_over, Some(VenusError::Unreachable(_))) {
+                        passed_over = Some(e);
+                    }
+                }
+                answer => {
+                    if passed_over.is_some() {
+                        self.learn_liveness(server).await;
+                    }
+                    return answer;
+                }
+            }
+        }
+        Err(passed_over.unwrap_or_else(|| VenusError::Unreachable(format!("no server of {} is known", self.name()))))
+    }
+
+    /// Learns from `server` which servers of the cell are alive (their lease in the cell
+    /// database is kept): the others count as down until a probe reaches them.
+    async fn learn_liveness(&self, server: ServerId) {
+        let Ok(Response::ServerStatus { servers, .. }) = self.raw(server, &Request::ListServerStatus).await else {
+            return;
+        };
+        let infos: Vec<proto::msg::ServerInfo> = servers.iter().map(|s| s.info.clone()).collect();
+        self.learn_servers(&infos);
+        for s in servers.iter().filter(|s| !s.alive) {
+            self.mark(s.info.id, true);
         }
     }
 
@@ -146,10 +216,12 @@ impl CellConn {
         self.down.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the cell's location server is believed unreachable (volume lookups would only
-    /// time out).
+    /// Whether every location server of the cell is believed unreachable (volume lookups would
+    /// only time out).
     fn is_down(&self) -> bool {
-        self.down_set().contains(&self.any_server())
+        let known = self.known_servers();
+        let down = self.down_set();
+        known.iter().all(|s| down.contains(s))
     }
 
     /// Whether some server of the cell is believed unreachable.

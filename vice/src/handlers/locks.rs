@@ -107,3 +107,27 @@ pub async fn watch_frozen(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Lets go of the read-write volumes this server holds that the location database places on
+/// another server while no admin works on them: a move switched and its `vos` died before the
+/// source let go (and this server restarted meanwhile, forgetting the freeze), or a move was
+/// rolled back while this server, its target, was down. Nobody reads those copies, and a
+/// client that remembers this server is sent to the right one (`VolumeMoved`). Run once at
+/// start; a database it cannot ask leaves everything as it is.
+pub async fn reconcile(shared: Arc<Shared>) {
+    let Ok(held) = blocking(&shared.store, |s| s.list_volumes()).await else { return };
+    for v in held.into_iter().filter(|v| v.kind == proto::msg::VolumeKind::ReadWrite) {
+        let id = v.id;
+        let Ok(Some(entry)) = blocking(&shared.vldb, move |l| l.lookup(&VolumeRef::Id(id))).await else { continue };
+        let rw_site = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).map(|s| s.server);
+        if entry.rw != id || rw_site.is_none_or(|s| s == shared.server_id) {
+            continue;
+        }
+        let name = entry.name.clone();
+        if !matches!(blocking(&shared.locks, move |l| l.is_locked(&name)).await, Ok(false)) {
+            continue;
+        }
+        tracing::warn!(volume = %id, name = %entry.name, "the location database places this volume elsewhere; letting go of this copy");
+        let _ = super::volume_ops::moved_away(&shared, id).await;
+    }
+}

@@ -52,8 +52,10 @@ pub async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
     match tokio::task::spawn_blocking(move || f(&db)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            if !matches!(e, StoreError::Refused(_)) {
-                tracing::error!(error = %e, "database failure");
+            match &e {
+                StoreError::Refused(_) => {}
+                StoreError::Unavailable(_) => tracing::warn!(error = %e, "cell database unavailable"),
+                _ => tracing::error!(error = %e, "database failure"),
             }
             Err(e.to_remote())
         }

@@ -47,6 +47,16 @@ pub fn still_held(fence: &Fence) -> Compare {
     Compare::CreateRev(lock_key(&fence.volume), fence.token)
 }
 
+/// The condition that nobody holds volume `volume`'s lock (for a change made without one).
+pub fn unlocked(volume: &str) -> Compare {
+    Compare::Missing(lock_key(volume))
+}
+
+/// The refusal of a change made without the lock while an admin holds it.
+pub fn locked_by_another(volume: &str) -> RemoteError {
+    RemoteError::Locked(format!("{volume} is locked by an admin operation; its location entry was not changed"))
+}
+
 /// The refusal of a stale fencing token.
 pub fn stale(fence: &Fence) -> RemoteError {
     RemoteError::StaleFence(format!(
@@ -94,6 +104,11 @@ impl Locks {
                 refuse(RemoteError::Locked(what))
             }
         }
+    }
+
+    /// Whether anyone holds volume `volume`'s lock.
+    pub fn is_locked(&self, volume: &str) -> Result<bool> {
+        Ok(self.db.get(&lock_key(volume))?.is_some())
     }
 
     /// Whether `fence`'s lock is still held.

@@ -151,9 +151,10 @@ pub trait CellDb: Send + Sync {
 pub struct Elsewhere;
 
 fn elsewhere<T>() -> Result<T> {
-    Err(StoreError::Refused(proto::RemoteError::Invalid(
-        "this server holds volumes only; ask the cell's database server (the first in the cell file)".into(),
-    )))
+    // "Unavailable" (not a refusal): clients and vos then ask the next server of the cell.
+    Err(StoreError::Unavailable(
+        "this server holds volumes only; the cell database is on the cell's first server".into(),
+    ))
 }
 
 impl CellDb for Elsewhere {

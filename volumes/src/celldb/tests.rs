@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::msg::{Fence, ServerInfo, Site, SiteRole, Unfinished, VldbEntry, VolumeRef};
+use proto::msg::{ServerInfo, Site, SiteRole, Unfinished, VldbEntry, VolumeRef};
 use proto::{RemoteError, ServerId, VolumeId};
 
 use super::locks::Locks;
@@ -131,7 +131,7 @@ fn one_admin_at_a_time_holds_a_volume_and_a_stale_fence_changes_nothing() {
     let (fence, unfinished) = locks.take("home", "vos move", Duration::from_secs(1)).unwrap();
     assert_eq!(unfinished, None);
     assert!(matches!(refused(locks.take("home", "vos move", Duration::from_secs(1))), RemoteError::Locked(_)));
-    let move_ = Unfinished::Move { id: VolumeId(1), from: ServerId(1), to: ServerId(2) };
+    let move_ = Unfinished::Move { id: VolumeId(1), from: ServerId(1), to: ServerId(2), backup: None };
     locks.note(&fence, Some(&move_)).unwrap();
     let moved = VldbEntry { sites: vec![Site { server: ServerId(2), role: SiteRole::ReadWrite }], ..e.clone() };
     vldb.update(&e, &moved, Some(&fence)).unwrap();
@@ -149,12 +149,14 @@ fn one_admin_at_a_time_holds_a_volume_and_a_stale_fence_changes_nothing() {
     assert!(matches!(refused(vldb.update(&moved, &back, Some(&fence))), RemoteError::StaleFence(_)));
     assert!(matches!(refused(locks.note(&fence, None)), RemoteError::StaleFence(_)));
     assert!(matches!(refused(locks.check(&fence)), RemoteError::StaleFence(_)));
+    // Nor can a change made without the lock while someone holds it.
+    assert!(matches!(refused(vldb.update(&moved, &back, None)), RemoteError::Locked(_)));
     locks.check(&next).unwrap();
     locks.note(&next, None).unwrap();
     locks.release(&next).unwrap();
+    vldb.update(&moved, &back, None).unwrap();
     let (_, unfinished) = locks.take("home", "vos release", Duration::from_secs(5)).unwrap();
     assert_eq!(unfinished, None);
-    let _ = Fence { volume: "x".into(), token: 0 };
 }
 
 #[test]

@@ -115,9 +115,11 @@ impl Vldb {
         }
         let mut txn =
             Txn::new().when(Compare::ModRev(name_key(&new.name), rev)).then(Op::put(name_key(&new.name), new));
-        if let Some(f) = fence {
-            txn = txn.when(super::locks::still_held(f));
-        }
+        // An admin's change holds the volume's lock; any other waits until no admin holds it.
+        txn = txn.when(match fence {
+            Some(f) => super::locks::still_held(f),
+            None => super::locks::unlocked(&new.name),
+        });
         for id in ids(old).filter(|id| !ids(new).any(|n| n == *id)) {
             txn = txn.then(Op::delete(id_key(id)));
         }
@@ -126,10 +128,14 @@ impl Vldb {
         }
         match self.db.txn(txn)? {
             Committed::At(_) => Ok(()),
-            Committed::ConditionFailed => match fence {
-                Some(f) if !super::locks::Locks::new(self.db.clone()).holds(f)? => refuse(super::locks::stale(f)),
-                _ => refuse(changed_meanwhile(&new.name)),
-            },
+            Committed::ConditionFailed => {
+                let locks = super::locks::Locks::new(self.db.clone());
+                match fence {
+                    Some(f) if !locks.holds(f)? => refuse(super::locks::stale(f)),
+                    None if locks.is_locked(&new.name)? => refuse(super::locks::locked_by_another(&new.name)),
+                    _ => refuse(changed_meanwhile(&new.name)),
+                }
+            }
         }
     }
 

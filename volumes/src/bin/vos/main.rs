@@ -6,6 +6,7 @@ mod cellfile;
 mod create;
 mod dump;
 mod examine;
+mod listaddrs;
 mod listvldb;
 mod listvol;
 mod moving;
@@ -61,6 +62,8 @@ enum Command {
     Remsite(replicas::SiteArgs),
     /// Copy the read-write volume to every read-only site (NAME.readonly).
     Release(replicas::ReleaseArgs),
+    /// List the cell's servers and which are alive.
+    Listaddrs(listaddrs::Args),
     /// Print the cell file with every server of the cell (for clients and admins).
     Cellfile(cellfile::Args),
 }
@@ -85,6 +88,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Listquota(a) => quota::list(&ctx, a).await,
         Command::Rename(a) => rename::run(&ctx, a).await,
         Command::Cellfile(a) => cellfile::run(&ctx, a).await,
+        Command::Listaddrs(a) => listaddrs::run(&ctx, a).await,
         Command::Move(a) => moving::run(&ctx, a).await,
         Command::Addsite(a) => replicas::addsite(&ctx, a).await,
         Command::Remsite(a) => replicas::remsite(&ctx, a).await,

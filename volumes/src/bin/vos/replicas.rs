@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use proto::msg::{Site, SiteRole, VolumeKind};
 use proto::{Request, Response};
 
-use volumes::admin::{Context, unexpected};
+use volumes::admin::{Context, Held, Located, unexpected};
 
 #[derive(clap::Args)]
 pub struct SiteArgs {
@@ -24,66 +24,82 @@ pub struct ReleaseArgs {
 }
 
 pub async fn addsite(ctx: &Context, a: SiteArgs) -> Result<()> {
-    let old = ctx.locate(&a.name).await?.entry;
-    let mut entry = old.clone();
-    let server = ctx.resolve(Some(&a.server)).await?;
-    if entry.sites.iter().any(|s| s.server == server.server_id() && s.role != SiteRole::ReadWrite) {
-        bail!("{} already has a read-only site on {}", a.name, server.address);
-    }
-    if entry.ro.is_none() {
-        match ctx.call(None, Request::AllocateVolumeId).await? {
-            Response::VolumeIdAllocated { id } => entry.ro = Some(id),
-            other => return Err(unexpected(other)),
+    ctx.under_lock(&a.name, "vos addsite", async |held, located| {
+        let old = located.entry;
+        let mut entry = old.clone();
+        let server = ctx.resolve(Some(&a.server)).await?;
+        if entry.sites.iter().any(|s| s.server == server.server_id() && s.role != SiteRole::ReadWrite) {
+            bail!("{} already has a read-only site on {}", a.name, server.address);
         }
-    }
-    entry.sites.push(Site { server: server.server_id(), role: SiteRole::NewReadOnly });
-    ctx.call(None, Request::VldbUpdate { old, new: entry }).await?;
-    println!("Added a read-only site for {} on {}: `vos release {}` fills it", a.name, server.address, a.name);
-    Ok(())
+        if entry.ro.is_none() {
+            match ctx.call(None, Request::AllocateVolumeId).await? {
+                Response::VolumeIdAllocated { id } => entry.ro = Some(id),
+                other => return Err(unexpected(other)),
+            }
+        }
+        entry.sites.push(Site { server: server.server_id(), role: SiteRole::NewReadOnly });
+        held.call(Request::VldbUpdate { old, new: entry }).await?;
+        println!("Added a read-only site for {} on {}: `vos release {}` fills it", a.name, server.address, a.name);
+        Ok(())
+    })
+    .await
 }
 
 pub async fn remsite(ctx: &Context, a: SiteArgs) -> Result<()> {
-    let old = ctx.locate(&a.name).await?.entry;
-    let mut entry = old.clone();
-    let server = ctx.resolve(Some(&a.server)).await?;
-    let before = entry.sites.len();
-    entry.sites.retain(|s| s.server != server.server_id() || s.role == SiteRole::ReadWrite);
-    if entry.sites.len() == before {
-        bail!("{} has no read-only site on {}", a.name, server.address);
-    }
-    // Clients stop choosing the site first, then its replica goes.
-    ctx.call(None, Request::VldbUpdate { old, new: entry.clone() }).await?;
-    if let Some(ro) = entry.ro {
-        ctx.call_at(&server, Request::RemoveVolumeHere { id: ro })
-            .await
-            .with_context(|| format!("removing {}.readonly from {}", a.name, server.address))?;
-    }
-    println!("Removed the read-only site of {} on {}", a.name, server.address);
-    Ok(())
+    ctx.under_lock(&a.name, "vos remsite", async |held, located| {
+        let old = located.entry;
+        let mut entry = old.clone();
+        let server = ctx.resolve(Some(&a.server)).await?;
+        let before = entry.sites.len();
+        entry.sites.retain(|s| s.server != server.server_id() || s.role == SiteRole::ReadWrite);
+        if entry.sites.len() == before {
+            bail!("{} has no read-only site on {}", a.name, server.address);
+        }
+        // Clients stop choosing the site first, then its replica goes.
+        held.call(Request::VldbUpdate { old, new: entry.clone() }).await?;
+        if let Some(ro) = entry.ro {
+            held.call_at(&server, Request::RemoveVolumeHere { id: ro })
+                .await
+                .with_context(|| format!("removing {}.readonly from {}", a.name, server.address))?;
+        }
+        println!("Removed the read-only site of {} on {}", a.name, server.address);
+        Ok(())
+    })
+    .await
 }
 
 pub async fn release(ctx: &Context, a: ReleaseArgs) -> Result<()> {
-    let located = ctx.locate(&a.name).await?;
+    ctx.under_lock(&a.name, "vos release", async |held, located| release_locked(ctx, held, located, &a.name).await)
+        .await
+}
+
+async fn release_locked(ctx: &Context, held: &Held, located: Located, name: &str) -> Result<()> {
     let sites: Vec<Site> = located.ro_sites().cloned().collect();
     let (Some(ro), false) = (located.entry.ro, sites.is_empty()) else {
-        bail!("{} has no read-only sites: add one with `vos addsite {} SERVER`", a.name, a.name);
+        bail!("{name} has no read-only sites: add one with `vos addsite {name} SERVER`");
     };
     let source = located.rw_server()?;
     let tmp = tempfile::tempdir()?;
     let dump = tmp.path().join("release");
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")?);
-    bar.set_message(format!("reading {}", a.name));
-    crate::dump::dump_to_file(ctx, &source, &a.name, None, &dump, |n| bar.inc(n)).await?;
+    bar.set_message(format!("reading {name}"));
+    crate::dump::dump_to_file(ctx, &source, name, None, &dump, |n| bar.inc(n)).await?;
     let size = std::fs::metadata(&dump)?.len();
-    let name = format!("{}.readonly", a.name);
+    let ro_name = format!("{name}.readonly");
     let mut entry = located.entry.clone();
     let mut failed = Vec::new();
     for site in &sites {
         let server = located.server(site.server)?;
         bar.set_position(0);
         bar.set_message(format!("releasing to {}", server.address));
-        let to = crate::restore::Target { id: ro, name: &name, kind: VolumeKind::ReadOnly, overwrite: true };
+        let to = crate::restore::Target {
+            id: ro,
+            name: &ro_name,
+            kind: VolumeKind::ReadOnly,
+            overwrite: true,
+            fence: Some(&held.fence),
+        };
         let done = crate::restore::restore_file(ctx, &server, to, &dump, |n| bar.inc(n)).await;
         let role = match done {
             Ok(_) => SiteRole::ReadOnly,
@@ -97,9 +113,9 @@ pub async fn release(ctx: &Context, a: ReleaseArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    ctx.call(None, Request::VldbUpdate { old: located.entry, new: entry }).await?;
+    held.call(Request::VldbUpdate { old: located.entry, new: entry }).await?;
     let released = sites.len() - failed.len();
-    println!("Released {} to {released} of {} read-only sites ({})", a.name, sites.len(), proto::units::show(size));
+    println!("Released {name} to {released} of {} read-only sites ({})", sites.len(), proto::units::show(size));
     if !failed.is_empty() {
         bail!("not released to {} (clients will not use those sites until a release reaches them)", failed.join("; "));
     }

@@ -38,6 +38,8 @@ pub struct Target<'a> {
     pub kind: VolumeKind,
     /// A full dump may replace an existing volume's contents.
     pub overwrite: bool,
+    /// The lock of the operation this restore is a step of.
+    pub fence: Option<&'a proto::msg::Fence>,
 }
 
 /// Restores the dump in `path` into `to` on `server`.
@@ -49,7 +51,10 @@ pub async fn restore_file(
     mut progress: impl FnMut(u64),
 ) -> Result<Restored> {
     let name = to.name;
-    let req = Request::RestoreVolumeHere { id: to.id, name: name.to_string(), overwrite: to.overwrite, kind: to.kind };
+    let mut req = Request::RestoreVolumeHere { id: to.id, name: name.to_string(), overwrite: to.overwrite, kind: to.kind };
+    if let Some(fence) = to.fence {
+        req = Request::Fenced { fence: fence.clone(), request: Box::new(req) };
+    }
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let session = ctx.connect(server).await?;
     let resp = session
@@ -71,49 +76,63 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
     // Check the whole dump here first: a damaged file is refused before anything is sent.
     volumes::dump::verify(&mut file).with_context(|| format!("{} is not a usable dump", a.file.display()))?;
-    // An existing volume is restored where it lives; a new one gets an id from the location
-    // database and is recorded there once its server holds it.
-    let (server, id, new) = match ctx.locate(&a.name).await {
-        Ok(l) => {
-            let server = l.rw_server()?;
-            if let Some(w) = &a.server
-                && ctx.resolve(Some(w)).await?.id != server.id
-            {
-                bail!("{} lives on {}: restore it there, or `vos move` it first", a.name, server.address);
-            }
-            (server, l.entry.rw, false)
+    match ctx.locate(&a.name).await {
+        // An existing volume is restored where it lives, under its lock.
+        Ok(_) => {
+            ctx.under_lock(&a.name, "vos restore", async |held, l| {
+                let server = l.rw_server()?;
+                if let Some(w) = &a.server
+                    && ctx.resolve(Some(w)).await?.id != server.id
+                {
+                    bail!("{} lives on {}: restore it there, or `vos move` it first", a.name, server.address);
+                }
+                restore_reporting(ctx, &a, &server, l.entry.rw, Some(&held.fence)).await
+            })
+            .await
         }
+        // A new one gets an id from the location database and is recorded there once its
+        // server holds it.
         Err(e) if no_such_volume(&e) => {
             let server = ctx.resolve(a.server.as_deref()).await?;
-            match ctx.call(None, Request::AllocateVolumeId).await? {
-                Response::VolumeIdAllocated { id } => (server, id, true),
+            let id = match ctx.call(None, Request::AllocateVolumeId).await? {
+                Response::VolumeIdAllocated { id } => id,
                 other => return Err(unexpected(other)),
+            };
+            restore_reporting(ctx, &a, &server, id, None).await?;
+            let entry = VldbEntry {
+                name: a.name.clone(),
+                rw: id,
+                ro: None,
+                backup: None,
+                sites: vec![Site { server: server.server_id(), role: SiteRole::ReadWrite }],
+            };
+            if let Err(e) = ctx.call(None, Request::VldbCreate { entry }).await {
+                // Keep the servers and the location database in agreement.
+                let _ = ctx.call_at(&server, Request::RemoveVolumeHere { id }).await;
+                return Err(e.context(format!("recording volume {}", a.name)));
             }
+            Ok(())
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// Restores `a.file` into volume `id` on `server` with a progress bar, and says what it made.
+async fn restore_reporting(
+    ctx: &Context,
+    a: &Args,
+    server: &CellServer,
+    id: proto::VolumeId,
+    fence: Option<&proto::msg::Fence>,
+) -> Result<()> {
     let bar = indicatif::ProgressBar::new(std::fs::metadata(&a.file)?.len());
     bar.set_style(indicatif::ProgressStyle::with_template(
         "restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
     )?);
     bar.set_message(a.name.clone());
-    let target = Target { id, name: &a.name, kind: VolumeKind::ReadWrite, overwrite: a.overwrite };
-    let Restored { info, objects, chunks } = restore_file(ctx, &server, target, &a.file, |n| bar.inc(n)).await?;
+    let target = Target { id, name: &a.name, kind: VolumeKind::ReadWrite, overwrite: a.overwrite, fence };
+    let Restored { info, objects, chunks } = restore_file(ctx, server, target, &a.file, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
-    if new {
-        let entry = VldbEntry {
-            name: a.name.clone(),
-            rw: id,
-            ro: None,
-            backup: None,
-            sites: vec![Site { server: server.server_id(), role: SiteRole::ReadWrite }],
-        };
-        if let Err(e) = ctx.call(None, Request::VldbCreate { entry }).await {
-            // Keep the servers and the location database in agreement.
-            let _ = ctx.call_at(&server, Request::RemoveVolumeHere { id }).await;
-            return Err(e.context(format!("recording volume {}", a.name)));
-        }
-    }
     println!(
         "Restored {} (id {}) on {}: {objects} objects, {chunks} chunks sent; {} in {} files",
         info.name,
