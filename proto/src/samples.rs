@@ -205,7 +205,12 @@ pub fn calls() -> Vec<Call> {
         Request::ReleaseLock { fence: fence() },
         Request::NoteUnfinished {
             fence: fence(),
-            unfinished: Some(Unfinished::Move { id: VolumeId(7), from: ServerId(1), to: ServerId(2), backup: Some(VolumeId(9)) }),
+            unfinished: Some(Unfinished::Move {
+                id: VolumeId(7),
+                from: ServerId(1),
+                to: ServerId(2),
+                backup: Some(VolumeId(9)),
+            }),
         },
         Request::Fenced { fence: fence(), request: Box::new(Request::FreezeVolume { id: VolumeId(7), frozen: true }) },
     ];

@@ -14,6 +14,7 @@ use proto::msg::Push;
 use proto::tls::{Identity, TransportTuning};
 use proto::*;
 
+pub mod etcd;
 pub mod faults;
 pub use faults::{
     BODY_THREAD, DirStats, Direction, Impairment, LossyProxy, ThreadInfo, TmpFs, Watchdog, Watched, abort_fuse,
@@ -128,7 +129,16 @@ impl Vice {
         Self::init_and_serve(cell, Some(parent), &[])
     }
 
+    /// As `start`, with the cell database at `cell_db` (`etcd://...`).
+    pub fn start_on_cell_db(cell: &str, cell_db: &str) -> Result<Vice> {
+        Self::init_with(cell, None, &["--cell-db", cell_db], &[])
+    }
+
     fn init_and_serve(cell: &str, parent: Option<&Path>, serve_args: &[&str]) -> Result<Vice> {
+        Self::init_with(cell, parent, &[], serve_args)
+    }
+
+    fn init_with(cell: &str, parent: Option<&Path>, init_args: &[&str], serve_args: &[&str]) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port());
         let data_parent = match parent {
@@ -145,6 +155,7 @@ impl Vice {
             .args(["init", "--cell", cell, "--data"])
             .arg(&data)
             .args(["--listen", &addr])
+            .args(init_args)
             .output()?;
         if !out.status.success() {
             bail!("vice init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -160,6 +171,17 @@ impl Vice {
     /// Another server for `db`'s cell: `vice init --join`, then serving. Its data directory
     /// gets a copy of the cell admin's credential and password, for the tests' `vos`.
     pub fn join(db: &Vice) -> Result<Vice> {
+        let cred = db.admin_cred_path().display().to_string();
+        Self::join_with(db, &["--admin-cred", &cred])
+    }
+
+    /// Another server for `first`'s cell, joined through the cell database at `cell_db`
+    /// (`vice init --join CELLFILE --cell-db URL`: no other server needs to be up).
+    pub fn join_cell_db(first: &Vice, cell_db: &str) -> Result<Vice> {
+        Self::join_with(first, &["--cell-db", cell_db])
+    }
+
+    fn join_with(db: &Vice, init_args: &[&str]) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port());
         let data = dir.path().join("data");
@@ -169,8 +191,7 @@ impl Vice {
             .arg("--data")
             .arg(&data)
             .args(["--listen", &addr])
-            .arg("--admin-cred")
-            .arg(db.admin_cred_path())
+            .args(init_args)
             .output()?;
         if !out.status.success() {
             bail!("vice init --join failed: {}", String::from_utf8_lossy(&out.stderr));

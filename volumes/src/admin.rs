@@ -38,6 +38,9 @@ pub struct Context {
     connector: std::sync::Arc<Connector>,
     /// The lease of the locks this command takes (`--lock-ttl`).
     pub lock_ttl: Duration,
+    /// Servers this command found unreachable: tried last by [`Context::call_any`], so one
+    /// dead server costs one command one timeout, not one per call.
+    unreachable: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<ServerId>>>,
 }
 
 impl Context {
@@ -55,7 +58,7 @@ impl Context {
             ..TransportTuning::default()
         };
         let connector = std::sync::Arc::new(Connector::new(Some(identity), tuning)?);
-        Ok(Context { cell, connector, lock_ttl: DEFAULT_LOCK_TTL })
+        Ok(Context { cell, connector, lock_ttl: DEFAULT_LOCK_TTL, unreachable: Default::default() })
     }
 
     /// A server of the cell file by address or id; the cell's first (database) server when
@@ -119,11 +122,17 @@ impl Context {
     pub async fn call_any(&self, req: Request) -> Result<Response> {
         let mut unreachable = Vec::new();
         let mut unavailable = None;
-        for server in &self.cell.servers {
+        let mut servers = self.cell.servers.clone();
+        servers.sort_by_key(|s| self.dead().contains(&s.server_id()));
+        for server in &servers {
             let connecting = self.connector.connect(server, ClientId::random(), FAILOVER_AFTER);
             let session = match connecting.await {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.dead().remove(&server.server_id());
+                    s
+                }
                 Err(e) => {
+                    self.dead().insert(server.server_id());
                     unreachable.push(format!("{e:#}"));
                     continue;
                 }
@@ -143,9 +152,16 @@ impl Context {
             }
         }
         match unavailable {
-            Some(e) => Err(anyhow::Error::new(e).context(format!("no server of the cell could act: {}", unreachable.join("; ")))),
+            Some(e) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("no server of the cell could act: {}", unreachable.join("; "))))
+            }
             None => bail!("no server of the cell answered: {}", unreachable.join("; ")),
         }
+    }
+
+    fn dead(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ServerId>> {
+        self.unreachable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn call_at(&self, server: &CellServer, req: Request) -> Result<Response> {
@@ -187,11 +203,11 @@ impl Context {
             let every = Duration::from_millis(u64::from(ttl_secs) * 1000 / 3);
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = ctx.call_any(Request::RenewLock { fence: f.clone() }).await {
-                    if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::StaleFence(_))) {
-                        eprintln!("vos: the lock on {} was lost: {e:#}", f.volume);
-                        return;
-                    }
+                if let Err(e) = ctx.call_any(Request::RenewLock { fence: f.clone() }).await
+                    && matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::StaleFence(_)))
+                {
+                    eprintln!("vos: the lock on {} was lost: {e:#}", f.volume);
+                    return;
                 }
             }
         });

@@ -140,8 +140,7 @@ impl CellConn {
         {
             return Ok(e.clone());
         }
-        let resp =
-            self.ask_cell(&Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
+        let resp = self.ask_cell(&Request::GetVolumeLocation { volume: VolumeRef::Name(base.into()) }).await?;
         let Response::Location { entry, servers } = resp else {
             return Err(VenusError::Protocol("unexpected reply to GetVolumeLocation".into()));
         };

@@ -54,13 +54,22 @@ pub struct Context {
     pub tokens: Arc<Tokens>,
 }
 
+/// One server's connection, and whether there was one before (a new one is a reconnection).
+#[derive(Default)]
+struct Slot {
+    session: Option<Session>,
+    connected_before: bool,
+}
+
 pub struct CellConn {
     pub id: CellId,
     pub file: CellFile,
     client: ClientId,
     connector: Connector,
     timeout: Duration,
-    sessions: tokio::sync::Mutex<HashMap<ServerId, Session>>,
+    /// One slot per server ever tried. Connecting holds only that server's slot, so a dead
+    /// server's connect timeout (a probe, a request sent its way) holds up no other server.
+    sessions: Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Volume id → the server holding it (read-write volumes and their backups).
     locations: Mutex<HashMap<VolumeId, ServerId>>,
     /// Read-only volume id → the servers holding its released replicas, in the order tried.
@@ -101,7 +110,7 @@ impl CellConn {
             client: with.client,
             connector,
             timeout: with.timeout,
-            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             locations: Mutex::new(saved.locations.iter().copied().collect()),
             replicas: Mutex::new(saved.replicas.iter().cloned().collect()),
             entries: Mutex::new(HashMap::new()),
@@ -172,10 +181,16 @@ impl CellConn {
     /// `req` (a location or login request) to the location servers in turn until one answers:
     /// a server that does not answer, or cannot reach the cell database, is passed over. After
     /// passing one over, the answering server is asked which servers are alive, so the dead
-    /// ones are not tried first again.
+    /// ones are not tried first again. Servers believed down are tried only when no other
+    /// answered at all: when the others answered that the cell database is unavailable, a dead
+    /// server would only add its timeout to the same answer.
     async fn ask_cell(&self, req: &Request) -> Result<Response> {
         let mut passed_over: Option<VenusError> = None;
+        let mut any_answered = false;
         for server in self.location_servers() {
+            if any_answered && self.down_set().contains(&server) {
+                break;
+            }
             let answer = match req {
                 Request::Login { .. } => self.login_at(server, req).await,
                 _ => self.raw(server, req).await,
@@ -183,6 +198,7 @@ impl CellConn {
             match answer {
                 Err(e @ (VenusError::Unreachable(_) | VenusError::Remote(RemoteError::CellDbUnavailable(_)))) => {
                     tracing::debug!(cell = %self.name(), %server, error = %e, "location server passed over");
+                    any_answered |= !matches!(e, VenusError::Unreachable(_));
                     // An unreachable server says more than one that answered "unavailable".
                     if !matches!(passed_over, Some(VenusError::Unreachable(_))) {
                         passed_over = Some(e);
@@ -283,10 +299,19 @@ impl CellConn {
             .ok_or_else(|| VenusError::Protocol(format!("server {id} is not in the cell file of {}", self.name())))
     }
 
+    fn slot(&self, server: ServerId) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).entry(server).or_default().clone()
+    }
+
+    fn slots(&self) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     /// A connection to `server`, and whether it was just made (a reused one may turn out dead).
     async fn session(&self, server: ServerId) -> Result<(Session, bool)> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&server)
+        let slot = self.slot(server);
+        let mut slot = slot.lock().await;
+        if let Some(s) = &slot.session
             && !s.is_closed()
         {
             return Ok((s.clone(), false));
@@ -302,7 +327,7 @@ impl CellConn {
             }
         };
         self.mark(server, false);
-        if sessions.contains_key(&server) {
+        if slot.connected_before {
             // We were connected before: the server may have restarted (its promises live in
             // memory) or sent breaks we never heard. Trust nothing it promised until revalidated.
             self.events.callbacks_lost(self.id);
@@ -333,29 +358,42 @@ impl CellConn {
                 events.callbacks_lost(cell);
             }
         });
-        sessions.insert(server, session.clone());
+        *slot = Slot { session: Some(session.clone()), connected_before: true };
         tracing::info!(cell = %self.name(), server = %entry.address, "connected");
         Ok((session, true))
     }
 
-    /// Closes a dead connection; the entry stays (closed) so the next connection knows it is a
-    /// reconnection.
+    /// Closes a dead connection; the slot remembers there was one, so the next connection
+    /// knows it is a reconnection.
     async fn forget_session(&self, server: ServerId) {
-        if let Some(s) = self.sessions.lock().await.get(&server) {
+        if let Some(s) = self.slot(server).lock().await.session.take() {
             s.close();
         }
     }
 
     /// Closes every connection (venus is exiting).
     async fn close_all(&self) {
-        for s in self.sessions.lock().await.values() {
-            s.close();
+        for slot in self.slots() {
+            if let Some(s) = slot.lock().await.session.take() {
+                s.close();
+            }
         }
     }
 
     /// Servers currently connected.
     async fn connected(&self) -> Vec<ServerId> {
-        self.sessions.lock().await.iter().filter(|(_, s)| !s.is_closed()).map(|(id, _)| *id).collect()
+        let slots: Vec<_> =
+            self.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, s)| (*id, s.clone())).collect();
+        let mut up = Vec::new();
+        for (id, slot) in slots {
+            // A slot busy connecting is not connected yet.
+            if let Ok(slot) = slot.try_lock()
+                && slot.session.as_ref().is_some_and(|s| !s.is_closed())
+            {
+                up.push(id);
+            }
+        }
+        up
     }
 
     fn any_server(&self) -> ServerId {

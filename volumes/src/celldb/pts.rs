@@ -126,10 +126,10 @@ impl Ptdb {
     pub fn names(&self, ids: &[PtsId]) -> Result<Vec<(PtsId, String)>> {
         let mut out = Vec::new();
         for id in ids {
-            if let Some((row, _)) = self.row(*id)? {
-                if !row.name.starts_with('#') {
-                    out.push((*id, row.name));
-                }
+            if let Some((row, _)) = self.row(*id)?
+                && !row.name.starts_with('#')
+            {
+                out.push((*id, row.name));
             }
         }
         Ok(out)
@@ -147,13 +147,13 @@ impl Ptdb {
         if name.contains(':') {
             return refuse(RemoteError::Invalid(format!("{name}: user names have no ':' (that makes a group)")));
         }
-        if let Some(id) = id {
-            if id.0 <= 0 || id == PtsId::ANONYMOUS {
-                return refuse(RemoteError::Invalid(format!(
-                    "{id} cannot be a user's id (users have positive ids; {} is the anonymous user)",
-                    PtsId::ANONYMOUS
-                )));
-            }
+        if let Some(id) = id
+            && (id.0 <= 0 || id == PtsId::ANONYMOUS)
+        {
+            return refuse(RemoteError::Invalid(format!(
+                "{id} cannot be a user's id (users have positive ids; {} is the anonymous user)",
+                PtsId::ANONYMOUS
+            )));
         }
         let hash = hash_password(password)?;
         let db = &*self.db;

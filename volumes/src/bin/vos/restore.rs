@@ -51,7 +51,8 @@ pub async fn restore_file(
     mut progress: impl FnMut(u64),
 ) -> Result<Restored> {
     let name = to.name;
-    let mut req = Request::RestoreVolumeHere { id: to.id, name: name.to_string(), overwrite: to.overwrite, kind: to.kind };
+    let mut req =
+        Request::RestoreVolumeHere { id: to.id, name: name.to_string(), overwrite: to.overwrite, kind: to.kind };
     if let Some(fence) = to.fence {
         req = Request::Fenced { fence: fence.clone(), request: Box::new(req) };
     }
