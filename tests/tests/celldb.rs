@@ -165,7 +165,7 @@ fn holds(vice: &Vice, server: &str, volume: &str) -> bool {
 }
 
 #[test]
-fn a_vos_move_killed_at_any_stage_is_settled_by_the_next_and_fences_keep_old_holders_out() -> R {
+fn a_vos_move_killed_at_any_stage_is_settled_by_the_next_fences_keep_old_holders_out_and_one_of_two_wins() -> R {
     if !fuse_available() {
         return Ok(());
     }
@@ -269,6 +269,37 @@ fn a_vos_move_killed_at_any_stage_is_settled_by_the_next_and_fences_keep_old_hol
     let stale = rt.block_on(admin.call_ok(&freeze(&fence))).unwrap_err();
     assert!(format!("{stale:#}").contains("stale fencing token"), "{stale:#}");
     write_one()?;
+
+    // Two admins move the volume at once: exactly one wins; the other is refused by the lock
+    // (or, started after the winner ended, finds the volume there already).
+    let spawn = || {
+        Command::new(bin("vos"))
+            .args(["move", "mv", &b.addr])
+            .env("AFS_CELL_FILE", b.cell_file_path())
+            .env("AFS_ADMIN_CRED", b.admin_cred_path())
+            .output()
+    };
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(spawn);
+        let two = s.spawn(spawn);
+        (one.join(), two.join())
+    });
+    let outs = [one.map_err(|_| anyhow::anyhow!("vos thread"))??, two.map_err(|_| anyhow::anyhow!("vos thread"))??];
+    let won = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        won,
+        1,
+        "exactly one move wins: {:?}",
+        outs.iter().map(|o| String::from_utf8_lossy(&o.stderr)).collect::<Vec<_>>()
+    );
+    let lost = outs.iter().find(|o| !o.status.success()).map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    let lost = lost.unwrap_or_default();
+    assert!(lost.contains("locked by another admin") || lost.contains("already on"), "{lost}");
+    assert!(holds(&b, &b.addr, "mv") && !holds(&b, &a.addr, "mv"), "on the winner's target only");
+    write_one()?;
+    for i in 0..written.get() {
+        assert_eq!(fs::read(other.path(&format!("mv/f{i}")))?, format!("file {i}").as_bytes(), "f{i}");
+    }
     Ok(())
 }
 
