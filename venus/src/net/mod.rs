@@ -155,7 +155,7 @@ impl CellConn {
         match session.call(req).await {
             Ok(Response::Error(e)) => Err(VenusError::Remote(e)),
             Ok(r) => Ok(r),
-            Err(e) => Err(self.failed(server, e).await),
+            Err(e) => Err(self.failed(server, &session, e).await),
         }
     }
 
@@ -278,8 +278,7 @@ impl CellConn {
         let down: Vec<ServerId> = self.down_set().iter().copied().collect();
         let mut any = false;
         for server in down {
-            self.forget_session(server).await;
-            if self.session(server).await.is_ok() {
+            if self.connect_to(server, true).await.is_ok() {
                 any = true;
             }
         }
@@ -309,12 +308,23 @@ impl CellConn {
 
     /// A connection to `server`, and whether it was just made (a reused one may turn out dead).
     async fn session(&self, server: ServerId) -> Result<(Session, bool)> {
+        self.connect_to(server, false).await
+    }
+
+    /// A connection to `server`. When `probing`, one left from before the server was marked
+    /// down is not trusted: it is closed and a new one made. Decided under the server's slot,
+    /// so of two probes at once the second finds the first's new connection (the server no
+    /// longer marked down) and keeps it, instead of closing it under its users.
+    async fn connect_to(&self, server: ServerId, probing: bool) -> Result<(Session, bool)> {
         let slot = self.slot(server);
         let mut slot = slot.lock().await;
         if let Some(s) = &slot.session
             && !s.is_closed()
         {
-            return Ok((s.clone(), false));
+            if !(probing && self.down_set().contains(&server)) {
+                return Ok((s.clone(), false));
+            }
+            s.close();
         }
         let entry = self.server_entry(server)?;
         let session = match self.connector.connect(&entry, self.client, self.timeout).await {
@@ -363,11 +373,19 @@ impl CellConn {
         Ok((session, true))
     }
 
-    /// Closes a dead connection; the slot remembers there was one, so the next connection
-    /// knows it is a reconnection.
-    async fn forget_session(&self, server: ServerId) {
-        if let Some(s) = self.slot(server).lock().await.session.take() {
-            s.close();
+    /// Closes `dead`, a connection to `server` that failed; the slot remembers there was one,
+    /// so the next connection knows it is a reconnection. A newer connection in the slot (made
+    /// by another request meanwhile) is left alone; says whether there was none.
+    async fn forget_session(&self, server: ServerId, dead: &Session) -> bool {
+        dead.close();
+        let slot = self.slot(server);
+        let mut slot = slot.lock().await;
+        match &slot.session {
+            Some(s) if s.connection().stable_id() != dead.connection().stable_id() && !s.is_closed() => false,
+            _ => {
+                slot.session = None;
+                true
+            }
         }
     }
 
@@ -421,17 +439,17 @@ impl CellConn {
                 Ok(r) => return Ok(r),
                 Err(e) if attempt == 0 && !fresh && meta.idempotent && e.is_unreachable() => {
                     tracing::info!(cell = %self.name(), error = %e, "connection lost; reconnecting");
-                    self.forget_session(server).await;
+                    self.forget_session(server, &session).await;
                 }
-                Err(e) => return Err(self.failed(server, e).await),
+                Err(e) => return Err(self.failed(server, &session, e).await),
             }
         }
         Err(VenusError::Remote(RemoteError::CallbacksLost))
     }
 
-    async fn failed(&self, server: ServerId, e: ProtoError) -> VenusError {
-        if e.is_unreachable() {
-            self.forget_session(server).await;
+    async fn failed(&self, server: ServerId, session: &Session, e: ProtoError) -> VenusError {
+        // Down, unless another request has connected again meanwhile.
+        if e.is_unreachable() && self.forget_session(server, session).await {
             self.mark(server, true);
         }
         e.into()
@@ -503,7 +521,7 @@ impl CellConn {
                 }
                 // Another replica has the same file; nothing reached the sink yet.
                 Err(e) if !delivered && e.is_unreachable() && self.other_replica(Some(fid.volume), server) => {
-                    let _ = self.failed(server, e).await;
+                    let _ = self.failed(server, &session, e).await;
                     continue;
                 }
                 Err(ProtoError::Remote(e)) => {
@@ -512,9 +530,9 @@ impl CellConn {
                 }
                 // Only retry if the sink has seen nothing: it cannot take the bytes twice.
                 Err(e) if attempt == 0 && !fresh && !delivered && e.is_unreachable() => {
-                    self.forget_session(server).await;
+                    self.forget_session(server, &session).await;
                 }
-                Err(e) => return Err(self.failed(server, e).await),
+                Err(e) => return Err(self.failed(server, &session, e).await),
             }
             attempt += 1;
             if attempt == 2 {
@@ -555,7 +573,7 @@ impl CellConn {
                     self.token_refused(&e);
                     return Err(VenusError::Remote(e));
                 }
-                Err(e) => return Err(self.failed(server, e).await),
+                Err(e) => return Err(self.failed(server, &session, e).await),
             }
         }
     }
