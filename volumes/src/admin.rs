@@ -123,7 +123,8 @@ impl Context {
         let mut unreachable = Vec::new();
         let mut unavailable = None;
         let mut servers = self.cell.servers.clone();
-        servers.sort_by_key(|s| self.dead().contains(&s.server_id()));
+        let dead = self.dead().clone();
+        servers.sort_by_key(|s| dead.contains(&s.server_id()));
         for server in &servers {
             let connecting = self.connector.connect(server, ClientId::random(), FAILOVER_AFTER);
             let session = match connecting.await {

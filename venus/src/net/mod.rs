@@ -302,8 +302,8 @@ impl CellConn {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).entry(server).or_default().clone()
     }
 
-    fn slots(&self) -> Vec<Arc<tokio::sync::Mutex<Slot>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    fn slots(&self) -> Vec<(ServerId, Arc<tokio::sync::Mutex<Slot>>)> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, s)| (*id, s.clone())).collect()
     }
 
     /// A connection to `server`, and whether it was just made (a reused one may turn out dead).
@@ -391,7 +391,7 @@ impl CellConn {
 
     /// Closes every connection (venus is exiting).
     async fn close_all(&self) {
-        for slot in self.slots() {
+        for (_, slot) in self.slots() {
             if let Some(s) = slot.lock().await.session.take() {
                 s.close();
             }
@@ -400,10 +400,8 @@ impl CellConn {
 
     /// Servers currently connected.
     async fn connected(&self) -> Vec<ServerId> {
-        let slots: Vec<_> =
-            self.sessions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, s)| (*id, s.clone())).collect();
         let mut up = Vec::new();
-        for (id, slot) in slots {
+        for (id, slot) in self.slots() {
             // A slot busy connecting is not connected yet.
             if let Ok(slot) = slot.try_lock()
                 && slot.session.as_ref().is_some_and(|s| !s.is_closed())

@@ -78,7 +78,10 @@ fn unavailable(urls: &[String], e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Whether another member may answer what this one could not: it was not reached, or it has
-/// no leader (cut off from the majority). Nothing was applied in either case.
+/// no leader (cut off from the majority), or it ran out of time. In the first two cases nothing
+/// was applied; after a timeout a transaction may have been, which is safe to try again: every
+/// change is conditioned on the revisions it read, so a second try of an applied one fails its
+/// condition and its caller reads again.
 fn try_another(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
