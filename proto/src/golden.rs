@@ -62,6 +62,12 @@ fn golden_bytes() {
         enc(&Push::BreakCallbacks { fids: vec![fid], volumes: vec![VolumeId(2)] }),
         "0001020301".to_string() + "02"
     );
+    // Appended in protocol 6: write-back permits.
+    assert_eq!(enc(&Request::RequestPermit { volume: VolumeId(2) }), "3302");
+    assert_eq!(enc(&Request::ReturnPermit { volume: VolumeId(2) }), "3402");
+    assert_eq!(enc(&Response::Permit { lease_secs: 10 }), "1c0a");
+    assert_eq!(enc(&Response::PermitRefused { retry_secs: 5 }), "1d05");
+    assert_eq!(enc(&Push::Recall { volume: VolumeId(2) }), "0102");
 }
 
 #[test]

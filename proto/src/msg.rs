@@ -19,7 +19,7 @@ use crate::version::VolumeStamp;
 /// 3: `ValidateAttrs` answers a current version with the attributes (`AttrCheck::Current`).
 /// 4: named pipes and sockets (`ObjectKind::Fifo`/`Socket`, `Mutation::MakeNode`);
 /// `GetVolumeSpace` (what `df` shows).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The frame a client sends to open every RPC: who is asking, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +385,17 @@ pub enum Request {
         fence: Fence,
         request: Box<Request>,
     },
+    // Appended in protocol 6: write-back permits.
+    /// Asks for (or renews) the write-back permit on a read-write volume: while it holds, no
+    /// other client reads or changes anything in the volume without the server recalling it
+    /// first. Reply `Permit`, or `PermitRefused`.
+    RequestPermit {
+        volume: VolumeId,
+    },
+    /// Gives the permit back (after a recall, once everything logged under it was sent).
+    ReturnPermit {
+        volume: VolumeId,
+    },
 }
 
 /// The room in a volume (`GetVolumeSpace`).
@@ -563,6 +574,17 @@ pub enum Response {
         ttl_secs: u32,
         unfinished: Option<Unfinished>,
     },
+    // Appended in protocol 6.
+    /// The permit is the caller's for `lease_secs` from when it asked, unless renewed (or
+    /// recalled) before.
+    Permit {
+        lease_secs: u32,
+    },
+    /// No permit now: another client uses the volume, or the server holds as many as it keeps.
+    /// Ask again after `retry_secs`.
+    PermitRefused {
+        retry_secs: u32,
+    },
 }
 
 /// Messages the server pushes to a client on a stream it opens.
@@ -570,6 +592,9 @@ pub enum Response {
 pub enum Push {
     /// Drop these promises: the objects (or anything in these volumes) changed.
     BreakCallbacks { fids: Vec<Fid>, volumes: Vec<VolumeId> },
+    /// Give the write-back permit on the volume back: send what was logged under it, then
+    /// `ReturnPermit`. Another client waits for it (appended in protocol 6).
+    Recall { volume: VolumeId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -756,6 +781,8 @@ impl Request {
             Request::NoteUnfinished { .. } => m("NoteUnfinished", true, true, true, None),
             // Counted as what it carries; always an admin request.
             Request::Fenced { request, .. } => RequestMeta { admin: true, ..request.meta() },
+            Request::RequestPermit { volume } => m("RequestPermit", false, true, false, Some(*volume)),
+            Request::ReturnPermit { volume } => m("ReturnPermit", false, true, false, Some(*volume)),
         }
     }
 }
@@ -821,6 +848,8 @@ pub const REQUEST_NAMES: &[&str] = &[
     "RenewLock",
     "ReleaseLock",
     "NoteUnfinished",
+    "RequestPermit",
+    "ReturnPermit",
 ];
 
 /// Checks the name a volume of `kind` has in a server's store: a valid base name with the

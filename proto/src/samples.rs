@@ -213,6 +213,8 @@ pub fn calls() -> Vec<Call> {
             }),
         },
         Request::Fenced { fence: fence(), request: Box::new(Request::FreezeVolume { id: VolumeId(7), frozen: true }) },
+        Request::RequestPermit { volume: VolumeId(7) },
+        Request::ReturnPermit { volume: VolumeId(7) },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
@@ -321,6 +323,8 @@ pub fn responses() -> Vec<Response> {
         },
         Response::Locked { fence: fence(), ttl_secs: 15, unfinished: None },
         Response::Error(RemoteError::StaleFence("old".into())),
+        Response::Permit { lease_secs: 10 },
+        Response::PermitRefused { retry_secs: 5 },
     ]
 }
 
@@ -329,7 +333,10 @@ fn fence() -> Fence {
 }
 
 pub fn pushes() -> Vec<Push> {
-    vec![Push::BreakCallbacks { fids: vec![fid(), fid()], volumes: vec![VolumeId(7)] }]
+    vec![
+        Push::BreakCallbacks { fids: vec![fid(), fid()], volumes: vec![VolumeId(7)] },
+        Push::Recall { volume: VolumeId(7) },
+    ]
 }
 
 fn vldb_entry() -> VldbEntry {

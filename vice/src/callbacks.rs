@@ -98,6 +98,11 @@ impl Callbacks {
         }
     }
 
+    /// The connection `client` said Hello on last, if it is still open.
+    pub fn connection(&self, client: ClientId) -> Option<quinn::Connection> {
+        self.lock().conns.get(&client).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
     /// Whether `client` must be told `CallbacksLost`; clears the flag.
     pub fn take_lost(&self, client: ClientId) -> bool {
         self.lock().lost.remove(&client)
@@ -169,6 +174,13 @@ impl Callbacks {
     pub async fn break_volume(&self, volume: VolumeId) -> BreakReport {
         let fids: Vec<Fid> = self.lock().by_fid.keys().filter(|f| f.volume == volume).copied().collect();
         self.break_promises(None, &fids, &[volume]).await
+    }
+
+    /// Breaks every promise on anything in `volume` held by a client other than `keep` (which is
+    /// given a write-back permit on it).
+    pub async fn break_volume_except(&self, volume: VolumeId, keep: ClientId) -> BreakReport {
+        let fids: Vec<Fid> = self.lock().by_fid.keys().filter(|f| f.volume == volume).copied().collect();
+        self.break_promises(Some(keep), &fids, &[volume]).await
     }
 
     /// Breaks every promise on `fids` and `volumes` held by clients other than `writer`, and

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// Every server of such a cell answers location and login requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cell_db: Option<String>,
+    /// How long a write-back permit lasts unrenewed (0: no permits); see `vice::permits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_lease_secs: Option<u32>,
 }
 
 fn yes() -> bool {

@@ -113,6 +113,7 @@ pub fn init_cell(
         token_lifetime_secs: 25 * 3600,
         database: true,
         cell_db: cell_db_setting(&location),
+        permit_lease_secs: None,
     }
     .save(&dir)?;
     Ok(Initialized {
@@ -186,6 +187,7 @@ pub async fn join_cell(cell_file: &Path, data: &Path, listen: &str, admin_cred: 
         token_lifetime_secs: 25 * 3600,
         database: false,
         cell_db: None,
+        permit_lease_secs: None,
     }
     .save(&dir)?;
     Ok(Initialized {
@@ -239,6 +241,7 @@ pub fn join_cell_db(cell_file: &Path, data: &Path, listen: &str, cell_db: &str) 
         token_lifetime_secs: 25 * 3600,
         database: true,
         cell_db: cell_db_setting(&location),
+        permit_lease_secs: None,
     }
     .save(&dir)?;
     Ok(Initialized {

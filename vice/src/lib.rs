@@ -9,4 +9,5 @@ pub mod identity;
 pub mod init;
 pub mod liveness;
 pub mod metrics;
+pub mod permits;
 pub mod server;

@@ -64,6 +64,12 @@ enum Command {
         /// e.g. 127.0.0.1:9100. Off by default.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// How long a client's write-back permit lasts unrenewed, in seconds (0: grant none).
+        /// A recalled permit that is not returned is taken back after this long, so it is
+        /// also the longest another client waits for a partitioned holder. Default: the
+        /// server.toml setting `permit_lease_secs`, else 15.
+        #[arg(long, value_name = "SECS")]
+        permit_lease: Option<u32>,
     },
 }
 
@@ -121,7 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("Start the server again with: vice serve --data {}", data.display());
             Ok(())
         }
-        Command::Serve { data, listen, metrics } => {
+        Command::Serve { data, listen, metrics, permit_lease } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -130,7 +136,8 @@ fn run(cli: Cli) -> Result<()> {
                     wait_for_signal().await;
                     signals.cancel();
                 });
-                vice::server::run(&data, listen, metrics, shutdown).await
+                let options = vice::server::Options { listen, metrics, permit_lease };
+                vice::server::run(&data, options, shutdown).await
             })
         }
     }

@@ -47,6 +47,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub locks: Arc<Locks>,
     pub callbacks: Callbacks,
+    /// Write-back permits: who may change a volume alone for now (`crate::permits`).
+    pub permits: crate::permits::Permits,
     pub config: ServerConfig,
     pub server_id: ServerId,
     /// `None` on servers that joined a cell whose database is the first server's SQLite.
@@ -73,18 +75,27 @@ pub struct Peer {
     pub traffic: Traffic,
 }
 
-/// Runs the server in `data` until `shutdown` is cancelled; with `metrics`, answers Prometheus
-/// scrapes on that TCP address too.
-pub async fn run(
-    data: &Path,
-    listen_override: Option<String>,
-    metrics: Option<String>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+/// What `vice serve` may set over the data directory's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve on this address instead of the configured one.
+    pub listen: Option<String>,
+    /// Answer Prometheus scrapes on this TCP address.
+    pub metrics: Option<String>,
+    /// Write-back permits' lease in seconds (0: none).
+    pub permit_lease: Option<u32>,
+}
+
+/// Runs the server in `data` until `shutdown` is cancelled.
+pub async fn run(data: &Path, options: Options, shutdown: CancellationToken) -> Result<()> {
+    let Options { listen: listen_override, metrics, permit_lease } = options;
     let dir = DataDir::new(data);
     let mut config = ServerConfig::load(&dir)?;
     if let Some(l) = listen_override {
         config.listen = l;
+    }
+    if permit_lease.is_some() {
+        config.permit_lease_secs = permit_lease;
     }
     let identity = Identity::load(&dir.identity())?;
     let cell_db = {
@@ -93,6 +104,15 @@ pub async fn run(
     };
     let server_id = ServerId(config.server_id);
     let store = Arc::new(Store::open(&dir.store(), server_id).context("opening the volume store")?);
+    let lease = config.permit_lease_secs.map_or(crate::permits::DEFAULT_LEASE, |s| Duration::from_secs(u64::from(s)));
+    let restored = store.permits().context("reading the write-back permits")?;
+    if !restored.is_empty() {
+        tracing::info!(
+            permits = restored.len(),
+            "write-back permits held before the restart are kept for their holders"
+        );
+    }
+    let permits = crate::permits::Permits::new(lease, restored);
     let pts = match config.database {
         true => {
             let db = cell_db.clone();
@@ -130,6 +150,7 @@ pub async fn run(
         locks: Arc::new(Locks::new(cell_db.clone())),
         cell_db,
         callbacks: Callbacks::new(BREAK_TIMEOUT),
+        permits,
         config,
         server_id,
         pts,

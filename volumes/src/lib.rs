@@ -19,6 +19,7 @@ mod clone;
 pub mod dump;
 pub mod error;
 pub mod gc;
+mod permits;
 mod rows;
 mod schema;
 pub mod space;

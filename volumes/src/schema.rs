@@ -8,7 +8,11 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const VERSION: i64 = 4;
+const VERSION: i64 = 5;
+
+/// Which client holds the write-back permit of a volume (vice keeps the leases in memory; a
+/// restarted server gives each holder a fresh lease to come back and flush in).
+const PERMITS: &str = "CREATE TABLE IF NOT EXISTS permits (volume INTEGER PRIMARY KEY, client BLOB NOT NULL);";
 
 const SCHEMA: &str = r#"
 CREATE TABLE volumes (
@@ -111,6 +115,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         match version {
             0 => {
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(PERMITS)?;
                 version = VERSION;
             }
             1 => {
@@ -141,6 +146,11 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
                      CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;",
                 )?;
                 version = 4;
+            }
+            4 => {
+                // Version 5: the write-back permits granted, so a restart keeps them.
+                tx.execute_batch(PERMITS)?;
+                version = 5;
             }
             other => {
                 return Err(crate::error::StoreError::Corrupt(format!("database schema version {other} is not valid")));

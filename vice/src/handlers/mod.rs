@@ -6,6 +6,7 @@ mod fetch;
 mod location;
 pub mod locks;
 mod mutate;
+mod permit;
 mod pts;
 mod upload;
 pub mod volume_ops;
@@ -124,6 +125,7 @@ async fn dispatch(
                 return error(RemoteError::Protocol("a connection cannot change its client id".into()));
             }
             shared.callbacks.attach(*client, peer.conn.clone());
+            shared.permits.hello(*client, &peer.conn);
             tracing::debug!(%client, host, "hello");
             return Response::Hello { server: shared.server_id, cell: shared.config.cell.clone() }.into();
         }
@@ -141,6 +143,10 @@ async fn dispatch(
             return error(RemoteError::VolumeBusy);
         }
     }
+    // Another client's write-back permit on what this touches is recalled first; the passes
+    // keep a new one from being granted while this is served.
+    let volumes = permit::touched(shared, &req).await;
+    let _passes = shared.permits.enter(client, &volumes, &shared.callbacks, &shared.store).await;
     if let Request::Fenced { fence, request } = req {
         if matches!(*request, Request::Fenced { .. } | Request::Hello { .. }) {
             return error(RemoteError::Protocol("a fenced request carries one plain request".into()));
@@ -249,5 +255,7 @@ async fn handle(
         Request::RenewLock { fence } => locks::renew(shared, fence).await,
         Request::ReleaseLock { fence } => locks::release(shared, fence).await,
         Request::NoteUnfinished { fence, unfinished } => locks::note(shared, fence, unfinished).await,
+        Request::RequestPermit { volume } => permit::ask(shared, client, volume).await,
+        Request::ReturnPermit { volume } => permit::give_back(shared, client, volume).await,
     }
 }

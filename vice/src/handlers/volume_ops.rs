@@ -26,7 +26,7 @@ async fn entry_of(shared: &Shared, name: &str) -> Result<VldbEntry, RemoteError>
 
 /// The volume a name means on this server: `NAME` or `NAME.backup`, as this server's store
 /// names it (servers without the location database know their own volumes).
-async fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
+pub(super) async fn volume_named(shared: &Shared, name: &str) -> Result<VolumeId, RemoteError> {
     if let Ok(Some(info)) = shared.store.volume_by_name(name) {
         return Ok(info.id);
     }
