@@ -440,6 +440,7 @@ impl TestClient {
     pub fn broken(&self, fid: Fid) -> bool {
         self.breaks.lock().unwrap().iter().any(|p| match p {
             Push::BreakCallbacks { fids, .. } => fids.contains(&fid),
+            Push::Recall { .. } => false,
         })
     }
 

@@ -33,6 +33,14 @@ pub const STREAMED_OPENS: &str = "streamed_opens";
 /// Reads of such a file that waited for their bytes to come in.
 pub const STREAM_WAITS: &str = "stream_waits";
 
+/// Write-back permits granted to this venus.
+pub const PERMITS_GRANTED: &str = "permits_granted";
+/// Permits a server recalled (another client wanted the volume).
+pub const PERMIT_RECALLS: &str = "permit_recalls";
+/// Permits this venus stopped holding without giving them back in time: their lease ran out
+/// (unreachable, or not renewed), or the server refused to renew them.
+pub const PERMITS_LAPSED: &str = "permits_lapsed";
+
 const OTHERS: &[&str] = &[
     BYTES_FETCHED,
     BYTES_STORED,
@@ -49,6 +57,9 @@ const OTHERS: &[&str] = &[
     LATE_INVALIDATIONS,
     STREAMED_OPENS,
     STREAM_WAITS,
+    PERMITS_GRANTED,
+    PERMIT_RECALLS,
+    PERMITS_LAPSED,
 ];
 
 pub struct Counters {

@@ -517,6 +517,16 @@ impl Filesystem for VenusFs {
         });
     }
 
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(req, async move {
+            match core.fsync_dir(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let core = self.core.clone();
         self.run_or_spawn(req, async move {

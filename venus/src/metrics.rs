@@ -48,13 +48,14 @@ struct StateLabels {
     state: &'static str,
 }
 
-const MODES: [Mode; 3] = [Mode::Connected, Mode::Disconnected, Mode::Reintegrating];
+const MODES: [Mode; 4] = [Mode::Connected, Mode::Disconnected, Mode::Reintegrating, Mode::WriteBack];
 
 fn mode_label(m: Mode) -> &'static str {
     match m {
         Mode::Connected => "connected",
         Mode::Disconnected => "disconnected",
         Mode::Reintegrating => "reintegrating",
+        Mode::WriteBack => "write_back",
     }
 }
 

@@ -106,6 +106,7 @@ pub fn run(opts: MountOptions) -> Result<()> {
     let background = session.spawn().context("starting the FUSE session")?;
     let hoard_interval = opts.hoard_interval;
     let _watcher = watch_profiles(&core);
+    rt.spawn(core.clone().write_back());
     {
         // What the cache holds is trusted again after one volume-stamp check per cell; then a
         // heartbeat watches for servers coming back and drains the modification log.

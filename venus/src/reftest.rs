@@ -435,6 +435,7 @@ fn config(cache: &std::path::Path) -> Config {
         mountpoint: cache.join("mnt"),
         hoard_dir: cache.join("hoard"),
         stream_from: 0,
+        write_back: Some(Duration::from_millis(50)),
     }
 }
 

@@ -74,6 +74,15 @@ pub struct Checked {
     pub promise: Promise,
 }
 
+/// The server's answer to a request for a write-back permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermitAnswer {
+    /// The permit holds for this long from when it was asked for, unless renewed.
+    Granted(std::time::Duration),
+    /// Not now; ask again after this long.
+    Refused(std::time::Duration),
+}
+
 /// Which server a request goes to.
 #[derive(Debug, Clone, Copy)]
 pub enum At {
@@ -145,6 +154,13 @@ pub trait Remote: Send + Sync {
     fn missing_chunks(&self, volume: VolumeId, hashes: Vec<ChunkHash>) -> Call<'_, Vec<u32>>;
     /// Sends chunks' bytes; returns how many were stored.
     fn put_chunks<'a>(&'a self, volume: VolumeId, chunks: Vec<ChunkRef>, read: ChunkSource<'a>) -> Call<'a, u32>;
+
+    // ----- write-back permits -----
+
+    /// Asks for (or renews) the write-back permit on a volume.
+    fn request_permit(&self, volume: VolumeId) -> Call<'_, PermitAnswer>;
+    /// Gives the permit on a volume back.
+    fn return_permit(&self, volume: VolumeId) -> Call<'_, ()>;
 
     // ----- validation -----
 

@@ -30,6 +30,7 @@ impl Venus {
                     self.volume_broken(cell, volume);
                 }
             }
+            Push::Recall { volume } => self.on_recall(cell, volume),
         }
         self.forget(forget)
     }

@@ -17,6 +17,7 @@ pub mod hoarding;
 pub mod modes;
 mod namespace;
 mod paths;
+mod permits;
 mod promises;
 mod read;
 mod reintegrate;
@@ -28,6 +29,7 @@ mod streams;
 
 mod volumes;
 mod write;
+mod write_back;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +69,9 @@ pub struct Config {
     pub hoard_dir: PathBuf,
     /// Files at least this large open for reading before they are whole (0: never).
     pub stream_from: u64,
+    /// How long a change made under a write-back permit may wait before it is sent; `None`:
+    /// venus asks for no permits, and every connected change waits for the server.
+    pub write_back: Option<Duration>,
 }
 
 pub struct Venus {
@@ -85,6 +90,10 @@ pub struct Venus {
     handles: handles::Handles,
     /// Each volume's queue of changes on their way to the server.
     senders: sender::Senders,
+    /// Write-back permits held, and what the write-back loop has to send (`write_back.rs`).
+    permits: permits::Permits,
+    /// This core, for the work it starts in the background.
+    me: std::sync::Weak<Venus>,
     /// What `df` shows per volume.
     rooms: room::Rooms,
     /// Files being fetched while open, and the size from which that is done.
@@ -224,6 +233,8 @@ impl Venus {
                 links: modes::Links::new(pending),
                 handles: handles::Handles::default(),
                 senders: sender::Senders::default(),
+                permits: permits::Permits::new(config.write_back),
+                me: weak.clone(),
                 rooms: room::Rooms::default(),
                 streams: streams::Streams::default(),
                 stream_from: config.stream_from,

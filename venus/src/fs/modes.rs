@@ -22,6 +22,8 @@ pub enum Mode {
     Connected,
     Disconnected,
     Reintegrating,
+    /// Connected under a write-back permit: changes are logged and sent in batches.
+    WriteBack,
 }
 
 /// How far `venus sync` got.
@@ -48,6 +50,9 @@ pub(crate) struct Links {
     postponed: Mutex<HashMap<(CellId, VolumeId), String>>,
     /// Each volume's gate between changes and its switch to connected ([`Venus::enter`]).
     gates: Mutex<HashMap<(CellId, VolumeId), Gate>>,
+    /// Each volume's gate between changes sent straight to the server and its switch to
+    /// write-back ([`Venus::deciding`]).
+    choices: Mutex<HashMap<(CellId, VolumeId), Gate>>,
 }
 
 type Gate = Arc<RwLock<()>>;
@@ -63,6 +68,10 @@ impl Links {
 
     fn gate(&self, cell: CellId, volume: VolumeId) -> Gate {
         lock(&self.gates).entry((cell, volume)).or_default().clone()
+    }
+
+    fn choice(&self, cell: CellId, volume: VolumeId) -> Gate {
+        lock(&self.choices).entry((cell, volume)).or_default().clone()
     }
 
     pub fn forced_off(&self, cell: CellId, volume: VolumeId) -> bool {
@@ -144,6 +153,7 @@ impl Venus {
     pub fn mode(&self, cell: CellId, volume: VolumeId) -> Mode {
         match (self.reachable(cell, volume), self.has_pending(cell, volume)) {
             (false, _) => Mode::Disconnected,
+            (true, _) if self.permits.holds(cell, volume) => Mode::WriteBack,
             (true, true) => Mode::Reintegrating,
             (true, false) => Mode::Connected,
         }
@@ -165,6 +175,19 @@ impl Venus {
     /// once per change.
     pub(crate) async fn enter(&self, g: GFid) -> Entered {
         self.links.gate(g.cell, g.fid.volume).read_owned().await
+    }
+
+    /// Held by a change from choosing its way (the log, or straight to the server) until it is
+    /// answered. The switch to write-back waits for the changes on their way to the server:
+    /// changes logged after it are sent later, by another path, and must not reach the server
+    /// before the changes made before them. Taken inside [`Venus::enter`]'s gate.
+    pub(crate) async fn deciding(&self, cell: CellId, volume: VolumeId) -> Entered {
+        self.links.choice(cell, volume).read_owned().await
+    }
+
+    /// Closes `volume`'s way straight to the server, for the switch to write-back.
+    pub(crate) async fn switching(&self, cell: CellId, volume: VolumeId) -> OwnedRwLockWriteGuard<()> {
+        self.links.choice(cell, volume).write_owned().await
     }
 
     /// Closes `volume`'s gate ([`Venus::enter`]) for reintegration to settle answers into the

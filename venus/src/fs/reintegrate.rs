@@ -84,9 +84,19 @@ impl Venus {
         Ok(())
     }
 
+    /// Replays a volume's log, and then (unless venus holds the volume's write-back permit, and
+    /// with it the only view of the volume that counts) checks the cache against the server.
+    pub async fn reintegrate_volume(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
+        self.drain_volume(cell, volume).await?;
+        if !self.permits.holds(cell, volume) && !self.permits.returning(cell, volume) {
+            self.after_reintegration(cell, volume).await;
+        }
+        Ok(())
+    }
+
     /// Replays a volume's log as the user who made the changes; waits (returns an error) while
     /// that user has no token for the identity they wrote under.
-    pub async fn reintegrate_volume(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
+    pub(crate) async fn drain_volume(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
         let Some(owner) = self.cache.volume(cell, volume).log_owner else {
             return self.reintegrate_as_owner(cell, volume).await;
         };
@@ -110,8 +120,10 @@ impl Venus {
         let mut missing_rounds = 0;
         let mut replayed = 0u64;
         // A server restored from an older dump must never have newer local data stored over
-        // its history: every logged store of the volume becomes a kept copy instead.
-        let current = self.current_stamp(cell, volume).await?;
+        // its history: every logged store of the volume becomes a kept copy instead. (Under a
+        // write-back permit nothing can be restored behind venus's back: a restore recalls it.)
+        let permitted = self.permits.holds(cell, volume) || self.permits.returning(cell, volume);
+        let current = if permitted { None } else { self.current_stamp(cell, volume).await? };
         let rewound = current.is_some_and(|s| self.note_stamp(cell, volume, s));
         if rewound {
             tracing::warn!(cell = %name, %volume, "the volume went back in time (restored from a dump); local changes are kept as conflicts");
@@ -130,6 +142,10 @@ impl Venus {
                 if entries.is_empty() {
                     break;
                 }
+                // Under a write-back permit the log is sent window by window: a batch that is not
+                // full is the last of this one (chasing a writer would send it one change at a
+                // time). A recalled permit's log is sent to the end.
+                let last_of_window = entries.len() < BATCH && self.permits.holds(cell, volume);
                 let (records, refused) = self.upload_data(cell, volume, &entries).await?;
                 // A store whose data the server would not take (no space, quota) is settled as a
                 // conflict now, its data kept on this machine; the records behind it go on.
@@ -172,7 +188,7 @@ impl Venus {
                             retry = true;
                             continue;
                         }
-                        Err(refusal) => match self.conflict(cell, record, refusal.clone()).await {
+                        Err(refusal) => match self.refused_late(cell, record, refusal.clone()).await {
                             Ok(()) => {
                                 // Later answers of this batch may have failed only because of this
                                 // one; they go again (applied ones are answered from memory).
@@ -194,6 +210,8 @@ impl Venus {
                 drop(settling);
                 if retry {
                     missing_rounds += 1;
+                } else if last_of_window {
+                    return Ok(());
                 }
             }
             // Changes that read their bases from the emulated cache are committed (logged)
@@ -210,8 +228,17 @@ impl Venus {
         if rewound && let Some(s) = current {
             self.accept_rewind(cell, volume, s)?;
         }
-        tracing::info!(cell = %name, %volume, records = replayed, "reintegrated");
-        // The cache held our emulated view; from now on it is checked against the server again.
+        if permitted {
+            tracing::debug!(cell = %name, %volume, records = replayed, "sent under a write-back permit");
+        } else {
+            tracing::info!(cell = %name, %volume, records = replayed, "reintegrated");
+        }
+        Ok(())
+    }
+
+    /// The cache held venus's emulated view of the volume; from now on it is checked against
+    /// the server again.
+    pub(crate) async fn after_reintegration(self: &Arc<Self>, cell: CellId, volume: VolumeId) {
         self.drop_volume(cell, volume);
         for g in self.cache.objects_in(cell, volume) {
             self.unpromise(&g);
@@ -219,7 +246,13 @@ impl Venus {
         if let Err(e) = self.revalidate_cell(cell).await {
             tracing::info!(error = %e, "revalidation after reintegration postponed");
         }
-        Ok(())
+    }
+
+    /// A logged change the server refused: kept as a conflict (its data beside the server's),
+    /// and reported to the next `fsync` or `close` of what it concerns.
+    async fn refused_late(&self, cell: CellId, record: &proto::Record, refusal: RemoteError) -> Result<()> {
+        self.permits.defer(cell, &record.mutation, &refusal);
+        self.conflict(cell, record, refusal).await
     }
 
     /// Data first: the current contents of every stored file of a batch, only what the server
@@ -299,7 +332,7 @@ impl Venus {
                 rest.1.push(r);
                 continue;
             };
-            match self.conflict(cell, &r, refusal.clone()).await {
+            match self.refused_late(cell, &r, refusal.clone()).await {
                 Ok(()) => {}
                 Err(err @ VenusError::Unreachable(_)) => return Err(err),
                 Err(err) => self.record_failed(cell, &r, &refusal, &err)?,

@@ -93,6 +93,10 @@ impl Venus {
                             (None, None) => "reintegrating".to_string(),
                         })
                     }
+                    super::modes::Mode::WriteBack => Some(match self.postponed(cell, volume) {
+                        Some(why) => format!("write-back: sending postponed: {why}"),
+                        None => "write-back: changes go to the server in batches".to_string(),
+                    }),
                 };
                 Some(VolumeStatus {
                     cell: name,

@@ -104,7 +104,7 @@ impl Venus {
             // Logged; the chunks travel at reintegration.
             let scanned = scan_off_runtime(&path, small).await?;
             let store = store_of(g, base, &scanned);
-            let Committed { applied, logged } = self.commit(Change::new(g.cell, store)).await?;
+            let Committed { applied, logged } = self.commit(Change::new(g.cell, store).data_not_sent()).await?;
             (applied, logged, scanned.size)
         } else if small {
             // Cut and hashed in microseconds, right here; sent whole, with the Store, in one

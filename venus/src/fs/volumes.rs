@@ -289,7 +289,7 @@ impl Venus {
     /// Establishes that the cache is current as of each volume's `current` stamp: revalidates
     /// what has no promise, then confirms (one request per server) that nothing changed
     /// meanwhile.
-    async fn establish(self: &Arc<Self>, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<()> {
+    pub(super) async fn establish(self: &Arc<Self>, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<()> {
         // Grouped by the server holding each volume; a few thousand objects per request.
         let conn = self.cell(cell)?.clone();
         let mut by_server: std::collections::BTreeMap<proto::ServerId, Vec<GFid>> = std::collections::BTreeMap::new();

@@ -42,11 +42,21 @@ pub(crate) struct Change {
     /// ahead of the record (`PutChunksAndMutate`: a small file's store in one round trip).
     chunks: Option<(Vec<proto::ChunkRef>, super::store::ChunkReader)>,
     edits: Vec<ListingEdit>,
+    /// A store whose data is not on the server and does not travel with it: if the volume is
+    /// connected after all (its mode changed since the store chose its way), it goes through
+    /// the log, whose reintegration sends the data first.
+    data_elsewhere: bool,
 }
 
 impl Change {
     pub fn new(cell: CellId, mutation: Mutation) -> Change {
-        Change { cell, mutation, chunks: None, edits: Vec::new() }
+        Change { cell, mutation, chunks: None, edits: Vec::new(), data_elsewhere: false }
+    }
+
+    /// See [`Change::data_elsewhere`].
+    pub fn data_not_sent(mut self) -> Change {
+        self.data_elsewhere = true;
+        self
     }
 
     /// Edits cached listings as the change does.
@@ -74,15 +84,19 @@ impl Venus {
     /// disconnected (or if the server goes away with the record in flight), it stays there for
     /// reintegration.
     pub(crate) async fn commit(&self, change: Change) -> Result<Committed> {
-        let Change { cell, mutation, chunks, edits } = change;
+        let Change { cell, mutation, chunks, edits, data_elsewhere } = change;
         let edits = &edits[..];
         let volume = mutation.volume();
         self.writable(GFid::new(cell, Fid::root(volume)))?;
-        if self.emulating(cell, volume) {
+        let _deciding = self.deciding(cell, volume).await;
+        if self.emulating(cell, volume) || data_elsewhere {
+            // Disconnected, reintegrating, or under a write-back permit: logged, and done.
             let applied = self.log_offline(cell, mutation)?;
             self.edit_listings(edits)?;
+            self.permits.note_logged(cell, volume);
             return Ok(Committed { applied, logged: true });
         }
+        self.maybe_ask_permit(cell, volume);
         let conn = self.cell(cell)?.clone();
         let record = Record { op: OpId::random(), mutation };
         // In the log first, as every change is, and frozen: it is on its way to the server, so
@@ -527,7 +541,39 @@ impl Venus {
     /// a flush that finds nothing new since the last store does nothing.
     pub async fn flush(&self, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
-        self.store_handle(&h).await
+        self.store_handle(&h).await?;
+        self.deferred_error(h.gfid)
+    }
+
+    /// A refusal of a change to `g` sent late (made under a write-back permit, or offline), for
+    /// the application's next `fsync` or `close` of it.
+    fn deferred_error(&self, g: GFid) -> Result<()> {
+        match self.permits.take_deferred(&g) {
+            Some(refusal) => Err(VenusError::Remote(refusal)),
+            None => Ok(()),
+        }
+    }
+
+    /// `fsync(2)` of a directory: its changes (and every change logged before them in its
+    /// volume) are on the server when it returns, if the server can be reached.
+    pub async fn fsync_dir(&self, ino: u64) -> Result<()> {
+        let super::Node::Object(g) = self.node(ino)? else { return Ok(()) };
+        self.on_server_or_durable(g).await?;
+        self.deferred_error(g)
+    }
+
+    /// What is logged in `g`'s volume goes to the server now; if it cannot, the log is made
+    /// to survive a crash of the machine.
+    async fn on_server_or_durable(&self, g: GFid) -> Result<()> {
+        let (cell, volume) = (g.cell, g.fid.volume);
+        match self.send_logged_now(cell, volume).await {
+            Ok(()) | Err(VenusError::Unreachable(_)) => {}
+            Err(e) => tracing::info!(object = %g, error = %e, "logged changes not sent at fsync"),
+        }
+        if self.has_pending(cell, volume) {
+            self.cml.sync()?;
+        }
+        Ok(())
     }
 
     async fn store_handle(&self, h: &super::Handle) -> Result<()> {
@@ -595,13 +641,14 @@ impl Venus {
                 Err(VenusError::ChangedDuringStore) => continue,
                 Err(e) => return Err(e),
                 Ok(()) => {
+                    // Logged (under a write-back permit, or while reintegrating): sent now. Still
+                    // not on a server: the log and the data are made to survive a crash of the
+                    // machine.
+                    self.on_server_or_durable(h.gfid).await?;
                     if self.has_pending(h.gfid.cell, h.gfid.fid.volume) {
-                        // Logged, not on a server: make the log and the data survive a crash of
-                        // the machine.
                         h.file.sync_all()?;
-                        self.cml.sync()?;
                     }
-                    return Ok(());
+                    return self.deferred_error(h.gfid);
                 }
             }
         }

@@ -11,7 +11,7 @@ use super::CellConn;
 use crate::error::{Result, VenusError};
 use crate::ids::CellId;
 use crate::remote::{
-    AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Reintegrated, Remote, Status,
+    AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, PermitAnswer, Reintegrated, Remote, Status,
 };
 
 fn unexpected<T>(asked: &str, other: Response) -> Result<T> {
@@ -183,6 +183,28 @@ impl Remote for CellConn {
             match self.send_chunks(volume, Request::PutChunks { volume, chunks }, read).await? {
                 Response::ChunksStored { stored } => Ok(stored),
                 other => unexpected("PutChunks", other),
+            }
+        }
+        .boxed()
+    }
+
+    fn request_permit(&self, volume: VolumeId) -> Call<'_, PermitAnswer> {
+        async move {
+            let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+            match self.call(Some(volume), &Request::RequestPermit { volume }).await? {
+                Response::Permit { lease_secs } => Ok(PermitAnswer::Granted(secs(lease_secs))),
+                Response::PermitRefused { retry_secs } => Ok(PermitAnswer::Refused(secs(retry_secs))),
+                other => unexpected("RequestPermit", other),
+            }
+        }
+        .boxed()
+    }
+
+    fn return_permit(&self, volume: VolumeId) -> Call<'_, ()> {
+        async move {
+            match self.call(Some(volume), &Request::ReturnPermit { volume }).await? {
+                Response::Done => Ok(()),
+                other => unexpected("ReturnPermit", other),
             }
         }
         .boxed()

@@ -17,7 +17,10 @@ use proto::{Access, Applied, Attr, ChunkHash, ChunkRef, ClientId, DirEntry, Fid,
 use proto::{ObjectKind, OpId, Record, RecordResult, RemoteError, Rights, ServerId, Timestamp, Token};
 use proto::{VersionVector, VolumeId, VolumeStamp};
 
-use super::{AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, Reintegrated, Remote, Status};
+use super::Status;
+use super::{
+    AclView, At, Call, Checked, ChunkSource, Data, DataSink, Dir, Mutated, PermitAnswer, Reintegrated, Remote,
+};
 use crate::error::{Result, VenusError};
 use crate::ids::CellId;
 use crate::net::{Context, Events};
@@ -535,6 +538,14 @@ impl Remote for Link {
             Ok(stored)
         }
         .boxed()
+    }
+
+    fn request_permit(&self, _volume: VolumeId) -> Call<'_, PermitAnswer> {
+        self.answer(|_| Ok(PermitAnswer::Refused(std::time::Duration::from_secs(3600))))
+    }
+
+    fn return_permit(&self, _volume: VolumeId) -> Call<'_, ()> {
+        self.answer(|_| Ok(()))
     }
 
     fn validate_volumes(

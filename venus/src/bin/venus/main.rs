@@ -53,6 +53,12 @@ enum Command {
         /// before open returns. 0 fetches every file whole first.
         #[arg(long, default_value = "64M", value_parser = proto::units::parse)]
         stream_threshold: u64,
+        /// Write-back: where venus holds a volume's permit (no other client is using the
+        /// volume), changes return once they are in the local log and go to the server in
+        /// batches within this many milliseconds. 0 turns write-back off: every change waits
+        /// for the server.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        write_back_window: u64,
         /// Answer Prometheus scrapes (`GET /metrics`, OpenMetrics text) on this TCP address,
         /// e.g. 127.0.0.1:9101. Off by default.
         #[arg(long, value_name = "ADDR")]
@@ -268,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
             hoard_dir,
             hoard_interval,
             stream_threshold,
+            write_back_window,
             metrics,
             mountpoint,
         } => {
@@ -294,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
                 mountpoint: mountpoint.clone(),
                 hoard_dir,
                 stream_from: stream_threshold,
+                write_back: (write_back_window > 0).then(|| Duration::from_millis(write_back_window)),
             };
             let hoard_interval = Duration::from_secs(hoard_interval * 60);
             mount::run(MountOptions { config, mountpoint, hoard_interval, metrics })

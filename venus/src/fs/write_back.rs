@@ -1,0 +1,181 @@
+//! Write-back: asking for volumes' permits, sending what was logged under them within the
+//! window, renewing them, and giving one back when its server recalls it.
+//!
+//! A change that goes straight to the server asks (in the background) for its volume's permit.
+//! Once granted, and once everything cached from the volume is known current (the permit means
+//! nobody else changes it, so the cache then stays current without asking), changes in the
+//! volume are logged and return: the volume's mode is `WriteBack`. The write-back loop sends
+//! what was logged after the window (at once when a batch is full) through reintegration, the
+//! one path every logged change takes, and renews permits as their leases run. When the server
+//! recalls a permit (another client wants the volume), everything logged is sent, the permit
+//! goes back, and the volume's cache is revalidated like after any reintegration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::VolumeId;
+
+use super::Venus;
+use crate::counters;
+use crate::error::{Result, VenusError};
+use crate::ids::CellId;
+use crate::remote::PermitAnswer;
+
+/// How often the write-back loop looks at its permits when nothing is logged.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// After a failed request for a permit, venus asks again no sooner than this.
+const AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+impl Venus {
+    /// A change went straight to the server: ask for the volume's permit, in the background,
+    /// unless asked for already or refused a moment ago.
+    pub(crate) fn maybe_ask_permit(&self, cell: CellId, volume: VolumeId) {
+        if self.read_only(cell, volume) || !self.permits.start_asking(cell, volume) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move { me.ask_permit(cell, volume).await });
+    }
+
+    async fn ask_permit(self: Arc<Self>, cell: CellId, volume: VolumeId) {
+        let Ok(conn) = self.cell(cell).cloned() else { return };
+        let asked = Instant::now();
+        let lease = match conn.request_permit(volume).await {
+            Ok(PermitAnswer::Granted(lease)) => lease,
+            Ok(PermitAnswer::Refused(retry)) => {
+                tracing::debug!(%volume, ?retry, "write-back permit refused");
+                return self.permits.refused(cell, volume, retry);
+            }
+            Err(e) => {
+                tracing::debug!(%volume, error = %e, "cannot ask for a write-back permit");
+                return self.permits.refused(cell, volume, AFTER_FAILURE);
+            }
+        };
+        // Served without asking from now on: what is cached must be current first.
+        if let Err(e) = self.known_current(cell, volume).await {
+            tracing::info!(%volume, error = %e, "the volume's cache could not be checked; its write-back permit goes back");
+            let _ = conn.return_permit(volume).await;
+            return self.permits.refused(cell, volume, AFTER_FAILURE);
+        }
+        // Changes on their way to the server arrive before any logged from now on.
+        let _switch = self.switching(cell, volume).await;
+        self.permits.granted(cell, volume, asked, lease);
+        if self.permits.holds(cell, volume) {
+            self.counters.add(counters::PERMITS_GRANTED, 1);
+            tracing::info!(cell = %conn.name(), %volume, ?lease, "write-back permit held");
+        }
+    }
+
+    /// Makes sure every object cached from the volume is current (its stamp established).
+    async fn known_current(self: &Arc<Self>, cell: CellId, volume: VolumeId) -> Result<()> {
+        if self.volume_valid(cell, volume) {
+            return Ok(());
+        }
+        let current =
+            self.current_stamp(cell, volume).await?.ok_or(VenusError::Remote(proto::RemoteError::NoSuchVolume))?;
+        self.establish(cell, vec![(volume, current)]).await?;
+        if self.volume_valid(cell, volume) {
+            Ok(())
+        } else {
+            Err(VenusError::Protocol("the volume changed while its cache was checked".into()))
+        }
+    }
+
+    /// The write-back loop: sends what was logged under permits once the window has passed (or
+    /// a batch is full), and renews the permits. Runs for as long as venus does.
+    pub async fn write_back(self: Arc<Self>) {
+        if self.permits.window().is_none() {
+            return;
+        }
+        loop {
+            self.permits.wait_logged(LOOK_EVERY).await;
+            let due = |me: &Self| -> Vec<(CellId, VolumeId)> {
+                me.permits.held().into_iter().filter(|(c, v)| me.has_pending(*c, *v)).collect()
+            };
+            if !due(&self).is_empty() {
+                self.permits.wait_window().await;
+                self.send_logged(due(&self)).await;
+            }
+            self.renew_permits().await;
+        }
+    }
+
+    /// Sends what is logged in each volume (`venus sync`, `fsync` and the loop's window).
+    async fn send_logged(self: &Arc<Self>, volumes: Vec<(CellId, VolumeId)>) {
+        for (cell, volume) in volumes {
+            self.permits.sending(cell, volume);
+            if let Err(e) = self.reintegrate_volume(cell, volume).await {
+                tracing::info!(%volume, error = %e, "changes made under a write-back permit not sent yet");
+                self.note_postponed(cell, volume, Some(e.to_string()));
+            }
+        }
+    }
+
+    /// Renews permits a third into their lease; one no longer trusted (not renewed in time) or
+    /// refused renewal is given back as a recalled one is.
+    async fn renew_permits(self: &Arc<Self>) {
+        let (renew, lapsed) = self.permits.due();
+        for (cell, volume) in lapsed {
+            tracing::warn!(%volume, "write-back permit not renewed within its lease; changes logged under it are sent as after a disconnection");
+            self.counters.add(counters::PERMITS_LAPSED, 1);
+            self.give_back_later(cell, volume);
+        }
+        for (cell, volume) in renew {
+            let Ok(conn) = self.cell(cell).cloned() else { continue };
+            let asked = Instant::now();
+            match conn.request_permit(volume).await {
+                Ok(PermitAnswer::Granted(lease)) => self.permits.granted(cell, volume, asked, lease),
+                Ok(PermitAnswer::Refused(_)) => {
+                    tracing::info!(%volume, "write-back permit not renewed by its server");
+                    self.counters.add(counters::PERMITS_LAPSED, 1);
+                    self.give_back_later(cell, volume);
+                }
+                // Unreachable: the volume is disconnected, and the permit lapses here first.
+                Err(e) => tracing::debug!(%volume, error = %e, "write-back permit not renewed"),
+            }
+        }
+    }
+
+    /// The server recalls a permit (another client wants the volume).
+    pub(crate) fn on_recall(&self, cell: CellId, volume: VolumeId) {
+        self.counters.add(counters::PERMIT_RECALLS, 1);
+        tracing::debug!(%volume, "write-back permit recalled");
+        self.give_back_later(cell, volume);
+    }
+
+    fn give_back_later(&self, cell: CellId, volume: VolumeId) {
+        self.permits.recalled(cell, volume);
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move { me.give_back(cell, volume).await });
+    }
+
+    /// Sends everything logged in the volume, gives the permit back, and checks the cache
+    /// against the server again (what it holds was venus's own view while it held the permit).
+    async fn give_back(self: Arc<Self>, cell: CellId, volume: VolumeId) {
+        let Ok(conn) = self.cell(cell).cloned() else { return };
+        match self.drain_volume(cell, volume).await {
+            Ok(()) => {
+                if let Err(e) = conn.return_permit(volume).await {
+                    tracing::info!(%volume, error = %e, "write-back permit not given back; it ends with its lease");
+                }
+            }
+            // The records stay in the log and go when the server answers again; the server
+            // takes the permit back at the end of its lease meanwhile.
+            Err(e) => tracing::info!(%volume, error = %e, "changes made under a recalled permit could not be sent yet"),
+        }
+        self.permits.ended(cell, volume);
+        if !self.has_pending(cell, volume) {
+            self.after_reintegration(cell, volume).await;
+        }
+    }
+
+    /// `venus sync` and `fsync`: what is logged in the volume goes to the server now, if it can
+    /// be reached.
+    pub(crate) async fn send_logged_now(&self, cell: CellId, volume: VolumeId) -> Result<()> {
+        let Some(me) = self.me.upgrade() else { return Ok(()) };
+        if !me.reachable(cell, volume) || !me.has_pending(cell, volume) {
+            return Ok(());
+        }
+        me.reintegrate_volume(cell, volume).await
+    }
+}
