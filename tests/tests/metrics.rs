@@ -85,7 +85,8 @@ fn vice_and_venus_metrics_move_with_file_operations_and_survive_bad_requests() -
     let vice_addr = format!("127.0.0.1:{vice_port}");
     let venus_addr = format!("127.0.0.1:{venus_port}");
     let vice = Vice::start_with("metrics.test", &["--metrics", &vice_addr])?;
-    let mount = VenusMount::start_with(&vice, "metrics.test", &["--metrics", &venus_addr])?;
+    // Changes sent as they are made (no write-back permit), so each shows as its own request.
+    let mount = VenusMount::start_with(&vice, "metrics.test", &["--metrics", &venus_addr, "--write-back-window", "0"])?;
 
     let (v0, c0) = (scrape(vice_port), scrape(venus_port));
     let hello = value(&v0, "vice_requests_total{request=\"Hello\"}");

@@ -62,6 +62,9 @@ impl Venus {
             Some((r, fresh)) if fresh || !reachable => return Ok(r),
             _ => {}
         }
+        if self.mode(dir.cell, dir.fid.volume) == super::modes::Mode::WriteBack {
+            return self.rights_from_server(dir, user).await;
+        }
         if reachable {
             match self.fetch_status(dir).await {
                 Ok(_) => {}
@@ -76,6 +79,23 @@ impl Venus {
             }
         }
         Ok(self.cache.rights(&dir, PtsId::ANYUSER).map_or(Rights::NONE, |(r, _)| r))
+    }
+
+    /// Under a write-back permit the server answers for rights (ACLs are not logged changes),
+    /// but its attributes of the directory are older than the cache's: only the rights are
+    /// taken. A directory made under the permit and not sent yet has the rights it inherited.
+    async fn rights_from_server(&self, dir: GFid, user: PtsId) -> Result<Rights> {
+        match self.cell(dir.cell)?.fetch_status(dir.fid).await {
+            Ok(status) => {
+                let attr = self.cache.attr(&dir).unwrap_or(status.attr);
+                self.note_access(dir, &attr, status.access)?;
+            }
+            Err(VenusError::Remote(RemoteError::PermissionDenied)) => self.cache.put_rights(dir, user, Rights::NONE)?,
+            Err(VenusError::Remote(RemoteError::NotFound) | VenusError::Unreachable(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let cached = self.cache.rights(&dir, user).or_else(|| self.cache.rights(&dir, PtsId::ANYUSER));
+        Ok(cached.map_or(Rights::NONE, |(r, _)| r))
     }
 
     /// The current user's rights on the object itself (file rules applied to files).

@@ -174,7 +174,25 @@ impl Venus {
     /// mutators enter a volume in Coda's venus). Taken before any other lock of the change, and
     /// once per change.
     pub(crate) async fn enter(&self, g: GFid) -> Entered {
+        self.others_logged_first(g).await;
         self.links.gate(g.cell, g.fid.volume).read_owned().await
+    }
+
+    /// A volume's log holds one user's changes (they are replayed with that user's token): a
+    /// change by another user waits until the log's changes are on the server, when it can be
+    /// reached (under a write-back permit, that is at most a window's worth). Taken before any
+    /// lock of the change; offline, the change is refused instead (`claim_log`).
+    pub(crate) async fn others_logged_first(&self, g: GFid) {
+        let (cell, volume) = (g.cell, g.fid.volume);
+        if !self.has_pending(cell, volume) || !self.reachable(cell, volume) {
+            return;
+        }
+        let me = crate::cache::LogOwner { uid: crate::user::current_uid(), user: self.tokens.principal(cell) };
+        if self.cache.volume(cell, volume).log_owner.is_some_and(|owner| owner != me)
+            && let Err(e) = self.send_logged_now(cell, volume).await
+        {
+            tracing::info!(%volume, error = %e, "another user's logged changes could not be sent first");
+        }
     }
 
     /// Held by a change from choosing its way (the log, or straight to the server) until it is

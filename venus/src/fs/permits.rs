@@ -14,7 +14,7 @@
 //! Errors from changes sent late (quota, rights, a conflict) wait here for the next `fsync` or
 //! `close` of the object they concern, which reports them; they are in `venus conflicts` too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,9 @@ pub(crate) struct Permits {
     /// A batch is full: send now.
     full: Notify,
     deferred: Mutex<HashMap<GFid, RemoteError>>,
+    /// Files whose logged store might not fit the volume's room: their close sends the log and
+    /// answers with the server's verdict, as a close without a permit does.
+    send_at_close: Mutex<HashSet<GFid>>,
 }
 
 impl Permits {
@@ -75,6 +78,7 @@ impl Permits {
             logged: Notify::new(),
             full: Notify::new(),
             deferred: Mutex::new(HashMap::new()),
+            send_at_close: Mutex::new(HashSet::new()),
         }
     }
 
@@ -209,6 +213,19 @@ impl Permits {
         for fid in concerned(mutation) {
             deferred.insert(GFid::new(cell, fid), refusal.clone());
         }
+    }
+
+    /// `g`'s logged store might not fit: its close is to send the log.
+    pub fn send_at_close(&self, g: GFid) {
+        let mut files = lock(&self.send_at_close);
+        if files.len() < MAX_DEFERRED {
+            files.insert(g);
+        }
+    }
+
+    /// Whether `g`'s close is to send the log (once).
+    pub fn take_send_at_close(&self, g: &GFid) -> bool {
+        lock(&self.send_at_close).remove(g)
     }
 
     /// The refusal waiting for `g`'s `fsync` or `close`, once.

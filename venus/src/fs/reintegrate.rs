@@ -146,7 +146,18 @@ impl Venus {
                 // full is the last of this one (chasing a writer would send it one change at a
                 // time). A recalled permit's log is sent to the end.
                 let last_of_window = entries.len() < BATCH && self.permits.holds(cell, volume);
-                let (records, refused) = self.upload_data(cell, volume, &entries).await?;
+                let (mut records, mut refused) = self.upload_data(cell, volume, &entries).await?;
+                let mut entries = entries;
+                // Data refused behind other records (removals that free the room, say): those
+                // go first, and the refused data is tried again at the head of the next batch.
+                let first_refused = refused.iter().map(|(at, _)| *at).min();
+                let cut = first_refused.is_some_and(|at| at > 0);
+                if let Some(at) = first_refused.filter(|at| *at > 0) {
+                    entries.truncate(at);
+                    records.truncate(at);
+                    refused.clear();
+                }
+                let last_of_window = last_of_window && !cut;
                 // A store whose data the server would not take (no space, quota) is settled as a
                 // conflict now, its data kept on this machine; the records behind it go on.
                 let refused_at =
@@ -228,6 +239,11 @@ impl Venus {
         if rewound && let Some(s) = current {
             self.accept_rewind(cell, volume, s)?;
         }
+        // What was sent is clean now, and may go if the disk is tight (a big file written
+        // under a permit filled it, say).
+        if replayed > 0 {
+            self.cache.keep_room();
+        }
         if permitted {
             tracing::debug!(cell = %name, %volume, records = replayed, "sent under a write-back permit");
         } else {
@@ -252,6 +268,11 @@ impl Venus {
     /// and reported to the next `fsync` or `close` of what it concerns.
     async fn refused_late(&self, cell: CellId, record: &proto::Record, refusal: RemoteError) -> Result<()> {
         self.permits.defer(cell, &record.mutation, &refusal);
+        // The emulated listings show the refused change: fetched again from the server.
+        let volume = record.mutation.volume();
+        for dir in proto::rules::restamped(&record.mutation).into_iter().flatten() {
+            self.cache.drop_listing(&GFid::new(cell, Fid::new(volume, dir)))?;
+        }
         self.conflict(cell, record, refusal).await
     }
 
@@ -348,16 +369,28 @@ impl Venus {
     /// locally.
     async fn settled(&self, cell: CellId, mutation: &Mutation, applied: &Applied) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
+        // What the change deleted and no logged change needs any more goes from the cache
+        // (emulated, its container was kept for the records still to send).
+        for o in &applied.removed {
+            let g = GFid::new(cell, Fid::new(mutation.volume(), *o));
+            if self.cml.base_of(&name, g.fid)?.is_none() {
+                self.cache.remove(&g)?;
+            }
+        }
         let stamped = proto::rules::restamped(mutation);
         // What the change made is ours too: a file made offline and still open (or written)
         // must have its container based on the first version the server gave it, or its next
         // store would be refused.
         let ours = |o: proto::ObjectId| stamped.contains(&Some(o)) || mutation.created() == Some(o);
         for attr in &applied.attrs {
+            let g = GFid::new(cell, attr.fid);
             if attr.kind == ObjectKind::Directory {
+                // The listing already holds this change (emulated when it was logged): it stays
+                // if nobody else's change came in between, so a holder of a write-back permit
+                // keeps its directories across a recall and can go on offline from them.
+                self.cache.put_attr_with(cell, attr.clone(), ours(attr.fid.object))?;
                 continue;
             }
-            let g = GFid::new(cell, attr.fid);
             // As a close does: a store being logged for this file right now is not missed.
             let lock = self.fetch_lock(g);
             let _one_at_a_time = lock.lock().await;

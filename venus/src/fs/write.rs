@@ -91,8 +91,24 @@ impl Venus {
         let _deciding = self.deciding(cell, volume).await;
         if self.emulating(cell, volume) || data_elsewhere {
             // Disconnected, reintegrating, or under a write-back permit: logged, and done.
+            let permitted = self.permits.holds(cell, volume);
+            let growth = if permitted { self.growth_of(cell, &mutation) } else { 0 };
+            let stored = match &mutation {
+                Mutation::Store { fid, .. } => Some(GFid::new(cell, *fid)),
+                _ => None,
+            };
             let applied = self.log_offline(cell, mutation)?;
             self.edit_listings(edits)?;
+            if permitted {
+                // A store that might not fit the volume's room is sent at its close, which
+                // answers with the server's verdict (EDQUOT, ENOSPC) as without a permit.
+                if let Some(g) = stored
+                    && !self.rooms.fits((cell, volume), growth)
+                {
+                    self.permits.send_at_close(g);
+                }
+                self.rooms.grew((cell, volume), growth);
+            }
             self.permits.note_logged(cell, volume);
             return Ok(Committed { applied, logged: true });
         }
@@ -197,6 +213,7 @@ impl Venus {
     ) -> Result<(GFid, Attr)> {
         let name = Name::new(name)?;
         let p = self.dir_of(parent)?;
+        self.others_logged_first(p).await;
         let object = ObjectId::random();
         let mut m = mutation(p.fid, name.clone(), object, Timestamp::now());
         let need = match &m {
@@ -336,6 +353,7 @@ impl Venus {
             return Err(VenusError::Remote(RemoteError::CrossVolume));
         }
         let name = Name::new(new_name)?;
+        self.others_logged_first(p).await;
         self.require_in(p, Rights::INSERT).await?;
         if self.status(g).await?.parent != Some(p.fid.object) {
             return Err(VenusError::Remote(RemoteError::CrossDirectoryLink));
@@ -403,13 +421,8 @@ impl Venus {
         let _entered = self.enter(from).await;
         let src =
             self.listing(from).await?.iter().find(|e| e.name.as_str() == name).cloned().ok_or(VenusError::NotFound)?;
-        if from != to && src.kind == ObjectKind::File {
-            let g = GFid::new(from.cell, Fid::new(from.fid.volume, src.object));
-            if self.status(g).await?.nlink > 1 {
-                // Its other names stay behind, and one directory's ACL governs all of them.
-                return Err(VenusError::Remote(RemoteError::CrossDirectoryLink));
-            }
-        }
+        // (A file with several names may not leave its directory: the rules say so, after
+        // what the target name holds, as the server does.)
         let new_name = Name::new(new_name)?;
         let existing = self.listing(to).await?.iter().find(|e| e.name == new_name).cloned();
         // POSIX no-ops (same name, or two names of one file) change nothing and are not logged.
@@ -542,6 +555,13 @@ impl Venus {
     pub async fn flush(&self, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
         self.store_handle(&h).await?;
+        if self.permits.take_send_at_close(&h.gfid) {
+            self.on_server_or_durable(h.gfid).await?;
+            let (cell, volume) = (h.gfid.cell, h.gfid.fid.volume);
+            if self.permits.holds(cell, volume) && !self.has_pending(cell, volume) {
+                self.measure_room(cell, volume).await;
+            }
+        }
         self.deferred_error(h.gfid)
     }
 

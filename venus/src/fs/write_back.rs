@@ -63,6 +63,8 @@ impl Venus {
         if self.permits.holds(cell, volume) {
             self.counters.add(counters::PERMITS_GRANTED, 1);
             tracing::info!(cell = %conn.name(), %volume, ?lease, "write-back permit held");
+            drop(_switch);
+            self.measure_room(cell, volume).await;
         }
     }
 
@@ -164,6 +166,7 @@ impl Venus {
             Err(e) => tracing::info!(%volume, error = %e, "changes made under a recalled permit could not be sent yet"),
         }
         self.permits.ended(cell, volume);
+        self.rooms.permit_ended((cell, volume));
         if !self.has_pending(cell, volume) {
             self.after_reintegration(cell, volume).await;
         }
