@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 use e2e::*;
 
@@ -142,9 +143,22 @@ fn plain_venus_status_shows_each_volumes_state_and_why() -> R {
     }
     let vice = Vice::start("stat.test")?;
     let a = VenusMount::start(&vice, "stat.test")?;
-    fs::write(a.path("f"), b"x")?;
+    fs::read_dir(a.path(""))?.count();
     let out = a.venus_ok(&["status"]);
     assert!(out.contains("volume root.cell of stat.test: connected"), "{out}");
+    // A change goes to the server, and venus asks for the volume's write-back permit.
+    fs::write(a.path("f"), b"x")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while a.counter("permits_granted") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no permit: {}", a.venus_ok(&["status"]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = a.venus_ok(&["status"]);
+    assert!(
+        out.contains("volume root.cell of stat.test: write_back (write-back: changes go to the server in batches)"),
+        "{out}"
+    );
+    a.venus_ok(&["sync"]);
     a.venus_ok(&["disconnect"]);
     fs::write(a.path("g"), b"offline")?;
     let out = a.venus_ok(&["status"]);

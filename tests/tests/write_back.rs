@@ -103,3 +103,163 @@ async fn lookup(c: &TestClient, dir: proto::Fid, name: &str) -> anyhow::Result<p
         other => anyhow::bail!("unexpected {other:?}"),
     }
 }
+
+/// What the server holds under `dir` of the root volume, read by a client of its own (no venus):
+/// each file's name and bytes.
+fn server_files(vice: &Vice, dir: &str) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let c = TestClient::connect(&vice.cell_file()).await?;
+        let root = c.root_of("root.cell").await?;
+        let dir = lookup(&c, root, dir).await?;
+        let entries = match c.call_ok(&proto::Request::FetchDir { fid: dir }).await? {
+            proto::Response::Dir { entries, .. } => entries,
+            other => anyhow::bail!("unexpected {other:?}"),
+        };
+        let mut files = std::collections::BTreeMap::new();
+        for e in entries {
+            let (_, bytes) = c.fetch(proto::Fid::new(dir.volume, e.object)).await?;
+            files.insert(e.name.as_str().to_string(), bytes);
+        }
+        Ok(files)
+    })
+}
+
+fn body(i: usize) -> Vec<u8> {
+    format!("file {i} written under a permit\n").into_bytes()
+}
+
+/// Venus killed (SIGKILL) while it holds a permit with changes logged and unsent: they were in
+/// the log when their calls returned, so the restarted venus sends them, each once (a change
+/// applied twice would come back as a conflict: the name is taken).
+#[test]
+fn changes_logged_under_a_permit_survive_sigkill_of_venus_and_reach_the_server_once() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start_with("wbkill.test", &["--permit-lease", "3"])?;
+    // A long window: nothing is sent before the kill.
+    let mut a = VenusMount::start_with(&vice, "wbkill.test", &["--write-back-window", "60000"])?;
+    fs::create_dir(a.path("d"))?;
+    wait_permit(&a)?;
+    let sent = a.rpcs("Reintegrate");
+    const FILES: usize = 50;
+    for i in 0..FILES {
+        fs::write(a.path(&format!("d/f{i}")), body(i))?;
+    }
+    assert_eq!(a.rpcs("Reintegrate"), sent, "nothing sent before the kill");
+    assert!(a.pending() >= FILES as u64, "{}", a.status());
+    a.kill9();
+    a.restart_stopped()?;
+    a.venus_ok(&["sync"]);
+    assert_eq!(a.pending(), 0);
+    assert_eq!(a.status()["conflicts"], 0, "every change applied once: {}", tail(&a.log_text(), 30));
+    let files = server_files(&vice, "d")?;
+    assert_eq!(files.len(), FILES, "{:?}", files.keys());
+    for i in 0..FILES {
+        assert_eq!(files.get(&format!("f{i}")), Some(&body(i)), "f{i}");
+    }
+    Ok(())
+}
+
+/// vice killed (SIGKILL) while a client holds a permit: what `fsync` acknowledged is on the
+/// server's disk even with the client gone too; the restarted server still knows the permit
+/// (its store has it) and recalls it, waiting out the lease of the dead holder; the restarted
+/// client sends the rest, once.
+#[test]
+fn sigkill_of_vice_loses_nothing_fsync_acknowledged_and_the_rest_is_sent_once() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let mut vice = Vice::start_with("wbvice.test", &["--permit-lease", "3"])?;
+    let mut a = VenusMount::start_with(&vice, "wbvice.test", &["--write-back-window", "60000", "--timeout", "3"])?;
+    fs::create_dir(a.path("d"))?;
+    wait_permit(&a)?;
+    for i in 0..10 {
+        fs::write(a.path(&format!("d/f{i}")), body(i))?;
+    }
+    // fsync of the last: it and everything logged before it are on the server when it returns.
+    fs::File::open(a.path("d/f9"))?.sync_all()?;
+    assert_eq!(a.pending(), 0, "fsync sent the log");
+    for i in 10..20 {
+        fs::write(a.path(&format!("d/f{i}")), body(i))?;
+    }
+    assert!(a.pending() >= 10);
+    vice.kill9();
+    a.kill9();
+    vice.restart()?;
+    // Only the server now: the holder is dead, so the first request waits out its lease.
+    let files = server_files(&vice, "d")?;
+    for i in 0..10 {
+        assert_eq!(files.get(&format!("f{i}")), Some(&body(i)), "f{i}, acknowledged by fsync");
+    }
+    assert!(vice.log_text().contains("write-back permits held before the restart"), "{}", tail(&vice.log_text(), 20));
+    a.restart_stopped()?;
+    a.venus_ok(&["sync"]);
+    assert_eq!(a.pending(), 0);
+    assert_eq!(a.status()["conflicts"], 0, "each change applied once: {}", tail(&a.log_text(), 30));
+    let files = server_files(&vice, "d")?;
+    assert_eq!(files.len(), 20, "{:?}", files.keys());
+    for i in 0..20 {
+        assert_eq!(files.get(&format!("f{i}")), Some(&body(i)), "f{i}");
+    }
+    Ok(())
+}
+
+/// The holder of a permit cut off by the network (a proxy drops everything): the other client
+/// is answered once the lease is over, and works on; when the holder is back its log is sent like
+/// an offline session's: its own names arrive, and a name both made is a conflict with both
+/// versions kept.
+#[test]
+fn a_partitioned_holder_loses_its_permit_after_the_lease_and_reintegrates_later_keeping_conflicts() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let vice = Vice::start_with("wbcut.test", &["--permit-lease", "3"])?;
+    let proxy = UdpProxy::start(&vice.addr)?;
+    let cell_dir = tempfile::tempdir()?;
+    let cell_file = proxy.cell_file(&vice, cell_dir.path())?;
+    let a = VenusMount::start_with_cell_file(
+        &cell_file,
+        "wbcut.test",
+        &["--write-back-window", "60000", "--timeout", "3"],
+    )?;
+    let b = VenusMount::start(&vice, "wbcut.test")?;
+    let watched = [Watched::vice(&vice), Watched::venus(&a), Watched::venus(&b)];
+    with_watchdog(Duration::from_secs(120), &watched, move || -> R {
+        fs::create_dir(a.path("d"))?;
+        fs::write(a.path("d/seen-by-both"), b"made before the cut")?;
+        wait_permit(&a)?;
+        a.venus_ok(&["sync"]);
+        fs::write(a.path("d/only-a"), b"a's, made under the permit")?;
+        fs::write(a.path("d/both"), b"a's version")?;
+        assert!(a.pending() >= 2);
+        proxy.cut(true);
+        // b's look recalls a's permit; a cannot answer, so b waits out the lease, then goes on.
+        let started = Instant::now();
+        assert_eq!(fs::read(b.path("d/seen-by-both"))?, b"made before the cut");
+        let waited = started.elapsed();
+        assert!(!b.path("d/only-a").exists(), "a's unsent changes cannot be seen yet");
+        fs::write(b.path("d/both"), b"b's version")?;
+        fs::write(b.path("d/only-b"), b"b's")?;
+        eprintln!("b was answered after {waited:?} (lease 3 s)");
+        proxy.cut(false);
+        a.wait_reintegrated()?;
+        a.venus_ok(&["sync"]);
+        assert_eq!(a.pending(), 0);
+        // Everything of both is there; the name both made holds b's (the server had it first),
+        // and a's is kept beside it.
+        assert_eq!(fs::read(b.path("d/only-a"))?, b"a's, made under the permit");
+        assert_eq!(fs::read(b.path("d/only-b"))?, b"b's");
+        assert_eq!(fs::read(b.path("d/both"))?, b"b's version");
+        let kept: Vec<String> = fs::read_dir(b.path("d"))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("both.conflict"))
+            .collect();
+        assert_eq!(kept.len(), 1, "a's version kept beside b's: {kept:?}");
+        assert_eq!(fs::read(b.path(&format!("d/{}", kept[0])))?, b"a's version");
+        assert!(a.status()["conflicts"].as_u64() >= Some(1), "{}", a.status());
+        Ok(())
+    })
+}

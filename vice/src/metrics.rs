@@ -278,7 +278,32 @@ pub async fn render(shared: &Arc<Shared>) -> String {
         "Callback breaks sent, by outcome (lost: the client lost all its promises)",
         breaks,
     );
+    permit_metrics(&mut now, shared.permits.report());
     proto::metrics::encode(&[&shared.metrics.registry, &now])
+}
+
+/// Write-back permits: held now, and how they ended.
+fn permit_metrics(r: &mut Registry, p: crate::permits::PermitReport) {
+    r.register("permits", "Write-back permits held by clients", gauge(p.held as u64));
+    let counter = |n: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(n);
+        c
+    };
+    r.register("permits_granted", "Write-back permits granted (renewals not counted)", counter(p.granted));
+    r.register(
+        "permit_recalls",
+        "Recalls sent to a permit's holder (another client wanted its volume)",
+        counter(p.recalled),
+    );
+    let ended = Family::<OutcomeLabels, Counter>::default();
+    ended.get_or_create(&OutcomeLabels { outcome: "returned" }).inc_by(p.returned);
+    ended.get_or_create(&OutcomeLabels { outcome: "expired" }).inc_by(p.expired);
+    r.register(
+        "permits_ended",
+        "Write-back permits ended, by how (expired: taken back at the end of its lease)",
+        ended,
+    );
 }
 
 /// One number of a volume's, for one family of gauges.

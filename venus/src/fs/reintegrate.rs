@@ -120,10 +120,11 @@ impl Venus {
         let mut missing_rounds = 0;
         let mut replayed = 0u64;
         // A server restored from an older dump must never have newer local data stored over
-        // its history: every logged store of the volume becomes a kept copy instead. (Under a
-        // write-back permit nothing can be restored behind venus's back: a restore recalls it.)
+        // its history: every logged store of the volume becomes a kept copy instead. (Even
+        // under a write-back permit: a `vos restore` recalls it, but a server's disk copied
+        // back from a backup while it was down knows nothing of it.)
         let permitted = self.permits.holds(cell, volume) || self.permits.returning(cell, volume);
-        let current = if permitted { None } else { self.current_stamp(cell, volume).await? };
+        let current = self.current_stamp(cell, volume).await?;
         let rewound = current.is_some_and(|s| self.note_stamp(cell, volume, s));
         if rewound {
             tracing::warn!(cell = %name, %volume, "the volume went back in time (restored from a dump); local changes are kept as conflicts");
@@ -384,6 +385,19 @@ impl Venus {
         let ours = |o: proto::ObjectId| stamped.contains(&Some(o)) || mutation.created() == Some(o);
         for attr in &applied.attrs {
             let g = GFid::new(cell, attr.fid);
+            // A later logged change of the object (a chmod after a create in a directory, say)
+            // is already in what the cache shows: the server's new version is taken, but not its
+            // attributes of this moment, which the kernel could otherwise read and keep.
+            let later = self.cml.base_of(&name, attr.fid)?.is_some();
+            let merged;
+            let attr = match self.cache.attr(&g) {
+                Some(mut shown) if later => {
+                    shown.version = attr.version.clone();
+                    merged = shown;
+                    &merged
+                }
+                _ => attr,
+            };
             if attr.kind == ObjectKind::Directory {
                 // The listing already holds this change (emulated when it was logged): it stays
                 // if nobody else's change came in between, so a holder of a write-back permit

@@ -92,6 +92,9 @@ impl Venus {
         if self.emulating(cell, volume) || data_elsewhere {
             // Disconnected, reintegrating, or under a write-back permit: logged, and done.
             let permitted = self.permits.holds(cell, volume);
+            if permitted {
+                self.fetch_named(cell, &mutation).await?;
+            }
             let growth = if permitted { self.growth_of(cell, &mutation) } else { 0 };
             let stored = match &mutation {
                 Mutation::Store { fid, .. } => Some(GFid::new(cell, *fid)),

@@ -13,12 +13,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::VolumeId;
+use proto::{Fid, Mutation, ObjectKind, VolumeId};
 
 use super::Venus;
 use crate::counters;
 use crate::error::{Result, VenusError};
-use crate::ids::CellId;
+use crate::ids::{CellId, GFid};
 use crate::remote::PermitAnswer;
 
 /// How often the write-back loop looks at its permits when nothing is logged.
@@ -170,6 +170,35 @@ impl Venus {
         if !self.has_pending(cell, volume) {
             self.after_reintegration(cell, volume).await;
         }
+    }
+
+    /// Under a permit, what the cache lacks of what a change names is current on the server
+    /// (nobody else changes the volume, and nothing of it changes here uncached): it is fetched,
+    /// so the rules check the change against what the server would (offline it would be refused
+    /// as not cached). The directories named, and what the names hold: a directory removed or
+    /// replaced must be known empty.
+    pub(crate) async fn fetch_named(&self, cell: CellId, m: &Mutation) -> Result<()> {
+        let volume = m.volume();
+        let named: Vec<(Fid, &proto::Name)> = match m {
+            Mutation::Rename { from, from_name, to, to_name, .. } => vec![(*from, from_name), (*to, to_name)],
+            other => other.target().into_iter().collect(),
+        };
+        for (dir, name) in named {
+            let g = GFid::new(cell, dir);
+            let listing = match self.cache.listing(&g) {
+                Some(l) => l,
+                None => self.listing(g).await?,
+            };
+            let Some(e) = listing.iter().find(|e| e.name == *name) else { continue };
+            let child = GFid::new(cell, Fid::new(volume, e.object));
+            if self.cache.attr(&child).is_none() {
+                self.status(child).await?;
+            }
+            if e.kind == ObjectKind::Directory && !self.cache.has_listing(&child) {
+                self.listing(child).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `venus sync` and `fsync`: what is logged in the volume goes to the server now, if it can
