@@ -142,7 +142,7 @@ fn plain_venus_status_shows_each_volumes_state_and_why() -> R {
         return Ok(());
     }
     let vice = Vice::start("stat.test")?;
-    let a = VenusMount::start(&vice, "stat.test")?;
+    let a = VenusMount::start_with(&vice, "stat.test", &["--write-back-window", "1000"])?;
     fs::read_dir(a.path(""))?.count();
     let out = a.venus_ok(&["status"]);
     assert!(out.contains("volume root.cell of stat.test: connected"), "{out}");

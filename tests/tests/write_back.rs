@@ -34,7 +34,7 @@ fn creates_under_a_permit_go_in_batches_and_a_second_clients_listing_sees_every_
         return Ok(());
     }
     let vice = Vice::start("wb.test")?;
-    let a = VenusMount::start(&vice, "wb.test")?;
+    let a = VenusMount::start_with(&vice, "wb.test", &["--write-back-window", "1000"])?;
     let b = VenusMount::start(&vice, "wb.test")?;
     fs::create_dir(a.path("tree"))?;
     wait_permit(&a)?;

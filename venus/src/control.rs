@@ -187,7 +187,7 @@ async fn answer(
             ControlResponse::Ok(serde_json::Value::Null)
         }
         ControlRequest::Disconnect { volume } => {
-            json(core.disconnect(volume.as_deref()).map(|v| serde_json::json!(v)).map_err(err))
+            json(core.disconnect(volume.as_deref()).await.map(|v| serde_json::json!(v)).map_err(err))
         }
         ControlRequest::Reconnect => {
             core.clear_forced();

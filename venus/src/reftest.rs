@@ -707,7 +707,7 @@ impl World {
         if cut {
             a.link.set_down(true);
         } else {
-            a.core.force_disconnect(a.link.id(), None);
+            a.run(a.core.force_disconnect(a.link.id(), None));
         }
         // Files A makes while away get ids of their own.
         let mut away = self.model.clone();
@@ -731,7 +731,7 @@ impl World {
         let forced = self.away.is_some() && !self.a().link.is_down();
         let a = self.a.take().expect("A is running").restart(&self.cell);
         if forced {
-            a.core.force_disconnect(a.link.id(), None);
+            a.run(a.core.force_disconnect(a.link.id(), None));
         }
         self.a = Some(a);
     }

@@ -219,7 +219,11 @@ impl Venus {
     }
 
     /// `venus disconnect [--volume V]`.
-    pub fn force_disconnect(&self, cell: CellId, volume: Option<VolumeId>) {
+    pub async fn force_disconnect(&self, cell: CellId, volume: Option<VolumeId>) {
+        // What was logged under a write-back permit goes to the server first and the permit
+        // back (other clients would otherwise wait out its lease, and find those changes
+        // missing); if it cannot, the changes wait in the log as any offline change does.
+        self.leave_permits(cell, volume).await;
         self.links.force(cell, volume);
         tracing::info!(cell = cell.0, volume = ?volume, "disconnected by request");
     }
@@ -233,13 +237,13 @@ impl Venus {
 impl Venus {
     /// `venus disconnect [--volume [CELL:]VOLUME]`: the volume (or everything) works from the
     /// cache until `venus reconnect`.
-    pub fn disconnect(&self, volume: Option<&str>) -> crate::error::Result<Vec<String>> {
+    pub async fn disconnect(&self, volume: Option<&str>) -> crate::error::Result<Vec<String>> {
         let mut done = Vec::new();
         for (name, conn) in self.cells() {
             let cell = conn.id();
             match volume {
                 None => {
-                    self.force_disconnect(cell, None);
+                    self.force_disconnect(cell, None).await;
                     done.push(name.to_string());
                 }
                 Some(spec) => {
@@ -252,7 +256,7 @@ impl Venus {
                     }
                     let id = vol.parse::<u64>().ok().map(VolumeId).or_else(|| self.cache.volume_named(cell, vol));
                     if let Some(id) = id {
-                        self.force_disconnect(cell, Some(id));
+                        self.force_disconnect(cell, Some(id)).await;
                         done.push(format!("{name}:{vol}"));
                     }
                 }

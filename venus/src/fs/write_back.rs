@@ -151,6 +151,17 @@ impl Venus {
         tokio::spawn(async move { me.give_back(cell, volume).await });
     }
 
+    /// `venus disconnect`: the permits held in the cell (or on the one volume) are given back
+    /// first, after sending what was logged under them.
+    pub(crate) async fn leave_permits(&self, cell: CellId, volume: Option<VolumeId>) {
+        let Some(me) = self.me.upgrade() else { return };
+        for (c, v) in self.permits.held() {
+            if c == cell && volume.is_none_or(|only| only == v) && self.permits.recalled(c, v) {
+                me.clone().give_back(c, v).await;
+            }
+        }
+    }
+
     /// Sends everything logged in the volume, gives the permit back, and checks the cache
     /// against the server again (what it holds was venus's own view while it held the permit).
     async fn give_back(self: Arc<Self>, cell: CellId, volume: VolumeId) {

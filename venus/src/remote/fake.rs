@@ -4,6 +4,11 @@
 //! and broken (delivered, and waited for) before the writer is answered, as vice does. Each
 //! client's [`Link`] has a switch that cuts it off: every call then fails as unreachable, as if
 //! the network were gone. Nothing here touches a disk.
+//!
+//! With permits on ([`FakeCell::grant_permits`]) the cell grants write-back permits as vice does
+//! (one holder at a time, another client's promises broken at the grant) and recalls one before
+//! it serves any other client: it pushes `Recall` to the holder and waits until the permit is
+//! given back. A holder that is cut off loses it at once (its lease is taken as run out).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +34,7 @@ use crate::net::{Context, Events};
 pub const VOLUME: VolumeId = VolumeId(1);
 const SERVER: ServerId = ServerId(1);
 const PROMISE: Promise = Promise { secs: 3600 };
+const PERMIT_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Every caller may do anything; anyone may read.
 fn access() -> Access {
@@ -52,6 +58,10 @@ struct State {
     held: HashMap<ObjectId, HashSet<ClientId>>,
     volume_held: HashSet<ClientId>,
     clients: HashMap<ClientId, Client>,
+    /// Who holds the volume's write-back permit.
+    holder: Option<ClientId>,
+    /// Whether its recall was sent.
+    recalled: bool,
 }
 
 /// A client as the cell knows it: where its breaks go, and whether it can be reached.
@@ -74,7 +84,17 @@ pub struct FakeCell {
     pub change_requests: AtomicU64,
     /// How long a request carrying changes waits before it is answered (a slow link).
     latency_ms: AtomicU64,
+    /// Whether write-back permits are granted.
+    permits: AtomicBool,
+    /// Permits given back or taken back.
+    permit_ended: tokio::sync::Notify,
+    /// Recalls sent.
+    pub recalls: AtomicU64,
 }
+
+/// How long a recall is waited for before the permit is taken back (a lease, short: nothing
+/// here should need it but a holder that cannot send).
+const RECALL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One client's way to the cell.
 pub struct Link {
@@ -113,7 +133,21 @@ impl FakeCell {
             calls: AtomicU64::new(0),
             change_requests: AtomicU64::new(0),
             latency_ms: AtomicU64::new(0),
+            permits: AtomicBool::new(false),
+            permit_ended: tokio::sync::Notify::new(),
+            recalls: AtomicU64::new(0),
         })
+    }
+
+    /// Grants write-back permits from now on.
+    pub fn grant_permits(&self) {
+        self.permits.store(true, Ordering::SeqCst);
+    }
+
+    fn end_permit(&self, s: &mut State) {
+        s.holder = None;
+        s.recalled = false;
+        self.permit_ended.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -339,14 +373,52 @@ impl Link {
 
     fn answer<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut State) -> std::result::Result<T, RemoteError>,
+        f: impl FnOnce(&mut State) -> std::result::Result<T, RemoteError> + Send + 'static,
     ) -> Call<'_, T> {
-        let result = self.reach().and_then(|mut s| f(&mut s).map_err(VenusError::Remote));
-        async move { result }.boxed()
+        async move {
+            self.enter().await;
+            self.reach().and_then(|mut s| f(&mut s).map_err(VenusError::Remote))
+        }
+        .boxed()
+    }
+
+    /// Waits until this client may be served: another's permit is recalled first, and waited
+    /// for until it is given back (at once if its holder is cut off).
+    async fn enter(&self) {
+        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
+        loop {
+            let ended = self.cell.permit_ended.notified();
+            let recall = {
+                let mut s = self.cell.lock();
+                let Some(holder) = s.holder.filter(|h| *h != self.client) else { return };
+                let down = s.clients.get(&holder).is_none_or(|c| c.down.load(Ordering::SeqCst));
+                if down || tokio::time::Instant::now() >= deadline {
+                    self.cell.end_permit(&mut s);
+                    return;
+                }
+                match (std::mem::replace(&mut s.recalled, true), s.clients.get(&holder)) {
+                    (false, Some(c)) => Some((c.cell, c.events.clone())),
+                    _ => None,
+                }
+            };
+            if let Some((cell, events)) = recall {
+                self.cell.recalls.fetch_add(1, Ordering::Relaxed);
+                events.push(cell, Push::Recall { volume: VOLUME }).wait(std::time::Duration::from_secs(5)).await;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), ended).await;
+        }
     }
 
     /// Applies records in order and delivers the breaks they cause before answering.
     fn apply_all(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Vec<(RecordResult, Promise)>>> {
+        async move {
+            self.enter().await;
+            self.apply_now(records).await
+        }
+        .boxed()
+    }
+
+    async fn apply_now(&self, records: Vec<Record>) -> Result<Vec<(RecordResult, Promise)>> {
         let applied = self.reach().map(|mut s| {
             let mut breaks = Breaks::default();
             let results: Vec<(RecordResult, Promise)> = records
@@ -361,15 +433,12 @@ impl Link {
         });
         self.cell.change_requests.fetch_add(1, Ordering::Relaxed);
         let latency = std::time::Duration::from_millis(self.cell.latency_ms.load(Ordering::Relaxed));
-        async move {
-            let (results, breaks) = applied?;
-            breaks.deliver().await;
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            Ok(results)
+        let (results, breaks) = applied?;
+        breaks.deliver().await;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
-        .boxed()
+        Ok(results)
     }
 }
 
@@ -459,12 +528,13 @@ impl Remote for Link {
 
     fn fetch_data<'a>(&'a self, fid: Fid, sink: DataSink<'a>) -> Call<'a, Data> {
         let client = self.client;
-        let fetched = self.reach().and_then(|mut s| {
-            let obj = s.obj(fid).map_err(VenusError::Remote)?;
-            let (attr, chunks, bytes) = (obj.attr.clone(), obj.chunks.clone(), s.contents(obj));
-            Ok((Data { attr, chunks, promise: s.promise(client, fid.object), access: access() }, bytes))
-        });
         async move {
+            self.enter().await;
+            let fetched = self.reach().and_then(|mut s| {
+                let obj = s.obj(fid).map_err(VenusError::Remote)?;
+                let (attr, chunks, bytes) = (obj.attr.clone(), obj.chunks.clone(), s.contents(obj));
+                Ok((Data { attr, chunks, promise: s.promise(client, fid.object), access: access() }, bytes))
+            });
             let (data, bytes) = fetched?;
             sink(&bytes)?;
             Ok(data)
@@ -524,6 +594,7 @@ impl Remote for Link {
 
     fn put_chunks<'a>(&'a self, _volume: VolumeId, chunks: Vec<ChunkRef>, mut read: ChunkSource<'a>) -> Call<'a, u32> {
         async move {
+            self.enter().await;
             let mut got = Vec::with_capacity(chunks.len());
             for (i, c) in chunks.iter().enumerate() {
                 let bytes = read(i)?;
@@ -540,12 +611,41 @@ impl Remote for Link {
         .boxed()
     }
 
-    fn request_permit(&self, _volume: VolumeId) -> Call<'_, PermitAnswer> {
-        self.answer(|_| Ok(PermitAnswer::Refused(std::time::Duration::from_secs(3600))))
+    fn request_permit(&self, volume: VolumeId) -> Call<'_, PermitAnswer> {
+        let me = self.client;
+        async move {
+            let refused = PermitAnswer::Refused(std::time::Duration::from_secs(1));
+            let breaks = {
+                let mut s = self.reach()?;
+                if !self.cell.permits.load(Ordering::SeqCst) || volume != VOLUME {
+                    return Ok(PermitAnswer::Refused(std::time::Duration::from_secs(3600)));
+                }
+                match s.holder {
+                    Some(h) if h == me && !s.recalled => return Ok(PermitAnswer::Granted(PERMIT_LEASE)),
+                    Some(_) => return Ok(refused),
+                    None => {}
+                }
+                s.holder = Some(me);
+                // Nobody else may trust what it cached of the volume while the holder changes it.
+                let objects: Vec<ObjectId> = s.held.keys().copied().collect();
+                s.breaks_for(me, &objects)
+            };
+            breaks.deliver().await;
+            Ok(PermitAnswer::Granted(PERMIT_LEASE))
+        }
+        .boxed()
     }
 
     fn return_permit(&self, _volume: VolumeId) -> Call<'_, ()> {
-        self.answer(|_| Ok(()))
+        let me = self.client;
+        async move {
+            let mut s = self.reach()?;
+            if s.holder == Some(me) {
+                self.cell.end_permit(&mut s);
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn validate_volumes(
