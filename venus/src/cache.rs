@@ -385,6 +385,25 @@ impl Cache {
         Ok(())
     }
 
+    /// Records the attributes a change made here alone (emulated: logged, not yet sent) shows.
+    /// Such a change has no version of its own (the server assigns versions when it arrives),
+    /// so the object keeps the version the cache holds *now*, read under the same lock: the
+    /// sender may have raised it since the change's attributes were read, and going back to
+    /// that older version would look like another client's change and drop the listing the
+    /// change is about to edit.
+    pub fn put_emulated(&self, cell: CellId, mut attr: Attr) -> Result<()> {
+        let g = GFid::new(cell, attr.fid);
+        let mut s = self.lock();
+        if let Some(c) = s.objects.get(&g) {
+            attr.version = c.attr.version.clone();
+        }
+        let retire = s.put_attr(g, attr, true)?;
+        if let Some(open) = retire {
+            self.recycler.retire(&self.container(&g), open);
+        }
+        Ok(())
+    }
+
     /// Forgets an object entirely (it was removed).
     pub fn remove(&self, g: &GFid) -> Result<()> {
         let mut b = self.batch()?;

@@ -191,7 +191,7 @@ impl Venus {
             attrs.push(a);
         }
         for a in &attrs {
-            self.cache.put_attr(cell, a.clone())?;
+            self.cache.put_emulated(cell, a.clone())?;
         }
         let cell_name = self.cell(cell)?.name().to_string();
         for o in &plan.deleted {

@@ -134,6 +134,9 @@ impl Venus {
         // itself (logging marks after appending), and clearing the mark would strand it in
         // the log while later changes go straight to the server: so the mark is cleared first
         // and the log looked at once more.
+        // This window's changes are sent; the log may still be empty afterwards, and then the
+        // volume is no longer pending (another user's change waits for exactly that).
+        let mut window_sent = false;
         loop {
             loop {
                 if !self.reachable(cell, volume) {
@@ -223,7 +226,8 @@ impl Venus {
                 if retry {
                     missing_rounds += 1;
                 } else if last_of_window {
-                    return Ok(());
+                    window_sent = true;
+                    break;
                 }
             }
             // Changes that read their bases from the emulated cache are committed (logged)
@@ -236,6 +240,10 @@ impl Venus {
                 break;
             }
             self.mark_pending(cell, volume, true);
+            if window_sent {
+                // The rest was logged after this window's last batch: the next window's.
+                return Ok(());
+            }
         }
         if rewound && let Some(s) = current {
             self.accept_rewind(cell, volume, s)?;

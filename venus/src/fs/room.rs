@@ -100,10 +100,16 @@ impl Rooms {
         }
     }
 
-    /// The permit ended: the server answers for the room again.
+    /// The permit ended: the server answers for the room again. What the permit's ledger last
+    /// showed stays as the last answer for offline use only (it is never fresh: connected, the
+    /// server is asked).
     pub fn permit_ended(&self, key: (CellId, VolumeId)) {
-        lock(&self.ledgers).remove(&key);
-        lock(&self.known).remove(&key);
+        let last = lock(&self.ledgers).remove(&key).map(|l| l.now());
+        let mut known = lock(&self.known);
+        match last.zip(Instant::now().checked_sub(FRESH)) {
+            Some((space, stale)) => known.insert(key, (stale, space)),
+            None => known.remove(&key),
+        };
     }
 
     fn under_permit(&self, key: (CellId, VolumeId)) -> Option<VolumeSpace> {

@@ -51,8 +51,17 @@ impl Venus {
                 return self.permits.refused(cell, volume, AFTER_FAILURE);
             }
         };
-        // Served without asking from now on: what is cached must be current first.
-        if let Err(e) = self.known_current(cell, volume).await {
+        // Served without asking from now on: what is cached must be current first. A change of
+        // ours still on its way (the store of the file whose create asked for the permit) can
+        // move the volume on while it is checked: then it is checked again, a few times.
+        let mut checked = self.known_current(cell, volume).await;
+        for _ in 0..3 {
+            if !matches!(checked, Err(VenusError::Protocol(_))) {
+                break;
+            }
+            checked = self.known_current(cell, volume).await;
+        }
+        if let Err(e) = checked {
             tracing::info!(%volume, error = %e, "the volume's cache could not be checked; its write-back permit goes back");
             let _ = conn.return_permit(volume).await;
             return self.permits.refused(cell, volume, AFTER_FAILURE);

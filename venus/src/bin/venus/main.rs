@@ -55,9 +55,9 @@ enum Command {
         stream_threshold: u64,
         /// Write-back: where venus holds a volume's permit (no other client is using the
         /// volume), changes return once they are in the local log and go to the server in
-        /// batches within this many milliseconds (1000 is a good choice). 0, the default for
-        /// now, turns write-back off: every change waits for the server.
-        #[arg(long, value_name = "MS", default_value_t = 0)]
+        /// batches within this many milliseconds. 0 turns write-back off: every change waits
+        /// for the server.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
         write_back_window: u64,
         /// Answer Prometheus scrapes (`GET /metrics`, OpenMetrics text) on this TCP address,
         /// e.g. 127.0.0.1:9101. Off by default.
