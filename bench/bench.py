@@ -125,17 +125,23 @@ def timed(fn):
     return time.perf_counter() - t
 
 
-def andrew(src, target):
-    """The Andrew-style phases on `target` (which must not exist); seconds per phase."""
+def andrew(src, target, settle=None):
+    """The Andrew-style phases on `target` (which must not exist); seconds per phase. With
+    `settle` (what makes the changes durable: `sync` locally, `venus sync` on venus), Copy and
+    Remove are also timed until it returns ("Copy, durable")."""
     out = {}
     out["MakeDir"] = timed(lambda: [os.makedirs(os.path.join(target, os.path.relpath(d, src)), exist_ok=True)
                                     for d, _, _ in os.walk(src)])
     out["Copy"] = timed(lambda: [shutil.copyfile(os.path.join(d, f), os.path.join(target, os.path.relpath(d, src), f))
                                  for d, _, fs in os.walk(src) for f in fs])
+    if settle:
+        out["Copy, durable"] = out["Copy"] + timed(settle)
     out["ScanDir"] = timed(lambda: [os.stat(os.path.join(d, f)) for d, _, fs in os.walk(target) for f in fs])
     out["ReadAll"] = timed(lambda: [open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(target) for f in fs])
     out["Make"] = timed(lambda: sh(f"make -s -j2 -C {target}"))
     out["Remove"] = timed(lambda: shutil.rmtree(target))
+    if settle:
+        out["Remove, durable"] = out["Remove"] + timed(settle)
     return out
 
 
@@ -219,8 +225,10 @@ def report_first_byte(report, fb, size_mib, repeat):
 def delta(cell, size_mib):
     f = cell.path("delta")
     sh(f"dd if=/dev/urandom of={f} bs=1M count={size_mib} status=none")
+    cell.run_venus("sync")
     before = cell.counters()["bytes_stored"]
     sh(f"printf x | dd of={f} bs=1 seek={size_mib * 1024 * 512} conv=notrunc status=none")
+    cell.run_venus("sync")  # under a write-back permit the store goes within the window
     after = cell.counters()["bytes_stored"]
     os.remove(f)
     return after - before
@@ -231,6 +239,85 @@ def postmark(work_dir, files, transactions):
         return None
     cfg = f"set location {work_dir}\nset number {files}\nset transactions {transactions}\nset size 500 10000\nrun\nquit\n"
     return timed(lambda: subprocess.run(["postmark"], input=cfg, text=True, capture_output=True, check=True))
+
+
+def make_wide_tree(dst, files, per_dir=20, seed=11):
+    """A generated source-like tree of `files` small files (0.1-8 KB), `per_dir` to a directory,
+    directories two levels deep."""
+    rng = random.Random(seed)
+    for f in range(files):
+        d = f // per_dir
+        path = f"{dst}/m{d // 50:02}/p{d % 50:02}"
+        if f % per_dir == 0:
+            os.makedirs(path)
+        with open(f"{path}/f{f:05}.txt", "wb") as fh:
+            fh.write(rng.randbytes(rng.randint(100, 8000)))
+
+
+def local_settle():
+    os.sync()
+
+
+def tar_and_git(cell, local_dir, files):
+    """A tar extraction of a `files`-file tree and a `git clone` of a repository of the same tree,
+    each into the local disk and into venus, timed until the call returns and until durable; then
+    the tree removed. Seconds."""
+    src = os.path.join(local_dir, "wide.src")
+    make_wide_tree(src, files)
+    tarball = os.path.join(local_dir, "wide.tar")
+    sh(f"tar cf {tarball} -C {src} .")
+    repo = os.path.join(local_dir, "wide.git")
+    sh(f"git init -q {src} && git -C {src} add -A && git -C {src} -c user.name=bench -c user.email=b@x "
+       f"commit -qm tree && git clone -q --bare {src} {repo}")
+    shutil.rmtree(src)
+    out = {}
+    for name, base, settle in [("local", local_dir, local_settle), ("venus", cell.path(), lambda: cell.run_venus("sync"))]:
+        r = {}
+        dst = os.path.join(base, "wide")
+        os.makedirs(dst)
+        r["tar x"] = timed(lambda: sh(f"tar xf {tarball} -C {dst}"))
+        r["tar x, durable"] = r["tar x"] + timed(settle)
+        r["rm -rf"] = timed(lambda: shutil.rmtree(dst))
+        r["rm -rf, durable"] = r["rm -rf"] + timed(settle)
+        clone = os.path.join(base, "clone")
+        r["git clone"] = timed(lambda: sh(f"git clone -q file://{repo} {clone}"))
+        r["git clone, durable"] = r["git clone"] + timed(settle)
+        r["git status"] = timed(lambda: sh(f"git -C {clone} status --porcelain >/dev/null"))
+        shutil.rmtree(clone)
+        settle()
+        out[name] = r
+    os.remove(tarball)
+    shutil.rmtree(repo)
+    return out
+
+
+def second_client_listing(cell, files):
+    """This venus extracts a tree under its write-back permit; at once a second client lists it
+    with attributes (`ls -lR`): the entries it sees, the time it took (the holder's recall
+    included), and the recalls."""
+    src = os.path.join(cell.root, "listing.src")
+    make_wide_tree(src, files, seed=13)
+    sh(f"mkdir {cell.path('listed')} && cp -r {src}/. {cell.path('listed')}")
+    shutil.rmtree(src)
+    recalls0 = cell.counters().get("permit_recalls", 0)
+    other_mnt, other_cache = os.path.join(cell.root, "lister-afs"), os.path.join(cell.root, "lister-cache")
+    os.makedirs(other_mnt, exist_ok=True)
+    other = subprocess.Popen([f"{cell.bins}/venus", "mount", "--cell-file", f"{cell.data}/cell.toml", "--cache",
+                              other_cache, other_mnt], stderr=subprocess.DEVNULL)
+    env = dict(cell.env, VENUS_CACHE=other_cache)
+    try:
+        cell.wait(lambda: subprocess.run([f"{cell.bins}/venus", "status"], env=env,
+                                         capture_output=True).returncode == 0, "mounted")
+        t0 = time.perf_counter()
+        listing = subprocess.run(["ls", "-lR", os.path.join(other_mnt, "bench.local", "listed")],
+                                 capture_output=True, text=True, check=True).stdout
+        took = time.perf_counter() - t0
+    finally:
+        other.send_signal(signal.SIGTERM)
+        other.wait(timeout=60)
+    seen = sum(1 for line in listing.splitlines() if line.startswith("-"))
+    shutil.rmtree(cell.path("listed"))
+    return seen, took, cell.counters().get("permit_recalls", 0) - recalls0
 
 
 def revalidation(cell, volumes, per_volume):
@@ -311,8 +398,8 @@ def main():
         report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
         report.append("| setup | phase | local disk | venus | ratio |\n|---|---|---:|---:|---:|")
         rows = []
-        loc = median_of(repeat, lambda: andrew(src, os.path.join(local, "t")))
-        warm = median_of(repeat, lambda: andrew(src, cell.path("t")))
+        loc = median_of(repeat, lambda: andrew(src, os.path.join(local, "t"), local_settle))
+        warm = median_of(repeat, lambda: andrew(src, cell.path("t"), lambda: cell.run_venus("sync")))
         for k in loc:
             rows.append(("connected, warm", k, loc[k], warm[k]))
         # Cold: the tree is on the server, the cache is empty (a fresh venus).
@@ -329,7 +416,7 @@ def main():
         # Disconnected: every phase from the cache, logged; then reintegration.
         cell.run_venus("disconnect")
         off = andrew(src, cell.path("off"))
-        for k in loc:
+        for k in off:
             rows.append(("disconnected", k, loc[k], off[k]))
         # The log of an offline Copy, replayed.
         sh(f"mkdir {cell.path('offcopy')}")
@@ -348,6 +435,18 @@ def main():
         report.append(f"Reintegration of the offline Copy: {records} records, "
                       f"{c1['bytes_stored'] - c0['bytes_stored']} bytes stored, {reint:.2f} s, "
                       f"{c1['rpcs']['Reintegrate'] - c0['rpcs']['Reintegrate']} Reintegrate RPCs.\n")
+
+        wide = 2000 if a.quick else 20000
+        tg = median_of(repeat, lambda: tar_and_git(cell, local, wide))
+        report.append(f"## A {wide}-file tree: tar, rm, git (median of {repeat}; seconds)\n\n"
+                      "\"durable\": until `sync` (local) or `venus sync` (venus) returns.\n\n"
+                      "| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")
+        for k in tg["local"]:
+            l, v = tg["local"][k], tg["venus"][k]
+            report.append(f"| {k} | {l:.3f} | {v:.3f} | {v / l if l else 0:.2f} × |")
+        seen, took, recalls = second_client_listing(cell, 200 if a.quick else 2000)
+        report.append(f"\nA second client's `ls -lR` of a tree of {200 if a.quick else 2000} files just copied in "
+                      f"under the first's permit: saw {seen} files, {took:.2f} s, {recalls} recall(s).\n")
 
         bf = big_file(cell, local, big, repeat)
         report.append(f"## {big} MiB file (median of {repeat})\n\n| measure | local disk | venus | ratio |\n|---|---:|---:|---:|")

@@ -47,6 +47,13 @@ fn creates_under_a_permit_go_in_batches_and_a_second_clients_listing_sees_every_
     let listed = fs::read_dir(b.path("tree"))?.count();
     assert_eq!(listed, FILES, "the second client sees every create whose call returned");
     assert_eq!(a.counter("permit_recalls"), 1, "one recall");
+    // `venus status` says how fast the volume's log went out.
+    let status = a.status();
+    let drained: Vec<&serde_json::Value> =
+        status["volumes"].as_array().into_iter().flatten().filter(|v| !v["drain"].is_null()).collect();
+    assert_eq!(drained.len(), 1, "one volume drained: {}", status["volumes"]);
+    assert!(drained[0]["drain"]["records_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{}", drained[0]);
+    assert_eq!(drained[0]["pending_records"], 0, "{}", drained[0]);
     let sent = change_requests(&a) - before;
     // A batch is at most 200 records; every window may send a part-filled one too.
     let bound = FILES.div_ceil(200) as u64 + 10;
@@ -270,4 +277,44 @@ fn a_partitioned_holder_loses_its_permit_after_the_lease_and_reintegrates_later_
         assert!(a.status()["conflicts"].as_u64() >= Some(1), "{}", a.status());
         Ok(())
     })
+}
+
+/// vice's count of permits that ended `how` ("returned" or "expired"), from its metrics.
+fn permits_ended(metrics_port: u16, how: &str) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let series = format!("vice_permits_ended_total{{outcome=\"{how}\"}} ");
+    let line = body.lines().find_map(|l| l.strip_prefix(series.as_str()));
+    line.ok_or_else(|| anyhow::anyhow!("no {series} in:\n{body}"))?.trim().parse().map_err(Into::into)
+}
+
+/// A clean stop (SIGTERM) of the holder sends what its permit holds and gives the permit back:
+/// the server has every change at once, and no lease is waited out.
+#[test]
+fn a_clean_stop_sends_what_the_permit_holds_and_gives_it_back() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let vice = Vice::start_with("wbstop.test", &["--metrics", &format!("127.0.0.1:{port}")])?;
+    // A window longer than the test: only the stop can send these.
+    let mut a = VenusMount::start_with(&vice, "wbstop.test", &["--write-back-window", "600000"])?;
+    fs::create_dir(a.path("d"))?;
+    wait_permit(&a)?;
+    for i in 0..50 {
+        fs::write(a.path(&format!("d/f{i}")), body(i))?;
+    }
+    assert!(a.pending() >= 50, "the changes wait in the log");
+    assert!(a.stop()?, "venus stopped cleanly");
+    assert_eq!(permits_ended(port, "returned")?, 1, "the permit was given back");
+    let files = server_files(&vice, "d")?;
+    for i in 0..50 {
+        assert_eq!(files.get(&format!("f{i}")), Some(&body(i)), "f{i} is on the server");
+    }
+    assert_eq!(permits_ended(port, "expired")?, 0, "no lease was waited out");
+    Ok(())
 }

@@ -92,11 +92,15 @@ pub fn render(status: &Status) -> String {
 
     let (records, bytes) = (Family::<VolumeLabels, Gauge>::default(), Family::<VolumeLabels, Gauge>::default());
     let states = Family::<StateLabels, Gauge>::default();
+    let drains = Family::<VolumeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for v in &status.volumes {
         let name = v.name.clone().unwrap_or_default();
         let labels = VolumeLabels { cell: v.cell.clone(), volume: v.volume, name: name.clone() };
         records.get_or_create(&labels).set(level(v.pending_records));
         bytes.get_or_create(&labels).set(level(v.pending_bytes));
+        if let Some(d) = v.drain {
+            drains.get_or_create(&labels).set(d.records_per_sec);
+        }
         for m in MODES {
             let labels =
                 StateLabels { cell: v.cell.clone(), volume: v.volume, name: name.clone(), state: mode_label(m) };
@@ -105,6 +109,11 @@ pub fn render(status: &Status) -> String {
     }
     r.register("volume_pending_records", "A volume's records in the modification log", records);
     r.register_with_unit("volume_pending", "Bytes a volume's logged records still have to send", Unit::Bytes, bytes);
+    r.register(
+        "volume_drain_records_per_second",
+        "Records of a volume's log the server accepted per second of sending, over the last minute",
+        drains,
+    );
     r.register("volume_state", "1 for the state a volume is in (connected, disconnected, reintegrating)", states);
     proto::metrics::encode(&[&r])
 }
@@ -152,6 +161,12 @@ mod tests {
                 pending_records: 2,
                 pending_bytes: 10,
                 oldest_pending: None,
+                drain: Some(crate::fs::drain::DrainRate {
+                    records_per_sec: 250.0,
+                    bytes_per_sec: 0.0,
+                    last_sent_secs_ago: 1.0,
+                }),
+                drain_eta_secs: None,
                 waiting_for_login: None,
                 reason: None,
             }],
@@ -171,6 +186,7 @@ mod tests {
             assert!(text.contains(&format!("# TYPE venus_{name} counter\n")), "{name}: {text}");
         }
         assert!(text.contains("venus_bytes_fetched_total 1234\n"), "{text}");
+        assert!(text.contains("venus_volume_drain_records_per_second{"), "{text}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::fuse::{NotifierKernel, VenusFs};
 
 /// How often venus checks on unreachable servers and pending changes.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a clean stop waits for what write-back permits hold to reach the server (inside
+/// the systemd unit's `TimeoutStopSec=30s`).
+const SEND_AT_STOP: Duration = Duration::from_secs(20);
 
 pub struct MountOptions {
     pub config: Config,
@@ -143,6 +146,15 @@ pub fn run(opts: MountOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(cache_dir.join(control::SOCKET));
+    // Changes waiting under write-back permits go now and the permits go back, so another
+    // client need not wait for their leases; bounded: what cannot go stays in the log and is
+    // sent at the next mount.
+    if rt.block_on(tokio::time::timeout(SEND_AT_STOP, core.give_back_all())).is_err() {
+        tracing::warn!(
+            records = core.cml.total_records().unwrap_or(0),
+            "changes made under write-back permits not all sent; they stay in the log for the next mount"
+        );
+    }
     // Say goodbye to the servers, so they stop holding promises for us at once instead of
     // waiting for the connection to time out (a writer would wait for our ack meanwhile).
     rt.block_on(core.close_connections());

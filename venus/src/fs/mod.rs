@@ -11,6 +11,7 @@ mod access;
 pub mod acl;
 mod breaks;
 pub mod conflicts;
+pub mod drain;
 mod emulate;
 mod handles;
 pub mod hoarding;
@@ -92,6 +93,8 @@ pub struct Venus {
     senders: sender::Senders,
     /// Write-back permits held, and what the write-back loop has to send (`write_back.rs`).
     permits: permits::Permits,
+    /// How fast each volume's log went to the server lately (for `venus status`).
+    drains: drain::Drains,
     /// This core, for the work it starts in the background.
     me: std::sync::Weak<Venus>,
     /// What `df` shows per volume.
@@ -234,6 +237,7 @@ impl Venus {
                 handles: handles::Handles::default(),
                 senders: sender::Senders::default(),
                 permits: permits::Permits::new(config.write_back),
+                drains: drain::Drains::default(),
                 me: weak.clone(),
                 rooms: room::Rooms::default(),
                 streams: streams::Streams::default(),

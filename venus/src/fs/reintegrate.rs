@@ -150,6 +150,7 @@ impl Venus {
                 // full is the last of this one (chasing a writer would send it one change at a
                 // time). A recalled permit's log is sent to the end.
                 let last_of_window = entries.len() < BATCH && self.permits.holds(cell, volume);
+                let sending = std::time::Instant::now();
                 let (mut records, mut refused) = self.upload_data(cell, volume, &entries).await?;
                 let mut entries = entries;
                 // Data refused behind other records (removals that free the room, say): those
@@ -187,10 +188,14 @@ impl Venus {
                 // changes being made meanwhile: one based on what the cache held between the two
                 // would carry a version the server has moved on, with no record left in the log
                 // to base it on instead.
+                let took = sending.elapsed();
                 let settling = self.exclusive(cell, volume).await;
+                let (mut accepted, mut accepted_bytes) = (0, 0);
                 for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
                     match result {
                         Ok(applied) => {
+                            accepted += 1;
+                            accepted_bytes += super::drain::bytes_of(&record.mutation);
                             // Out of the log first: a file is clean once no record of it is left.
                             self.cml.remove(&[entry.seq])?;
                             self.settled(cell, &record.mutation, &applied).await?;
@@ -223,6 +228,7 @@ impl Venus {
                     self.cml.remove(&[entry.seq])?;
                 }
                 drop(settling);
+                self.drains.sent(cell, volume, accepted, accepted_bytes, took);
                 if retry {
                     missing_rounds += 1;
                 } else if last_of_window {

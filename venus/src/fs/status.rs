@@ -41,6 +41,12 @@ pub struct VolumeStatus {
     pub pending_records: u64,
     pub pending_bytes: u64,
     pub oldest_pending: Option<proto::Timestamp>,
+    /// How fast the volume's log went to the server in the last minute, if it sent any.
+    #[serde(default)]
+    pub drain: Option<super::drain::DrainRate>,
+    /// Seconds until what is pending is sent at that rate.
+    #[serde(default)]
+    pub drain_eta_secs: Option<f64>,
     /// The local user whose token the pending changes wait for (`venus login`).
     pub waiting_for_login: Option<u32>,
     /// Why the volume is not plainly connected, in words.
@@ -98,15 +104,19 @@ impl Venus {
                         None => "write-back: changes go to the server in batches".to_string(),
                     }),
                 };
+                let drain = self.drains.rate(cell, volume);
+                let (records, bytes) = log.map_or((0, 0), |l| (l.records, l.bytes));
                 Some(VolumeStatus {
                     cell: name,
                     volume: volume.0,
                     name: self.cache.volume(cell, volume).name,
                     state,
                     reason,
-                    pending_records: log.map_or(0, |l| l.records),
-                    pending_bytes: log.map_or(0, |l| l.bytes),
+                    pending_records: records,
+                    pending_bytes: bytes,
                     oldest_pending: log.and_then(|l| l.oldest),
+                    drain,
+                    drain_eta_secs: drain.and_then(|d| d.eta_secs(records, bytes)),
                     waiting_for_login: waiting_for_login.map(|o| o.uid),
                 })
             })

@@ -37,6 +37,12 @@ impl Venus {
         tokio::spawn(async move { me.ask_permit(cell, volume).await });
     }
 
+    /// Whether venus holds the volume's write-back permit now.
+    #[cfg(test)]
+    pub(crate) fn holds_permit(&self, cell: CellId, volume: VolumeId) -> bool {
+        self.permits.holds(cell, volume)
+    }
+
     async fn ask_permit(self: Arc<Self>, cell: CellId, volume: VolumeId) {
         let Ok(conn) = self.cell(cell).cloned() else { return };
         let asked = Instant::now();
@@ -169,6 +175,14 @@ impl Venus {
                 me.clone().give_back(c, v).await;
             }
         }
+    }
+
+    /// A clean stop: what every permit holds is sent and the permits go back, so no other client
+    /// waits for their leases to run out. What cannot be sent stays in the log for next time.
+    pub async fn give_back_all(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let held: Vec<_> = self.permits.held().into_iter().filter(|(c, v)| self.permits.recalled(*c, *v)).collect();
+        futures_util::future::join_all(held.into_iter().map(|(c, v)| me.clone().give_back(c, v))).await;
     }
 
     /// Sends everything logged in the volume, gives the permit back, and checks the cache

@@ -90,6 +90,8 @@ pub struct FakeCell {
     permit_ended: tokio::sync::Notify,
     /// Recalls sent.
     pub recalls: AtomicU64,
+    /// Permits granted (a holder asking again for the one it holds is not counted).
+    pub grants: AtomicU64,
 }
 
 /// How long a recall is waited for before the permit is taken back (a lease, short: nothing
@@ -136,6 +138,7 @@ impl FakeCell {
             permits: AtomicBool::new(false),
             permit_ended: tokio::sync::Notify::new(),
             recalls: AtomicU64::new(0),
+            grants: AtomicU64::new(0),
         })
     }
 
@@ -614,7 +617,7 @@ impl Remote for Link {
     fn request_permit(&self, volume: VolumeId) -> Call<'_, PermitAnswer> {
         let me = self.client;
         async move {
-            let refused = PermitAnswer::Refused(std::time::Duration::from_secs(1));
+            let refused = PermitAnswer::Refused(std::time::Duration::from_millis(100));
             let breaks = {
                 let mut s = self.reach()?;
                 if !self.cell.permits.load(Ordering::SeqCst) || volume != VOLUME {
@@ -626,6 +629,7 @@ impl Remote for Link {
                     None => {}
                 }
                 s.holder = Some(me);
+                self.cell.grants.fetch_add(1, Ordering::Relaxed);
                 // Nobody else may trust what it cached of the volume while the holder changes it.
                 let objects: Vec<ObjectId> = s.held.keys().copied().collect();
                 s.breaks_for(me, &objects)

@@ -637,6 +637,23 @@ fn print_status(v: &serde_json::Value) {
                 proto::units::show(vol["pending_bytes"].as_u64().unwrap_or(0))
             ));
         }
+        line.push_str(&drain_line(&vol["drain"], vol["drain_eta_secs"].as_f64(), records));
         println!("{line}");
     }
+}
+
+/// How fast a volume's log went to the server in the last minute, and how long the rest takes.
+fn drain_line(drain: &serde_json::Value, eta: Option<f64>, pending: u64) -> String {
+    let (Some(records), Some(bytes)) = (drain["records_per_sec"].as_f64(), drain["bytes_per_sec"].as_f64()) else {
+        return String::new();
+    };
+    let mut out = format!("; sent {records:.0} changes/s");
+    if bytes >= 1.0 {
+        out.push_str(&format!(", {}/s", proto::units::show(bytes as u64)));
+    }
+    match eta {
+        Some(secs) if pending > 0 => out.push_str(&format!(", about {secs:.0} s to go")),
+        _ => out.push_str(&format!(" (last batch {:.0} s ago)", drain["last_sent_secs_ago"].as_f64().unwrap_or(0.0))),
+    }
+    out
 }
