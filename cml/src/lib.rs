@@ -72,6 +72,8 @@ pub use error::CmlError;
 use error::Result;
 use plan::Plan;
 pub use salvage::Salvage;
+pub use schema::WAL_CHECKPOINT_PAGES;
+pub use touch::stamped;
 
 /// The log: one SQLite database shared by every cell and volume venus knows.
 pub struct Cml {
@@ -294,15 +296,17 @@ impl Cml {
         Ok(())
     }
 
-    /// Replaces a stored record in place (venus refreshes a Store's chunk list before sending).
-    /// No optimisation runs. Does nothing if the record is gone: it was removed, or optimised
-    /// away because a later record superseded it.
-    pub fn replace(&self, seq: u64, record: &Record) -> Result<(), CmlError> {
+    /// Replaces stored records in place, all in one transaction (venus refreshes the chunk
+    /// lists of a batch's stores before sending it). No optimisation runs. A record that is
+    /// gone is skipped: it was removed, or optimised away because a later record superseded it.
+    pub fn replace(&self, records: &[(u64, Record)]) -> Result<(), CmlError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        match rows::load(&tx, seq)? {
-            Some(row) => rows::update(&tx, &row.cell, seq, record)?,
-            None => debug!(seq, "cml: replace of a record no longer in the log"),
+        for (seq, record) in records {
+            match rows::load(&tx, *seq)? {
+                Some(row) => rows::update(&tx, &row.cell, *seq, record)?,
+                None => debug!(seq, "cml: replace of a record no longer in the log"),
+            }
         }
         tx.commit()?;
         Ok(())

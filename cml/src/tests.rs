@@ -485,10 +485,10 @@ fn first_remove_and_replace() {
     assert_eq!((first.len(), first[0].seq), (1, seq_c));
     let refreshed = ops.store(X, after(&c), 2);
     let refreshed = Record { op: s.op, mutation: refreshed.mutation };
-    cml.replace(seq_s, &refreshed).unwrap();
+    cml.replace(&[(seq_s, refreshed.clone())]).unwrap();
     assert_eq!(records(&cml), vec![c.clone(), refreshed.clone()]);
     assert_eq!(cml.summary().unwrap()[0].bytes, 102);
-    cml.replace(12345, &refreshed).unwrap();
+    cml.replace(&[(12345, refreshed.clone())]).unwrap();
     cml.remove(&[seq_c, 777]).unwrap();
     assert_eq!(records(&cml), vec![refreshed]);
     assert_eq!(cml.base_of(CELL, fid(P)).unwrap(), None);

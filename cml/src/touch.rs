@@ -128,7 +128,7 @@ pub(crate) fn stamps(m: &Mutation, o: ObjectId) -> bool {
 }
 
 /// The objects the record stamps.
-pub(crate) fn stamped(m: &Mutation) -> Vec<ObjectId> {
+pub fn stamped(m: &Mutation) -> Vec<ObjectId> {
     touches(m).into_iter().filter(|&(_, roles)| roles & STAMP != 0).map(|(o, _)| o).collect()
 }
 

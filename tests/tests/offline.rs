@@ -332,6 +332,9 @@ fn a_server_restored_from_an_older_backup_never_overwrites_newer_local_changes()
     let mut vice = Vice::start("rewind.test")?;
     let a = VenusMount::start_with(&vice, "rewind.test", QUICK)?;
     fs::write(a.path("doc"), b"old, as in the backup")?;
+    // On the server before the backup is taken (under a write-back permit a close returns once
+    // the store is logged).
+    a.venus_ok(&["sync"]);
     // The admin takes a backup of the server's data.
     vice.stop()?;
     let backup = vice.dir.path().join("backup");

@@ -170,6 +170,8 @@ fn open_index(dir: &Path, disk: &Arc<crate::disk::CacheDisk>) -> Result<State> {
         other => other?,
     };
     db.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    // Written back as seldom as the log's (see `cml::WAL_CHECKPOINT_PAGES`).
+    db.execute_batch(&format!("PRAGMA wal_autocheckpoint={};", cml::WAL_CHECKPOINT_PAGES))?;
     // Plans that do not depend on bound values (see `cml::schema::open`).
     db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // A torn or overwritten page is found now, not in the middle of serving a file.
@@ -391,17 +393,10 @@ impl Cache {
     /// sender may have raised it since the change's attributes were read, and going back to
     /// that older version would look like another client's change and drop the listing the
     /// change is about to edit.
-    pub fn put_emulated(&self, cell: CellId, mut attr: Attr) -> Result<()> {
-        let g = GFid::new(cell, attr.fid);
-        let mut s = self.lock();
-        if let Some(c) = s.objects.get(&g) {
-            attr.version = c.attr.version.clone();
-        }
-        let retire = s.put_attr(g, attr, true)?;
-        if let Some(open) = retire {
-            self.recycler.retire(&self.container(&g), open);
-        }
-        Ok(())
+    pub fn put_emulated(&self, cell: CellId, attr: Attr) -> Result<()> {
+        let mut batch = self.batch()?;
+        batch.put_emulated(cell, attr)?;
+        batch.finish()
     }
 
     /// Forgets an object entirely (it was removed).
@@ -614,19 +609,7 @@ impl Cache {
     /// Notes the container's new size after local writes (`dirty`), or that its contents are
     /// now the server's version in `attr` (not `dirty`: stored, or reintegrated).
     pub fn set_local(&self, g: &GFid, size: u64, dirty: bool) -> Result<()> {
-        let mut s = self.lock();
-        let mut delta = 0i64;
-        if let Some(c) = s.objects.get_mut(g) {
-            delta = size as i64 - c.data_size as i64;
-            c.data_size = size;
-            c.has_data = true;
-            c.dirty = dirty;
-            if !dirty {
-                c.base = c.attr.version.clone();
-            }
-        }
-        s.used = (s.used as i64 + delta).max(0) as u64;
-        persist(&s, g)
+        self.lock().set_local(g, size, dirty)
     }
 
     pub fn touch(&self, g: &GFid) {
@@ -832,6 +815,28 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// As [`Cache::get`].
+    pub fn get(&self, g: &GFid) -> Option<&Cached> {
+        self.s.objects.get(g)
+    }
+
+    /// As [`Cache::set_local`].
+    pub fn set_local(&mut self, g: &GFid, size: u64, dirty: bool) -> Result<()> {
+        self.s.set_local(g, size, dirty)
+    }
+
+    /// As [`Cache::put_emulated`].
+    pub fn put_emulated(&mut self, cell: CellId, mut attr: Attr) -> Result<()> {
+        let g = GFid::new(cell, attr.fid);
+        if let Some(c) = self.s.objects.get(&g) {
+            attr.version = c.attr.version.clone();
+        }
+        if let Some(open) = self.s.put_attr(g, attr, true)? {
+            self.retired.push((g, open));
+        }
+        Ok(())
+    }
+
     /// As [`Cache::remove`].
     pub fn remove(&mut self, g: &GFid) -> Result<()> {
         if let Some(open) = self.s.remove(g)? {
@@ -887,6 +892,22 @@ impl Drop for Batch<'_> {
 }
 
 impl State {
+    /// See [`Cache::set_local`].
+    fn set_local(&mut self, g: &GFid, size: u64, dirty: bool) -> Result<()> {
+        let mut delta = 0i64;
+        if let Some(c) = self.objects.get_mut(g) {
+            delta = size as i64 - c.data_size as i64;
+            c.data_size = size;
+            c.has_data = true;
+            c.dirty = dirty;
+            if !dirty {
+                c.base = c.attr.version.clone();
+            }
+        }
+        self.used = (self.used as i64 + delta).max(0) as u64;
+        persist(self, g)
+    }
+
     /// Records an object's attributes (see [`Cache::put_attr_with`]); says whether its container
     /// is to be emptied, and if so whether it is in use.
     fn put_attr(&mut self, g: GFid, attr: Attr, ours: bool) -> Result<Option<bool>> {

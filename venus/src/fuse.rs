@@ -478,7 +478,9 @@ impl Filesystem for VenusFs {
             return reply.ok();
         }
         let core = self.core.clone();
-        self.spawn(req, async move {
+        // Under a write-back permit (or offline) a small file's close is logged without a wait;
+        // connected, or for a big file, the work moves to the runtime at its first wait.
+        self.run_or_spawn(req, async move {
             match core.flush(fh.0).await {
                 // Someone is still writing through another descriptor: their close stores it.
                 Ok(()) | Err(VenusError::ChangedDuringStore) => reply.ok(),
@@ -659,7 +661,8 @@ impl Filesystem for VenusFs {
             Err(e) => return reply.error(e),
         };
         let (core, pt, uid, gid) = (self.core.clone(), self.pt.clone(), req.uid(), req.gid());
-        self.spawn(req, async move {
+        // Under a write-back permit (or offline) a create is logged without a wait.
+        self.run_or_spawn(req, async move {
             match core.create(parent.0, &name, mode & !umask & 0o7777, uid, gid, flags).await {
                 Ok((st, fh, h)) => {
                     let attr = file_attr(&st);

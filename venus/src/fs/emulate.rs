@@ -13,13 +13,15 @@ use proto::{Applied, Attr, Base, Fid, Mutation, Name, ObjectId, ObjectKind, OpId
 use proto::{VersionVector, VolumeId, VolumeStamp};
 
 use super::Venus;
+use super::write::ListingEdit;
 use crate::cache::{Cache, Listing};
 use crate::error::{Result, VenusError};
 use crate::ids::{CellId, GFid};
 
 impl Venus {
-    /// Logs a mutation without sending it and applies it to the cache.
-    pub(crate) fn log_offline(&self, cell: CellId, mut mutation: Mutation) -> Result<Applied> {
+    /// Logs a mutation without sending it and applies it to the cache, with the edits it makes
+    /// to cached listings, in one cache transaction.
+    pub(crate) fn log_offline(&self, cell: CellId, mut mutation: Mutation, edits: &[ListingEdit]) -> Result<Applied> {
         self.rebase(cell, &mut mutation)?;
         let volume = mutation.volume();
         let plan = rules::check(&self.cached(cell, volume), &mutation)?;
@@ -37,7 +39,7 @@ impl Venus {
             Ok(())
         })?;
         self.mark_pending(cell, volume, true);
-        self.carry_out(cell, &record.mutation, &plan)
+        self.carry_out(cell, &record.mutation, &plan, edits)
     }
 
     /// At start-up: a file whose container holds local changes that no logged record carries
@@ -152,7 +154,7 @@ impl Venus {
     /// call can answer; reintegration and revalidation settle the rest.
     pub(crate) fn apply_local(&self, cell: CellId, m: &Mutation) -> Result<Applied> {
         match rules::check(&self.cached(cell, m.volume()), m) {
-            Ok(plan) => self.carry_out(cell, m, &plan),
+            Ok(plan) => self.carry_out(cell, m, &plan, &[]),
             Err(e) => {
                 tracing::info!(verb = m.verb(), error = %e, "a change in flight the cache cannot confirm waits for reintegration");
                 let now = Timestamp::now();
@@ -169,7 +171,7 @@ impl Venus {
     /// Carries a plan out on the cached attributes. Versions stay as the server gave them, and a
     /// new object has none: the server assigns versions at reintegration. Callers edit the cached
     /// listings, as they do when connected.
-    fn carry_out(&self, cell: CellId, m: &Mutation, plan: &Plan) -> Result<Applied> {
+    fn carry_out(&self, cell: CellId, m: &Mutation, plan: &Plan, edits: &[ListingEdit]) -> Result<Applied> {
         let now = Timestamp::now();
         let volume = m.volume();
         let mut attrs: Vec<Attr> = Vec::new();
@@ -190,10 +192,11 @@ impl Venus {
             }
             attrs.push(a);
         }
-        for a in &attrs {
-            self.cache.put_emulated(cell, a.clone())?;
-        }
         let cell_name = self.cell(cell)?.name().to_string();
+        let mut batch = self.cache.batch()?;
+        for a in &attrs {
+            batch.put_emulated(cell, a.clone())?;
+        }
         for o in &plan.deleted {
             let g = GFid::new(cell, Fid::new(volume, *o));
             // The log may still need the data (a store replayed before the removal): keep the
@@ -201,9 +204,11 @@ impl Venus {
             // (A file still open stays an orphan for its descriptors: see `Cache::remove`.)
             let needed = self.cml.base_of(&cell_name, g.fid)?.is_some();
             if !needed {
-                self.cache.remove(&g)?;
+                batch.remove(&g)?;
             }
         }
+        super::write::apply_edits(&mut batch, edits)?;
+        batch.finish()?;
         Ok(Applied { attrs, removed: plan.deleted.clone(), stamp: VolumeStamp::default() })
     }
 }

@@ -23,6 +23,8 @@ use crate::user;
 
 /// Records per Reintegrate request.
 const BATCH: usize = 200;
+/// Answers settled under one hold of the volume (see the settling loop).
+const SETTLE_AT_ONCE: usize = 16;
 
 impl Venus {
     /// The background heartbeat: notices unreachable servers answering again, and drains the
@@ -184,50 +186,69 @@ impl Venus {
                 }
                 let results = conn.reintegrate(volume, records.clone()).await?.results;
                 let mut retry = false;
+                let took = sending.elapsed();
+                let answered: Vec<_> = entries.iter().zip(&records).zip(results).collect();
+                let (mut accepted, mut accepted_bytes) = (0, 0);
                 // A record leaving the log and its answer reaching the cache are one step for
                 // changes being made meanwhile: one based on what the cache held between the two
                 // would carry a version the server has moved on, with no record left in the log
-                // to base it on instead.
-                let took = sending.elapsed();
-                let settling = self.exclusive(cell, volume).await;
-                let (mut accepted, mut accepted_bytes) = (0, 0);
-                for ((entry, record), result) in entries.iter().zip(&records).zip(results) {
-                    match result {
-                        Ok(applied) => {
-                            accepted += 1;
-                            accepted_bytes += super::drain::bytes_of(&record.mutation);
-                            // Out of the log first: a file is clean once no record of it is left.
-                            self.cml.remove(&[entry.seq])?;
-                            self.settled(cell, &record.mutation, &applied).await?;
-                            replayed += 1;
-                            self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
-                            continue;
+                // to base it on instead. The answers are settled a few at a time, so a writer
+                // under a permit waits for a few, not for the whole batch.
+                'settle: for chunk in answered.chunks(SETTLE_AT_ONCE) {
+                    let _settling = self.exclusive(cell, volume).await;
+                    // Out of the log first: a file is clean once no record of it is left. The
+                    // run of applied records at the chunk's head leaves in one transaction
+                    // (settling one of them then sees none of the others, whose answers follow).
+                    let head: Vec<u64> = chunk.iter().take_while(|(_, r)| r.is_ok()).map(|((e, _), _)| e.seq).collect();
+                    self.cml.remove(&head)?;
+                    // The last record of the head that stamps each object: settling an earlier
+                    // one sees the later one as still logged, as it was a moment ago.
+                    let mut last_stamp = std::collections::HashMap::new();
+                    for (i, ((_, r), _)) in chunk[..head.len()].iter().enumerate() {
+                        for o in cml::stamped(&r.mutation) {
+                            last_stamp.insert(o, i);
                         }
-                        // Chunks swept between upload and commit: upload again (bounded).
-                        Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
-                            retry = true;
-                            continue;
-                        }
-                        Err(refusal) => match self.refused_late(cell, record, refusal.clone()).await {
-                            Ok(()) => {
-                                // Later answers of this batch may have failed only because of this
-                                // one; they go again (applied ones are answered from memory).
-                                self.cml.remove(&[entry.seq])?;
-                                break;
-                            }
-                            // Retried later; the recovery's own op ids make a retry harmless.
-                            Err(e @ VenusError::Unreachable(_)) => return Err(e),
-                            Err(e) => {
-                                // The record is settled as a conflict even if keeping a copy failed:
-                                // the local data stays in the cache, and the listing says so.
-                                tracing::error!(op = %record.op, error = %e, "could not keep the local version beside the server's");
-                                self.record_failed(cell, record, &refusal, &e)?;
-                            }
-                        },
                     }
-                    self.cml.remove(&[entry.seq])?;
+                    for (i, ((entry, record), result)) in chunk.iter().enumerate() {
+                        match result {
+                            Ok(applied) => {
+                                accepted += 1;
+                                accepted_bytes += super::drain::bytes_of(&record.mutation);
+                                if i >= head.len() {
+                                    self.cml.remove(&[entry.seq])?;
+                                }
+                                let later = |o: proto::ObjectId| last_stamp.get(&o).is_some_and(|&k| k > i);
+                                self.settled(cell, &record.mutation, applied, later).await?;
+                                replayed += 1;
+                                self.counters.add(crate::counters::RECORDS_REINTEGRATED, 1);
+                                continue;
+                            }
+                            // Chunks swept between upload and commit: upload again (bounded).
+                            Err(RemoteError::MissingChunks(_)) if missing_rounds < 3 => {
+                                retry = true;
+                                continue;
+                            }
+                            Err(refusal) => match self.refused_late(cell, record, refusal.clone()).await {
+                                Ok(()) => {
+                                    // Later answers of this batch may have failed only because of
+                                    // this one; they go again (applied ones are answered from memory).
+                                    self.cml.remove(&[entry.seq])?;
+                                    break 'settle;
+                                }
+                                // Retried later; the recovery's own op ids make a retry harmless.
+                                Err(e @ VenusError::Unreachable(_)) => return Err(e),
+                                Err(e) => {
+                                    // The record is settled as a conflict even if keeping a copy
+                                    // failed: the local data stays in the cache, and the listing
+                                    // says so.
+                                    tracing::error!(op = %record.op, error = %e, "could not keep the local version beside the server's");
+                                    self.record_failed(cell, record, refusal, &e)?;
+                                }
+                            },
+                        }
+                        self.cml.remove(&[entry.seq])?;
+                    }
                 }
-                drop(settling);
                 self.drains.sent(cell, volume, accepted, accepted_bytes, took);
                 if retry {
                     missing_rounds += 1;
@@ -306,6 +327,9 @@ impl Venus {
         let mut collected = Collected::default();
         // The records whose chunks are in `collected`.
         let mut in_collected = Vec::new();
+        // Stores whose chunk lists changed: the log takes them (in one transaction) before the
+        // batch is sent, so a resend after a crash carries what the server may have applied.
+        let mut refreshed = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let mut record = e.record.clone();
             if let Mutation::Store { fid, chunks, mtime, .. } = &mut record.mutation {
@@ -322,7 +346,7 @@ impl Venus {
                         in_collected.push(i);
                         *chunks = cut_chunks;
                         *mtime = cut_mtime;
-                        self.cml.replace(e.seq, &record)?;
+                        refreshed.push((e.seq, record.clone()));
                         if collected.full() {
                             let batch = std::mem::take(&mut collected);
                             refuse_all(
@@ -338,7 +362,7 @@ impl Venus {
                         Ok((scanned, Uploaded::All)) => {
                             *chunks = scanned.chunks;
                             *mtime = scanned.mtime;
-                            self.cml.replace(e.seq, &record)?;
+                            refreshed.push((e.seq, record.clone()));
                         }
                         Err(VenusError::Remote(r)) if refused_for_good(&r) => refused.push((i, r)),
                         Err(e) => return Err(e),
@@ -349,6 +373,7 @@ impl Venus {
             records.push(record);
         }
         refuse_all(self.upload_collected(cell, volume, collected).await, &mut in_collected, &mut refused)?;
+        self.with_room(|| Ok(self.cml.replace(&refreshed)?))?;
         Ok((records, refused))
     }
 
@@ -382,13 +407,23 @@ impl Venus {
     /// versions; a file with no logged change left is clean, its container the server's
     /// version. Directories are left for revalidation, as later records may still change them
     /// locally.
-    async fn settled(&self, cell: CellId, mutation: &Mutation, applied: &Applied) -> Result<()> {
+    /// `later_in_batch` tells the objects that records of the same batch, settled after this
+    /// one but already out of the log, stamp.
+    async fn settled(
+        &self,
+        cell: CellId,
+        mutation: &Mutation,
+        applied: &Applied,
+        later_in_batch: impl Fn(proto::ObjectId) -> bool,
+    ) -> Result<()> {
         let name = self.cell(cell)?.name().to_string();
+        let logged =
+            |fid: Fid| -> Result<bool> { Ok(later_in_batch(fid.object) || self.cml.base_of(&name, fid)?.is_some()) };
         // What the change deleted and no logged change needs any more goes from the cache
         // (emulated, its container was kept for the records still to send).
         for o in &applied.removed {
             let g = GFid::new(cell, Fid::new(mutation.volume(), *o));
-            if self.cml.base_of(&name, g.fid)?.is_none() {
+            if !logged(g.fid)? {
                 self.cache.remove(&g)?;
             }
         }
@@ -397,42 +432,51 @@ impl Venus {
         // must have its container based on the first version the server gave it, or its next
         // store would be refused.
         let ours = |o: proto::ObjectId| stamped.contains(&Some(o)) || mutation.created() == Some(o);
-        for attr in &applied.attrs {
+        // As a close does: a store being logged for one of the files right now is not missed.
+        // (Locked in one order, should a change name two files.)
+        let mut files: Vec<GFid> =
+            applied.attrs.iter().filter(|a| a.kind != ObjectKind::Directory).map(|a| GFid::new(cell, a.fid)).collect();
+        files.sort_by_key(|g| (g.fid.volume, g.fid.object));
+        files.dedup();
+        let mut one_at_a_time = Vec::with_capacity(files.len());
+        for g in &files {
+            one_at_a_time.push(self.fetch_lock(*g).lock_owned().await);
+        }
+        self.promises.changed_here(files.iter().copied());
+        // A later logged change of an object (a chmod after a create in a directory, say) is
+        // already in what the cache shows: the server's new version is taken, but not its
+        // attributes of this moment, which the kernel could otherwise read and keep.
+        let later: Vec<bool> = applied.attrs.iter().map(|a| logged(a.fid)).collect::<Result<_>>()?;
+        // Everything the answer changes in the cache, in one transaction.
+        let mut batch = self.cache.batch()?;
+        for (attr, later) in applied.attrs.iter().zip(later) {
             let g = GFid::new(cell, attr.fid);
-            // A later logged change of the object (a chmod after a create in a directory, say)
-            // is already in what the cache shows: the server's new version is taken, but not its
-            // attributes of this moment, which the kernel could otherwise read and keep.
-            let later = self.cml.base_of(&name, attr.fid)?.is_some();
             let merged;
-            let attr = match self.cache.attr(&g) {
-                Some(mut shown) if later => {
+            let attr = match batch.get(&g) {
+                Some(shown) if later => {
+                    let mut shown = shown.attr.clone();
                     shown.version = attr.version.clone();
                     merged = shown;
                     &merged
                 }
                 _ => attr,
             };
-            if attr.kind == ObjectKind::Directory {
-                // The listing already holds this change (emulated when it was logged): it stays
-                // if nobody else's change came in between, so a holder of a write-back permit
-                // keeps its directories across a recall and can go on offline from them.
-                self.cache.put_attr_with(cell, attr.clone(), ours(attr.fid.object))?;
-                continue;
-            }
-            // As a close does: a store being logged for this file right now is not missed.
-            let lock = self.fetch_lock(g);
-            let _one_at_a_time = lock.lock().await;
-            // Our own change: the container is what it was made from (an attribute change), or
-            // what was sent (a store). A rename or link made no new version of the file.
-            self.promises.changed_here([g]);
-            self.cache.put_attr_with(cell, attr.clone(), ours(attr.fid.object))?;
-            if let Some(c) = self.cache.get(&g)
+            // A directory's listing already holds this change (emulated when it was logged):
+            // it stays if nobody else's change came in between, so a holder of a write-back
+            // permit keeps its directories across a recall and can go on offline from them.
+            // A file is what it was made from (an attribute change), or what was sent (a
+            // store); a rename or link made no new version of it.
+            batch.put_attr_with(cell, attr.clone(), ours(attr.fid.object))?;
+            if attr.kind != ObjectKind::Directory
+                && let Some(c) = batch.get(&g)
                 && c.dirty
-                && self.cml.base_of(&name, attr.fid)?.is_none()
+                && !later
             {
-                self.cache.set_local(&g, c.data_size, false)?;
+                batch.set_local(&g, c.data_size, false)?;
             }
         }
+        batch.finish()?;
+        drop(one_at_a_time);
         Ok(())
     }
 }

@@ -100,8 +100,7 @@ impl Venus {
                 Mutation::Store { fid, .. } => Some(GFid::new(cell, *fid)),
                 _ => None,
             };
-            let applied = self.log_offline(cell, mutation)?;
-            self.edit_listings(edits)?;
+            let applied = self.log_offline(cell, mutation, edits)?;
             if permitted {
                 // A store that might not fit the volume's room is sent at its close, which
                 // answers with the server's verdict (EDQUOT, ENOSPC) as without a permit.
@@ -715,7 +714,7 @@ fn set_mtime(path: &std::path::Path, t: Timestamp) -> Result<()> {
     Ok(())
 }
 
-fn apply_edits(batch: &mut crate::cache::Batch<'_>, edits: &[ListingEdit]) -> Result<()> {
+pub(crate) fn apply_edits(batch: &mut crate::cache::Batch<'_>, edits: &[ListingEdit]) -> Result<()> {
     for edit in edits {
         match edit {
             ListingEdit::Add(dir, entry) => batch.add_entry(dir, entry.clone())?,
