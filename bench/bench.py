@@ -145,6 +145,29 @@ def andrew(src, target, settle=None):
     return out
 
 
+class Floor:
+    """The FUSE floor (bench/floor): a file system answering from memory, mounted at `mnt`, so
+    each venus ratio can be read against what FUSE's requests alone cost for the same work."""
+
+    def __init__(self, binary, mnt):
+        os.makedirs(mnt)
+        self.mnt = mnt
+        self.proc = subprocess.Popen([binary, mnt], stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while not os.path.ismount(mnt):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"floorfs did not mount at {mnt}")
+            time.sleep(0.05)
+
+    def path(self, rel=""):
+        return os.path.join(self.mnt, rel)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        subprocess.run(["fusermount3", "-u", self.mnt], stderr=subprocess.DEVNULL)
+
+
 def median_of(repeat, fn):
     runs = [fn() for _ in range(repeat)]
     keys = runs[0].keys()
@@ -361,6 +384,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     ap.add_argument("--postmark", action="store_true", help="also run PostMark (slow: minutes)")
+    ap.add_argument("--floor", default=None, help="floorfs binary (bench/floor): adds the FUSE floor column")
     ap.add_argument("--first-byte-only", action="store_true",
                     help="only the cold big file's time to first byte (streamed against whole first)")
     a = ap.parse_args()
@@ -383,6 +407,7 @@ def main():
 
     report = Report()
     cell = Cell(a.bin, root)
+    floor = Floor(a.floor, os.path.join(root, "floor")) if a.floor else None
     try:
         if a.first_byte_only:
             local = os.path.join(root, "local")
@@ -396,10 +421,15 @@ def main():
 
         report.append(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores)\n")
         report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
-        report.append("| setup | phase | local disk | venus | ratio |\n|---|---|---:|---:|---:|")
+        report.append("\"FUSE floor\": the same work on bench/floor, a FUSE file system that answers from memory "
+                      "and does nothing else (no log, no cache, no server, nothing durable); no FUSE client can do "
+                      "it for less.\n")
+        report.append("| setup | phase | local disk | FUSE floor | venus | ratio | floor's ratio |\n"
+                      "|---|---|---:|---:|---:|---:|---:|")
         rows = []
         loc = median_of(repeat, lambda: andrew(src, os.path.join(local, "t"), local_settle))
         warm = median_of(repeat, lambda: andrew(src, cell.path("t"), lambda: cell.run_venus("sync")))
+        fl = median_of(repeat, lambda: andrew(src, floor.path("t"))) if floor else {}
         for k in loc:
             rows.append(("connected, warm", k, loc[k], warm[k]))
         # Cold: the tree is on the server, the cache is empty (a fresh venus).
@@ -430,7 +460,10 @@ def main():
         c1 = cell.counters()
 
         for setup, k, l, v in rows:
-            report.append(f"| {setup} | {k} | {l:.3f} | {v:.3f} | {v / l if l else 0:.2f} × |")
+            # The floor has no cold cache and no server to lose: its row is the warm one's.
+            f = fl.get(k.replace(", durable", "")) if setup != "connected, cold" else None
+            ft, fr = (f"{f:.3f}", f"{f / l if l else 0:.2f} ×") if f is not None else ("—", "—")
+            report.append(f"| {setup} | {k} | {l:.3f} | {ft} | {v:.3f} | {v / l if l else 0:.2f} × | {fr} |")
         report.append(f"\nCold ScanDir+ReadAll made {cold_rpcs} RPCs.\n")
         report.append(f"Reintegration of the offline Copy: {records} records, "
                       f"{c1['bytes_stored'] - c0['bytes_stored']} bytes stored, {reint:.2f} s, "
@@ -465,12 +498,16 @@ def main():
                       f"revalidate.\n")
         pl = postmark(os.path.join(local), *pm) if a.postmark else None
         pv = postmark(cell.path(), *pm) if a.postmark else None
+        pf = postmark(floor.path(), *pm) if a.postmark and floor else None
         if pl is not None and pv is not None:
+            at_floor = f", FUSE floor {pf:.1f} s ({pf / pl:.2f} ×)" if pf is not None else ""
             report.append(f"PostMark ({pm[0]} files, {pm[1]} transactions): local {pl:.1f} s, venus {pv:.1f} s, "
-                          f"ratio {pv / pl:.2f} ×.\n")
+                          f"ratio {pv / pl:.2f} ×{at_floor}.\n")
         else:
             report.append("PostMark: not run (--postmark; needs the Debian package postmark).\n")
     finally:
+        if floor:
+            floor.stop()
         cell.stop()
         shutil.rmtree(root, ignore_errors=True)
     if out:

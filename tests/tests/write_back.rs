@@ -279,17 +279,22 @@ fn a_partitioned_holder_loses_its_permit_after_the_lease_and_reintegrates_later_
     })
 }
 
-/// vice's count of permits that ended `how` ("returned" or "expired"), from its metrics.
-fn permits_ended(metrics_port: u16, how: &str) -> anyhow::Result<u64> {
+/// One series of vice's metrics (`name{labels}` as printed), as a number.
+fn vice_metric(metrics_port: u16, series: &str) -> anyhow::Result<u64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    let series = format!("vice_permits_ended_total{{outcome=\"{how}\"}} ");
-    let line = body.lines().find_map(|l| l.strip_prefix(series.as_str()));
+    let prefix = format!("{series} ");
+    let line = body.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
     line.ok_or_else(|| anyhow::anyhow!("no {series} in:\n{body}"))?.trim().parse().map_err(Into::into)
+}
+
+/// vice's count of permits that ended `how` ("returned" or "expired"), from its metrics.
+fn permits_ended(metrics_port: u16, how: &str) -> anyhow::Result<u64> {
+    vice_metric(metrics_port, &format!("vice_permits_ended_total{{outcome=\"{how}\"}}"))
 }
 
 /// A clean stop (SIGTERM) of the holder sends what its permit holds and gives the permit back:
@@ -316,5 +321,29 @@ fn a_clean_stop_sends_what_the_permit_holds_and_gives_it_back() -> R {
         assert_eq!(files.get(&format!("f{i}")), Some(&body(i)), "f{i} is on the server");
     }
     assert_eq!(permits_ended(port, "expired")?, 0, "no lease was waited out");
+    Ok(())
+}
+
+/// A clean stop while a permit request is on its way (the server's answers come slowly through
+/// a proxy): a permit granted after the stop began goes straight back, instead of being held on
+/// the server, for a venus that is gone, until its lease runs out.
+#[test]
+fn a_permit_granted_while_venus_stops_goes_straight_back() -> R {
+    if !fuse_available() {
+        return Ok(());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let vice = Vice::start_with("wbask.test", &["--metrics", &format!("127.0.0.1:{port}")])?;
+    let slow_answers = Impairment::delayed(Duration::from_millis(300), Duration::ZERO);
+    let proxy = LossyProxy::start_with(&vice.addr, 1, Impairment::NONE, slow_answers)?;
+    let cell_dir = tempfile::tempdir()?;
+    let mut a = VenusMount::start_with_cell_file(&proxy.cell_file(&vice, cell_dir.path())?, "wbask.test", &[])?;
+    // Straight to the server; asks for the volume's permit in the background, whose answer
+    // is still on its way when the stop begins.
+    fs::create_dir(a.path("d"))?;
+    assert!(a.stop()?, "venus stopped cleanly");
+    assert!(vice_metric(port, "vice_permits_granted_total")? >= 1, "the permit was granted");
+    assert_eq!(vice_metric(port, "vice_permits")?, 0, "no permit is held for the stopped venus");
+    assert_eq!(permits_ended(port, "returned")?, vice_metric(port, "vice_permits_granted_total")?);
     Ok(())
 }

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use proto::{Fid, Mutation, RemoteError, VolumeId};
@@ -60,6 +61,8 @@ pub(crate) struct Permits {
     /// for no permits (every connected change waits for the server).
     window: Option<Duration>,
     slots: Mutex<HashMap<Key, Slot>>,
+    /// Venus is stopping: no permit is asked for, and one granted now goes straight back.
+    closing: AtomicBool,
     /// Something was logged under a permit: the write-back loop's window starts.
     logged: Notify,
     /// A batch is full: send now.
@@ -75,6 +78,7 @@ impl Permits {
         Permits {
             window,
             slots: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             logged: Notify::new(),
             full: Notify::new(),
             deferred: Mutex::new(HashMap::new()),
@@ -102,7 +106,7 @@ impl Permits {
     /// Claims the right to ask for the volume's permit now: false when write-back is off, the
     /// permit is held or asked for, or was refused a moment ago.
     pub fn start_asking(&self, cell: CellId, volume: VolumeId) -> bool {
-        if self.window.is_none() {
+        if self.window.is_none() || self.closing.load(Ordering::Relaxed) {
             return false;
         }
         let mut slots = lock(&self.slots);
@@ -117,16 +121,34 @@ impl Permits {
         free
     }
 
-    /// The server granted (or renewed) the permit asked for at `asked`.
-    pub fn granted(&self, cell: CellId, volume: VolumeId, asked: Instant, lease: Duration) {
+    /// The server granted (or renewed) the permit asked for at `asked`. Says whether venus
+    /// holds it now: not when it was recalled or ended meanwhile (a late answer does not undo
+    /// that), nor when venus is stopping (the asker gives it back, then calls [`Self::ended`]).
+    pub fn granted(&self, cell: CellId, volume: VolumeId, asked: Instant, lease: Duration) -> bool {
         let mut slots = lock(&self.slots);
         let logged = match slots.get(&(cell, volume)) {
             Some(Slot::Held { logged, .. }) => *logged,
-            Some(Slot::Asking) => 0,
-            // Recalled, or ended, meanwhile: a late answer does not undo that.
-            _ => return,
+            Some(Slot::Asking) if !self.closing.load(Ordering::Relaxed) => 0,
+            _ => return false,
         };
         slots.insert((cell, volume), Slot::Held { asked, lease, logged });
+        true
+    }
+
+    /// Venus is stopping: from now on no permit is asked for, and one whose request is on its
+    /// way goes back as soon as it is granted.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether venus is stopping (see [`Self::close`]).
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request for a permit is on its way.
+    pub fn asking(&self) -> bool {
+        lock(&self.slots).values().any(|s| matches!(s, Slot::Asking))
     }
 
     /// No permit for now; not asked for again before `retry`.
@@ -273,6 +295,20 @@ mod tests {
         assert!(!p.start_asking(C, V), "not asked for again at once");
         p.granted(C, V, Instant::now(), Duration::from_secs(10));
         assert!(!p.holds(C, V), "nor after the end");
+    }
+
+    #[test]
+    fn once_venus_stops_no_permit_is_asked_for_and_one_on_its_way_is_not_taken() {
+        let p = Permits::new(Some(Duration::from_secs(1)));
+        let other = VolumeId(3);
+        assert!(p.start_asking(C, V));
+        p.close();
+        assert!(p.asking(), "the request on its way is waited for");
+        assert!(!p.start_asking(C, other), "nothing new is asked for");
+        assert!(!p.granted(C, V, Instant::now(), Duration::from_secs(10)), "granted now: to be given back");
+        assert!(!p.holds(C, V));
+        p.ended(C, V);
+        assert!(!p.asking());
     }
 
     #[test]

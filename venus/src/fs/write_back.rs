@@ -25,6 +25,8 @@ use crate::remote::PermitAnswer;
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// After a failed request for a permit, venus asks again no sooner than this.
 const AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// How long a clean stop waits for the answers to permit requests on their way.
+const ASKS_AT_STOP: Duration = Duration::from_secs(5);
 
 impl Venus {
     /// A change went straight to the server: ask for the volume's permit, in the background,
@@ -44,9 +46,14 @@ impl Venus {
     }
 
     async fn ask_permit(self: Arc<Self>, cell: CellId, volume: VolumeId) {
-        let Ok(conn) = self.cell(cell).cloned() else { return };
+        let Ok(conn) = self.cell(cell).cloned() else { return self.permits.refused(cell, volume, AFTER_FAILURE) };
         let asked = Instant::now();
         let lease = match conn.request_permit(volume).await {
+            // Granted as venus stops: it goes straight back, so nobody waits out its lease.
+            Ok(PermitAnswer::Granted(_)) if self.permits.closing() => {
+                let _ = conn.return_permit(volume).await;
+                return self.permits.ended(cell, volume);
+            }
             Ok(PermitAnswer::Granted(lease)) => lease,
             Ok(PermitAnswer::Refused(retry)) => {
                 tracing::debug!(%volume, ?retry, "write-back permit refused");
@@ -74,7 +81,13 @@ impl Venus {
         }
         // Changes on their way to the server arrive before any logged from now on.
         let _switch = self.switching(cell, volume).await;
-        self.permits.granted(cell, volume, asked, lease);
+        if !self.permits.granted(cell, volume, asked, lease) {
+            if self.permits.closing() {
+                let _ = conn.return_permit(volume).await;
+                self.permits.ended(cell, volume);
+            }
+            return;
+        }
         if self.permits.holds(cell, volume) {
             self.counters.add(counters::PERMITS_GRANTED, 1);
             tracing::info!(cell = %conn.name(), %volume, ?lease, "write-back permit held");
@@ -141,7 +154,9 @@ impl Venus {
             let Ok(conn) = self.cell(cell).cloned() else { continue };
             let asked = Instant::now();
             match conn.request_permit(volume).await {
-                Ok(PermitAnswer::Granted(lease)) => self.permits.granted(cell, volume, asked, lease),
+                Ok(PermitAnswer::Granted(lease)) => {
+                    self.permits.granted(cell, volume, asked, lease);
+                }
                 Ok(PermitAnswer::Refused(_)) => {
                     tracing::info!(%volume, "write-back permit not renewed by its server");
                     self.counters.add(counters::PERMITS_LAPSED, 1);
@@ -179,8 +194,15 @@ impl Venus {
 
     /// A clean stop: what every permit holds is sent and the permits go back, so no other client
     /// waits for their leases to run out. What cannot be sent stays in the log for next time.
+    /// A permit asked for just before the stop goes back when its answer comes (waited for
+    /// up to [`ASKS_AT_STOP`]): granted after this looked, it would be held until its lease ran out.
     pub async fn give_back_all(&self) {
         let Some(me) = self.me.upgrade() else { return };
+        self.permits.close();
+        let asked_until = Instant::now() + ASKS_AT_STOP;
+        while self.permits.asking() && Instant::now() < asked_until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let held: Vec<_> = self.permits.held().into_iter().filter(|(c, v)| self.permits.recalled(*c, *v)).collect();
         futures_util::future::join_all(held.into_iter().map(|(c, v)| me.clone().give_back(c, v))).await;
     }
