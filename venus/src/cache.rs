@@ -111,13 +111,9 @@ pub struct Usage {
     /// Files with open handles (their containers are neither evicted nor reused).
     #[serde(default)]
     pub files_open: u64,
-    /// Empty containers kept for reuse by the next new or fetched file (with those still
-    /// being emptied).
+    /// Empty containers kept for reuse by the next new or fetched file.
     #[serde(default)]
     pub free_containers: u64,
-    /// Containers of removed files not yet checked and emptied (in the background).
-    #[serde(default)]
-    pub containers_emptying: u64,
 }
 
 const SCHEMA: &str = r#"
@@ -792,7 +788,6 @@ impl Cache {
             files_cached: s.objects.values().filter(|c| c.has_data).count() as u64,
             files_open: s.objects.values().filter(|c| c.open > 0).count() as u64,
             free_containers: self.recycler.len() as u64,
-            containers_emptying: self.recycler.emptying() as u64,
         }
     }
 }

@@ -150,7 +150,6 @@ mod tests {
                 files_cached: 1,
                 files_open: 0,
                 free_containers: 0,
-                containers_emptying: 0,
             },
             promises: 3,
             counters: counters.snapshot(),

@@ -8,10 +8,6 @@
 //! ~45 % of venus's CPU there. A reused container costs a rename and a truncate, and no inode
 //! is allocated or freed.
 //!
-//! The rename is done at once, in the system call that retires the container (its name may be
-//! needed again: a later fetch of the same file installs there); checking and emptying it, which
-//! frees its blocks, is left to a thread of the pool's own, off that call's path.
-//!
 //! Crash safety: a container is renamed away before it is emptied, so a crash leaves either
 //! the whole container where it was, or a free file that is emptied again at the next start.
 //!
@@ -26,8 +22,8 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 /// How many empty containers are kept for reuse; beyond that, retired ones are deleted.
 const MAX_FREE: usize = 4096;
@@ -35,51 +31,8 @@ const MAX_FREE: usize = 4096;
 #[derive(Debug)]
 pub struct Recycler {
     dir: PathBuf,
-    shared: Arc<Shared>,
+    free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
-    /// To the emptier: containers moved into `dir`, to be checked and emptied.
-    emptier: Mutex<mpsc::Sender<PathBuf>>,
-}
-
-/// What the recycler and its emptier thread share.
-#[derive(Debug, Default)]
-struct Shared {
-    pool: Mutex<Pool>,
-    /// Signalled whenever the emptier has dealt with a container.
-    emptied: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Pool {
-    /// Empty, and nothing else holds them: ready for reuse.
-    free: Vec<PathBuf>,
-    /// Moved into the pool's directory and not yet checked and emptied.
-    emptying: usize,
-}
-
-impl Shared {
-    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Checks and empties containers as they come, off the path of the system call that
-    /// retired them: emptying a container frees its blocks, which costs a removal ~20 % of
-    /// venus's time when done in line.
-    fn empty_each(&self, queue: mpsc::Receiver<PathBuf>) {
-        for path in queue {
-            let reusable = !opened_elsewhere(&path) && truncate(&path).is_ok();
-            if !reusable {
-                let _ = std::fs::remove_file(&path);
-            }
-            let mut pool = self.pool();
-            pool.emptying -= 1;
-            if reusable {
-                pool.free.push(path);
-            }
-            drop(pool);
-            self.emptied.notify_all();
-        }
-    }
 }
 
 impl Recycler {
@@ -101,42 +54,27 @@ impl Recycler {
                 }
             }
         }
-        let shared = Arc::new(Shared { pool: Mutex::new(Pool { free, emptying: 0 }), emptied: Condvar::new() });
-        let (tx, rx) = mpsc::channel();
-        let emptier = shared.clone();
-        // It ends when the recycler is dropped (the channel closes) and the queue is done.
-        std::thread::Builder::new().name("venus-emptier".into()).spawn(move || emptier.empty_each(rx))?;
-        Ok(Recycler { dir: dir.to_path_buf(), shared, next: AtomicU64::new(next), emptier: Mutex::new(tx) })
+        Ok(Recycler { dir: dir.to_path_buf(), free: Mutex::new(free), next: AtomicU64::new(next) })
     }
 
-    /// Number of containers free for reuse, counting those being emptied.
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of empty containers waiting for reuse.
     pub fn len(&self) -> usize {
-        let pool = self.shared.pool();
-        pool.free.len() + pool.emptying
+        self.pool().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Number of retired containers not yet checked and emptied.
-    pub fn emptying(&self) -> usize {
-        self.shared.pool().emptying
-    }
-
     /// Puts an empty file at `dst` (replacing what is there): a reused container if one is
-    /// free, otherwise a new file. With none free but some being emptied, it waits for one
-    /// (moments), so a removal followed by a creation reuses as it did when emptying was in line.
+    /// free, otherwise a new file.
     pub fn make(&self, dst: &Path) -> std::io::Result<()> {
         loop {
-            let free = {
-                let mut pool = self.shared.pool();
-                while pool.free.is_empty() && pool.emptying > 0 {
-                    pool = self.shared.emptied.wait(pool).unwrap_or_else(|p| p.into_inner());
-                }
-                pool.free.pop()
-            };
-            let Some(free) = free else { break };
+            let Some(free) = self.pool().pop() else { break };
             if std::fs::rename(&free, dst).is_ok() {
                 // A new file's times are now, not when its container was emptied.
                 let _ = touch(dst);
@@ -150,9 +88,7 @@ impl Recycler {
 
     /// Disposes of a container no one needs any more. `in_use` says whether something may
     /// still read it (an open file handle; a store or reintegration of its unstored changes):
-    /// then it is deleted, so the reader keeps its contents. Otherwise it leaves its name at
-    /// once (a later fetch of the same file may install a container there) and is checked and
-    /// emptied in the background.
+    /// then it is deleted, so the reader keeps its contents.
     pub fn retire(&self, path: &Path, in_use: bool) {
         if in_use || self.len() >= MAX_FREE {
             let _ = std::fs::remove_file(path);
@@ -165,22 +101,10 @@ impl Recycler {
             let _ = std::fs::remove_file(path);
             return;
         }
-        self.shared.pool().emptying += 1;
-        let sent = self.emptier.lock().unwrap_or_else(|p| p.into_inner()).send(free);
-        if let Err(mpsc::SendError(free)) = sent {
-            // No emptier (it cannot end while we hold its channel, but never leave a count
-            // that nothing will take down).
-            self.shared.pool().emptying -= 1;
-            let _ = std::fs::remove_file(free);
-        }
-    }
-
-    /// Waits until every retired container has been dealt with.
-    #[cfg(test)]
-    fn settled(&self) {
-        let mut pool = self.shared.pool();
-        while pool.emptying > 0 {
-            pool = self.shared.emptied.wait(pool).unwrap_or_else(|p| p.into_inner());
+        if !opened_elsewhere(&free) && truncate(&free).is_ok() {
+            self.pool().push(free);
+        } else {
+            let _ = std::fs::remove_file(&free);
         }
     }
 }
@@ -248,7 +172,6 @@ mod tests {
         let ino = std::fs::metadata(&a).unwrap().ino();
         pool.retire(&a, false);
         assert!(!a.exists());
-        pool.settled();
         assert_eq!(pool.len(), 1);
         let b = dir.path().join("b");
         pool.make(&b).unwrap();
@@ -292,7 +215,6 @@ mod tests {
         let a = dir.path().join("a");
         std::fs::write(&a, b"x").unwrap();
         pool.retire(&a, false);
-        pool.settled();
         assert_eq!(pool.len(), 2);
     }
 
@@ -306,7 +228,6 @@ mod tests {
         std::fs::write(&a, b"held by a descriptor").unwrap();
         let mut held = std::fs::File::open(&a).unwrap();
         pool.retire(&a, false);
-        pool.settled();
         assert!(pool.is_empty(), "not kept for reuse");
         let mut s = String::new();
         held.read_to_string(&mut s).unwrap();
@@ -324,7 +245,6 @@ mod tests {
         assert_ne!(map, libc::MAP_FAILED);
         drop(f);
         pool.retire(&b, false);
-        pool.settled();
         assert!(pool.is_empty(), "not kept for reuse");
         // SAFETY: the mapping is `contents.len()` bytes long and still mapped.
         let seen = unsafe { std::slice::from_raw_parts(map as *const u8, contents.len()) }.to_vec();
@@ -335,7 +255,6 @@ mod tests {
         let c = dir.path().join("c");
         std::fs::write(&c, b"nobody holds this").unwrap();
         pool.retire(&c, false);
-        pool.settled();
         assert_eq!(pool.len(), 1);
     }
 

@@ -378,14 +378,6 @@ impl Venus {
         let attr = self.status(g).await?;
         self.require(g, &attr, Rights::READ).await?;
         let stream = match self.streams.get(&g) {
-            Some(s) if s.ready(attr.size) => {
-                // All of it is in and only its installation is left (moments): this open waits
-                // for that and gets the cached file, passed through the kernel, instead of
-                // reading all its life through venus (a second `cat` right after the first
-                // read at a tenth of the speed).
-                s.ended().await;
-                return Ok(None);
-            }
             Some(s) => s,
             None => {
                 let fetch = self.fetch_lock(g).lock_owned().await;

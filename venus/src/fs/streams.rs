@@ -98,13 +98,6 @@ impl Stream {
         }
     }
 
-    /// Waits for the fetch to end, installed or failed.
-    pub(super) async fn ended(&self) {
-        let mut rx = self.progress.subscribe();
-        // The sender lives in the stream itself: it cannot be gone while we hold the stream.
-        let _ = rx.wait_for(|p| !matches!(p, Progress::Fetching(_))).await;
-    }
-
     /// Waits for the first bytes, or the end of the fetch (an error then is the open's).
     pub(super) async fn started(&self) -> Result<()> {
         let mut rx = self.progress.subscribe();
