@@ -228,6 +228,46 @@ impl Session {
         .await
     }
 
+    /// A request followed by `body` as raw bytes (a consensus message between servers, which
+    /// may be larger than a frame).
+    pub async fn call_with_body(&self, req: &Request, body: Vec<u8>) -> Result<Response, ProtoError> {
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, None, req).await?;
+            send.write_chunk(bytes::Bytes::from(body)).await.map_err(std::io::Error::from)?;
+            let _ = send.finish();
+            read_frame(&mut recv).await
+        })
+        .await
+    }
+
+    /// The bytes of `chunks`, each verified against its hash (server to server).
+    pub async fn read_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Vec<u8>>, ProtoError> {
+        self.timed(async {
+            let (mut send, mut recv) = self.conn.open_bi().await?;
+            write_call(&mut send, None, &Request::ReadChunks { chunks: chunks.to_vec() }).await?;
+            let _ = send.finish();
+            match read_frame(&mut recv).await? {
+                Response::ChunksFollow => {}
+                other => return Err(unexpected("ReadChunks", other)),
+            }
+            let mut out = Vec::with_capacity(chunks.len());
+            for (index, chunk) in chunks.iter().enumerate() {
+                if chunk.len > MAX_CHUNK {
+                    return Err(ProtoError::Malformed(format!("chunk {index} is {} bytes", chunk.len)));
+                }
+                let mut buf = vec![0u8; chunk.len as usize];
+                AsyncReadExt::read_exact(&mut recv, &mut buf).await?;
+                if ChunkHash::of(&buf) != chunk.hash {
+                    return Err(ProtoError::HashMismatch { index });
+                }
+                out.push(buf);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Which of `hashes` the server lacks, by index.
     pub async fn missing_chunks(
         &self,

@@ -19,7 +19,7 @@ use crate::version::VolumeStamp;
 /// 3: `ValidateAttrs` answers a current version with the attributes (`AttrCheck::Current`).
 /// 4: named pipes and sockets (`ObjectKind::Fifo`/`Socket`, `Mutation::MakeNode`);
 /// `GetVolumeSpace` (what `df` shows).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The frame a client sends to open every RPC: who is asking, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +396,81 @@ pub enum Request {
     ReturnPermit {
         volume: VolumeId,
     },
+    // Appended in protocol 7: replicated read-write volumes (one consensus group each).
+    /// Server to server: one message of replicated volume `volume`'s consensus group, `len`
+    /// bytes of it following the frame (postcard). Reply `Raft`.
+    Raft {
+        volume: VolumeId,
+        call: RaftCall,
+        len: u32,
+    },
+    /// Server to server: the bytes of chunks this server holds, after a `ChunksFollow` reply
+    /// (a member pulls what an entry names and it lacks).
+    ReadChunks {
+        chunks: Vec<ChunkRef>,
+    },
+    /// Server to server (or admin): become a member of `volume`'s group, waiting for its
+    /// leader to send the log or a snapshot.
+    JoinGroup {
+        volume: VolumeId,
+    },
+    /// Admin, to the first of `members`: a new read-write volume `id` replicated on `members`
+    /// (`vos` allocates the id and writes the location entry, as for `CreateVolumeHere`).
+    CreateReplicated {
+        id: VolumeId,
+        name: String,
+        quota: u64,
+        members: Vec<ServerId>,
+    },
+    /// Admin, to the group's leader: add `add` (it catches up, then votes) and/or remove
+    /// `remove` from replicated volume `name`'s group.
+    ChangeReplicas {
+        name: String,
+        add: Option<ServerId>,
+        remove: Option<ServerId>,
+    },
+    /// Admin: how replicated volume `volume`'s group looks from this server. Reply `Group`.
+    ExamineGroup {
+        volume: VolumeId,
+    },
+    /// Server to server (admin): leave `volume`'s group and drop the volume here.
+    LeaveGroup {
+        volume: VolumeId,
+    },
+}
+
+/// Which consensus message a `Raft` request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftCall {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// A member of a replicated volume's group, as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub server: ServerId,
+    /// Votes (false: a learner catching up).
+    pub voter: bool,
+    /// The last log index the leader knows this member holds (the leader's view only).
+    pub matched: Option<u64>,
+}
+
+/// A replicated volume's group, as one member sees it (`vos examine`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub volume: VolumeId,
+    /// The member answering.
+    pub server: ServerId,
+    pub leader: Option<ServerId>,
+    pub term: u64,
+    /// The answering member's last log index and the last it applied.
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+    pub members: Vec<GroupMember>,
+    /// Why the group stopped on this member, if it did (a disk failure, say).
+    pub stopped: Option<String>,
 }
 
 /// The room in a volume (`GetVolumeSpace`).
@@ -585,6 +660,17 @@ pub enum Response {
     PermitRefused {
         retry_secs: u32,
     },
+    // Appended in protocol 7.
+    /// The answer to a `Raft` request (postcard, the consensus library's own reply).
+    Raft {
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// The bytes of the chunks asked for follow, in order.
+    ChunksFollow,
+    Group {
+        status: GroupStatus,
+    },
 }
 
 /// Messages the server pushes to a client on a stream it opens.
@@ -669,6 +755,11 @@ pub enum RemoteError {
     /// The cell database (etcd) cannot be reached, or has no quorum.
     #[error("cell database unavailable: {0}")]
     CellDbUnavailable(String),
+    // Appended in protocol 7.
+    /// This server is a member of the replicated volume's group but not its leader: ask the
+    /// one named (`None`: no leader is known now, as during an election or without a majority).
+    #[error("not the volume's leader (ask {0:?})")]
+    NotLeader(Option<ServerId>),
 }
 
 impl RemoteError {
@@ -705,6 +796,7 @@ impl RemoteError {
             RemoteError::Locked(_) => "Locked",
             RemoteError::StaleFence(_) => "StaleFence",
             RemoteError::CellDbUnavailable(_) => "CellDbUnavailable",
+            RemoteError::NotLeader(_) => "NotLeader",
         }
     }
 }
@@ -783,6 +875,14 @@ impl Request {
             Request::Fenced { request, .. } => RequestMeta { admin: true, ..request.meta() },
             Request::RequestPermit { volume } => m("RequestPermit", false, true, false, Some(*volume)),
             Request::ReturnPermit { volume } => m("ReturnPermit", false, true, false, Some(*volume)),
+            // Servers' own requests: never routed to a leader (they are the routing).
+            Request::Raft { .. } => m("Raft", true, true, false, None),
+            Request::ReadChunks { .. } => m("ReadChunks", false, true, false, None),
+            Request::JoinGroup { .. } => m("JoinGroup", true, true, false, None),
+            Request::CreateReplicated { .. } => m("CreateReplicated", true, false, true, None),
+            Request::ChangeReplicas { .. } => m("ChangeReplicas", true, false, true, None),
+            Request::ExamineGroup { .. } => m("ExamineGroup", false, true, true, None),
+            Request::LeaveGroup { .. } => m("LeaveGroup", true, true, false, None),
         }
     }
 }
@@ -850,6 +950,13 @@ pub const REQUEST_NAMES: &[&str] = &[
     "NoteUnfinished",
     "RequestPermit",
     "ReturnPermit",
+    "Raft",
+    "ReadChunks",
+    "JoinGroup",
+    "CreateReplicated",
+    "ChangeReplicas",
+    "ExamineGroup",
+    "LeaveGroup",
 ];
 
 /// Checks the name a volume of `kind` has in a server's store: a valid base name with the

@@ -215,6 +215,18 @@ pub fn calls() -> Vec<Call> {
         Request::Fenced { fence: fence(), request: Box::new(Request::FreezeVolume { id: VolumeId(7), frozen: true }) },
         Request::RequestPermit { volume: VolumeId(7) },
         Request::ReturnPermit { volume: VolumeId(7) },
+        Request::Raft { volume: VolumeId(7), call: crate::msg::RaftCall::Append, len: 12 },
+        Request::ReadChunks { chunks: vec![] },
+        Request::JoinGroup { volume: VolumeId(7) },
+        Request::CreateReplicated {
+            id: VolumeId(7),
+            name: "vol".into(),
+            quota: 0,
+            members: vec![ServerId(1), ServerId(2)],
+        },
+        Request::ChangeReplicas { name: "vol".into(), add: Some(ServerId(3)), remove: None },
+        Request::ExamineGroup { volume: VolumeId(7) },
+        Request::LeaveGroup { volume: VolumeId(7) },
     ];
     requests.extend(mutations().into_iter().map(|m| Request::Mutate { record: record(m) }));
     let token = TokenKey::from_hex(&"ab".repeat(32)).map(|k| {
@@ -325,6 +337,21 @@ pub fn responses() -> Vec<Response> {
         Response::Error(RemoteError::StaleFence("old".into())),
         Response::Permit { lease_secs: 10 },
         Response::PermitRefused { retry_secs: 5 },
+        Response::Raft { body: vec![1, 2, 3] },
+        Response::ChunksFollow,
+        Response::Group {
+            status: crate::msg::GroupStatus {
+                volume: VolumeId(7),
+                server: ServerId(1),
+                leader: Some(ServerId(2)),
+                term: 3,
+                last_log: Some(9),
+                applied: Some(8),
+                members: vec![crate::msg::GroupMember { server: ServerId(2), voter: true, matched: Some(9) }],
+                stopped: None,
+            },
+        },
+        Response::Error(RemoteError::NotLeader(Some(ServerId(2)))),
     ]
 }
 

@@ -173,5 +173,7 @@ fn remote_errno(r: &RemoteError) -> i32 {
         RemoteError::StaleFence(_) => libc::ESTALE,
         // Only location and login need the cell database; file service goes on without it.
         RemoteError::CellDbUnavailable(_) => libc::EAGAIN,
+        // Followed inside venus; seen only if no leader could be found.
+        RemoteError::NotLeader(_) => libc::EAGAIN,
     }
 }

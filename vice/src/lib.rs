@@ -10,4 +10,5 @@ pub mod init;
 pub mod liveness;
 pub mod metrics;
 pub mod permits;
+pub mod replication;
 pub mod server;

@@ -63,6 +63,8 @@ pub struct Shared {
     /// The newest fencing token seen per volume name: an older one is stale.
     pub fences: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     pub metrics: Metrics,
+    /// The replicated volumes' consensus groups this server is a member of.
+    pub groups: Arc<crate::replication::Groups>,
 }
 
 /// One client connection.
@@ -70,6 +72,8 @@ pub struct Peer {
     pub conn: quinn::Connection,
     pub client: OnceLock<ClientId>,
     pub admin: bool,
+    /// Another server of the cell (its certificate is a registered server's).
+    pub server: Option<ServerId>,
     pub remote: SocketAddr,
     /// How much of the connection's traffic the metrics have counted.
     pub traffic: Traffic,
@@ -143,10 +147,28 @@ pub async fn run(data: &Path, options: Options, shutdown: CancellationToken) -> 
     tracing::info!(cell = %config.cell, server = %server_id, %addr, fingerprint = %identity.fingerprint(), "vice serving");
 
     tracing::info!(cell_db = %cell_db.describe(), "cell database");
+    let registry = Arc::new(Registry::new(cell_db.clone()));
+    // The servers the cell file lists: enough to find the others through.
+    let seed = proto::cell::CellFile::load(&dir.cell_file()).map(|c| c.servers).unwrap_or_default();
+    let peers = crate::replication::network::Peers::new(
+        server_id,
+        identity.clone(),
+        registry.clone(),
+        data.join("peers"),
+        seed,
+    )
+    .context("the connections to other servers")?;
+    // Remembered for when the cell database's server is down (a failure the groups survive).
+    if let Err(e) = peers.servers(true).await {
+        tracing::info!(error = %e, "the cell's servers not read now; using those remembered");
+    }
+    let groups = crate::replication::Groups::open(data, store.clone(), Arc::new(peers))
+        .await
+        .context("starting the replicated volumes' groups")?;
     let shared = Arc::new(Shared {
         store,
         vldb: Arc::new(Vldb::new(cell_db.clone())),
-        registry: Arc::new(Registry::new(cell_db.clone())),
+        registry,
         locks: Arc::new(Locks::new(cell_db.clone())),
         cell_db,
         callbacks: Callbacks::new(BREAK_TIMEOUT),
@@ -160,6 +182,7 @@ pub async fn run(data: &Path, options: Options, shutdown: CancellationToken) -> 
         moved: Default::default(),
         fences: Default::default(),
         metrics: Metrics::default(),
+        groups: Arc::new(groups),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(maintenance(shared.clone(), shutdown.clone()));
@@ -167,6 +190,7 @@ pub async fn run(data: &Path, options: Options, shutdown: CancellationToken) -> 
     tracker.spawn(crate::liveness::forget_identities_on_change(shared.clone(), shutdown.clone()));
     tracker.spawn(handlers::locks::watch_frozen(shared.clone(), shutdown.clone()));
     tracker.spawn(handlers::locks::reconcile(shared.clone()));
+    tracker.spawn(handlers::replica::watch_leadership(shared.clone(), shutdown.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "metrics at /metrics");
         tracker.spawn(metrics::serve(shared.clone(), listener, shutdown.clone()));
@@ -194,6 +218,7 @@ pub async fn run(data: &Path, options: Options, shutdown: CancellationToken) -> 
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
         tracing::warn!("handlers still running after 10 s; exiting anyway");
     }
+    shared.groups.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
 }
@@ -236,9 +261,20 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
             return;
         }
     };
-    let admin = peer_fingerprint(&conn).is_some_and(|fp| shared.config.admins.contains(&fp));
-    let peer =
-        Arc::new(Peer { conn: conn.clone(), client: OnceLock::new(), admin, remote, traffic: Traffic::default() });
+    let fingerprint = peer_fingerprint(&conn);
+    let admin = fingerprint.as_ref().is_some_and(|fp| shared.config.admins.contains(fp));
+    let server = match fingerprint {
+        Some(fp) if !admin => server_with(&shared, fp).await,
+        _ => None,
+    };
+    let peer = Arc::new(Peer {
+        conn: conn.clone(),
+        client: OnceLock::new(),
+        admin,
+        server,
+        remote,
+        traffic: Traffic::default(),
+    });
     let _open = shared.metrics.connection();
     tracing::debug!(%remote, admin, "connected");
     loop {
@@ -259,6 +295,11 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, tracker: Tas
         shared.callbacks.detach(*client, &conn);
     }
     shared.metrics.account(&peer.traffic, &conn);
+}
+
+/// The registered server whose certificate has fingerprint `fp`, if any.
+async fn server_with(shared: &Arc<Shared>, fp: String) -> Option<ServerId> {
+    shared.groups.peers().server_with(&fp).await
 }
 
 async fn stream_task(shared: Arc<Shared>, peer: Arc<Peer>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {

@@ -13,7 +13,7 @@ use crate::rows::{self, Object};
 
 /// The identity a request runs with: the user and their current protection set (the user, the
 /// groups they belong to, `system:anyuser`, and `system:authuser` when authenticated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     pub user: PtsId,
     pub cps: Vec<PtsId>,

@@ -31,8 +31,27 @@ use crate::rows::{self, Object};
 use crate::space::{self, Budget, Cost};
 use crate::store::{SmallChunk, Store, record_chunks};
 
+/// How a batch is applied: the clock, the version-vector entry and the space budget it uses,
+/// whether chunks are looked for here or as a leader found them, and (for a replicated
+/// volume) the log position to record in the same transaction.
+#[derive(Clone, Copy)]
+pub(crate) struct How<'a> {
+    pub now: Timestamp,
+    pub stamp: proto::ServerId,
+    pub budget: Budget,
+    pub missing: Option<&'a [u32]>,
+    pub applied: Option<(VolumeId, &'a [u8])>,
+}
+
+impl How<'_> {
+    /// As this server decides alone: its clock, its id, its disk.
+    fn local(store: &Store, budget: Budget) -> How<'static> {
+        How { now: Timestamp::now(), stamp: store.server, budget, missing: None, applied: None }
+    }
+}
+
 /// What a batch did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BatchOutcome {
     /// One result per record, in order.
     pub results: Vec<RecordResult>,
@@ -103,10 +122,10 @@ impl Store {
             self.reclaim_under_pressure();
             budget = self.space.budget();
         }
-        let out = match self.apply_batch(caller, client, volume, chunks, records, budget) {
+        let out = match self.apply_batch(caller, client, volume, chunks, records, How::local(self, budget)) {
             Err(e) if e.is_no_space() && self.space.release_reserve() => {
                 let budget = self.space.budget();
-                self.apply_batch(caller, client, volume, chunks, records, budget)
+                self.apply_batch(caller, client, volume, chunks, records, How::local(self, budget))
             }
             other => other,
         }?;
@@ -120,19 +139,19 @@ impl Store {
         Ok(out)
     }
 
-    fn apply_batch(
+    pub(crate) fn apply_batch(
         &self,
         caller: &Caller,
         client: ClientId,
         volume: Option<VolumeId>,
         chunks: &[SmallChunk],
         records: &[Record],
-        budget: Budget,
+        how: How<'_>,
     ) -> Result<BatchOutcome> {
         let mut conn = self.lock_writer();
         let mut tx = conn.transaction()?;
         let mut out = BatchOutcome::default();
-        let now = Timestamp::now();
+        let (now, budget) = (how.now, how.budget);
         let chunk_bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         // Chunks that do not fit are not recorded, and the stores that came with them are
         // refused for space (not for missing chunks, which would only send them again).
@@ -140,7 +159,7 @@ impl Store {
         if !chunks.is_empty() && chunks_fit {
             record_chunks(&tx, &[], chunks, now)?;
         }
-        for record in records {
+        for (index, record) in records.iter().enumerate() {
             if let Some(previous) = remembered(&tx, record.op)? {
                 out.results.push(Ok(previous));
                 continue;
@@ -155,11 +174,12 @@ impl Store {
                 continue;
             }
             let sp = tx.savepoint()?;
-            let result = apply_one(&sp, self.server, caller, volume, record, now, budget);
+            let missing = how.missing.map(|m| m.get(index).copied().unwrap_or(0));
+            let result = apply_one(&sp, how.stamp, caller, volume, record, now, budget, missing);
             match result {
                 Ok(effect) => {
                     let applied = finish(&sp, record, effect, &mut out)?;
-                    remember(&sp, client, record.op, &applied, now)?;
+                    remember(&sp, client, record.op, &applied, now, record.mutation.volume())?;
                     sp.commit()?;
                     out.results.push(Ok(applied));
                 }
@@ -169,6 +189,9 @@ impl Store {
                 }
                 Err(other) => return Err(other),
             }
+        }
+        if let Some((volume, applied)) = how.applied {
+            crate::replicated::note_applied(&tx, volume, applied)?;
         }
         tx.commit()?;
         Ok(out)
@@ -188,14 +211,17 @@ fn remembered(c: &Connection, op: OpId) -> Result<Option<Applied>> {
 
 /// Only applied records are remembered: a refused one changed nothing, so evaluating it again
 /// on a retry is harmless (and lets a retry succeed after, say, missing chunks were sent).
-fn remember(c: &Connection, client: ClientId, op: OpId, applied: &Applied, now: Timestamp) -> Result<()> {
+fn remember(
+    c: &Connection,
+    client: ClientId,
+    op: OpId,
+    applied: &Applied,
+    now: Timestamp,
+    volume: VolumeId,
+) -> Result<()> {
     let blob = postcard::to_stdvec(applied).map_err(|e| StoreError::Corrupt(format!("encoding result: {e}")))?;
-    c.prepare_cached("INSERT INTO op_results (op, client, at, result) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
-        rows::op_blob(op),
-        &client.0.to_be_bytes()[..],
-        now.as_nanos(),
-        blob
-    ])?;
+    c.prepare_cached("INSERT INTO op_results (op, client, at, result, volume) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![rows::op_blob(op), &client.0.to_be_bytes()[..], now.as_nanos(), blob, volume.0 as i64])?;
     Ok(())
 }
 
@@ -221,6 +247,7 @@ fn finish(c: &Connection, record: &Record, effect: Effect, out: &mut BatchOutcom
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_one(
     c: &Connection,
     server: proto::ServerId,
@@ -229,6 +256,7 @@ fn apply_one(
     record: &Record,
     now: Timestamp,
     budget: Budget,
+    missing: Option<u32>,
 ) -> Result<Effect> {
     let volume = record.mutation.volume();
     if only.is_some_and(|v| v != volume) {
@@ -238,7 +266,7 @@ fn apply_one(
     if info.kind != VolumeKind::ReadWrite {
         return refuse(RemoteError::ReadOnly);
     }
-    let ctx = Ctx { c, server, caller, op: record.op, now, volume };
+    let ctx = Ctx { c, server, caller, op: record.op, now, volume, missing };
     let m = &record.mutation;
     let located = rules::locate(&ctx, m)?;
     ctx.authorize(m)?;
@@ -255,6 +283,9 @@ struct Ctx<'a> {
     op: OpId,
     now: Timestamp,
     volume: VolumeId,
+    /// How many of a Store's chunks the leader of a replicated volume found missing; `None`:
+    /// this server looks for itself.
+    missing: Option<u32>,
 }
 
 /// The volume's rows as the mutation rules see them.
@@ -490,8 +521,8 @@ impl Ctx<'_> {
 
     /// Replaces a file's chunk list. Every chunk must already be on the server.
     fn set_chunks(&self, fid: Fid, chunks: &[ChunkRef]) -> Result<()> {
-        let mut missing = 0u32;
-        {
+        let mut missing = self.missing.unwrap_or(0);
+        if self.missing.is_none() {
             let mut exists = self.c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1 AND len = ?2")?;
             for ch in chunks {
                 if !exists.exists(params![&ch.hash.0[..], ch.len])? {

@@ -109,6 +109,18 @@ impl Store {
     /// Dumps volume `id` (only what changed at or after `since`, if given) to `out`, from one
     /// consistent snapshot of the database.
     pub fn dump(&self, id: VolumeId, since: Option<Timestamp>, out: &mut dyn Write) -> Result<DumpSummary> {
+        self.dump_with(id, since, out, |_| Ok(())).map(|((), summary)| summary)
+    }
+
+    /// [`Store::dump`], also reading `at_start` from the dump's own snapshot of the database
+    /// (a replicated volume's log position, which must match what the dump holds).
+    pub(crate) fn dump_with<T>(
+        &self,
+        id: VolumeId,
+        since: Option<Timestamp>,
+        out: &mut dyn Write,
+        at_start: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<(T, DumpSummary)> {
         self.read(|c| {
             // The snapshot starts while no change is being applied, and `dumped_at` is read
             // then: every change in the snapshot is older, every change after it newer, so an
@@ -117,6 +129,7 @@ impl Store {
             let dumped_at = Timestamp::now();
             let tx = c.unchecked_transaction()?; // a read snapshot: later commits are not seen
             let info = rows::load_volume(&tx, id)?.ok_or(StoreError::Refused(RemoteError::NoSuchVolume))?;
+            let extra = at_start(&tx)?;
             drop(writer);
             let mut w = Writer { out, hasher: blake3::Hasher::new(), bytes: 0 };
             w.raw(MAGIC)?;
@@ -158,7 +171,7 @@ impl Store {
             let chunks = sent.len() as u64;
             w.record(&DumpRecord::End { objects, chunks, digest })?;
             w.out.flush()?;
-            Ok(DumpSummary { objects, chunks, bytes: w.bytes, stamp: info.stamp })
+            Ok((extra, DumpSummary { objects, chunks, bytes: w.bytes, stamp: info.stamp }))
         })
     }
 
@@ -174,6 +187,20 @@ impl Store {
         name: &str,
         kind: VolumeKind,
         overwrite: bool,
+    ) -> Result<(VolumeInfo, DumpSummary)> {
+        self.restore_as(input, id, name, kind, overwrite, None)
+    }
+
+    /// [`Store::restore`], recording a replicated volume's log position in the same
+    /// transaction (a snapshot installed on a member).
+    pub(crate) fn restore_as(
+        &self,
+        input: &mut dyn Read,
+        id: VolumeId,
+        name: &str,
+        kind: VolumeKind,
+        overwrite: bool,
+        applied: Option<&[u8]>,
     ) -> Result<(VolumeInfo, DumpSummary)> {
         let parsed = read_dump(input, self)?;
         let header = &parsed.header;
@@ -244,6 +271,9 @@ impl Store {
                 rows::volume_kind_code(kind)
             ],
         )?;
+        if let Some(applied) = applied {
+            crate::replicated::note_applied(&tx, id, applied)?;
+        }
         let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("restored volume vanished".into()))?;
         tx.commit()?;
         Ok((info, parsed.summary))
@@ -304,6 +334,44 @@ pub fn header_of(head: &[u8]) -> Option<DumpHeader> {
 /// without restoring it; returns its header.
 pub fn verify(input: &mut dyn Read) -> Result<DumpHeader> {
     Ok(parse(input, &mut |_, _| Ok(()))?.header)
+}
+
+/// A digest of what a (full) dump holds, leaving out when it was taken: every object's
+/// attributes, ACL, entries and the blake3 hash of each chunk of its contents, and the volume's
+/// stamp. Two servers' copies of one replicated volume give the same digest exactly when they
+/// hold the same volume (`vos dump --server` prints it).
+pub fn contents_digest(input: &mut dyn Read) -> Result<blake3::Hash> {
+    let parsed = parse(input, &mut |_, _| Ok(()))?;
+    let mut objects = parsed.objects;
+    objects.sort_by_key(|o| o.attr.fid);
+    let mut hasher = blake3::Hasher::new();
+    let mut add = |v: &dyn erased::Encode| -> Result<()> {
+        let bytes = v.bytes()?;
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+        Ok(())
+    };
+    add(&parsed.header.stamp)?;
+    for o in &objects {
+        add(&o.attr)?;
+        add(&o.acl)?;
+        add(&o.entries)?;
+        add(&o.chunks)?;
+    }
+    Ok(hasher.finalize())
+}
+
+mod erased {
+    /// Postcard bytes of anything serializable, behind a trait object.
+    pub trait Encode {
+        fn bytes(&self) -> crate::error::Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn bytes(&self) -> crate::error::Result<Vec<u8>> {
+            postcard::to_stdvec(self).map_err(|e| crate::error::StoreError::Corrupt(format!("encoding: {e}")))
+        }
+    }
 }
 
 fn read_dump(input: &mut dyn Read, store: &Store) -> Result<ParsedDump> {

@@ -20,6 +20,7 @@ pub mod dump;
 pub mod error;
 pub mod gc;
 mod permits;
+pub mod replicated;
 mod rows;
 mod schema;
 pub mod space;

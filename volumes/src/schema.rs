@@ -8,11 +8,19 @@ use rusqlite::Connection;
 
 use crate::error::Result;
 
-const VERSION: i64 = 5;
+const VERSION: i64 = 6;
 
 /// Which client holds the write-back permit of a volume (vice keeps the leases in memory; a
 /// restarted server gives each holder a fresh lease to come back and flush in).
 const PERMITS: &str = "CREATE TABLE IF NOT EXISTS permits (volume INTEGER PRIMARY KEY, client BLOB NOT NULL);";
+/// A replicated volume's place in its group's log: what was applied last and the membership
+/// then (an opaque blob of the replication layer), written in the transaction of the change
+/// itself, so a crash never leaves the volume and its applied position apart.
+/// Which volume each remembered result belongs to, so a replicated volume's snapshot carries
+/// them (a retry reaching a rebuilt member is still answered, not applied again).
+const OP_VOLUMES: &str = "ALTER TABLE op_results ADD COLUMN volume INTEGER;
+     CREATE INDEX op_results_volume ON op_results(volume) WHERE volume IS NOT NULL;";
+const REPLICATED: &str = "CREATE TABLE IF NOT EXISTS replicated (volume INTEGER PRIMARY KEY, applied BLOB NOT NULL);";
 
 const SCHEMA: &str = r#"
 CREATE TABLE volumes (
@@ -116,6 +124,8 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
             0 => {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(PERMITS)?;
+                tx.execute_batch(REPLICATED)?;
+                tx.execute_batch(OP_VOLUMES)?;
                 version = VERSION;
             }
             1 => {
@@ -151,6 +161,12 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
                 // Version 5: the write-back permits granted, so a restart keeps them.
                 tx.execute_batch(PERMITS)?;
                 version = 5;
+            }
+            5 => {
+                // Version 6: replicated volumes' applied positions.
+                tx.execute_batch(REPLICATED)?;
+                tx.execute_batch(OP_VOLUMES)?;
+                version = 6;
             }
             other => {
                 return Err(crate::error::StoreError::Corrupt(format!("database schema version {other} is not valid")));

@@ -139,6 +139,11 @@ impl Budget {
         Budget { headroom: None }
     }
 
+    /// The budget another server measured (a replicated volume's leader, for its log entry).
+    pub fn from_headroom(headroom: Option<i128>) -> Budget {
+        Budget { headroom }
+    }
+
     /// Whether `bytes` more (0: a record's own rows) may be written.
     pub fn allows(&self, bytes: u64) -> bool {
         self.headroom.is_none_or(|h| h >= i128::from(bytes))

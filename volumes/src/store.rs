@@ -133,6 +133,27 @@ impl Store {
         quota: u64,
         root_acl: &Acl,
     ) -> Result<VolumeInfo> {
+        let birth = crate::replicated::Birth {
+            incarnation: rand::random::<u64>() >> 1,
+            now: Timestamp::now(),
+            stamp: self.server,
+        };
+        self.create_volume_as(id, name, kind, quota, root_acl, birth, None)
+    }
+
+    /// [`Store::create_volume`] with its incarnation, clock and version-vector entry given
+    /// (a replicated volume is born the same on every member), and a log position to record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_volume_as(
+        &self,
+        id: VolumeId,
+        name: &str,
+        kind: VolumeKind,
+        quota: u64,
+        root_acl: &Acl,
+        birth: crate::replicated::Birth,
+        applied: Option<&[u8]>,
+    ) -> Result<VolumeInfo> {
         if let Err(e) = root_acl.validate() {
             return refuse(RemoteError::Invalid(e));
         }
@@ -144,8 +165,7 @@ impl Store {
         if exists.is_some() {
             return refuse(RemoteError::Exists);
         }
-        let now = Timestamp::now();
-        let incarnation: u64 = rand::random::<u64>() >> 1;
+        let (now, incarnation) = (birth.now, birth.incarnation);
         tx.execute(
             "INSERT INTO volumes (id, name, kind, incarnation, counter, quota, used, files, dirs, created)
              VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, 0, 1, ?6)",
@@ -162,7 +182,7 @@ impl Store {
                 nlink: 2,
                 mtime: now,
                 ctime: now,
-                version: VersionVector::first(self.server),
+                version: VersionVector::first(birth.stamp),
                 parent: Some(ObjectId::ROOT),
                 link: None,
             },
@@ -170,6 +190,9 @@ impl Store {
             acl: Some(root_acl.clone()),
         };
         rows::put_object(&tx, &root)?;
+        if let Some(applied) = applied {
+            crate::replicated::note_applied(&tx, id, applied)?;
+        }
         let info = rows::load_volume(&tx, id)?.ok_or_else(|| StoreError::Corrupt("new volume vanished".into()))?;
         tx.commit()?;
         Ok(info)
@@ -189,6 +212,7 @@ impl Store {
             tx.execute("DELETE FROM objects WHERE volume = ?1", params![v])?;
             tx.execute("DELETE FROM dirents WHERE volume = ?1", params![v])?;
             tx.execute("DELETE FROM file_chunks WHERE volume = ?1", params![v])?;
+            tx.execute("DELETE FROM replicated WHERE volume = ?1", params![v])?;
             tx.commit()?;
             Ok(())
         })?;
@@ -363,6 +387,20 @@ impl Store {
         rights: Rights,
         negative: bool,
     ) -> Result<(Attr, Access)> {
+        self.set_acl_entry_as(caller, fid, (who, rights, negative), Timestamp::now(), self.server, None)
+    }
+
+    /// [`Store::set_acl_entry`] with the clock and version-vector entry given, recording a
+    /// replicated volume's log position in the same transaction.
+    pub(crate) fn set_acl_entry_as(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        (who, rights, negative): (PtsId, Rights, bool),
+        now: Timestamp,
+        stamp: ServerId,
+        applied: Option<&[u8]>,
+    ) -> Result<(Attr, Access)> {
         let mut conn = self.lock_writer();
         let tx = conn.transaction()?;
         let mut dir = load_existing(&tx, fid)?;
@@ -377,10 +415,13 @@ impl Store {
         let mut acl = dir.acl.clone().unwrap_or_default();
         acl.set(who, rights, negative).map_err(RemoteError::Invalid)?;
         dir.acl = Some(acl);
-        dir.attr.version.bump(self.server);
-        dir.attr.ctime = Timestamp::now();
+        dir.attr.version.bump(stamp);
+        dir.attr.ctime = now;
         rows::put_object(&tx, &dir)?;
         tx.execute("UPDATE volumes SET counter = counter + 1 WHERE id = ?1", params![fid.volume.0 as i64])?;
+        if let Some(applied) = applied {
+            crate::replicated::note_applied(&tx, fid.volume, applied)?;
+        }
         let access = access::access(&tx, caller, &dir)?;
         tx.commit()?;
         Ok((dir.attr, access))
@@ -601,6 +642,14 @@ impl SmallChunk {
 
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    pub fn chunk(&self) -> ChunkRef {
+        self.chunk
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     pub fn new(chunk: ChunkRef, data: Vec<u8>) -> Result<Self> {

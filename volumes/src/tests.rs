@@ -619,14 +619,15 @@ fn a_version_2_store_is_migrated_and_keeps_its_chunk_files() {
             .lock_writer()
             .execute_batch(
                 "DROP INDEX chunks_pack; ALTER TABLE chunks DROP COLUMN pack; ALTER TABLE chunks DROP COLUMN pack_offset;
-                 ALTER TABLE chunks DROP COLUMN data; DROP TABLE permits; PRAGMA user_version=2;",
+                 ALTER TABLE chunks DROP COLUMN data; DROP TABLE permits; DROP TABLE replicated;
+                 DROP INDEX op_results_volume; ALTER TABLE op_results DROP COLUMN volume; PRAGMA user_version=2;",
             )
             .unwrap();
         f.fid
     };
     let store = Store::open(dir.path(), ServerId(1)).unwrap();
     let version: i64 = store.lock_writer().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(read_all(&store, fid), content);
     assert!(store.permits().unwrap().is_empty(), "the permits table was made");
     assert_eq!(store.sweep(Duration::ZERO).unwrap().orphan_files_removed, 0, "the recorded file is kept");

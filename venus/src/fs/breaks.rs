@@ -82,6 +82,19 @@ impl Venus {
         let _ = self.forget(forget);
     }
 
+    /// Another member of a replicated volume's group serves it now: the promises the one
+    /// before gave are void. What was cached is revalidated as it is used, with the new one.
+    pub(crate) fn on_volume_lost(&self, cell: CellId, volume: proto::VolumeId) {
+        tracing::info!(cell = cell.0, %volume, "the volume's promises are void (another member serves it)");
+        self.cache.stale_access(cell, Some(volume), None);
+        let mut forget = Forget::default();
+        for g in self.promises.volume_lost(cell, volume) {
+            forget.add(self.kernel_view(g));
+        }
+        self.drop_volume(cell, volume);
+        let _ = self.forget(forget);
+    }
+
     /// A break touched the volume: it is no longer known current as a whole, and a volume
     /// promise in a reply it overtook does not count.
     fn volume_broken(&self, cell: CellId, volume: proto::VolumeId) {

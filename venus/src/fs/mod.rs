@@ -125,6 +125,12 @@ impl Events for EventSink {
         }
     }
 
+    fn volume_lost(&self, cell: CellId, volume: proto::VolumeId) {
+        if let Some(v) = self.0.upgrade() {
+            v.on_volume_lost(cell, volume);
+        }
+    }
+
     fn callbacks_lost(&self, cell: CellId) {
         if let Some(v) = self.0.upgrade() {
             v.on_callbacks_lost(cell);

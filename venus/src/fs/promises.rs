@@ -98,6 +98,19 @@ impl Promises {
         lock(&self.volumes).remove(&(cell, volume));
     }
 
+    /// Every promise on the volume is lost (another server serves it now); returns the objects
+    /// that held one.
+    pub fn volume_lost(&self, cell: CellId, volume: VolumeId) -> Vec<GFid> {
+        let mut breaks = lock(&self.breaks);
+        breaks.volume_broken(cell, volume);
+        lock(&self.volumes).remove(&(cell, volume));
+        let mut objects = lock(&self.objects);
+        let of = |g: &GFid| g.cell == cell && g.fid.volume == volume;
+        let lost = objects.keys().filter(|g| of(g)).copied().collect();
+        objects.retain(|g, _| !of(g));
+        lost
+    }
+
     /// Every promise of the cell is lost; returns the objects that held one.
     pub fn cell_lost(&self, cell: CellId) -> Vec<GFid> {
         let mut breaks = lock(&self.breaks);

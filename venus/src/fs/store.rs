@@ -214,7 +214,7 @@ async fn upload_batch(conn: &dyn Remote, volume: proto::VolumeId, path: &Path, b
 /// resolves.
 pub(crate) fn refused_for_good(refusal: &proto::RemoteError) -> bool {
     use proto::RemoteError as E;
-    !matches!(refusal, E::VolumeBusy | E::VolumeMoved | E::CallbacksLost | E::MissingChunks(_))
+    !matches!(refusal, E::VolumeBusy | E::VolumeMoved | E::CallbacksLost | E::MissingChunks(_) | E::NotLeader(_))
 }
 
 fn store_of(g: GFid, base: proto::version::VersionVector, scanned: &Scanned) -> Mutation {

@@ -20,6 +20,7 @@ pub(super) struct Learned {
     pub(super) servers: Vec<CellServer>,
     pub(super) locations: Vec<(VolumeId, ServerId)>,
     pub(super) replicas: Vec<(VolumeId, Vec<ServerId>)>,
+    pub(super) members: Vec<(VolumeId, Vec<ServerId>)>,
 }
 
 impl CellConn {
@@ -30,6 +31,28 @@ impl CellConn {
         let site = entry.sites.iter().find(|s| s.role == SiteRole::ReadWrite).or(entry.sites.first()).map(|s| s.server);
         let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
+        // A replicated read-write volume lists each member as a read-write site.
+        let members: Vec<ServerId> =
+            entry.sites.iter().filter(|s| s.role == SiteRole::ReadWrite).map(|s| s.server).collect();
+        {
+            let mut known = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let was = known.get(&entry.rw).cloned().unwrap_or_default();
+            if members.len() > 1 && was != members {
+                known.insert(entry.rw, members.clone());
+                learned.members.retain(|(x, _)| *x != entry.rw);
+                learned.members.push((entry.rw, members.clone()));
+                changed = true;
+            } else if members.len() <= 1 && known.remove(&entry.rw).is_some() {
+                learned.members.retain(|(x, _)| *x != entry.rw);
+                changed = true;
+            }
+        }
+        // Where requests about a replicated volume go is learned from its members (`NotLeader`),
+        // not from the entry: a member already asked stays.
+        let site = match self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&entry.rw) {
+            Some(now) if members.len() > 1 && members.contains(now) => Some(*now),
+            _ => site,
+        };
         if let Some(site) = site {
             let mut locations = self.locations.lock().unwrap_or_else(|p| p.into_inner());
             for v in [Some(entry.rw), entry.backup].into_iter().flatten() {
@@ -99,7 +122,12 @@ impl CellConn {
             let down = self.down_set();
             return sites.iter().find(|s| !down.contains(s)).or(sites.first()).copied();
         }
-        self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume).copied()
+        let at = self.locations.lock().unwrap_or_else(|p| p.into_inner()).get(&volume).copied()?;
+        // A replicated volume's member known down is passed over for the next one.
+        if self.replicated(Some(volume)) && self.down_set().contains(&at) {
+            return self.next_member(volume, at).or(Some(at));
+        }
+        Some(at)
     }
 
     /// Whether `volume` has a replica other than `server` that is not known to be down.

@@ -32,6 +32,12 @@ pub use locations::split_volume_name;
 const ACK_WAIT: Duration = Duration::from_secs(2);
 /// How long changes to a volume being moved wait before they fail with `EBUSY`.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
+/// How long a request to a replicated volume looks for its group's leader (an election takes
+/// a second or two) before the volume counts as unreachable: no majority answers.
+const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// How long a replicated volume without a reachable leader is worked on from the cache before
+/// it is tried again.
+const LEADERLESS_FOR: Duration = Duration::from_secs(10);
 
 /// What a connection reports back to the cache manager.
 pub trait Events: Send + Sync {
@@ -41,6 +47,9 @@ pub trait Events: Send + Sync {
     /// A server said this client lost its promises: everything cached from the cell must be
     /// revalidated before it is trusted again.
     fn callbacks_lost(&self, cell: CellId);
+    /// Another member of a replicated volume's group serves it now: the promises given by the
+    /// one before are void.
+    fn volume_lost(&self, cell: CellId, volume: VolumeId);
 }
 
 /// What every cell's connections share.
@@ -74,6 +83,11 @@ pub struct CellConn {
     locations: Mutex<HashMap<VolumeId, ServerId>>,
     /// Read-only volume id → the servers holding its released replicas, in the order tried.
     replicas: Mutex<HashMap<VolumeId, Vec<ServerId>>>,
+    /// Replicated read-write volume id → the members of its group; `locations` holds the one
+    /// believed to lead.
+    members: Mutex<HashMap<VolumeId, Vec<ServerId>>>,
+    /// Replicated volumes no reachable member could name a leader for, until when.
+    leaderless: Mutex<HashMap<VolumeId, std::time::Instant>>,
     /// Read-write volume name → its location entry and when it was fetched (asked again after
     /// `ENTRY_TTL`, so a release or a new replica is noticed).
     entries: Mutex<HashMap<String, (proto::msg::VldbEntry, std::time::Instant)>>,
@@ -113,6 +127,8 @@ impl CellConn {
             sessions: Mutex::new(HashMap::new()),
             locations: Mutex::new(saved.locations.iter().copied().collect()),
             replicas: Mutex::new(saved.replicas.iter().cloned().collect()),
+            members: Mutex::new(saved.members.iter().cloned().collect()),
+            leaderless: Mutex::new(HashMap::new()),
             entries: Mutex::new(HashMap::new()),
             counters: with.counters,
             events: with.events,
@@ -240,16 +256,30 @@ impl CellConn {
         known.iter().all(|s| down.contains(s))
     }
 
-    /// Whether some server of the cell is believed unreachable.
+    /// Whether some server of the cell is believed unreachable (or some replicated volume
+    /// has no reachable leader).
     fn any_down(&self) -> bool {
-        !self.down_set().is_empty()
+        !self.down_set().is_empty() || !self.leaderless_set().is_empty()
+    }
+
+    fn leaderless_set(&self) -> std::sync::MutexGuard<'_, HashMap<VolumeId, std::time::Instant>> {
+        self.leaderless.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether no server that could serve `volume` is believed to answer.
     fn volume_down(&self, volume: VolumeId) -> bool {
+        if let Some(until) = self.leaderless_set().get(&volume)
+            && std::time::Instant::now() < *until
+        {
+            return true;
+        }
         // Asked before every cached read: the usual answer (nothing is down) costs one lock.
         if self.down_set().is_empty() {
             return false;
+        }
+        if let Some(members) = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&volume) {
+            let down = self.down_set();
+            return members.iter().all(|s| down.contains(s));
         }
         // Locks in the order `known_server` takes them: replicas, then the down set.
         let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,7 +306,14 @@ impl CellConn {
     /// connection and a short timeout; says whether any did.
     async fn probe(&self) -> bool {
         let down: Vec<ServerId> = self.down_set().iter().copied().collect();
-        let mut any = false;
+        // A replicated volume's time without a leader is over: its next request looks again.
+        let now = std::time::Instant::now();
+        let mut any = {
+            let mut leaderless = self.leaderless_set();
+            let before = leaderless.len();
+            leaderless.retain(|_, until| now < *until);
+            leaderless.len() < before
+        };
         for server in down {
             if self.connect_to(server, true).await.is_ok() {
                 any = true;
@@ -435,7 +472,15 @@ impl CellConn {
                     return Err(VenusError::Remote(e));
                 }
                 Ok(r) => return Ok(r),
-                Err(e) if attempt == 0 && !fresh && meta.idempotent && e.is_unreachable() => {
+                // A replicated volume's other members are asked instead (by the caller): no
+                // time goes on reconnecting to a member that may be dead.
+                Err(e)
+                    if attempt == 0
+                        && !fresh
+                        && meta.idempotent
+                        && e.is_unreachable()
+                        && !self.replicated(meta.volume) =>
+                {
                     tracing::info!(cell = %self.name(), error = %e, "connection lost; reconnecting");
                     self.forget_session(server, &session).await;
                 }
@@ -463,9 +508,17 @@ impl CellConn {
     async fn call(&self, volume: Option<VolumeId>, req: &Request) -> Result<Response> {
         let busy_until = std::time::Instant::now() + BUSY_WAIT;
         let mut relocated = false;
+        let mut leader_search = None;
         loop {
             let server = self.server_for(volume).await?;
             match (self.raw(server, req).await, volume) {
+                (Err(VenusError::Remote(RemoteError::NotLeader(hint))), Some(v)) => {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.follow_leader(v, server, hint, until).await?;
+                }
+                (Err(VenusError::Unreachable(_)), Some(v)) if self.other_member(v, server) => {
+                    tracing::info!(cell = %self.name(), server = %server, volume = %v, "member unreachable; asking another");
+                }
                 (Err(VenusError::Remote(RemoteError::VolumeBusy)), _) if std::time::Instant::now() < busy_until => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -493,11 +546,13 @@ impl CellConn {
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<FetchedData> {
         let mut attempt = 0;
+        let mut leader_search = None;
         loop {
             let server = self.server_for(Some(fid.volume)).await?;
             let (session, fresh) = match self.session(server).await {
                 Ok(s) => s,
                 Err(VenusError::Unreachable(_)) if self.other_replica(Some(fid.volume), server) => continue,
+                Err(VenusError::Unreachable(_)) if self.other_member(fid.volume, server) => continue,
                 Err(e) => return Err(e),
             };
             self.counters.rpc("FetchData");
@@ -516,6 +571,16 @@ impl CellConn {
                 }
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) if attempt == 0 && !delivered => {
                     self.locate(fid.volume).await?;
+                }
+                // Refused before any byte: ask the leader (not counted as an attempt).
+                Err(ProtoError::Remote(RemoteError::NotLeader(hint))) if !delivered => {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.follow_leader(fid.volume, server, hint, until).await?;
+                    continue;
+                }
+                Err(e) if !delivered && e.is_unreachable() && self.other_member(fid.volume, server) => {
+                    let _ = self.failed(server, &session, e).await;
+                    continue;
                 }
                 // Another replica has the same file; nothing reached the sink yet.
                 Err(e) if !delivered && e.is_unreachable() && self.other_replica(Some(fid.volume), server) => {
@@ -549,6 +614,7 @@ impl CellConn {
     ) -> Result<Response> {
         let busy_until = std::time::Instant::now() + BUSY_WAIT;
         let (mut read, mut told_lost) = (read, false);
+        let mut leader_search = None;
         loop {
             let server = self.server_for(Some(volume)).await?;
             let (session, _) = self.session(server).await?;
@@ -567,12 +633,85 @@ impl CellConn {
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) => {
                     self.locate(volume).await?;
                 }
+                Err(ProtoError::Remote(RemoteError::NotLeader(hint))) => {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.follow_leader(volume, server, hint, until).await?;
+                }
                 Err(ProtoError::Remote(e)) => {
                     self.token_refused(&e);
                     return Err(VenusError::Remote(e));
                 }
+                Err(e) if e.is_unreachable() && self.other_member(volume, server) => {
+                    let _ = self.failed(server, &session, e).await;
+                }
                 Err(e) => return Err(self.failed(server, &session, e).await),
             }
+        }
+    }
+
+    /// A member of `volume`'s group that does not lead it answered `NotLeader`: the next
+    /// request goes to the leader it named, or (none named, an election under way) to the next
+    /// member after a pause. Past `until` the volume counts as unreachable for a while: no
+    /// majority of its group can be reached from here, and it is worked on from the cache.
+    async fn follow_leader(
+        &self,
+        volume: VolumeId,
+        asked: ServerId,
+        hint: Option<ServerId>,
+        until: std::time::Instant,
+    ) -> Result<()> {
+        if std::time::Instant::now() >= until {
+            self.leaderless_set().insert(volume, std::time::Instant::now() + LEADERLESS_FOR);
+            tracing::info!(cell = %self.name(), %volume, "no leader reachable: working from the cache");
+            return Err(VenusError::Unreachable(format!("no majority of volume {volume}'s servers answers")));
+        }
+        // A member still within its old leader's lease names it even when it died.
+        let hint = hint.filter(|l| *l != asked && !self.down_set().contains(l));
+        let next = match hint {
+            Some(leader) => leader,
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.next_member(volume, asked).unwrap_or(asked)
+            }
+        };
+        self.set_leader(volume, next);
+        Ok(())
+    }
+
+    /// Whether `volume` is a replicated read-write volume (a group of members).
+    fn replicated(&self, volume: Option<VolumeId>) -> bool {
+        volume.is_some_and(|v| self.members.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&v))
+    }
+
+    /// The member after `after` in `volume`'s group, skipping those known down.
+    fn next_member(&self, volume: VolumeId, after: ServerId) -> Option<ServerId> {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&volume).cloned()?;
+        let down = self.down_set().clone();
+        let start = members.iter().position(|m| *m == after).map_or(0, |i| i + 1);
+        (0..members.len()).map(|k| members[(start + k) % members.len()]).find(|m| *m != after && !down.contains(m))
+    }
+
+    /// Whether `volume` is replicated and a member other than `server` may answer; if so, the
+    /// next request goes there.
+    fn other_member(&self, volume: VolumeId, server: ServerId) -> bool {
+        match self.next_member(volume, server) {
+            Some(next) => {
+                self.set_leader(volume, next);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where requests about replicated `volume` go from now on. Promises came from the member
+    /// that led before: once another one serves the volume they are void, and what was cached
+    /// is revalidated, as after a server restart.
+    fn set_leader(&self, volume: VolumeId, leader: ServerId) {
+        let before = self.locations.lock().unwrap_or_else(|p| p.into_inner()).insert(volume, leader);
+        self.leaderless_set().remove(&volume);
+        if before.is_some_and(|b| b != leader) {
+            tracing::info!(cell = %self.name(), %volume, from = ?before, to = %leader, "asking another member of the volume's group");
+            self.events.volume_lost(self.id, volume);
         }
     }
 }

@@ -8,6 +8,7 @@ use proto::{ClientId, Fid};
 use volumes::Caller;
 
 use super::{Reply, blocking, error, pts};
+use crate::replication::types::{Change, Outcome};
 use crate::server::Shared;
 
 pub async fn fetch(shared: &Arc<Shared>, caller: Caller, _client: ClientId, fid: Fid) -> Reply {
@@ -38,7 +39,18 @@ pub async fn set_entry(
         Err(e) => return error(e),
     };
     let rights = Rights::from_bits(rights.bits());
-    match blocking(&shared.store, move |s| s.set_acl_entry(&caller, fid, id, rights, negative)).await {
+    let changed = match shared.groups.get(fid.volume) {
+        Some(group) => {
+            let change = Change::SetAcl { caller, fid, who: id, rights, negative, now: proto::Timestamp::now() };
+            match super::replica::propose(shared, &group, change).await {
+                Ok(Outcome::Acl { attr, access }) => Ok((attr, access)),
+                Ok(other) => Err(proto::RemoteError::Internal(format!("unexpected outcome {other:?}"))),
+                Err(e) => Err(e),
+            }
+        }
+        None => blocking(&shared.store, move |s| s.set_acl_entry(&caller, fid, id, rights, negative)).await,
+    };
+    match changed {
         Ok((attr, access)) => {
             shared.callbacks.break_promises(Some(client), &[fid], &[fid.volume]).await;
             let promise = shared.callbacks.grant(client, fid);

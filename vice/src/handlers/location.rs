@@ -16,6 +16,14 @@ pub async fn validate(shared: &Arc<Shared>, client: ClientId, volumes: Vec<(Volu
     if volumes.len() > MAX_VALIDATE {
         return error(RemoteError::TooLarge);
     }
+    // A replicated volume this server does not lead is not vouched for here: its clients
+    // revalidate what they cached with its leader (`ValidateAttrs` follows `NotLeader`).
+    let mut led_elsewhere = std::collections::HashSet::new();
+    for (v, _) in &volumes {
+        if let crate::replication::Route::Elsewhere(_) = shared.groups.route(*v).await {
+            led_elsewhere.insert(*v);
+        }
+    }
     let ids: Vec<VolumeId> = volumes.iter().map(|(v, _)| *v).collect();
     let current = match blocking(&shared.store, move |s| {
         Ok(ids.into_iter().map(|v| s.volume(v).ok().map(|i| i.stamp)).collect::<Vec<_>>())
@@ -29,7 +37,7 @@ pub async fn validate(shared: &Arc<Shared>, client: ClientId, volumes: Vec<(Volu
         .into_iter()
         .zip(current)
         .map(|((volume, known), stamp)| {
-            let valid = stamp == Some(known);
+            let valid = stamp == Some(known) && !led_elsewhere.contains(&volume);
             let promise = valid.then(|| shared.callbacks.grant_volume(client, volume));
             VolumeValidation { volume, stamp, valid, promise }
         })
@@ -49,6 +57,13 @@ pub async fn validate_attrs(
 ) -> Reply {
     if objects.len() > MAX_VALIDATE_ATTRS {
         return error(RemoteError::TooLarge);
+    }
+    let mut asked: Vec<VolumeId> = objects.iter().map(|(f, _)| f.volume).collect();
+    asked.dedup();
+    for v in asked {
+        if let crate::replication::Route::Elsewhere(leader) = shared.groups.route(v).await {
+            return error(RemoteError::NotLeader(leader));
+        }
     }
     let ids: Vec<proto::Fid> = objects.iter().map(|(f, _)| *f).collect();
     let results = match blocking(&shared.store, move |s| s.validate_attrs(&caller, &objects)).await {

@@ -8,6 +8,7 @@ pub mod locks;
 mod mutate;
 mod permit;
 mod pts;
+pub mod replica;
 mod upload;
 pub mod volume_ops;
 
@@ -135,6 +136,13 @@ async fn dispatch(
     if shared.callbacks.take_lost(client) {
         return error(RemoteError::CallbacksLost);
     }
+    if let Some(v) = meta.volume
+        && peer.server.is_none()
+        && let crate::replication::Route::Elsewhere(leader) = shared.groups.route(v).await
+    {
+        // A replicated volume is served by its group's leader only.
+        return error(RemoteError::NotLeader(leader));
+    }
     if let Some(v) = meta.volume {
         if shared.moved.lock().unwrap_or_else(|p| p.into_inner()).contains(&v) {
             return error(RemoteError::VolumeMoved);
@@ -257,5 +265,14 @@ async fn handle(
         Request::NoteUnfinished { fence, unfinished } => locks::note(shared, fence, unfinished).await,
         Request::RequestPermit { volume } => permit::ask(shared, client, volume).await,
         Request::ReturnPermit { volume } => permit::give_back(shared, client, volume).await,
+        Request::Raft { volume, call, len } => replica::raft(shared, peer, volume, call, len, recv).await,
+        Request::ReadChunks { chunks } => replica::read_chunks(shared, peer, chunks).await,
+        Request::JoinGroup { volume } => replica::join(shared, peer, volume).await,
+        Request::LeaveGroup { volume } => replica::leave(shared, peer, volume).await,
+        Request::CreateReplicated { id, name, quota, members } => {
+            replica::create(shared, id, name, quota, members).await
+        }
+        Request::ChangeReplicas { name, add, remove } => replica::change(shared, name, add, remove).await,
+        Request::ExamineGroup { volume } => replica::examine(shared, volume).await,
     }
 }

@@ -70,8 +70,14 @@ async fn apply(
     records: Vec<Record>,
 ) -> Result<(BatchOutcome, Promise), RemoteError> {
     let summary: Vec<(String, &'static str)> = records.iter().map(|r| (r.op.to_string(), r.mutation.verb())).collect();
-    let outcome =
-        blocking(&shared.store, move |s| s.apply_with_chunks(&caller, client, volume, &chunks, &records)).await?;
+    let target = volume.or_else(|| records.first().map(|r| r.mutation.volume()));
+    let outcome = match target.and_then(|v| shared.groups.get(v)) {
+        // A replicated volume: through its group's log (dispatch made sure this server leads).
+        Some(group) => super::replica::propose_batch(shared, &group, caller, client, volume, chunks, records).await?,
+        None => {
+            blocking(&shared.store, move |s| s.apply_with_chunks(&caller, client, volume, &chunks, &records)).await?
+        }
+    };
     for ((op, verb), result) in summary.iter().zip(&outcome.results) {
         match result {
             Ok(a) => {

@@ -33,7 +33,15 @@ pub async fn touched(shared: &Arc<Shared>, req: &Request) -> Vec<VolumeId> {
     volumes
 }
 
+/// How long a client waits before asking again for a permit on a replicated volume.
+const REPLICATED_RETRY_SECS: u32 = 3600;
+
 pub async fn ask(shared: &Arc<Shared>, client: ClientId, volume: VolumeId) -> Reply {
+    if shared.groups.get(volume).is_some() {
+        // A permit lives in one server's memory and would not survive a change of leader:
+        // replicated volumes are written through (every change committed before its reply).
+        return Response::PermitRefused { retry_secs: REPLICATED_RETRY_SECS }.into();
+    }
     let info = blocking(&shared.store, move |s| s.volume(volume)).await;
     let frozen = shared.frozen.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&volume);
     let moved = shared.moved.lock().unwrap_or_else(|p| p.into_inner()).contains(&volume);

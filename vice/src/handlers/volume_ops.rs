@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{Reply, blocking, error};
+use crate::replication::types::Change;
 use crate::server::Shared;
 
 /// Bytes handed between the blocking store and the network at a time.
@@ -194,7 +195,23 @@ pub async fn set_quota(shared: &Arc<Shared>, name: String, quota: u64) -> Reply 
         Err(e) => return error(e),
     };
     let entry = blocking(&shared.vldb, move |v| v.lookup(&VolumeRef::Name(name))).await.ok().flatten();
-    match blocking(&shared.store, move |s| s.set_quota(id, quota).and_then(|()| s.volume(id))).await {
+    if let Some(group) = shared.groups.get(id) {
+        if let Err(e) = group.current(shared.server_id).await {
+            return error(e);
+        }
+        if let Err(e) = super::replica::propose(shared, &group, Change::SetQuota { quota }).await {
+            return error(e);
+        }
+    }
+    let replicated = shared.groups.get(id).is_some();
+    match blocking(&shared.store, move |s| {
+        if !replicated {
+            s.set_quota(id, quota)?;
+        }
+        s.volume(id)
+    })
+    .await
+    {
         Ok(info) => Response::Volume { info, entry }.into(),
         Err(e) => error(e),
     }
@@ -207,6 +224,19 @@ pub async fn rename_here(shared: &Arc<Shared>, id: VolumeId, name: String) -> Re
     };
     if let Err(e) = validate_volume_name_of(kind, &name) {
         return error(e);
+    }
+    if let Some(group) = shared.groups.get(id) {
+        // Every member renames its copy when it applies the entry.
+        if let Err(e) = group.current(shared.server_id).await {
+            return error(e);
+        }
+        return match super::replica::propose(shared, &group, Change::Rename { name }).await {
+            Ok(_) => match blocking(&shared.store, move |s| s.volume(id)).await {
+                Ok(info) => Response::Volume { info, entry: None }.into(),
+                Err(e) => error(e),
+            },
+            Err(e) => error(e),
+        };
     }
     match blocking(&shared.store, move |s| s.rename_volume(id, &name).and_then(|()| s.volume(id))).await {
         Ok(info) => {

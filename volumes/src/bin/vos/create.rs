@@ -1,4 +1,4 @@
-//! `vos create NAME [--server S] [--quota SIZE]`
+//! `vos create NAME [--server S | --replicas N | --servers A,B,C] [--quota SIZE]`
 
 use anyhow::{Context as _, Result};
 use proto::cell::CellServer;
@@ -11,14 +11,24 @@ pub struct Args {
     /// Volume name: letters, digits, '.', '_' and '-'.
     name: String,
     /// The server to hold it (address or id); the cell's first server by default.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["replicas", "servers"])]
     server: Option<String>,
+    /// Replicate it on this many running servers (a consensus group; 3 survive one loss).
+    #[arg(long, conflicts_with = "servers")]
+    replicas: Option<usize>,
+    /// Replicate it on these servers (addresses or ids, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
     /// Maximum bytes of file data, e.g. 500M or 10G; none by default.
     #[arg(long, value_parser = proto::units::parse)]
     quota: Option<u64>,
 }
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
+    if a.replicas.is_some_and(|n| n > 1) || a.servers.len() > 1 {
+        let members = crate::group::choose(ctx, a.replicas, &a.servers).await?;
+        return crate::group::create(ctx, &a.name, a.quota.unwrap_or(0), &members).await;
+    }
     let target = ctx.resolve(a.server.as_deref()).await?;
     let db = ctx.server(None)?;
     if target.id != db.id {

@@ -19,6 +19,10 @@ pub struct Args {
     /// Where to write the dump (written to F.partial, renamed when complete).
     #[arg(long)]
     file: std::path::PathBuf,
+    /// Dump the copy this server holds (address or id): one member of a replicated volume's
+    /// group, to compare with the others by the digest printed.
+    #[arg(long)]
+    server: Option<String>,
 }
 
 /// Dumps `name` from `server` (the database server when `None`) into `path`, synced;
@@ -60,7 +64,10 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(indicatif::ProgressStyle::with_template("{spinner} dumping {msg}: {bytes} ({bytes_per_sec})")?);
     bar.set_message(a.name.clone());
-    let site = ctx.site_of(&a.name).await?;
+    let site = match &a.server {
+        Some(s) => ctx.resolve(Some(s)).await?,
+        None => ctx.site_of(&a.name).await?,
+    };
     let (h, stamp) = dump_to_file(ctx, &site, &a.name, a.since, &partial, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
     // The dump must be whole before it takes the name.
@@ -77,5 +84,9 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     );
     let at = format!("{}.{:09}", h.dumped_at.secs, h.dumped_at.nanos);
     println!("Taken at {at}: pass --since {at} for the next incremental dump");
+    if h.since.is_none() {
+        let digest = volumes::dump::contents_digest(&mut std::io::BufReader::new(std::fs::File::open(&a.file)?))?;
+        println!("Contents digest {digest}");
+    }
     Ok(())
 }

@@ -17,12 +17,18 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, a: Args) -> Result<()> {
     let located = ctx.locate_any(&a.name).await?;
-    let info = match ctx.call_at(&located.site_for(&a.name)?, Request::ExamineVolume { name: a.name }).await? {
+    let replicated = crate::group::members(&located).len() > 1 && !a.name.ends_with(".readonly");
+    let (site, statuses) = match replicated {
+        true => (crate::group::leader(ctx, &located).await?, crate::group::statuses(ctx, &located).await),
+        false => (located.site_for(&a.name)?, Vec::new()),
+    };
+    let info = match ctx.call_at(&site, Request::ExamineVolume { name: a.name }).await? {
         Response::Volume { info, .. } => info,
         other => return Err(unexpected(other)),
     };
     if a.json {
-        let v = serde_json::json!({ "volume": info, "vldb": located.entry });
+        let group: Vec<_> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+        let v = serde_json::json!({ "volume": info, "vldb": located.entry, "group": group });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -43,6 +49,9 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
             SiteRole::NewReadOnly => "RO (not released)",
         };
         println!("    site      server {} ({addr}) {role}", s.server);
+    }
+    if replicated {
+        crate::group::print(&statuses);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod cellfile;
 mod create;
 mod dump;
 mod examine;
+mod group;
 mod listaddrs;
 mod listvldb;
 mod listvol;
@@ -62,6 +63,10 @@ enum Command {
     Remsite(replicas::SiteArgs),
     /// Copy the read-write volume to every read-only site (NAME.readonly).
     Release(replicas::ReleaseArgs),
+    /// Add a member to a replicated volume's group (it catches up, then votes).
+    Addreplica(group::MemberArgs),
+    /// Remove a member from a replicated volume's group and drop its copy.
+    Remreplica(group::MemberArgs),
     /// List the cell's servers and which are alive.
     Listaddrs(listaddrs::Args),
     /// Print the cell file with every server of the cell (for clients and admins).
@@ -93,5 +98,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Addsite(a) => replicas::addsite(&ctx, a).await,
         Command::Remsite(a) => replicas::remsite(&ctx, a).await,
         Command::Release(a) => replicas::release(&ctx, a).await,
+        Command::Addreplica(a) => group::add(&ctx, a).await,
+        Command::Remreplica(a) => group::remove(&ctx, a).await,
     }
 }

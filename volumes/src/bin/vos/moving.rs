@@ -26,6 +26,9 @@ pub struct Args {
     /// does this first by itself.
     #[arg(long)]
     resume: bool,
+    /// A replicated volume: the member to move away from (address or id).
+    #[arg(long)]
+    from: Option<String>,
     /// For tests: stop (until killed) once this stage is reached.
     #[arg(long, hide = true, value_enum)]
     stop_at: Option<Stage>,
@@ -146,6 +149,16 @@ async fn stop_if(at: Option<Stage>, stage: Stage) {
 async fn move_locked(ctx: &Context, held: &Held, a: &Args, to: &str) -> Result<()> {
     let name = a.name.as_str();
     let located = ctx.locate(name).await?;
+    if crate::group::members(&located).len() > 1 {
+        let Some(from) = &a.from else {
+            bail!("{name} is replicated: say which member moves with --from SERVER");
+        };
+        let (source, target) = (ctx.resolve(Some(from)).await?, ctx.resolve(Some(to)).await?);
+        let moved = crate::group::move_member(ctx, &located, &source, &target).await?;
+        held.call(Request::VldbUpdate { old: located.entry, new: moved.entry }).await?;
+        println!("Moved {name}'s replica from {} to {} (no freeze)", source.address, target.address);
+        return Ok(());
+    }
     let entry = located.entry.clone();
     let source = located.rw_server()?;
     let target = ctx.resolve(Some(to)).await?;

@@ -1,0 +1,225 @@
+//! Replicated read-write volumes: three (or more) real `vice` servers on 127.0.0.1 holding one
+//! volume as a consensus group, real venus mounts using it with plain file system calls, and
+//! the group's members killed, stopped, wiped and changed while they do.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+
+type R = anyhow::Result<()>;
+
+const CELL: &str = "rep.test";
+/// Venus gives up on a silent server after 2 s (instead of its default) so tests move on.
+const QUICK: &[&str] = &["--timeout", "2"];
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` every 100 ms until it holds, for at most `limit`; fails saying `what`.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> R {
+    let deadline = Instant::now() + limit;
+    while !check()? {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A cell of `n` servers, the first holding the cell database.
+fn cell(n: usize) -> anyhow::Result<Vec<Vice>> {
+    let first = Vice::start(CELL)?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        let next = Vice::join(&all[0])?;
+        all.push(next);
+    }
+    Ok(all)
+}
+
+/// A group as `vos examine --json` reports it.
+#[derive(Default)]
+struct Group {
+    /// The server that says it leads.
+    leader: Option<u64>,
+    /// (server, last applied index) of each member answering.
+    applied: Vec<(u64, Option<u64>)>,
+}
+
+fn group(admin: &Vice, name: &str) -> anyhow::Result<Group> {
+    let out = admin.vos(&["examine", name, "--json"]);
+    if !out.status.success() {
+        return Ok(Group::default());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let members = v["group"].as_array().cloned().unwrap_or_default();
+    let leader = members.iter().find_map(|m| m["leader"].as_u64().filter(|l| Some(*l) == m["server"].as_u64()));
+    let applied = members.iter().map(|m| (m["server"].as_u64().unwrap_or(0), m["applied"].as_u64())).collect();
+    Ok(Group { leader, applied })
+}
+
+/// Which of `servers` leads `name`'s group (by its position in `servers`).
+fn leader_index(admin: &Vice, servers: &[Vice], name: &str) -> anyhow::Result<usize> {
+    let mut found = None;
+    eventually(Duration::from_secs(20), "a leader elected", || {
+        found = group(admin, name)?.leader;
+        Ok(found.is_some())
+    })?;
+    // Server ids are given in the order the servers joined: the first is 1.
+    let index = found.unwrap_or(0).saturating_sub(1) as usize;
+    anyhow::ensure!(index < servers.len(), "leader {found:?} is not one of the {} servers", servers.len());
+    Ok(index)
+}
+
+/// The contents digest of the copy `server` holds (`vos dump --server`).
+fn digest_on(admin: &Vice, server: &Vice, name: &str) -> anyhow::Result<String> {
+    let file = admin.dir.path().join(format!("{name}-{}.dump", server.addr.replace([':', '.'], "_")));
+    let out = ok(admin.vos(&["dump", name, "--server", &server.addr, "--file", &file.display().to_string()]));
+    let line = out.lines().find(|l| l.starts_with("Contents digest ")).unwrap_or_default();
+    anyhow::ensure!(!line.is_empty(), "no digest in {out}");
+    Ok(line.trim_start_matches("Contents digest ").to_string())
+}
+
+/// Waits until every member applied as much as the leader, then checks every member's copy
+/// has the same contents.
+fn members_agree(admin: &Vice, servers: &[&Vice], name: &str) -> R {
+    eventually(Duration::from_secs(60), "every member caught up", || {
+        let applied = group(admin, name)?.applied;
+        let first = applied.first().and_then(|a| a.1);
+        Ok(applied.len() == servers.len() && first.is_some() && applied.iter().all(|a| a.1 == first))
+    })?;
+    let digests: Vec<String> = servers.iter().map(|s| digest_on(admin, s, name)).collect::<anyhow::Result<_>>()?;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "the members' copies differ: {digests:?}");
+    Ok(())
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[test]
+fn a_replicated_volume_is_served_by_its_leader_and_every_member_holds_the_same_copy() -> R {
+    let servers = cell(3)?;
+    let created = ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    assert!(created.contains("replicated on servers"), "{created}");
+    let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+    let b = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+    let watched: Vec<Watched> =
+        servers.iter().map(Watched::vice).chain([Watched::venus(&a), Watched::venus(&b)]).collect();
+    with_watchdog(Duration::from_secs(240), &watched, move || -> R {
+        let admin = &servers[0];
+        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
+        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        fs::create_dir(rw(&a, "rep/dir"))?;
+        for i in 0..20 {
+            write_synced(&rw(&a, &format!("rep/dir/small{i}")), format!("small file {i}").as_bytes())?;
+        }
+        // Larger than a chunk: its chunks travel to the members before the store commits.
+        let big = Noise::bytes(7, 3 << 20);
+        write_synced(&rw(&a, "rep/big"), &big)?;
+        fs::rename(rw(&a, "rep/dir/small0"), rw(&a, "rep/renamed"))?;
+        fs::remove_file(rw(&a, "rep/dir/small1"))?;
+
+        // Another client sees it all (and its changes reach the first).
+        assert_eq!(fs::read(rw(&b, "rep/big"))?, big);
+        assert_eq!(fs::read(rw(&b, "rep/renamed"))?, b"small file 0");
+        assert!(!rw(&b, "rep/dir/small1").exists());
+        write_synced(&rw(&b, "rep/from-b"), b"from b")?;
+        assert_eq!(fs::read(rw(&a, "rep/from-b"))?, b"from b");
+
+        let shown = ok(admin.vos(&["examine", "rep"]));
+        assert!(shown.contains("group     leader server"), "{shown}");
+        assert_eq!(shown.matches("    member    server").count(), 3, "{shown}");
+        let all: Vec<&Vice> = servers.iter().collect();
+        members_agree(admin, &all, "rep")?;
+        Ok(())
+    })
+}
+
+#[test]
+fn killing_the_leader_under_a_writer_and_a_reader_loses_nothing_acknowledged() -> R {
+    let mut servers = cell(3)?;
+    ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    with_watchdog(Duration::from_secs(300), &watched, move || -> R {
+        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
+        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        fs::create_dir(rw(&a, "rep/w"))?;
+        for i in 0..10 {
+            write_synced(&rw(&a, &format!("rep/r{i}")), format!("read me {i}").as_bytes())?;
+        }
+        let leader = leader_index(&servers[0], &servers, "rep")?;
+
+        // A writer and a reader loop on the volume through the mount.
+        let stop = Arc::new(AtomicBool::new(false));
+        let base = rw(&a, "rep");
+        let writer = {
+            let (stop, base) = (stop.clone(), base.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
+                let (mut acked, mut longest) = (0u64, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    write_synced(&base.join(format!("w/{acked}")), format!("write {acked}").as_bytes())?;
+                    longest = longest.max(started.elapsed());
+                    acked += 1;
+                }
+                Ok((acked, longest))
+            })
+        };
+        let reader = {
+            let (stop, base) = (stop.clone(), base.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
+                let (mut reads, mut longest) = (0u64, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    let i = reads % 10;
+                    let started = Instant::now();
+                    let got = fs::read(base.join(format!("r{i}")))?;
+                    anyhow::ensure!(got == format!("read me {i}").as_bytes(), "r{i} read {got:?}");
+                    fs::read_dir(base.join("w"))?.count();
+                    longest = longest.max(started.elapsed());
+                    reads += 1;
+                }
+                Ok((reads, longest))
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        servers[leader].kill9();
+        let killed_at = Instant::now();
+        // The loops go on past the election.
+        std::thread::sleep(Duration::from_secs(8));
+        stop.store(true, Ordering::Relaxed);
+        let (acked, write_pause) = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        let (reads, read_pause) = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        eprintln!(
+            "leader killed {:?} ago: {acked} writes acknowledged (longest {write_pause:?}), {reads} reads (longest {read_pause:?})",
+            killed_at.elapsed()
+        );
+        assert!(acked > 10 && reads > 10, "the loops made progress: {acked} writes, {reads} reads");
+
+        // The killed server comes back and catches up; once the writer's venus sent anything
+        // it logged, a fresh client reads every write.
+        servers[leader].spawn_again()?;
+        a.wait_reintegrated()?;
+        let b = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+        for i in 0..acked {
+            assert_eq!(fs::read(rw(&b, &format!("rep/w/{i}")))?, format!("write {i}").as_bytes());
+        }
+        let all: Vec<&Vice> = servers.iter().collect();
+        members_agree(&servers[0], &all, "rep")?;
+        Ok(())
+    })
+}
