@@ -110,6 +110,8 @@ pub struct Vice {
     log: PathBuf,
     /// More arguments of `vice serve` (`--metrics ADDR`), kept for restarts.
     serve_args: Vec<String>,
+    /// More environment of `vice serve`, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Vice {
@@ -162,8 +164,17 @@ impl Vice {
         }
         let log = dir.path().join("vice.log");
         let serve_args = serve_args.iter().map(|s| s.to_string()).collect();
-        let mut v =
-            Vice { dir, addr, data, _data_parent: data_parent, child: None, live: Default::default(), log, serve_args };
+        let mut v = Vice {
+            dir,
+            addr,
+            data,
+            _data_parent: data_parent,
+            child: None,
+            live: Default::default(),
+            log,
+            serve_args,
+            env: vec![],
+        };
         v.spawn()?;
         Ok(v)
     }
@@ -208,6 +219,7 @@ impl Vice {
             live: Default::default(),
             log,
             serve_args: vec![],
+            env: vec![],
         };
         v.spawn()?;
         Ok(v)
@@ -285,13 +297,22 @@ impl Vice {
             .args(["serve", "--data"])
             .arg(self.data())
             .args(&self.serve_args)
-            .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", std::env::var("AFS_TEST_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
         self.live.store(child.id(), Ordering::Relaxed);
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Restarts the server with `key=value` in its environment (kept for later restarts).
+    pub fn restart_with_env(&mut self, key: &str, value: &str) -> Result<()> {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self.stop()?;
+        self.spawn()
     }
 
     /// Whether the server process we started is alive (it may have exited on its own: a

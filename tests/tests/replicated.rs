@@ -223,3 +223,87 @@ fn killing_the_leader_under_a_writer_and_a_reader_loses_nothing_acknowledged() -
         Ok(())
     })
 }
+
+#[test]
+fn a_client_that_reaches_only_a_minority_works_disconnected_and_reintegrates() -> R {
+    let mut servers = cell(3)?;
+    ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    with_watchdog(Duration::from_secs(300), &watched, move || -> R {
+        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
+        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        write_synced(&rw(&a, "rep/before"), b"written with all three up")?;
+        // Two of the three members stop: the one left cannot commit anything alone.
+        servers[1].stop()?;
+        servers[2].stop()?;
+        for i in 0..5 {
+            write_synced(&rw(&a, &format!("rep/minority{i}")), format!("written to a minority {i}").as_bytes())?;
+        }
+        assert_eq!(fs::read(rw(&a, "rep/before"))?, b"written with all three up");
+        assert!(a.pending() >= 5, "the changes wait in the log: {} pending", a.pending());
+        let status = a.status();
+        assert!(status.to_string().contains("minority0") || a.pending() >= 5, "{status}");
+        // One member back makes a majority: the log goes in, and another client sees it.
+        servers[1].spawn_again()?;
+        a.wait_reintegrated()?;
+        let b = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+        for i in 0..5 {
+            assert_eq!(fs::read(rw(&b, &format!("rep/minority{i}")))?, format!("written to a minority {i}").as_bytes());
+        }
+        servers[2].spawn_again()?;
+        let all: Vec<&Vice> = servers.iter().collect();
+        members_agree(&servers[0], &all, "rep")?;
+        Ok(())
+    })
+}
+
+#[test]
+fn a_member_removed_and_added_again_while_a_client_writes_is_rebuilt_from_a_snapshot() -> R {
+    let mut servers = cell(3)?;
+    for s in servers.iter_mut() {
+        // Snapshots (and log purges) often, so a new member cannot be sent the whole log.
+        s.restart_with_env("VICE_SNAPSHOT_EVERY", "40")?;
+    }
+    ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
+    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    with_watchdog(Duration::from_secs(300), &watched, move || -> R {
+        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
+        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        for i in 0..100 {
+            write_synced(&rw(&a, &format!("rep/early{i}")), format!("early {i}").as_bytes())?;
+        }
+        let third = servers[2].addr.clone();
+        ok(servers[0].vos(&["remreplica", "rep", &third]));
+        let shown = ok(servers[0].vos(&["examine", "rep"]));
+        assert_eq!(shown.matches("    member    server").count(), 2, "{shown}");
+        // The removed member dropped its copy.
+        let listed = ok(servers[0].vos(&["listvol", &third]));
+        assert!(!listed.contains("rep"), "{listed}");
+
+        // Added again while the client writes: it is sent a snapshot, then the rest of the log.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, base) = (stop.clone(), rw(&a, "rep"));
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    write_synced(&base.join(format!("during{n}")), format!("during {n}").as_bytes())?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        ok(servers[0].vos(&["addreplica", "rep", &third]));
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let during = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        assert!(during > 0);
+        assert!(servers[2].log_text().contains("snapshot installed"), "{}", tail(&servers[2].log_text(), 30));
+        let all: Vec<&Vice> = servers.iter().collect();
+        members_agree(&servers[0], &all, "rep")?;
+        Ok(())
+    })
+}

@@ -44,6 +44,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Followers refuse to vote for another leader until the election timeout passes without
 /// hearing from theirs, which bounds both a failover and the read lease.
 fn raft_config() -> Config {
+    // Snapshots every so many entries; `VICE_SNAPSHOT_EVERY` sets it (tests make it small to
+    // see members rebuilt from snapshots).
+    let every = std::env::var("VICE_SNAPSHOT_EVERY").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(10_000);
     Config {
         cluster_name: "vice".into(),
         heartbeat_interval: 400,
@@ -51,10 +54,10 @@ fn raft_config() -> Config {
         election_timeout_max: 2_400,
         install_snapshot_timeout: 30_000,
         max_payload_entries: 64,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(every.max(1)),
         snapshot_max_chunk_size: 1024 * 1024,
-        max_in_snapshot_log_to_keep: 1_000,
-        purge_batch_size: 256,
+        max_in_snapshot_log_to_keep: (every / 10).min(1_000),
+        purge_batch_size: (every / 10).clamp(1, 256),
         ..Default::default()
     }
 }
@@ -184,6 +187,8 @@ pub struct Groups {
     snapshots: PathBuf,
     config: Arc<Config>,
     groups: RwLock<HashMap<VolumeId, Arc<Group>>>,
+    /// Joining and leaving groups, one at a time.
+    changing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +214,7 @@ impl Groups {
             snapshots: data.join("snapshots"),
             config,
             groups: RwLock::new(HashMap::new()),
+            changing: tokio::sync::Mutex::new(()),
         };
         for volume in groups.log.groups()? {
             groups.start(volume).await?;
@@ -243,6 +249,8 @@ impl Groups {
 
     /// Becomes a member of `volume`'s group (empty, until its leader sends the log).
     pub async fn join(&self, volume: VolumeId) -> Result<Arc<Group>, GroupsError> {
+        // Never while the same group is being left: the two would share its log.
+        let _one_at_a_time = self.changing.lock().await;
         self.log.add_group(volume)?;
         self.start(volume).await
     }
@@ -307,9 +315,12 @@ impl Groups {
 
     /// Leaves `volume`'s group: stops it, forgets its log and drops the volume here.
     pub async fn leave(&self, volume: VolumeId) -> Result<(), RemoteError> {
+        let _one_at_a_time = self.changing.lock().await;
         let group = self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&volume);
-        if let Some(g) = group {
-            let _ = g.raft.shutdown().await;
+        if let Some(g) = group
+            && tokio::time::timeout(SETTLE, g.raft.shutdown()).await.is_err()
+        {
+            tracing::warn!(%volume, "the group did not stop within {SETTLE:?}; leaving it all the same");
         }
         let (log, store, dir) = (self.log.clone(), self.store.clone(), self.snapshots.clone());
         let left = tokio::task::spawn_blocking(move || {
