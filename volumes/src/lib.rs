@@ -42,4 +42,6 @@ mod tests_acl;
 #[cfg(test)]
 mod tests_dump;
 #[cfg(test)]
+mod tests_replicated;
+#[cfg(test)]
 mod tests_space;
