@@ -377,6 +377,66 @@ def revalidation(cell, volumes, per_volume):
     return took, {k: v for k, v in rpcs.items() if v}
 
 
+def replicated(cell, src, files, repeat):
+    """Copy (durable) and write+close of small files on a volume replicated on 3 servers (two
+    more vice servers join the bench's cell on loopback), against an unreplicated volume of the
+    same cell, through the same mount. Seconds, median of `repeat`."""
+    extra = []
+    for i in range(2):
+        data = os.path.join(cell.root, f"vice{i + 2}")
+        port = 7950 + random.randint(0, 40) + 50 * i
+        subprocess.run([f"{cell.bins}/vice", "init", "--join", f"{cell.data}/cell.toml", "--data", data,
+                        "--listen", f"127.0.0.1:{port}", "--admin-cred", f"{cell.data}/admin.cred"],
+                       check=True, stdout=subprocess.DEVNULL)
+        extra.append(subprocess.Popen([f"{cell.bins}/vice", "serve", "--data", data],
+                                      stderr=open(os.path.join(cell.root, f"vice{i + 2}.log"), "w")))
+    try:
+        vos = lambda *args: subprocess.run([f"{cell.bins}/vos", *args], env=cell.env, check=True,
+                                           capture_output=True, text=True)
+        cell.wait(lambda: subprocess.run([f"{cell.bins}/vos", "create", "rep", "--replicas", "3"], env=cell.env,
+                                         capture_output=True).returncode == 0, "replicated volume created")
+        vos("create", "plain")
+        rw = os.path.join(cell.mnt, ".bench.local")
+        for v in ("rep", "plain"):
+            cell.run_venus("mkmount", os.path.join(rw, v), v)
+        out = {}
+        for v in ("plain", "rep"):
+            base = os.path.join(rw, v)
+            n = [0]
+
+            def copy():
+                n[0] += 1
+                shutil.copytree(src, os.path.join(base, f"copy{n[0]}"))
+                cell.run_venus("sync")
+
+            def write_close():
+                n[0] += 1
+                d = os.path.join(base, f"wc{n[0]}")
+                os.makedirs(d)
+                for i in range(files):
+                    with open(os.path.join(d, f"f{i}"), "wb") as fh:
+                        fh.write(b"x" * 4096)
+
+            out[v] = {"Copy, durable": statistics.median(timed(copy) for _ in range(repeat)),
+                      f"write+close of {files} 4 KiB files": statistics.median(timed(write_close)
+                                                                            for _ in range(repeat))}
+        return out
+    finally:
+        for p in extra:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+
+
+def report_replicated(report, r, repeat):
+    report.append(f"## A volume replicated on 3 servers against an unreplicated one (median of {repeat}; seconds)\n\n"
+                  "Same cell, same mount; the replicated volume's changes commit on a majority before they are "
+                  "answered and are written through (no write-back permit).\n\n"
+                  "| measure | unreplicated | 3 replicas | ratio |\n|---|---:|---:|---:|")
+    for k in r["plain"]:
+        p, v = r["plain"][k], r["rep"][k]
+        report.append(f"| {k} | {p:.3f} | {v:.3f} | {v / p if p else 0:.2f} × |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release")
@@ -385,6 +445,8 @@ def main():
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     ap.add_argument("--postmark", action="store_true", help="also run PostMark (slow: minutes)")
     ap.add_argument("--floor", default=None, help="floorfs binary (bench/floor): adds the FUSE floor column")
+    ap.add_argument("--replicated-only", action="store_true",
+                    help="only Copy and write+close on a 3-replica volume against an unreplicated one")
     ap.add_argument("--first-byte-only", action="store_true",
                     help="only the cold big file's time to first byte (streamed against whole first)")
     a = ap.parse_args()
@@ -418,6 +480,9 @@ def main():
         make_tree(src, dirs, files)
         local = os.path.join(root, "local")
         os.makedirs(local)
+        if a.replicated_only:
+            report_replicated(report, replicated(cell, src, 200 if a.quick else 1000, repeat), repeat)
+            return
 
         report.append(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.uname().nodename}, {os.cpu_count()} cores)\n")
         report.append(f"Tree: {dirs} directories, {files} C files; median of {repeat}; times in seconds.\n")
@@ -496,6 +561,7 @@ def main():
                       f"per volume changed elsewhere meanwhile: {sum(rpcs.values())} RPCs "
                       f"({', '.join(f'{k} {v}' for k, v in sorted(rpcs.items()))}), {took:.2f} s to mount and "
                       f"revalidate.\n")
+        report_replicated(report, replicated(cell, src, 200 if a.quick else 1000, repeat), repeat)
         pl = postmark(os.path.join(local), *pm) if a.postmark else None
         pv = postmark(cell.path(), *pm) if a.postmark else None
         pf = postmark(floor.path(), *pm) if a.postmark and floor else None

@@ -96,7 +96,14 @@ impl Store {
                 }
             }
             let ttl_cutoff = now - OP_RESULT_TTL.as_nanos() as i64;
-            report.op_results_pruned = tx.execute("DELETE FROM op_results WHERE at < ?1", params![ttl_cutoff])? as u64;
+            // Not a replicated volume's: whether a retry is answered or applied must be the same
+            // on every member, and each member sweeps at its own time. (They are kept; a
+            // snapshot carries them.)
+            report.op_results_pruned = tx.execute(
+                "DELETE FROM op_results WHERE at < ?1
+                 AND (volume IS NULL OR volume NOT IN (SELECT volume FROM replicated))",
+                params![ttl_cutoff],
+            )? as u64;
             tx.commit()?;
             dead
         };
