@@ -290,10 +290,12 @@ fn status_flush_and_fid_answer_through_the_control_socket() -> R {
     assert_eq!(st["cells"][0]["name"], "control.test");
     assert_eq!(st["cells"][0]["servers"][0]["connected"], true);
     assert!(st["counters"]["rpcs"]["Create"].as_u64() >= Some(1));
-    assert!(
-        st["counters"]["rpcs"]["PutChunksAndMutate"].as_u64() >= Some(1),
-        "a small file is stored with its data: {st}"
-    );
+    // Written through, a small file is stored with its data in one request; if the volume's
+    // write-back permit came first, the file went in a batch of the log instead.
+    let c = &st["counters"];
+    let with_data = c["rpcs"]["PutChunksAndMutate"].as_u64() >= Some(1);
+    let written_back = c["permits_granted"].as_u64() >= Some(1) && c["records_reintegrated"].as_u64() >= Some(1);
+    assert!(with_data || written_back, "a small file is stored with its data: {st}");
     let fid = t.a.venus(&["fid", t.a.path("x").to_str().unwrap_or_default()]);
     assert!(String::from_utf8_lossy(&fid.stdout).contains("is fid"), "{fid:?}");
     let human = t.a.venus(&["status"]);

@@ -82,11 +82,12 @@ pub async fn run(ctx: &Context, a: Args) -> Result<()> {
         a.file.display(),
         proto::units::show(len)
     );
-    let at = format!("{}.{:09}", h.dumped_at.secs, h.dumped_at.nanos);
-    println!("Taken at {at}: pass --since {at} for the next incremental dump");
     if h.since.is_none() {
         let digest = volumes::dump::contents_digest(&mut std::io::BufReader::new(std::fs::File::open(&a.file)?))?;
         println!("Contents digest {digest}");
     }
+    // Last, as scripts read it: the time to pass to the next incremental dump.
+    let at = format!("{}.{:09}", h.dumped_at.secs, h.dumped_at.nanos);
+    println!("Taken at {at}: pass --since {at} for the next incremental dump");
     Ok(())
 }
