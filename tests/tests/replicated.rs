@@ -145,6 +145,14 @@ fn a_replicated_volume_is_served_by_its_leader_and_every_member_holds_the_same_c
         assert_eq!(shown.matches("    member    server").count(), 3, "{shown}");
         let all: Vec<&Vice> = servers.iter().collect();
         members_agree(admin, &all, "rep")?;
+
+        // Removed, it leaves every member.
+        drop((a, b));
+        ok(admin.vos(&["remove", "rep"]));
+        for s in &servers {
+            let listed = ok(admin.vos(&["listvol", &s.addr]));
+            assert!(!listed.contains("rep"), "{listed}");
+        }
         Ok(())
     })
 }

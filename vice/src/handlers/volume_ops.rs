@@ -249,6 +249,15 @@ pub async fn rename_here(shared: &Arc<Shared>, id: VolumeId, name: String) -> Re
 
 /// Drops a volume from this store (a failed move's target, a removed replica or backup).
 pub async fn remove_here(shared: &Arc<Shared>, id: VolumeId) -> Reply {
+    if shared.groups.get(id).is_some() {
+        // A replicated volume being removed (`vos remove` asks every member): this member
+        // leaves its group, forgetting the log, and drops its copy.
+        shared.callbacks.break_volume(id).await;
+        return match shared.groups.leave(id).await {
+            Ok(()) => Response::Done.into(),
+            Err(e) => error(e),
+        };
+    }
     match blocking(&shared.store, move |s| s.remove_volume(id)).await {
         Ok(()) | Err(RemoteError::NoSuchVolume) => {
             shared.callbacks.break_volume(id).await;

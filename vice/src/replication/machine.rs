@@ -83,8 +83,23 @@ impl Machine {
             blocking(move || store.lacking(&named).map_err(sm_error)).await?
         };
         if !lacking.is_empty() {
-            // The leader put them on a majority before proposing; fetch them from whoever has them.
-            self.peers.pull_chunks(self.volume, &self.store, lacking).await.map_err(sm_error)?;
+            // The leader put them on a majority before proposing; fetch them from whoever has
+            // them, waiting out a member that is restarting (past that, the group stops here
+            // and says why in `vos examine`).
+            let mut wait = std::time::Duration::from_millis(200);
+            let mut tries = 0;
+            loop {
+                match self.peers.pull_chunks(self.volume, &self.store, lacking.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 12 => {
+                        tracing::warn!(volume = %self.volume, error = %e, "chunks an entry names not fetched yet");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                        tries += 1;
+                    }
+                    Err(e) => return Err(sm_error(e)),
+                }
+            }
         }
         let (store, volume) = (self.store.clone(), self.volume);
         blocking(move || {
