@@ -903,6 +903,16 @@ impl Drop for VenusMount {
 }
 
 /// blake3 of a file, streamed.
+/// Polls `check` every 100 ms until it holds, for at most `limit`; fails saying `what`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !check()? {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     let mut f = std::fs::File::open(path)?;

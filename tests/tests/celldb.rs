@@ -23,16 +23,6 @@ fn failed(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Polls `check` every 100 ms until it holds, for at most `limit`; fails saying `what`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> R {
-    let deadline = Instant::now() + limit;
-    while !check()? {
-        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 /// `vice`'s cell file with only the server at `addr`: a client that talks to that one.
 fn only(vice: &Vice, addr: &str) -> proto::cell::CellFile {
     let mut cell = vice.cell_file();

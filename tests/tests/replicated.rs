@@ -27,16 +27,6 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `check` every 100 ms until it holds, for at most `limit`; fails saying `what`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> R {
-    let deadline = Instant::now() + limit;
-    while !check()? {
-        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 /// A cell of `n` servers, the first holding the cell database.
 fn cell(n: usize) -> anyhow::Result<Vec<Vice>> {
     let first = Vice::start(CELL)?;
