@@ -6,11 +6,13 @@
 //! Everything here is bounded: no call waits without a deadline, so a fault that wedges a
 //! process shows up as a failed test with evidence, never as a CI job that hangs.
 
+mod netns;
 mod procfs;
 mod proxy;
 mod tmpfs;
 mod watchdog;
 
+pub use netns::{Host, TestNetwork};
 pub use procfs::{
     ThreadInfo, abort_fuse, fuse_connection, stacks, threads, threads_in_fuse, threads_in_state, threads_stuck_in,
 };

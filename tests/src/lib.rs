@@ -17,8 +17,8 @@ use proto::*;
 pub mod etcd;
 pub mod faults;
 pub use faults::{
-    BODY_THREAD, DirStats, Direction, Impairment, LossyProxy, ThreadInfo, TmpFs, Watchdog, Watched, abort_fuse,
-    fuse_connection, stacks, threads, threads_in_fuse, threads_in_state, threads_stuck_in, with_watchdog,
+    BODY_THREAD, DirStats, Direction, Host, Impairment, LossyProxy, TestNetwork, ThreadInfo, TmpFs, Watchdog, Watched,
+    abort_fuse, fuse_connection, stacks, threads, threads_in_fuse, threads_in_state, threads_stuck_in, with_watchdog,
     with_watchdog_async,
 };
 
@@ -112,6 +112,25 @@ pub struct Vice {
     serve_args: Vec<String>,
     /// More environment of `vice serve`, kept for restarts.
     env: Vec<(String, String)>,
+    /// The test-network host it runs on (None: the test's own network, on 127.0.0.1).
+    host: Option<Host>,
+}
+
+/// A workspace program, run on `host` if there is one.
+fn program(host: Option<&Host>, name: &str) -> Command {
+    match host {
+        Some(h) => h.command(&bin(name)),
+        None => Command::new(bin(name)),
+    }
+}
+
+/// Where a server listens: a free port on loopback, or a fixed one at a test-network host's
+/// address (the namespace is the server's own).
+fn listen_address(host: Option<&Host>) -> String {
+    match host {
+        Some(h) => format!("{}:7000", h.ip),
+        None => format!("127.0.0.1:{}", free_port()),
+    }
 }
 
 impl Vice {
@@ -133,16 +152,27 @@ impl Vice {
 
     /// As `start`, with the cell database at `cell_db` (`etcd://...`).
     pub fn start_on_cell_db(cell: &str, cell_db: &str) -> Result<Vice> {
-        Self::init_with(cell, None, &["--cell-db", cell_db], &[])
+        Self::init_with(cell, None, &["--cell-db", cell_db], &[], None)
+    }
+
+    /// As `start`, on a host of a `TestNetwork`.
+    pub fn start_on(cell: &str, host: &Host) -> Result<Vice> {
+        Self::init_with(cell, None, &[], &[], Some(host))
     }
 
     fn init_and_serve(cell: &str, parent: Option<&Path>, serve_args: &[&str]) -> Result<Vice> {
-        Self::init_with(cell, parent, &[], serve_args)
+        Self::init_with(cell, parent, &[], serve_args, None)
     }
 
-    fn init_with(cell: &str, parent: Option<&Path>, init_args: &[&str], serve_args: &[&str]) -> Result<Vice> {
+    fn init_with(
+        cell: &str,
+        parent: Option<&Path>,
+        init_args: &[&str],
+        serve_args: &[&str],
+        host: Option<&Host>,
+    ) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = listen_address(host);
         let data_parent = match parent {
             Some(p) => Some(
                 tempfile::Builder::new()
@@ -153,7 +183,7 @@ impl Vice {
             None => None,
         };
         let data = data_parent.as_ref().map_or(dir.path(), |d| d.path()).join("data");
-        let out = Command::new(bin("vice"))
+        let out = program(host, "vice")
             .args(["init", "--cell", cell, "--data"])
             .arg(&data)
             .args(["--listen", &addr])
@@ -174,6 +204,7 @@ impl Vice {
             log,
             serve_args,
             env: vec![],
+            host: host.cloned(),
         };
         v.spawn()?;
         Ok(v)
@@ -183,20 +214,26 @@ impl Vice {
     /// gets a copy of the cell admin's credential and password, for the tests' `vos`.
     pub fn join(db: &Vice) -> Result<Vice> {
         let cred = db.admin_cred_path().display().to_string();
-        Self::join_with(db, &["--admin-cred", &cred])
+        Self::join_with(db, &["--admin-cred", &cred], None)
+    }
+
+    /// As `join`, on a host of a `TestNetwork`.
+    pub fn join_on(db: &Vice, host: &Host) -> Result<Vice> {
+        let cred = db.admin_cred_path().display().to_string();
+        Self::join_with(db, &["--admin-cred", &cred], Some(host))
     }
 
     /// Another server for `first`'s cell, joined through the cell database at `cell_db`
     /// (`vice init --join CELLFILE --cell-db URL`: no other server needs to be up).
     pub fn join_cell_db(first: &Vice, cell_db: &str) -> Result<Vice> {
-        Self::join_with(first, &["--cell-db", cell_db])
+        Self::join_with(first, &["--cell-db", cell_db], None)
     }
 
-    fn join_with(db: &Vice, init_args: &[&str]) -> Result<Vice> {
+    fn join_with(db: &Vice, init_args: &[&str], host: Option<&Host>) -> Result<Vice> {
         let dir = tempfile::tempdir()?;
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = listen_address(host);
         let data = dir.path().join("data");
-        let out = Command::new(bin("vice"))
+        let out = program(host, "vice")
             .args(["init", "--join"])
             .arg(db.cell_file_path())
             .arg("--data")
@@ -220,6 +257,7 @@ impl Vice {
             log,
             serve_args: vec![],
             env: vec![],
+            host: host.cloned(),
         };
         v.spawn()?;
         Ok(v)
@@ -293,7 +331,7 @@ impl Vice {
             bail!("vice {} is still running: kill9 or stop it first", self.addr);
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin("vice"))
+        let child = program(self.host.as_ref(), "vice")
             .args(["serve", "--data"])
             .arg(self.data())
             .args(&self.serve_args)
@@ -616,6 +654,8 @@ pub struct VenusMount {
     /// The running child's pid (0: none), shared with `Watched` (see `Vice`).
     live: Arc<AtomicU32>,
     log: PathBuf,
+    /// The test-network host it runs on (None: the test's own network).
+    host: Option<Host>,
 }
 
 impl VenusMount {
@@ -630,17 +670,28 @@ impl VenusMount {
 
     /// Mounts with a given cell file (one that routes through a proxy, say).
     pub fn start_with_cell_file(cell_file: &Path, cell: &str, extra: &[&str]) -> Result<VenusMount> {
-        Self::start_in_dirs(cell_file, cell, None, extra)
+        Self::start_in_dirs(cell_file, cell, None, extra, None)
+    }
+
+    /// Mounts on a host of a `TestNetwork` (the mount itself is seen by the whole machine).
+    pub fn start_on(host: &Host, vice: &Vice, cell: &str, extra: &[&str]) -> Result<VenusMount> {
+        Self::start_in_dirs(&vice.cell_file_path(), cell, None, extra, Some(host))
     }
 
     /// Mounts with the cache directory at `cache` (on a small file system, say: `venus mount
     /// --cache DIR`); the mount point and the log stay in the mount's own temporary directory.
     /// `cell_file` is `vice.cell_file_path()` or a proxy's cell file.
     pub fn start_with_cache(cell_file: &Path, cell: &str, cache: &Path, extra: &[&str]) -> Result<VenusMount> {
-        Self::start_in_dirs(cell_file, cell, Some(cache), extra)
+        Self::start_in_dirs(cell_file, cell, Some(cache), extra, None)
     }
 
-    fn start_in_dirs(cell_file: &Path, cell: &str, cache: Option<&Path>, extra: &[&str]) -> Result<VenusMount> {
+    fn start_in_dirs(
+        cell_file: &Path,
+        cell: &str,
+        cache: Option<&Path>,
+        extra: &[&str],
+        host: Option<&Host>,
+    ) -> Result<VenusMount> {
         let dir = tempfile::tempdir()?;
         let mountpoint = dir.path().join("afs");
         std::fs::create_dir_all(&mountpoint)?;
@@ -656,6 +707,7 @@ impl VenusMount {
             child: None,
             live: Default::default(),
             log,
+            host: host.cloned(),
         };
         m.spawn()?;
         // Tests act as the cell's administrator unless they log in as someone else; the token
@@ -723,7 +775,7 @@ impl VenusMount {
 
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin("venus"))
+        let child = program(self.host.as_ref(), "venus")
             .arg("mount")
             .arg("--cell-file")
             .arg(&self.cell_file)

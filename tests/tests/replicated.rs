@@ -305,3 +305,74 @@ fn a_member_removed_and_added_again_while_a_client_writes_is_rebuilt_from_a_snap
         Ok(())
     })
 }
+
+#[test]
+fn a_partition_that_isolates_the_leader_with_one_client_commits_nothing_on_its_side() -> R {
+    // Hosts 0-2 hold the servers; the client `a` is on host 3, `b` on host 4. Made before
+    // anything else: the test moves onto the network's bridge, from where it reaches every host.
+    let mut net = TestNetwork::new(5)?;
+    let first = Vice::start_on(CELL, net.host(0))?;
+    let mut servers = vec![first];
+    for i in 1..3 {
+        let next = Vice::join_on(&servers[0], net.host(i))?;
+        servers.push(next);
+    }
+    ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    let leader = leader_index(&servers[0], &servers, "rep")?;
+    let a = VenusMount::start_on(net.host(3), &servers[0], CELL, QUICK)?;
+    let b = VenusMount::start_on(net.host(4), &servers[0], CELL, QUICK)?;
+    let watched: Vec<Watched> =
+        servers.iter().map(Watched::vice).chain([Watched::venus(&a), Watched::venus(&b)]).collect();
+    with_watchdog(Duration::from_secs(300), &watched, move || -> R {
+        let admin = &servers[0];
+        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
+        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        write_synced(&rw(&a, "rep/shared"), b"before the partition")?;
+        assert_eq!(fs::read(rw(&b, "rep/shared"))?, b"before the partition");
+        let committed = group(admin, "rep")?;
+        let applied_on = |g: &Group, i: usize| g.applied.iter().find(|m| m.0 == i as u64 + 1).and_then(|m| m.1);
+        let before = applied_on(&committed, leader);
+
+        // The leader and `a` on one side; the other two members and `b` on the other.
+        let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        net.partition(&[leader, 3], &[others[0], others[1], 4])?;
+
+        // `a` reaches only the old leader, which cannot commit without a majority: nothing `a`
+        // does is acknowledged by a server, so it waits in `a`'s log.
+        let started = Instant::now();
+        write_synced(&rw(&a, "rep/from-a"), b"written beside the old leader")?;
+        let first_write = started.elapsed();
+        write_synced(&rw(&a, "rep/shared"), b"a's edit during the partition")?;
+        eprintln!("beside the isolated leader: first write took {first_write:?}, both {:?}", started.elapsed());
+        assert!(a.pending() >= 2, "a's changes wait in its log: {} pending", a.pending());
+        // The majority elects a leader of its own and commits `b`'s changes.
+        write_synced(&rw(&b, "rep/from-b"), b"written beside the majority")?;
+        write_synced(&rw(&b, "rep/shared"), b"b's edit during the partition")?;
+        b.wait_reintegrated()?;
+        assert!(!rw(&b, "rep/from-a").exists(), "a change the majority never had is visible to b");
+        let split = group(admin, "rep")?;
+        assert_eq!(applied_on(&split, leader), before, "the isolated leader applied something");
+        for &i in &others {
+            assert!(applied_on(&split, i) > before, "member {i} did not commit b's changes: {:?}", split.applied);
+        }
+
+        // Healed: the old leader follows the new one, `a`'s log goes in (its edit of the file
+        // both changed kept as a conflict copy), and every member holds the same copy.
+        net.heal()?;
+        a.wait_reintegrated()?;
+        assert_eq!(fs::read(rw(&b, "rep/from-a"))?, b"written beside the old leader");
+        assert_eq!(fs::read(rw(&a, "rep/from-b"))?, b"written beside the majority");
+        assert_eq!(fs::read(rw(&b, "rep/shared"))?, b"b's edit during the partition");
+        let copies: Vec<_> = fs::read_dir(rw(&b, "rep"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("shared.conflict-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "one conflict copy of shared");
+        assert_eq!(fs::read(copies[0].path())?, b"a's edit during the partition");
+        let healed = leader_index(admin, &servers, "rep")?;
+        eprintln!("leader {leader} isolated (split: {:?}); after healing the leader is {healed}", split.applied);
+        let all: Vec<&Vice> = servers.iter().collect();
+        members_agree(admin, &all, "rep")?;
+        Ok(())
+    })
+}

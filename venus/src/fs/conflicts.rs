@@ -99,13 +99,29 @@ impl Venus {
         Ok(self.cell(cell)?.mutate(volume, record).await?.result?)
     }
 
-    /// The directory entry naming `object`, from the cached listings of its volume.
-    fn locate(&self, cell: CellId, object: Fid) -> Option<(Fid, String)> {
-        for dir in self.cache.objects_in(cell, object.volume) {
-            if let Some(entries) = self.cache.listing(&dir)
-                && let Some(e) = entries.iter().find(|e| e.object == object.object)
+    /// The directory entry naming `object`: from the cached listings of its volume, else from
+    /// the server's listing of a directory of that volume this cache knows (listings are
+    /// dropped when the volume's promises are, as after a partition or a leader change, and
+    /// the conflict copy belongs beside the file's current name, not in `.conflicts`).
+    async fn locate(&self, cell: CellId, object: Fid) -> Option<(Fid, String)> {
+        let named_in = |entries: &[proto::DirEntry]| {
+            entries.iter().find(|e| e.object == object.object).map(|e| e.name.to_string())
+        };
+        let dirs = self.cache.objects_in(cell, object.volume);
+        for dir in &dirs {
+            if let Some(name) = self.cache.listing(dir).and_then(|entries| named_in(&entries)) {
+                return Some((dir.fid, name));
+            }
+        }
+        let conn = self.cell(cell).ok()?.clone();
+        for dir in dirs {
+            if self.cache.has_listing(&dir) || !self.cache.attr(&dir).is_some_and(|a| a.kind == ObjectKind::Directory) {
+                continue;
+            }
+            if let Ok(listing) = conn.fetch_dir(dir.fid).await
+                && let Some(name) = named_in(&listing.entries)
             {
-                return Some((dir.fid, e.name.to_string()));
+                return Some((dir.fid, name));
             }
         }
         None
@@ -166,7 +182,7 @@ impl Venus {
                     _ => "update/update",
                 }
                 .into();
-                let (dir, name) = match self.locate(cell, *fid) {
+                let (dir, name) = match self.locate(cell, *fid).await {
                     Some(x) => x,
                     None => (self.conflict_dir(cell, volume).await?, format!("{}", fid.object)),
                 };
@@ -247,7 +263,7 @@ impl Venus {
                 // Refused outright (rights revoked meanwhile, quota, read-only): the server will
                 // not take the data anywhere, so it is kept on this machine for its author.
                 info.kind = "store refused".into();
-                let (dir, name) = match self.locate(cell, *fid) {
+                let (dir, name) = match self.locate(cell, *fid).await {
                     Some((d, n)) => (Some(d), n),
                     None => (None, format!("{}", fid.object)),
                 };

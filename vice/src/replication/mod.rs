@@ -33,9 +33,16 @@ use self::machine::{Machine, SnapshotPaths};
 use self::network::{Network, Peers};
 use self::types::{Change, Outcome, Replication};
 
-/// How long after a majority's acknowledgement the leader trusts it still leads (well under
-/// the election timeout, which is when followers would start voting for another).
+/// How long after a majority's acknowledgement the leader trusts it still leads. A follower
+/// refuses to vote for anyone until `election_timeout_max` (2.4 s) passed since it last heard
+/// from its leader, after the leader sent what the majority acknowledged; openraft's metrics,
+/// which say when that was, may be one tick (1.5 heartbeats, 600 ms) old. 800 + 600 ms leaves
+/// a second of margin for clock drift and scheduling.
 const READ_LEASE: Duration = Duration::from_millis(800);
+/// A leader that has not heard from a majority for this long is cut off from it (a partition)
+/// or replaced already (past `election_timeout_max` the others may elect another): it answers
+/// `NotLeader` at once instead of leaving a client waiting for a commit that cannot come.
+const CUT_OFF_AFTER: Duration = Duration::from_millis(2_400);
 /// How long a change waits for the group to settle (an election) before `NotLeader`.
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -110,32 +117,55 @@ impl Group {
         m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms < READ_LEASE.as_millis() as u64)
     }
 
+    /// Leads by its own account, but has not heard from a majority for `CUT_OFF_AFTER`.
+    pub fn cut_off(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms > CUT_OFF_AFTER.as_millis() as u64)
+    }
+
+    /// `work` (which needs a majority), unless it takes longer than `SETTLE` or this member
+    /// is cut off from the majority meanwhile.
+    async fn settled<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let cut_off = async {
+            while !self.cut_off() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            done = tokio::time::timeout(SETTLE, work) => done.ok(),
+            () = cut_off => None,
+        }
+    }
+
     /// Confirms this member leads and its state is current (see the module docs).
     pub async fn current(&self, me: ServerId) -> Result<(), RemoteError> {
         if self.leads_now() {
             return Ok(());
         }
-        match tokio::time::timeout(SETTLE, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(not_leader(&e, me)),
-            Err(_) => Err(RemoteError::NotLeader(None)),
+        match self.settled(self.raft.ensure_linearizable()).await {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(not_leader(&e, me)),
+            None => Err(RemoteError::NotLeader(None)),
         }
     }
 
     /// Proposes a change and waits until a majority has it and this member applied it.
     pub async fn propose(&self, change: Change, me: ServerId) -> Result<Outcome, RemoteError> {
-        match tokio::time::timeout(SETTLE, self.raft.client_write(change)).await {
-            Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+        match self.settled(self.raft.client_write(change)).await {
+            Some(Ok(r)) => Ok(r.data),
+            Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(RemoteError::NotLeader(f.leader_id.map(server).filter(|l| *l != me)))
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!(volume = %self.volume, error = %e, "change not committed");
                 Err(RemoteError::NotLeader(None))
             }
-            // Not acknowledged: it may still commit, and a retry with the same OpIds is
-            // answered from what was applied.
-            Err(_) => Err(RemoteError::NotLeader(None)),
+            // Not acknowledged: it may still commit (or, from a leader cut off from the
+            // majority, be dropped when it hears of the next leader); a retry with the same
+            // OpIds is answered from what was applied.
+            None => Err(RemoteError::NotLeader(None)),
         }
     }
 
