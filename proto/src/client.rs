@@ -304,16 +304,32 @@ impl Session {
         req: Request,
         mut read_chunk: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
     ) -> Result<Response, ProtoError> {
-        let count = match &req {
-            Request::PutChunks { chunks, .. } | Request::PutChunksAndMutate { chunks, .. } => chunks.len(),
-            _ => 0,
+        let lens: Vec<u32> = match &req {
+            Request::PutChunks { chunks, .. } | Request::PutChunksAndMutate { chunks, .. } => {
+                chunks.iter().map(|c| c.len).collect()
+            }
+            _ => Vec::new(),
         };
         self.timed(async {
             let (mut send, mut recv) = self.conn.open_bi().await?;
             write_call(&mut send, token, &req).await?;
-            for i in 0..count {
+            for (i, &len) in lens.iter().enumerate() {
+                let data = match read_chunk(i) {
+                    Ok(data) if data.len() == len as usize => data,
+                    // Reset, not finished (as dropping the stream would): a short upload would
+                    // read to the server as a cut connection.
+                    Ok(data) => {
+                        let _ = send.reset(quinn::VarInt::from_u32(0));
+                        let e = format!("chunk {i} read {} bytes where {len} were declared", data.len());
+                        return Err(ProtoError::Local(std::io::Error::other(e)));
+                    }
+                    Err(e) => {
+                        let _ = send.reset(quinn::VarInt::from_u32(0));
+                        return Err(ProtoError::Local(e));
+                    }
+                };
                 // Handed over, not copied: quinn sends from the buffer itself.
-                let data = bytes::Bytes::from(read_chunk(i).map_err(ProtoError::Local)?);
+                let data = bytes::Bytes::from(data);
                 if let Err(e) = send.write_chunk(data).await {
                     // The server stopped reading: it refused the upload part-way (space,
                     // rights) and says why on the reply. That is an answer, not a lost server.

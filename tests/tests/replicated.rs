@@ -256,14 +256,31 @@ fn a_client_that_reaches_only_a_minority_works_disconnected_and_reintegrates() -
     })
 }
 
+/// A writer on `base` until `stop`: how many files it wrote (each acknowledged).
+fn writer(
+    base: std::path::PathBuf,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || -> anyhow::Result<u64> {
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            write_synced(&base.join(format!("{prefix}{n}")), format!("{prefix} {n}").as_bytes())?;
+            n += 1;
+        }
+        Ok(n)
+    })
+}
+
 #[test]
-fn a_member_removed_and_added_again_while_a_client_writes_is_rebuilt_from_a_snapshot() -> R {
-    let mut servers = cell(3)?;
+fn a_member_whose_disk_is_lost_is_replaced_and_the_leader_moves_while_a_client_writes() -> R {
+    let mut servers = cell(4)?;
     for s in servers.iter_mut() {
         // Snapshots (and log purges) often, so a new member cannot be sent the whole log.
         s.restart_with_env("VICE_SNAPSHOT_EVERY", "40")?;
     }
-    ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
+    let members = format!("{},{},{}", servers[0].addr, servers[1].addr, servers[2].addr);
+    ok(servers[0].vos(&["create", "rep", "--servers", &members]));
     let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
     let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
     with_watchdog(Duration::from_secs(300), &watched, move || -> R {
@@ -272,36 +289,45 @@ fn a_member_removed_and_added_again_while_a_client_writes_is_rebuilt_from_a_snap
         for i in 0..100 {
             write_synced(&rw(&a, &format!("rep/early{i}")), format!("early {i}").as_bytes())?;
         }
-        let third = servers[2].addr.clone();
-        ok(servers[0].vos(&["remreplica", "rep", &third]));
+        // The third member's disk dies: the server is gone for good, and removed while down.
+        servers[2].kill9();
+        fs::remove_dir_all(servers[2].data())?;
+        let lost = servers[2].addr.clone();
+        ok(servers[0].vos(&["remreplica", "rep", &lost]));
         let shown = ok(servers[0].vos(&["examine", "rep"]));
         assert_eq!(shown.matches("    member    server").count(), 2, "{shown}");
-        // The removed member dropped its copy.
-        let listed = ok(servers[0].vos(&["listvol", &third]));
-        assert!(!listed.contains("rep"), "{listed}");
+        for i in 0..20 {
+            write_synced(&rw(&a, &format!("rep/after-loss{i}")), format!("after-loss {i}").as_bytes())?;
+        }
 
-        // Added again while the client writes: it is sent a snapshot, then the rest of the log.
+        // The leader's replica moves to the spare server while the client writes: the new
+        // member is sent a snapshot, then the rest of the log; the old leader leaves and drops
+        // its copy, and the client follows the next leader.
+        let leader = leader_index(&servers[0], &servers, "rep")?;
+        assert!(leader < 2, "the lost member leads");
         let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (stop, base) = (stop.clone(), rw(&a, "rep"));
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    write_synced(&base.join(format!("during{n}")), format!("during {n}").as_bytes())?;
-                    n += 1;
-                }
-                Ok(n)
-            })
-        };
+        let writing = writer(rw(&a, "rep"), "during", stop.clone());
         std::thread::sleep(Duration::from_millis(500));
-        ok(servers[0].vos(&["addreplica", "rep", &third]));
+        let (from, to) = (servers[leader].addr.clone(), servers[3].addr.clone());
+        ok(servers[0].vos(&["move", "rep", &to, "--from", &from]));
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
-        let during = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        let during = writing.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
         assert!(during > 0);
-        assert!(servers[2].log_text().contains("snapshot installed"), "{}", tail(&servers[2].log_text(), 30));
-        let all: Vec<&Vice> = servers.iter().collect();
-        members_agree(&servers[0], &all, "rep")?;
+        assert!(servers[3].log_text().contains("snapshot installed"), "{}", tail(&servers[3].log_text(), 30));
+        let listed = ok(servers[0].vos(&["listvol", &from]));
+        assert!(!listed.contains("rep"), "{listed}");
+
+        // A fresh client reads everything acknowledged; the two members agree.
+        a.wait_reintegrated()?;
+        let stay = 1 - leader;
+        let b = VenusMount::start_with(&servers[stay], CELL, QUICK)?;
+        for (prefix, n) in [("early", 100), ("after-loss", 20), ("during", during)] {
+            for i in 0..n {
+                assert_eq!(fs::read(rw(&b, &format!("rep/{prefix}{i}")))?, format!("{prefix} {i}").as_bytes());
+            }
+        }
+        members_agree(&servers[stay], &[&servers[stay], &servers[3]], "rep")?;
         Ok(())
     })
 }

@@ -346,13 +346,22 @@ async fn malformed_frames_get_an_error_and_the_server_keeps_serving() -> R {
         .await
         .unwrap_err();
     assert!(matches!(err.remote(), Some(RemoteError::Invalid(_))), "{err}");
-    // A chunk larger than the limit is refused from its header.
+    // A chunk larger than the limit is refused from its header (sent raw: the client library
+    // would not send a chunk shorter than it declares).
+    let huge_chunk =
+        Request::PutChunks { volume: root.volume, chunks: vec![ChunkRef { hash: ChunkHash::of(b""), len: u32::MAX }] };
+    let encoded = postcard::to_stdvec(&proto::msg::Call { token: None, request: huge_chunk })?;
+    let mut framed = (encoded.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&encoded);
+    let e = reply_error(send_raw(framed).await?);
+    assert!(matches!(e, RemoteError::Invalid(_)), "{e:?}");
+    // And the library refuses, locally, to send a chunk shorter than it declares.
     let err = c
         .session
-        .put_chunks(None, root.volume, vec![ChunkRef { hash: ChunkHash::of(b""), len: u32::MAX }], |_| Ok(vec![]))
+        .put_chunks(None, root.volume, vec![ChunkRef { hash: ChunkHash::of(b"right"), len: 5 }], |_| Ok(vec![]))
         .await
         .unwrap_err();
-    assert!(matches!(err.remote(), Some(RemoteError::Invalid(_))), "{err}");
+    assert!(err.remote().is_none() && err.to_string().contains("declared"), "{err}");
 
     // The same connection and a fresh client are both still served.
     c.status(root).await?;

@@ -288,7 +288,7 @@ impl Venus {
         }
         let conn = self.cell(cell)?;
         let mut all = c.bytes;
-        let (refs, mut bytes): (Vec<ChunkRef>, Vec<Vec<u8>>) = to_send(conn.as_ref(), volume, &c.chunks)
+        let (refs, bytes): (Vec<ChunkRef>, Vec<Vec<u8>>) = to_send(conn.as_ref(), volume, &c.chunks)
             .await?
             .into_iter()
             .map(|i| (c.chunks[i], std::mem::take(&mut all[i])))
@@ -297,8 +297,9 @@ impl Venus {
             return Ok(());
         }
         let sent: u64 = refs.iter().map(|c| u64::from(c.len)).sum();
-        let read =
-            move |i: usize| bytes.get_mut(i).map(std::mem::take).ok_or_else(|| std::io::Error::other("no such chunk"));
+        // Read again when the upload is sent again (to a group's next leader, say): copied out,
+        // not taken.
+        let read = move |i: usize| bytes.get(i).cloned().ok_or_else(|| std::io::Error::other("no such chunk"));
         conn.put_chunks(volume, refs, Box::new(read)).await?;
         self.counters.add(counters::BYTES_STORED, sent);
         Ok(())

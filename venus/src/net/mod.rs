@@ -516,6 +516,12 @@ impl CellConn {
                     let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
                     self.follow_leader(v, server, hint, until).await?;
                 }
+                (Err(VenusError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume)), Some(v))
+                    if self.replicated(Some(v)) =>
+                {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.left_group(v, server, until).await?;
+                }
                 (Err(VenusError::Unreachable(_)), Some(v)) if self.other_member(v, server) => {
                     tracing::info!(cell = %self.name(), server = %server, volume = %v, "member unreachable; asking another");
                 }
@@ -568,6 +574,13 @@ impl CellConn {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Remote(RemoteError::CallbacksLost)) if attempt == 0 => {
                     self.events.callbacks_lost(self.id);
+                }
+                Err(ProtoError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume))
+                    if !delivered && self.replicated(Some(fid.volume)) =>
+                {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.left_group(fid.volume, server, until).await?;
+                    continue;
                 }
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) if attempt == 0 && !delivered => {
                     self.locate(fid.volume).await?;
@@ -630,6 +643,12 @@ impl CellConn {
                 Err(ProtoError::Remote(RemoteError::VolumeBusy)) if std::time::Instant::now() < busy_until => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                Err(ProtoError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume))
+                    if self.replicated(Some(volume)) =>
+                {
+                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    self.left_group(volume, server, until).await?;
+                }
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) => {
                     self.locate(volume).await?;
                 }
@@ -676,6 +695,16 @@ impl CellConn {
         };
         self.set_leader(volume, next);
         Ok(())
+    }
+
+    /// A member of replicated `volume`'s group answered that it does not hold the volume: it
+    /// left the group (a `vos move` or `remreplica`, perhaps one still under way). The location
+    /// entry is asked for again (it names the members now, or says the volume is gone, which is
+    /// the answer then), and the search for the leader goes on among the others.
+    async fn left_group(&self, volume: VolumeId, asked: ServerId, until: std::time::Instant) -> Result<()> {
+        tracing::info!(cell = %self.name(), server = %asked, %volume, "member no longer holds the volume; asking the others");
+        self.locate(volume).await?;
+        self.follow_leader(volume, asked, None, until).await
     }
 
     /// Whether `volume` is a replicated read-write volume (a group of members).

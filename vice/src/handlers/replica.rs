@@ -96,7 +96,11 @@ pub async fn join(shared: &Arc<Shared>, peer: &Peer, volume: VolumeId) -> Reply 
         tracing::warn!(%volume, error = %e, "the cell's servers could not be read before joining");
     }
     match shared.groups.join(volume).await {
-        Ok(_) => Response::Done.into(),
+        Ok(_) => {
+            // A member that left and joins again serves the volume again.
+            shared.moved.lock().unwrap_or_else(|p| p.into_inner()).remove(&volume);
+            Response::Done.into()
+        }
         Err(e) => error(RemoteError::Internal(e.to_string())),
     }
 }
@@ -106,11 +110,20 @@ pub async fn leave(shared: &Arc<Shared>, peer: &Peer, volume: VolumeId) -> Reply
     if peer.server.is_none() && !peer.admin {
         return error(RemoteError::PermissionDenied);
     }
-    shared.callbacks.break_volume(volume).await;
-    match shared.groups.leave(volume).await {
+    match leave_group(shared, volume).await {
         Ok(()) => Response::Done.into(),
         Err(e) => error(e),
     }
+}
+
+/// This server leaves `volume`'s group: promises broken, the log forgotten, the copy dropped.
+/// Clients that still ask here (their location entry lists it, a move being under way) are
+/// told the volume moved, so they look for it among the other members; without that, their
+/// changes would meet a store that lacks the volume and be refused one by one.
+pub async fn leave_group(shared: &Arc<Shared>, volume: VolumeId) -> Result<(), RemoteError> {
+    shared.moved.lock().unwrap_or_else(|p| p.into_inner()).insert(volume);
+    shared.callbacks.break_volume(volume).await;
+    shared.groups.leave(volume).await
 }
 
 /// The address of a registered server.
@@ -211,10 +224,9 @@ pub async fn change(shared: &Arc<Shared>, name: String, add: Option<ServerId>, r
         }
         if remove == shared.server_id {
             // The group goes on without this server; the new leader is elected meanwhile.
-            let _ = shared.groups.leave(id).await;
-        } else if let Err(e) = shared.groups.peers().call(remove, &proto::Request::LeaveGroup { volume: id }).await {
-            // It is out of the group either way; its copy is dropped when it can be told.
-            tracing::warn!(volume = %name, server = %remove, error = %e, "removed member not reached");
+            let _ = leave_group(shared, id).await;
+        } else {
+            tokio::spawn(tell_to_leave(shared.clone(), group.clone(), remove));
         }
     }
     match shared.groups.get(id) {
@@ -301,6 +313,37 @@ pub async fn propose(shared: &Arc<Shared>, group: &Group, change: Change) -> Res
 
 /// Breaks every promise on a volume this server stops leading (or stops being sure it leads):
 /// its clients must ask the new leader. Runs until shutdown.
+/// How long a removed member is given to answer `LeaveGroup` at each try.
+const LEAVE_TRY: Duration = Duration::from_secs(5);
+/// Tries at telling a removed member to leave, and the pause between them: an hour in all.
+const LEAVE_TRIES: u32 = 120;
+const LEAVE_PAUSE: Duration = Duration::from_secs(30);
+
+/// Tells a member removed from `group` to stop and drop its copy. It is out of the group
+/// either way; this only frees its disk, so it runs apart from the change: a member that is
+/// down (its disk lost, say) does not hold up `vos remreplica`, and one that comes back within
+/// the hour still drops its copy. Given up once the server is a member again.
+async fn tell_to_leave(shared: Arc<Shared>, group: Arc<Group>, server: ServerId) {
+    let volume = group.volume;
+    for _ in 0..LEAVE_TRIES {
+        let (voters, learners) = group.members();
+        if voters.contains(&node(server)) || learners.contains(&node(server)) || shared.groups.get(volume).is_none() {
+            return;
+        }
+        let leave = proto::Request::LeaveGroup { volume };
+        match tokio::time::timeout(LEAVE_TRY, shared.groups.peers().call(server, &leave)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(%volume, %server, "removed member left the group");
+                return;
+            }
+            Ok(Err(e)) => tracing::info!(%volume, %server, error = %e, "removed member not reached; trying again"),
+            Err(_) => tracing::info!(%volume, %server, "removed member does not answer; trying again"),
+        }
+        tokio::time::sleep(LEAVE_PAUSE).await;
+    }
+    tracing::warn!(%volume, %server, "removed member never answered: its copy stays until `vos remreplica` or a reinstall");
+}
+
 pub async fn watch_leadership(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
     let mut leading = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -252,8 +252,7 @@ pub async fn remove_here(shared: &Arc<Shared>, id: VolumeId) -> Reply {
     if shared.groups.get(id).is_some() {
         // A replicated volume being removed (`vos remove` asks every member): this member
         // leaves its group, forgetting the log, and drops its copy.
-        shared.callbacks.break_volume(id).await;
-        return match shared.groups.leave(id).await {
+        return match super::replica::leave_group(shared, id).await {
             Ok(()) => Response::Done.into(),
             Err(e) => error(e),
         };
