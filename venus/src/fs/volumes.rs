@@ -110,7 +110,11 @@ impl Venus {
         self.promises.promise_volume(cell, volume, p, ticket);
     }
 
-    /// Compares volume stamps: one request per server holding some of the volumes.
+    /// Compares volume stamps: one request per server holding some of the volumes. A server
+    /// that does not answer leaves its volumes out (they are checked object by object when
+    /// used) without holding up the others': a dead server of the root volume must not keep a
+    /// replicated volume whose leader just changed from being revalidated at once. Fails only
+    /// when no server answered.
     async fn validate(&self, cell: CellId, volumes: Vec<(VolumeId, VolumeStamp)>) -> Result<Vec<VolumeValidation>> {
         let conn = self.cell(cell)?;
         let mut by_server: std::collections::BTreeMap<proto::ServerId, Vec<(VolumeId, VolumeStamp)>> =
@@ -119,22 +123,44 @@ impl Venus {
             by_server.entry(conn.server_of(v).await?).or_default().push((v, stamp));
         }
         let mut out = Vec::new();
+        let mut failed = None;
         for (server, volumes) in by_server {
-            let stamps = volumes.clone();
-            let answers = conn.validate_volumes(server, volumes).await?;
-            for a in answers {
-                // Not there any more: it may have moved. Ask where it is, and ask there.
-                let moved_to = match a.stamp {
-                    None => conn.locate(a.volume).await.ok().filter(|s| *s != server),
-                    Some(_) => None,
-                };
-                match moved_to {
-                    Some(to) => {
-                        let known: Vec<_> = stamps.iter().filter(|(v, _)| *v == a.volume).copied().collect();
-                        out.extend(conn.validate_volumes(to, known).await?);
-                    }
-                    None => out.push(a),
+            match self.validate_at(cell, server, volumes).await {
+                Ok(answers) => out.extend(answers),
+                Err(e) => {
+                    tracing::info!(cell = cell.0, %server, error = %e, "volumes of this server not revalidated");
+                    failed = Some(e);
                 }
+            }
+        }
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// `validate` at one server (following volumes that moved from it).
+    async fn validate_at(
+        &self,
+        cell: CellId,
+        server: proto::ServerId,
+        volumes: Vec<(VolumeId, VolumeStamp)>,
+    ) -> Result<Vec<VolumeValidation>> {
+        let conn = self.cell(cell)?;
+        let stamps = volumes.clone();
+        let mut out = Vec::new();
+        for a in conn.validate_volumes(server, volumes).await? {
+            // Not there any more: it may have moved. Ask where it is, and ask there.
+            let moved_to = match a.stamp {
+                None => conn.locate(a.volume).await.ok().filter(|s| *s != server),
+                Some(_) => None,
+            };
+            match moved_to {
+                Some(to) => {
+                    let known: Vec<_> = stamps.iter().filter(|(v, _)| *v == a.volume).copied().collect();
+                    out.extend(conn.validate_volumes(to, known).await?);
+                }
+                None => out.push(a),
             }
         }
         Ok(out)
