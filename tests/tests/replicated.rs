@@ -94,6 +94,21 @@ fn members_agree(admin: &Vice, servers: &[&Vice], name: &str) -> R {
     Ok(())
 }
 
+/// `rel` in the cell's read-write tree of mount `m` (`MOUNT/.<cell>/<rel>`).
+fn rw(m: &VenusMount, rel: &str) -> std::path::PathBuf {
+    m.mountpoint.join(format!(".{CELL}")).join(rel)
+}
+
+/// Mounts the volume `rep` at `rep` in the cell's root, through `m`.
+fn mount_rep(m: &VenusMount) {
+    m.venus_ok(&["mkmount", &rw(m, "rep").display().to_string(), "rep"]);
+}
+
+/// What the watchdog names when a test hangs: every server and mount.
+fn watching(servers: &[Vice], mounts: &[&VenusMount]) -> Vec<Watched> {
+    servers.iter().map(Watched::vice).chain(mounts.iter().map(|m| Watched::venus(m))).collect()
+}
+
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = fs::File::create(path)?;
     f.write_all(data)?;
@@ -107,12 +122,10 @@ fn a_replicated_volume_is_served_by_its_leader_and_every_member_holds_the_same_c
     assert!(created.contains("replicated on servers"), "{created}");
     let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
     let b = VenusMount::start_with(&servers[0], CELL, QUICK)?;
-    let watched: Vec<Watched> =
-        servers.iter().map(Watched::vice).chain([Watched::venus(&a), Watched::venus(&b)]).collect();
+    let watched = watching(&servers, &[&a, &b]);
     with_watchdog(Duration::from_secs(240), &watched, move || -> R {
         let admin = &servers[0];
-        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
-        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        mount_rep(&a);
         fs::create_dir(rw(&a, "rep/dir"))?;
         for i in 0..20 {
             write_synced(&rw(&a, &format!("rep/dir/small{i}")), format!("small file {i}").as_bytes())?;
@@ -152,10 +165,9 @@ fn killing_the_leader_under_a_writer_and_a_reader_loses_nothing_acknowledged() -
     let mut servers = cell(3)?;
     ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
     let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
-    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    let watched = watching(&servers, &[&a]);
     with_watchdog(Duration::from_secs(300), &watched, move || -> R {
-        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
-        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        mount_rep(&a);
         fs::create_dir(rw(&a, "rep/w"))?;
         for i in 0..10 {
             write_synced(&rw(&a, &format!("rep/r{i}")), format!("read me {i}").as_bytes())?;
@@ -227,10 +239,9 @@ fn a_client_that_reaches_only_a_minority_works_disconnected_and_reintegrates() -
     let mut servers = cell(3)?;
     ok(servers[0].vos(&["create", "rep", "--replicas", "3"]));
     let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
-    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    let watched = watching(&servers, &[&a]);
     with_watchdog(Duration::from_secs(300), &watched, move || -> R {
-        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
-        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        mount_rep(&a);
         write_synced(&rw(&a, "rep/before"), b"written with all three up")?;
         // Two of the three members stop: the one left cannot commit anything alone.
         servers[1].stop()?;
@@ -282,10 +293,9 @@ fn a_member_whose_disk_is_lost_is_replaced_and_the_leader_moves_while_a_client_w
     let members = format!("{},{},{}", servers[0].addr, servers[1].addr, servers[2].addr);
     ok(servers[0].vos(&["create", "rep", "--servers", &members]));
     let a = VenusMount::start_with(&servers[0], CELL, QUICK)?;
-    let watched: Vec<Watched> = servers.iter().map(Watched::vice).chain([Watched::venus(&a)]).collect();
+    let watched = watching(&servers, &[&a]);
     with_watchdog(Duration::from_secs(300), &watched, move || -> R {
-        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
-        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        mount_rep(&a);
         for i in 0..100 {
             write_synced(&rw(&a, &format!("rep/early{i}")), format!("early {i}").as_bytes())?;
         }
@@ -347,12 +357,10 @@ fn a_partition_that_isolates_the_leader_with_one_client_commits_nothing_on_its_s
     let leader = leader_index(&servers[0], &servers, "rep")?;
     let a = VenusMount::start_on(net.host(3), &servers[0], CELL, QUICK)?;
     let b = VenusMount::start_on(net.host(4), &servers[0], CELL, QUICK)?;
-    let watched: Vec<Watched> =
-        servers.iter().map(Watched::vice).chain([Watched::venus(&a), Watched::venus(&b)]).collect();
+    let watched = watching(&servers, &[&a, &b]);
     with_watchdog(Duration::from_secs(300), &watched, move || -> R {
         let admin = &servers[0];
-        let rw = |m: &VenusMount, rel: &str| m.mountpoint.join(format!(".{CELL}")).join(rel);
-        a.venus_ok(&["mkmount", &rw(&a, "rep").display().to_string(), "rep"]);
+        mount_rep(&a);
         write_synced(&rw(&a, "rep/shared"), b"before the partition")?;
         assert_eq!(fs::read(rw(&b, "rep/shared"))?, b"before the partition");
         let committed = group(admin, "rep")?;

@@ -39,6 +39,11 @@ const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// it is tried again.
 const LEADERLESS_FOR: Duration = Duration::from_secs(10);
 
+/// When a search for a replicated volume's leader, begun now or earlier, gives up.
+fn leader_deadline(search: &mut Option<std::time::Instant>) -> std::time::Instant {
+    *search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT)
+}
+
 /// What a connection reports back to the cache manager.
 pub trait Events: Send + Sync {
     /// A server broke callback promises. The result resolves once the kernel forgot what the
@@ -513,13 +518,13 @@ impl CellConn {
             let server = self.server_for(volume).await?;
             match (self.raw(server, req).await, volume) {
                 (Err(VenusError::Remote(RemoteError::NotLeader(hint))), Some(v)) => {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.follow_leader(v, server, hint, until).await?;
                 }
                 (Err(VenusError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume)), Some(v))
                     if self.replicated(Some(v)) =>
                 {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.left_group(v, server, until).await?;
                 }
                 (Err(VenusError::Unreachable(_)), Some(v)) if self.other_member(v, server) => {
@@ -578,7 +583,7 @@ impl CellConn {
                 Err(ProtoError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume))
                     if !delivered && self.replicated(Some(fid.volume)) =>
                 {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.left_group(fid.volume, server, until).await?;
                     continue;
                 }
@@ -587,7 +592,7 @@ impl CellConn {
                 }
                 // Refused before any byte: ask the leader (not counted as an attempt).
                 Err(ProtoError::Remote(RemoteError::NotLeader(hint))) if !delivered => {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.follow_leader(fid.volume, server, hint, until).await?;
                     continue;
                 }
@@ -646,14 +651,14 @@ impl CellConn {
                 Err(ProtoError::Remote(RemoteError::VolumeMoved | RemoteError::NoSuchVolume))
                     if self.replicated(Some(volume)) =>
                 {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.left_group(volume, server, until).await?;
                 }
                 Err(ProtoError::Remote(RemoteError::VolumeMoved)) => {
                     self.locate(volume).await?;
                 }
                 Err(ProtoError::Remote(RemoteError::NotLeader(hint))) => {
-                    let until = *leader_search.get_or_insert_with(|| std::time::Instant::now() + LEADER_WAIT);
+                    let until = leader_deadline(&mut leader_search);
                     self.follow_leader(volume, server, hint, until).await?;
                 }
                 Err(ProtoError::Remote(e)) => {

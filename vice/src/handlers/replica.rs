@@ -311,8 +311,6 @@ pub async fn propose(shared: &Arc<Shared>, group: &Group, change: Change) -> Res
     }
 }
 
-/// Breaks every promise on a volume this server stops leading (or stops being sure it leads):
-/// its clients must ask the new leader. Runs until shutdown.
 /// How long a removed member is given to answer `LeaveGroup` at each try.
 const LEAVE_TRY: Duration = Duration::from_secs(5);
 /// Tries at telling a removed member to leave, and the pause between them: an hour in all.
@@ -344,6 +342,8 @@ async fn tell_to_leave(shared: Arc<Shared>, group: Arc<Group>, server: ServerId)
     tracing::warn!(%volume, %server, "removed member never answered: its copy stays until `vos remreplica` or a reinstall");
 }
 
+/// Breaks every promise on a volume this server stops leading (or stops being sure it leads):
+/// its clients must ask the new leader. Runs until shutdown.
 pub async fn watch_leadership(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
     let mut leading = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
